@@ -1,0 +1,4 @@
+/**
+ * @module @lathe/cookbook: tokenizers, renderers, datum builders and training recipes over @lathe/sdk.
+ */
+export * from './tokenizers.js';

@@ -1,0 +1,112 @@
+/**
+ * @module A connection to one compute worker: send ops, await their replies by id.
+ */
+import net from 'node:net';
+import { encodeFrame, FrameReader } from './frames.js';
+
+/** An error reply from the worker. `category` is `user` when the request itself was bad. */
+export class WorkerRequestError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly category: 'user' | 'server',
+  ) {
+    super(message);
+    this.name = 'WorkerRequestError';
+  }
+}
+
+/** The connection closed before a reply arrived. */
+export class WorkerConnectionError extends Error {
+  override name = 'WorkerConnectionError';
+}
+
+/** Where a worker listens: a unix socket path, or a TCP host and port. */
+export type WorkerAddress = { socketPath: string } | { host: string; port: number };
+
+interface Pending {
+  resolve: (reply: Record<string, unknown>) => void;
+  reject: (error: Error) => void;
+}
+
+/**
+ * A multiplexed request/reply connection to a worker.
+ *
+ * @example
+ * const worker = await WorkerClient.connect({ socketPath: '/tmp/w.sock' });
+ * await worker.request('load_model', { model: 'lathe/tiny-qwen3' });
+ */
+export class WorkerClient {
+  private nextId = 1;
+  private readonly pending = new Map<number, Pending>();
+  private closedError: Error | undefined;
+
+  private constructor(private readonly socket: net.Socket) {
+    const reader = new FrameReader();
+    socket.on('data', (chunk: Buffer) => {
+      let messages: Record<string, unknown>[];
+      try {
+        messages = reader.push(chunk);
+      } catch (error) {
+        this.fail(new WorkerConnectionError(`bad frame from worker: ${(error as Error).message}`));
+        socket.destroy();
+        return;
+      }
+      for (const message of messages) this.dispatch(message);
+    });
+    socket.on('error', (error) => this.fail(new WorkerConnectionError(`worker connection error: ${error.message}`)));
+    socket.on('close', () => this.fail(new WorkerConnectionError('worker connection closed')));
+  }
+
+  /** Connects to a listening worker. */
+  static connect(address: WorkerAddress): Promise<WorkerClient> {
+    return new Promise((resolve, reject) => {
+      const socket = 'socketPath' in address ? net.connect(address.socketPath) : net.connect(address.port, address.host);
+      socket.once('connect', () => {
+        socket.removeListener('error', reject);
+        resolve(new WorkerClient(socket));
+      });
+      socket.once('error', reject);
+    });
+  }
+
+  /** Sends one op; resolves with the reply's fields, rejects with a {@link WorkerRequestError}. */
+  request<T = Record<string, unknown>>(op: string, fields: Record<string, unknown> = {}): Promise<T> {
+    if (this.closedError) return Promise.reject(this.closedError);
+    const id = this.nextId++;
+    return new Promise<T>((resolve, reject) => {
+      this.pending.set(id, { resolve: resolve as (reply: Record<string, unknown>) => void, reject });
+      this.socket.write(encodeFrame({ ...fields, op, id }));
+    });
+  }
+
+  /** Closes the connection; outstanding requests reject. */
+  close(): void {
+    this.socket.end();
+  }
+
+  private dispatch(message: Record<string, unknown>): void {
+    const id = message['id'];
+    const waiter = typeof id === 'number' ? this.pending.get(id) : undefined;
+    if (waiter === undefined) {
+      // A reply without a known id (e.g. a malformed-frame notice) concerns no pending request.
+      return;
+    }
+    this.pending.delete(id as number);
+    if (message['ok'] === true) {
+      const { id: _id, ok: _ok, ...fields } = message;
+      waiter.resolve(fields);
+    } else {
+      const error = (message['error'] ?? {}) as { code?: string; message?: string; category?: string };
+      waiter.reject(
+        new WorkerRequestError(error.code ?? 'unknown', error.message ?? 'worker error', error.category === 'user' ? 'user' : 'server'),
+      );
+    }
+  }
+
+  private fail(error: Error): void {
+    this.closedError ??= error;
+    for (const waiter of this.pending.values()) waiter.reject(error);
+    this.pending.clear();
+  }
+}

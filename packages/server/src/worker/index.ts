@@ -1,0 +1,4 @@
+export * from './frames.js';
+export * from './tensor.js';
+export * from './client.js';
+export * from './process.js';

@@ -1,0 +1,42 @@
+"""`python -m lathe_worker --socket PATH | --port N [--models-dir DIR] [--model NAME]`"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from .engine import Engine
+from .handlers import Handlers
+from .models.registry import ModelRegistry
+from .server import serve
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m lathe_worker", description=__doc__)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--socket", help="unix socket path to listen on")
+    where.add_argument("--port", type=int, help="TCP port to listen on (0 picks a free one)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--models-dir", default=os.environ.get("LATHE_MODELS_DIR", ".lathe/models"))
+    parser.add_argument("--model", help="load this model at start-up")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
+    parser.add_argument("--max-batch-tokens", type=int, default=16384)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s lathe-worker %(levelname)s %(message)s")
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    engine = Engine(ModelRegistry(Path(args.models_dir)), device=device, dtype=dtype, max_batch_tokens=args.max_batch_tokens)
+    if args.model:
+        engine.load_model(args.model)
+    token = os.environ.get("LATHE_WORKER_TOKEN") or None
+    asyncio.run(serve(Handlers(engine), args.socket, args.host, args.port, token))
+
+
+if __name__ == "__main__":
+    main()

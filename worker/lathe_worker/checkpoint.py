@@ -1,0 +1,113 @@
+"""Adapter checkpoints: a folder with `adapter.safetensors` (LoRA A/B by module path, the LoRA config
+and base model in its metadata) and, when saved with optimizer state, `optimizer.safetensors`.
+
+Writes go to a temporary sibling folder that is renamed into place, so a crash mid-save never
+leaves a half-written checkpoint under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorsError
+from safetensors.torch import load_file, save_file
+
+from .errors import UserError
+from .lora import LoraAdapter, LoraConfig
+from .models.transformer import Transformer
+from .optim import AdapterOptimizer
+
+ADAPTER_FILE = "adapter.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+FORMAT_VERSION = "1"
+
+
+def lora_config_to_wire(config: LoraConfig) -> dict[str, Any]:
+    return {
+        "rank": config.rank,
+        "seed": config.seed,
+        "train_attn": config.train_attn,
+        "train_mlp": config.train_mlp,
+        "train_unembed": config.train_unembed,
+    }
+
+
+def save(path: Path, adapter: LoraAdapter, optimizer: AdapterOptimizer | None, base_model: str | None) -> int:
+    """Write the checkpoint folder at `path` (replacing any old one); returns its size in bytes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        tensors = {}
+        for module_path, a, b in adapter.named_factors():
+            tensors[f"{module_path}.lora_A"] = a.detach().contiguous().cpu()
+            tensors[f"{module_path}.lora_B"] = b.detach().contiguous().cpu()
+        metadata = {
+            "format": "lathe-adapter",
+            "format_version": FORMAT_VERSION,
+            "base_model": base_model or "",
+            "lora_config": json.dumps(lora_config_to_wire(adapter.config)),
+        }
+        save_file(tensors, str(tmp / ADAPTER_FILE), metadata=metadata)
+        if optimizer is not None:
+            state = {k: v.detach().contiguous().cpu() for k, v in optimizer.state_dict().items()}
+            save_file(state, str(tmp / OPTIMIZER_FILE), metadata={"format_version": FORMAT_VERSION})
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return sum(f.stat().st_size for f in path.iterdir())
+
+
+def load(
+    path: Path, model: Transformer, base_model: str | None, device: torch.device
+) -> tuple[LoraAdapter, dict[str, torch.Tensor] | None]:
+    """Rebuild the adapter saved at `path`; also return its optimizer state if it has one."""
+    path = Path(path)
+    adapter_file = path / ADAPTER_FILE
+    if not adapter_file.is_file():
+        raise UserError("checkpoint_not_found", f"no adapter checkpoint at {path}")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(adapter_file), framework="pt") as f:
+            metadata = f.metadata() or {}
+        tensors = load_file(str(adapter_file))
+    except (SafetensorsError, OSError) as exc:
+        raise UserError("checkpoint_corrupt", f"cannot read {adapter_file}: {exc}") from None
+    saved_base = metadata.get("base_model", "")
+    if base_model and saved_base and saved_base != base_model:
+        raise UserError(
+            "checkpoint_model_mismatch",
+            f"checkpoint {path} was trained on {saved_base!r}, but this worker holds {base_model!r}",
+        )
+    config = LoraConfig(**json.loads(metadata["lora_config"]))
+    adapter = LoraAdapter.create(model, config, device=device)
+    expected = {name for name, _, _ in adapter.named_factors()}
+    saved = {key.rsplit(".", 1)[0] for key in tensors}
+    if expected != saved:
+        raise UserError(
+            "checkpoint_mismatch",
+            f"checkpoint {path} targets {len(saved)} modules, this model expects {len(expected)} for its LoRA config",
+        )
+    with torch.no_grad():
+        for module_path, a, b in adapter.named_factors():
+            for name, param in (("lora_A", a), ("lora_B", b)):
+                value = tensors[f"{module_path}.{name}"]
+                if value.shape != param.shape:
+                    raise UserError(
+                        "checkpoint_mismatch",
+                        f"{module_path}.{name}: checkpoint shape {list(value.shape)} != model shape {list(param.shape)}",
+                    )
+                param.copy_(value)
+    optimizer_file = path / OPTIMIZER_FILE
+    optimizer_state = load_file(str(optimizer_file), device="cpu") if optimizer_file.is_file() else None
+    return adapter, optimizer_state

@@ -1,0 +1,338 @@
+"""The engine: one base model and its adapter slots, and every protocol op as a method.
+
+All input validation happens here, before anything touches the model, so that a bad request
+becomes a `UserError` for that request alone and never leaves an adapter half-updated.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import checkpoint
+from .errors import UserError
+from .logprobs import target_logprobs
+from .lora import LoraAdapter, LoraBatch, LoraConfig
+from .losses import compute_loss, validate_loss_inputs
+from .models.loading import load_model
+from .models.registry import ModelRegistry
+from .models.transformer import Transformer, causal_padding_mask
+from .optim import AdamParams, AdapterOptimizer
+from .peft_export import export_peft
+from .sampler import SampleRequest, sample_batch
+
+
+@dataclass
+class AdapterSlot:
+    adapter: LoraAdapter
+    optimizer: AdapterOptimizer
+    pending_grad: bool = False  # forward_backward ran since the last optim_step
+    steps: int = 0
+
+
+@dataclass
+class Datum:
+    tokens: torch.Tensor  # int64 [N]
+    inputs: dict[str, torch.Tensor]
+
+
+@dataclass
+class WorkItem:
+    """One caller's forward(_backward) request: a list of datums for one adapter."""
+
+    adapter_id: str | None
+    loss_fn: str
+    loss_config: dict[str, float] | None
+    data: list[Datum]
+
+
+@dataclass
+class Engine:
+    registry: ModelRegistry
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+    # Rows × padded length processed per forward/backward pass; larger batches are split into
+    # micro-batches whose gradients accumulate, so memory stays bounded.
+    max_batch_tokens: int = 16384
+    model_name: str | None = None
+    model: Transformer | None = None
+    adapters: dict[str, AdapterSlot] = field(default_factory=dict)
+    op_counts: dict[str, int] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.time)
+
+    # ---- model and adapters -------------------------------------------------------------
+
+    def load_model(self, name: str) -> dict[str, Any]:
+        if self.model is not None:
+            if name == self.model_name:
+                return self.model_info()
+            raise UserError(
+                "model_already_loaded",
+                f"this worker holds {self.model_name!r}; start another worker for {name!r}",
+            )
+        folder = self.registry.resolve(name)
+        self.model = load_model(folder, dtype=self.dtype, device=self.device)
+        self.model_name = name
+        return self.model_info()
+
+    def model_info(self) -> dict[str, Any]:
+        model = self._require_model()
+        cfg = model.config
+        return {
+            "model": self.model_name,
+            "architecture": cfg.architecture,
+            "vocab_size": cfg.vocab_size,
+            "max_context_length": cfg.max_position_embeddings,
+            "hidden_size": cfg.hidden_size,
+            "num_layers": cfg.num_hidden_layers,
+            "num_params": sum(p.numel() for p in model.parameters()),
+        }
+
+    def create_adapter(self, adapter_id: str, config: LoraConfig) -> dict[str, Any]:
+        model = self._require_model()
+        if adapter_id in self.adapters:
+            raise UserError("adapter_exists", f"adapter {adapter_id!r} already exists")
+        config.validate()
+        adapter = LoraAdapter.create(model, config, device=self.device)
+        self._install(adapter_id, adapter)
+        return {"adapter": adapter_id, "num_params": sum(p.numel() for p in adapter.parameters())}
+
+    def drop_adapter(self, adapter_id: str) -> dict[str, Any]:
+        self._slot(adapter_id)
+        del self.adapters[adapter_id]
+        return {"adapter": adapter_id}
+
+    def _install(self, adapter_id: str, adapter: LoraAdapter) -> AdapterSlot:
+        slot = AdapterSlot(adapter=adapter, optimizer=AdapterOptimizer(list(adapter.parameters())))
+        self.adapters[adapter_id] = slot
+        return slot
+
+    def _require_model(self) -> Transformer:
+        if self.model is None:
+            raise UserError("no_model", "no model loaded; send load_model first")
+        return self.model
+
+    def _slot(self, adapter_id: str) -> AdapterSlot:
+        slot = self.adapters.get(adapter_id)
+        if slot is None:
+            raise UserError("unknown_adapter", f"unknown adapter {adapter_id!r}")
+        return slot
+
+    def _adapter_or_base(self, adapter_id: str | None) -> LoraAdapter | None:
+        return None if adapter_id is None else self._slot(adapter_id).adapter
+
+    # ---- validation ------------------------------------------------------------------
+
+    def validate_item(self, item: WorkItem) -> None:
+        model = self._require_model()
+        cfg = model.config
+        self._adapter_or_base(item.adapter_id)
+        if not item.data:
+            raise UserError("empty_batch", "forward_backward needs at least one datum")
+        for i, datum in enumerate(item.data):
+            self.validate_tokens(datum.tokens, f"data[{i}].model_input")
+            try:
+                validate_loss_inputs(item.loss_fn, len(datum.tokens), datum.inputs, item.loss_config, cfg.vocab_size)
+            except UserError as exc:
+                raise UserError(exc.code, f"data[{i}]: {exc.message}") from None
+
+    def validate_tokens(self, tokens: torch.Tensor, name: str, extra_len: int = 0) -> None:
+        cfg = self._require_model().config
+        if tokens.dim() != 1:
+            raise UserError("invalid_shape", f"{name}: tokens must be 1-D, got shape {list(tokens.shape)}")
+        if tokens.numel() == 0:
+            raise UserError("empty_input", f"{name}: no tokens")
+        if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+            raise UserError("invalid_dtype", f"{name}: token ids must be integers, got {tokens.dtype}")
+        low, high = int(tokens.min()), int(tokens.max())
+        if low < 0 or high >= cfg.vocab_size:
+            bad = low if low < 0 else high
+            raise UserError(
+                "token_out_of_vocab",
+                f"{name}: token id {bad} is outside the vocabulary [0, {cfg.vocab_size})",
+            )
+        total = tokens.numel() + extra_len
+        if total > cfg.max_position_embeddings:
+            raise UserError(
+                "context_too_long",
+                f"{name}: {total} tokens exceed the model's context length of {cfg.max_position_embeddings}",
+            )
+
+    # ---- training --------------------------------------------------------------------
+
+    def forward_backward(self, items: list[WorkItem], backward: bool) -> list[dict[str, Any] | UserError]:
+        """Run many callers' items as one batch. Returns a result or a UserError per item."""
+        model = self._require_model()
+        outcome: list[dict[str, Any] | UserError] = []
+        valid: list[int] = []
+        for index, item in enumerate(items):
+            try:
+                self.validate_item(item)
+                valid.append(index)
+                outcome.append({})
+            except UserError as exc:
+                outcome.append(exc)
+        # Adapters' rows must be contiguous for grouped LoRA matmuls.
+        valid.sort(key=lambda i: (items[i].adapter_id or ""))
+        logprobs_per_item: dict[int, list[torch.Tensor]] = {i: [] for i in valid}
+        for micro in self._micro_batches(items, valid):
+            with torch.set_grad_enabled(backward):
+                total = self._run_micro_batch(model, items, micro, logprobs_per_item)
+            if backward and total is not None and total.requires_grad:
+                total.backward()
+        # Metrics over the whole item, which may have spanned several micro-batches.
+        for i in valid:
+            item = items[i]
+            result = compute_loss(
+                item.loss_fn,
+                [lp.detach() for lp in logprobs_per_item[i]],
+                [d.inputs for d in item.data],
+                item.loss_config,
+            )
+            outcome[i] = {
+                "loss_fn_outputs": [{"logprobs": lp.detach().float().cpu()} for lp in logprobs_per_item[i]],
+                "metrics": result.metrics,
+            }
+            if backward and item.adapter_id is not None:
+                self.adapters[item.adapter_id].pending_grad = True
+        return outcome
+
+    def _micro_batches(self, items: list[WorkItem], valid: list[int]) -> list[list[tuple[int, int]]]:
+        """Split (item, datum) pairs into micro-batches of at most max_batch_tokens padded tokens."""
+        batches: list[list[tuple[int, int]]] = []
+        current: list[tuple[int, int]] = []
+        longest = 0
+        for i in valid:
+            for j, datum in enumerate(items[i].data):
+                n = datum.tokens.numel()
+                if current and max(longest, n) * (len(current) + 1) > self.max_batch_tokens:
+                    batches.append(current)
+                    current, longest = [], 0
+                current.append((i, j))
+                longest = max(longest, n)
+        if current:
+            batches.append(current)
+        return batches
+
+    def _run_micro_batch(
+        self,
+        model: Transformer,
+        items: list[WorkItem],
+        rows: list[tuple[int, int]],
+        logprobs_per_item: dict[int, list[torch.Tensor]],
+    ) -> torch.Tensor | None:
+        lengths = torch.tensor([items[i].data[j].tokens.numel() for i, j in rows])
+        width = int(lengths.max())
+        input_ids = torch.zeros(len(rows), width, dtype=torch.long)
+        for r, (i, j) in enumerate(rows):
+            input_ids[r, : lengths[r]] = items[i].data[j].tokens
+        positions = torch.arange(width).expand(len(rows), width)
+        mask = causal_padding_mask(lengths, width)
+        groups: list[tuple[LoraAdapter | None, int, int]] = []
+        for r, (i, _) in enumerate(rows):
+            adapter = self._adapter_or_base(items[i].adapter_id)
+            if groups and groups[-1][0] is adapter:
+                groups[-1] = (adapter, groups[-1][1], r + 1)
+            else:
+                groups.append((adapter, r, r + 1))
+        hidden = model(
+            input_ids.to(self.device), positions.to(self.device), mask.to(self.device), lora=LoraBatch(groups)
+        )
+        total: torch.Tensor | None = None
+        # Consecutive rows of the same item share a loss call; per-datum logprobs are split back.
+        r = 0
+        while r < len(rows):
+            i = rows[r][0]
+            end = r
+            while end < len(rows) and rows[end][0] == i:
+                end += 1
+            item = items[i]
+            adapter = self._adapter_or_base(item.adapter_id)
+            datums = [item.data[j] for _, j in rows[r:end]]
+            lps = [
+                target_logprobs(
+                    hidden[row, : int(lengths[row])],
+                    lambda h, a=adapter: model.lm_head_logits(h, a),
+                    d.inputs["target_tokens"].to(self.device),
+                )
+                for row, d in zip(range(r, end), datums)
+            ]
+            result = compute_loss(item.loss_fn, lps, [d.inputs for d in datums], item.loss_config)
+            logprobs_per_item[i].extend(lps)
+            total = result.loss if total is None else total + result.loss
+            r = end
+        return total
+
+    def optim_step(self, adapter_id: str, params: AdamParams) -> dict[str, Any]:
+        slot = self._slot(adapter_id)
+        metrics = slot.optimizer.step(params)
+        slot.pending_grad = False
+        slot.steps += 1
+        return {"metrics": metrics}
+
+    # ---- sampling --------------------------------------------------------------------
+
+    def sample(self, requests: list[SampleRequest]) -> list[dict[str, Any] | UserError]:
+        model = self._require_model()
+        outcome: list[dict[str, Any] | UserError] = []
+        valid: list[SampleRequest] = []
+        for request in requests:
+            try:
+                adapter = self._adapter_or_base(request.adapter_id)
+                self.validate_tokens(request.prompt, "prompt", extra_len=request.params.max_tokens)
+                request.params.validate(model.config.vocab_size)
+                request.adapter = adapter
+                valid.append(request)
+                outcome.append({})
+            except UserError as exc:
+                outcome.append(exc)
+        results = iter(sample_batch(model, valid, self.device) if valid else [])
+        return [o if isinstance(o, UserError) else next(results) for o in outcome]
+
+    # ---- checkpoints -----------------------------------------------------------------
+
+    def save_adapter(self, adapter_id: str, path: Path, include_optimizer: bool) -> dict[str, Any]:
+        slot = self._slot(adapter_id)
+        size = checkpoint.save(path, slot.adapter, slot.optimizer if include_optimizer else None, self.model_name)
+        return {"adapter": adapter_id, "path": str(path), "bytes": size}
+
+    def load_adapter(self, adapter_id: str, path: Path, include_optimizer: bool) -> dict[str, Any]:
+        """Load into a new slot, or replace an existing slot's weights (and optimizer state)."""
+        model = self._require_model()
+        adapter, optimizer_state = checkpoint.load(path, model, self.model_name, self.device)
+        if include_optimizer and optimizer_state is None:
+            raise UserError("no_optimizer_state", f"checkpoint {path} was saved without optimizer state")
+        slot = self._install(adapter_id, adapter)
+        if include_optimizer and optimizer_state is not None:
+            slot.optimizer.load_state_dict(optimizer_state)
+        return {"adapter": adapter_id, "lora": checkpoint.lora_config_to_wire(adapter.config)}
+
+    def export_peft(self, adapter_id: str, path: Path) -> dict[str, Any]:
+        slot = self._slot(adapter_id)
+        model = self._require_model()
+        export_peft(slot.adapter, self.model_name or "", model.config, path)
+        return {"adapter": adapter_id, "path": str(path)}
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "model": self.model_name,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "uptime_s": time.time() - self.started_at,
+            "adapters": [
+                {
+                    "adapter": name,
+                    "rank": slot.adapter.config.rank,
+                    "num_params": sum(p.numel() for p in slot.adapter.parameters()),
+                    "pending_grad": slot.pending_grad,
+                    "steps": slot.steps,
+                }
+                for name, slot in self.adapters.items()
+            ],
+            "ops": dict(self.op_counts),
+        }
+

@@ -1,0 +1,261 @@
+"""Batched decoding with a KV cache over the shared base weights.
+
+Every request expands into `num_samples` rows; rows of all requests (and all adapters) decode
+together. Prompts are left-padded so each step appends one column; each row keeps its own RoPE
+positions and its own random generator, so a seeded request gives the same tokens whatever else
+shares the batch.
+
+Reported logprobs are the model's own (temperature 1, no top-k/top-p) log-probabilities of the
+chosen tokens: the same numbers a training forward pass gives, which is what importance-sampling
+RL losses need.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from .errors import UserError
+from .logprobs import target_logprobs, topk_logprobs
+from .lora import LoraAdapter, LoraBatch
+from .models.transformer import KVCache, Transformer, causal_padding_mask
+
+MAX_TOPK_PROMPT_LOGPROBS = 100
+MAX_NUM_SAMPLES = 128
+
+
+@dataclass
+class SamplingParams:
+    """Tinker's `SamplingParams`. `max_tokens=None` decodes until the context is full."""
+
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_k: int = -1
+    top_p: float = 1.0
+    stop_token_ids: list[int] = field(default_factory=list)
+    stop_strings: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any] | None) -> "SamplingParams":
+        d = dict(d or {})
+        stop = d.pop("stop", None)
+        known = {"max_tokens", "temperature", "top_k", "top_p", "seed"}
+        unknown = set(d) - known
+        if unknown:
+            raise UserError("invalid_sampling_params", f"unknown sampling_params keys: {sorted(unknown)}")
+        params = cls(**{k: v for k, v in d.items() if v is not None})
+        if isinstance(stop, str):
+            stop = [stop]
+        for s in stop or []:
+            if isinstance(s, bool) or not isinstance(s, (int, str)):
+                raise UserError("invalid_sampling_params", f"stop entries must be token ids or strings, got {s!r}")
+            (params.stop_strings if isinstance(s, str) else params.stop_token_ids).append(s)
+        return params
+
+    def validate(self, vocab_size: int) -> None:
+        def bad(message: str) -> UserError:
+            return UserError("invalid_sampling_params", message)
+
+        if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 1):
+            raise bad(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
+        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) or self.temperature < 0:
+            raise bad(f"temperature must be a finite number >= 0, got {self.temperature!r}")
+        if not isinstance(self.top_k, int) or (self.top_k < 1 and self.top_k != -1):
+            raise bad(f"top_k must be -1 (off) or a positive integer, got {self.top_k!r}")
+        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            raise bad(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.seed is not None and not isinstance(self.seed, int):
+            raise bad(f"seed must be an integer, got {self.seed!r}")
+        for t in self.stop_token_ids:
+            if not 0 <= t < vocab_size:
+                raise bad(f"stop token id {t} is outside the vocabulary [0, {vocab_size})")
+        if any(s == "" for s in self.stop_strings):
+            raise bad("stop strings must not be empty")
+
+
+@dataclass
+class SampleRequest:
+    adapter_id: str | None
+    prompt: torch.Tensor  # int64 [P]
+    num_samples: int
+    params: SamplingParams
+    prompt_logprobs: bool = False
+    topk_prompt_logprobs: int = 0
+    adapter: LoraAdapter | None = None  # resolved by the engine
+
+    def validate_counts(self) -> None:
+        if not isinstance(self.num_samples, int) or not 1 <= self.num_samples <= MAX_NUM_SAMPLES:
+            raise UserError("invalid_num_samples", f"num_samples must be in [1, {MAX_NUM_SAMPLES}], got {self.num_samples!r}")
+        k = self.topk_prompt_logprobs
+        if not isinstance(k, int) or not 0 <= k <= MAX_TOPK_PROMPT_LOGPROBS:
+            raise UserError(
+                "invalid_topk_prompt_logprobs",
+                f"topk_prompt_logprobs must be in [0, {MAX_TOPK_PROMPT_LOGPROBS}], got {k!r}",
+            )
+
+
+@dataclass
+class _Row:
+    request: int
+    sample_index: int
+    max_new: int
+    stop_ids: set[int]
+    generator: torch.Generator
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    stop_reason: str | None = None
+
+
+def _row_generator(seed: int | None, sample_index: int, device: torch.device) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        # Distinct, reproducible streams per sample of one seeded request.
+        generator.manual_seed((seed * 1_000_003 + sample_index) % (2**63))
+    return generator
+
+
+def _filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """Temperature, top-k and nucleus filtering of one row's logits (float32)."""
+    logits = logits / temperature
+    if top_k > 0 and top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Drop a token when the mass before it already reaches top_p; the first always stays.
+        drop = (probs.cumsum(-1) - probs) >= top_p
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+    return logits
+
+
+def _choose(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
+    if params.temperature == 0:
+        return int(torch.argmax(logits))
+    filtered = _filter_logits(logits, params.temperature, params.top_k, params.top_p)
+    # Gumbel-max with exponential noise: argmax(p / E) is a draw from p, using only this row's generator.
+    noise = torch.empty_like(filtered).exponential_(generator=generator)
+    return int(torch.argmax(torch.softmax(filtered, dim=-1) / noise))
+
+
+def _stop_string_hit(tokens: list[int], stops: list[str], decode: Callable[[list[int]], str]) -> bool:
+    text = decode(tokens)
+    return any(s in text for s in stops)
+
+
+def sample_batch(
+    model: Transformer,
+    requests: list[SampleRequest],
+    device: torch.device,
+    decode: Callable[[list[int]], str] | None = None,
+) -> list[dict[str, Any]]:
+    """Decode all requests together; returns one result dict per request, in order."""
+    context = model.config.max_position_embeddings
+    rows: list[_Row] = []
+    for r, request in enumerate(requests):
+        if request.params.stop_strings and decode is None:
+            raise UserError("stop_strings_unsupported", "this model has no tokenizer.json, so stop strings cannot be matched; pass stop token ids")
+        budget = context - request.prompt.numel()
+        max_new = min(request.params.max_tokens or budget, budget)
+        for s in range(request.num_samples):
+            rows.append(
+                _Row(r, s, max_new, set(request.params.stop_token_ids), _row_generator(request.params.seed, s, device))
+            )
+    # Rows of one adapter must be contiguous for the grouped LoRA matmuls.
+    rows.sort(key=lambda row: id(requests[row.request].adapter) if requests[row.request].adapter else 0)
+    adapters = [requests[row.request].adapter for row in rows]
+    groups: list[tuple[LoraAdapter | None, int, int]] = []
+    for i, adapter in enumerate(adapters):
+        if groups and groups[-1][0] is adapter:
+            groups[-1] = (adapter, groups[-1][1], i + 1)
+        else:
+            groups.append((adapter, i, i + 1))
+    lora = LoraBatch(groups)
+
+    prompt_lengths = torch.tensor([requests[row.request].prompt.numel() for row in rows])
+    width = int(prompt_lengths.max())
+    steps = max(row.max_new for row in rows)
+    batch = len(rows)
+    input_ids = torch.zeros(batch, width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        prompt = requests[row.request].prompt
+        input_ids[i, width - prompt.numel() :] = prompt
+    pad = width - prompt_lengths
+    positions = (torch.arange(width).expand(batch, width) - pad[:, None]).clamp(min=0)
+    key_valid = torch.zeros(batch, width + steps, dtype=torch.bool)
+    key_valid[:, :width] = torch.arange(width)[None, :] >= pad[:, None]
+
+    with torch.no_grad():
+        cache = KVCache(model.config, batch, width + steps, dtype=next(model.parameters()).dtype, device=device)
+        mask = causal_padding_mask(prompt_lengths, width, left_padded=True)
+        hidden = model(input_ids.to(device), positions.to(device), mask.to(device), lora=lora, cache=cache)
+        results = _prompt_outputs(model, requests, rows, hidden, width)
+
+        last = hidden[:, -1]
+        next_pos = prompt_lengths.clone()
+        for step in range(steps):
+            logits = torch.cat([model.lm_head_logits(last[s:e], a) for a, s, e in groups]).float()
+            logprobs = torch.log_softmax(logits, dim=-1)
+            new_tokens = torch.zeros(batch, 1, dtype=torch.long)
+            for i, row in enumerate(rows):
+                if row.stop_reason is not None:
+                    continue
+                token = _choose(logits[i], requests[row.request].params, row.generator)
+                row.tokens.append(token)
+                row.logprobs.append(float(logprobs[i, token]))
+                new_tokens[i, 0] = token
+                stops = requests[row.request].params.stop_strings
+                if token in row.stop_ids or (stops and decode and _stop_string_hit(row.tokens, stops, decode)):
+                    row.stop_reason = "stop"
+                elif len(row.tokens) >= row.max_new:
+                    row.stop_reason = "length"
+            if all(row.stop_reason is not None for row in rows):
+                break
+            key_valid[:, width + step] = True
+            step_mask = key_valid[:, : width + step + 1].unsqueeze(1)
+            hidden = model(
+                new_tokens.to(device), next_pos[:, None].to(device), step_mask.to(device), lora=lora, cache=cache
+            )
+            last = hidden[:, -1]
+            next_pos += 1
+
+    for row in rows:
+        results[row.request]["sequences"][row.sample_index] = {
+            "tokens": row.tokens,
+            "logprobs": row.logprobs,
+            "stop_reason": row.stop_reason or "length",
+        }
+    return results
+
+
+def _prompt_outputs(
+    model: Transformer, requests: list[SampleRequest], rows: list[_Row], hidden: torch.Tensor, width: int
+) -> list[dict[str, Any]]:
+    """Per-request result skeletons, with prompt logprobs computed from the prefill pass."""
+    results: list[dict[str, Any]] = []
+    first_row = {}
+    for i, row in enumerate(rows):
+        first_row.setdefault(row.request, i)
+    for r, request in enumerate(requests):
+        result: dict[str, Any] = {"sequences": [None] * request.num_samples}
+        if request.prompt_logprobs or request.topk_prompt_logprobs:
+            i = first_row[r]
+            n = request.prompt.numel()
+            prefix_hidden = hidden[i, width - n : width - 1]  # position t predicts prompt[t + 1]
+            head = lambda h, a=request.adapter: model.lm_head_logits(h, a)  # noqa: E731
+            if request.prompt_logprobs:
+                lps = target_logprobs(prefix_hidden, head, request.prompt[1:].to(hidden.device)) if n > 1 else torch.empty(0)
+                result["prompt_logprobs"] = [None] + [float(x) for x in lps]
+            if request.topk_prompt_logprobs:
+                values, ids = topk_logprobs(prefix_hidden, head, request.topk_prompt_logprobs) if n > 1 else (torch.empty(0, 0), torch.empty(0, 0))
+                result["topk_prompt_logprobs"] = [None] + [
+                    [(int(t), float(v)) for t, v in zip(id_row, value_row)] for id_row, value_row in zip(ids, values)
+                ]
+        results.append(result)
+    return results

@@ -1,0 +1,98 @@
+"""The socket server: reads frames from any number of connections and runs their ops one at a
+time, in arrival order, on a single compute thread (the accelerator is one shared resource), while
+the event loop keeps reading so that requests queue instead of blocking senders."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .errors import UserError, WorkerError
+from .handlers import Handlers
+from .protocol import HEADER, MAX_FRAME_BYTES, error_reply, pack_frame, unpack_body
+
+log = logging.getLogger("lathe_worker")
+
+
+class WorkerServer:
+    def __init__(self, handlers: Handlers, token: str | None = None) -> None:
+        self.handlers = handlers
+        self.token = token
+        self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
+        self.stopped = asyncio.Event()
+
+    def run_op(self, request: dict[str, Any]) -> dict[str, Any]:
+        request_id = request.get("id")
+        try:
+            return {"id": request_id, "ok": True, **self.handlers.handle(request)}
+        except WorkerError as exc:
+            return error_reply(request_id, exc.to_reply())
+        except Exception as exc:  # a bug or resource failure: report it, keep serving
+            log.error("op %r failed:\n%s", request.get("op"), traceback.format_exc())
+            return error_reply(request_id, {"code": "internal", "message": f"{type(exc).__name__}: {exc}", "category": "server"})
+
+    async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        write_lock = asyncio.Lock()
+        authenticated = self.token is None
+        pending: set[asyncio.Task[None]] = set()
+
+        async def send(message: dict[str, Any]) -> None:
+            async with write_lock:
+                writer.write(pack_frame(message))
+                await writer.drain()
+
+        async def execute(request: dict[str, Any]) -> None:
+            reply = await loop.run_in_executor(self.compute, self.run_op, request)
+            await send(reply)
+            if request.get("op") == "shutdown":
+                self.stopped.set()
+
+        try:
+            while True:
+                header = await reader.readexactly(HEADER.size)
+                (length,) = HEADER.unpack(header)
+                if length > MAX_FRAME_BYTES:
+                    # The stream cannot be resynchronised after an absurd length: say why, then close.
+                    await send(error_reply(None, UserError("frame_too_large", f"frame of {length} bytes exceeds {MAX_FRAME_BYTES}").to_reply()))
+                    break
+                body = await reader.readexactly(length)
+                try:
+                    request = unpack_body(body)
+                except UserError as exc:
+                    await send(error_reply(None, exc.to_reply()))
+                    continue
+                if not authenticated:
+                    token = request.get("token")
+                    if request.get("op") != "hello" or not isinstance(token, str) or not hmac.compare_digest(token, self.token or ""):
+                        await send(error_reply(request.get("id"), {"code": "unauthorized", "message": "send hello with the worker token first", "category": "user"}))
+                        break
+                    authenticated = True
+                # Ops are queued on the single compute thread in arrival order.
+                task = asyncio.ensure_future(execute(request))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+        except (asyncio.IncompleteReadError, ConnectionResetError):
+            pass
+        finally:
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+            writer.close()
+
+
+async def serve(handlers: Handlers, socket_path: str | None, host: str, port: int | None, token: str | None) -> None:
+    server_state = WorkerServer(handlers, token)
+    if socket_path:
+        server = await asyncio.start_unix_server(server_state.serve_connection, path=socket_path, limit=1 << 20)
+        where = f"unix:{socket_path}"
+    else:
+        server = await asyncio.start_server(server_state.serve_connection, host=host, port=port or 0, limit=1 << 20)
+        where = "tcp:%s:%d" % server.sockets[0].getsockname()[:2]
+    # The parent process waits for this exact line before connecting.
+    print(f"lathe-worker listening on {where}", flush=True)
+    async with server:
+        await server_state.stopped.wait()
