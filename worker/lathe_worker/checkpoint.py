@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import UserError
@@ -76,12 +76,11 @@ def load(
     if not adapter_file.is_file():
         raise UserError("checkpoint_not_found", f"no adapter checkpoint at {path}")
     try:
-        from safetensors import safe_open
 
         with safe_open(str(adapter_file), framework="pt") as f:
             metadata = f.metadata() or {}
         tensors = load_file(str(adapter_file))
-    except (SafetensorsError, OSError) as exc:
+    except (SafetensorError, OSError) as exc:
         raise UserError("checkpoint_corrupt", f"cannot read {adapter_file}: {exc}") from None
     saved_base = metadata.get("base_model", "")
     if base_model and saved_base and saved_base != base_model:

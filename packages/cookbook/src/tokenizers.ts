@@ -27,7 +27,7 @@ export interface TextTokenizer {
 /** The folder holding `tokenizer.json` and `tokenizer_config.json` for a family. */
 export function tokenizerDir(family: TokenizerFamily): string {
   const require = createRequire(import.meta.url);
-  return path.join(path.dirname(require.resolve(`${PACKAGE_FOR[family]}/package.json`)), 'models');
+  return path.dirname(require.resolve(`${PACKAGE_FOR[family]}/models/tokenizer.json`));
 }
 
 /** The tokenizer family for a model name (`Qwen/Qwen3-8B` → qwen3, `meta-llama/Llama-3.1-8B` → llama3). */

@@ -42,7 +42,8 @@ export function floatsToWire(values: readonly number[], shape?: number[]): WireT
 export function fromWire(tensor: WireTensor): TypedArray {
   const Ctor = ARRAY_FOR[tensor.dtype];
   if (Ctor === undefined) throw new Error(`unsupported wire dtype ${String(tensor.dtype)}`);
-  const copy = tensor.data.slice();
+  // `new Uint8Array(view)` copies; Buffer#slice would not (it shares the pooled ArrayBuffer).
+  const copy = new Uint8Array(tensor.data);
   return new Ctor(copy.buffer, 0, copy.byteLength / Ctor.BYTES_PER_ELEMENT);
 }
 
