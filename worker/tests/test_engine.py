@@ -1,0 +1,194 @@
+"""Engine-level behaviour: batching many callers' items, gradient accumulation, isolation, errors."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from lathe_worker.engine import Datum, WorkItem
+from lathe_worker.errors import UserError
+from lathe_worker.lora import LoraConfig
+from lathe_worker.optim import AdamParams
+
+from small_model import make_engine, random_tokens, sft_item, write_small_model
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return write_small_model(tmp_path_factory.mktemp("small") / "model")
+
+
+def perturb(engine, adapter_id: str, seed: int) -> None:
+    """Give B non-zero values so adapters differ from the base model and from each other."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, _, b in engine.adapters[adapter_id].adapter.named_factors():
+            b.copy_(torch.randn(b.shape, generator=gen) * 0.05)
+
+
+def assert_grads_close(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Within 1e-5 relative to the tensor's largest entry: padding changes float32 summation order."""
+    scale = max(1.0, float(b.abs().max()))
+    assert float((a - b).abs().max()) <= 1e-5 * scale
+
+
+def grads(engine, adapter_id: str) -> list[torch.Tensor]:
+    return [p.grad.clone() if p.grad is not None else None for p in engine.adapters[adapter_id].adapter.parameters()]
+
+
+def test_loss_falls_when_training(folder):
+    engine = make_engine(folder)
+    engine.create_adapter("a", LoraConfig(rank=8, seed=0))
+    item = sft_item("a", random_tokens(20, 1))
+    losses = []
+    for _ in range(8):
+        losses.append(engine.forward_backward([item], backward=True)[0]["metrics"]["loss:sum"])
+        engine.optim_step("a", AdamParams(learning_rate=5e-3))
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_mixed_batch_equals_separate_batches(folder):
+    engine = make_engine(folder)
+    configs = {"a": LoraConfig(rank=4, seed=1), "b": LoraConfig(rank=8, seed=2, train_mlp=False), "c": LoraConfig(rank=16, seed=3, train_attn=False)}
+    for name, config in configs.items():
+        engine.create_adapter(name, config)
+        perturb(engine, name, seed=ord(name))
+    # Interleaved on purpose: the engine must regroup rows by adapter.
+    items = [sft_item(name, random_tokens(5 + 3 * i, i)) for i, name in enumerate(["c", "a", "b", "a"])]
+    mixed = engine.forward_backward(items, backward=True)
+    mixed_grads = {name: grads(engine, name) for name in configs}
+    for name in configs:
+        for p in engine.adapters[name].adapter.parameters():
+            p.grad = None
+    for i, item in enumerate(items):
+        alone = engine.forward_backward([item], backward=True)[0]
+        assert alone["metrics"]["loss:sum"] == pytest.approx(mixed[i]["metrics"]["loss:sum"], abs=1e-5)
+        torch.testing.assert_close(alone["loss_fn_outputs"][0]["logprobs"], mixed[i]["loss_fn_outputs"][0]["logprobs"], atol=1e-5, rtol=0)
+    for name in configs:
+        for separate, together in zip(grads(engine, name), mixed_grads[name]):
+            assert_grads_close(separate, together)
+
+
+def test_gradients_accumulate_until_optim_step(folder):
+    one, two = make_engine(folder), make_engine(folder)
+    for engine in (one, two):
+        engine.create_adapter("a", LoraConfig(rank=4, seed=5))
+    x, y = random_tokens(12, 10), random_tokens(9, 11)
+    both = WorkItem("a", "cross_entropy", None, sft_item("a", x).data + sft_item("a", y).data)
+    one.forward_backward([both], backward=True)
+    two.forward_backward([sft_item("a", x)], backward=True)
+    two.forward_backward([sft_item("a", y)], backward=True)
+    for engine in (one, two):
+        engine.optim_step("a", AdamParams(learning_rate=1e-2))
+    for p, q in zip(one.adapters["a"].adapter.parameters(), two.adapters["a"].adapter.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=0)
+
+
+def test_micro_batches_give_the_same_gradients(folder):
+    big, small = make_engine(folder), make_engine(folder, max_batch_tokens=16)
+    items = [sft_item("a", random_tokens(10 + i, 20 + i)) for i in range(4)]
+    for engine in (big, small):
+        engine.create_adapter("a", LoraConfig(rank=4, seed=5))
+        perturb(engine, "a", 3)
+        engine.forward_backward(items, backward=True)
+    for g, h in zip(grads(big, "a"), grads(small, "a")):
+        assert_grads_close(g, h)
+
+
+def test_forward_touches_no_gradient(folder):
+    engine = make_engine(folder)
+    engine.create_adapter("a", LoraConfig(rank=4))
+    out = engine.forward_backward([sft_item("a", random_tokens(8, 3))], backward=False)
+    assert out[0]["loss_fn_outputs"][0]["logprobs"].shape == (7,)
+    assert all(p.grad is None for p in engine.adapters["a"].adapter.parameters())
+    assert not engine.adapters["a"].pending_grad
+
+
+def test_optim_step_never_touches_another_adapter(folder):
+    engine = make_engine(folder)
+    for name in ("a", "b"):
+        engine.create_adapter(name, LoraConfig(rank=4, seed=1))
+        perturb(engine, name, 9)
+    engine.forward_backward([sft_item("a", random_tokens(8, 1)), sft_item("b", random_tokens(8, 2))], backward=True)
+    before = copy.deepcopy(list(engine.adapters["b"].adapter.parameters()))
+    b_grads = grads(engine, "b")
+    engine.optim_step("a", AdamParams(learning_rate=1e-1))
+    for p, q in zip(engine.adapters["b"].adapter.parameters(), before):
+        assert torch.equal(p, q)
+    for g, h in zip(grads(engine, "b"), b_grads):
+        assert torch.equal(g, h)  # b's pending gradient survives a's step
+
+
+def test_base_model_rows_need_no_adapter(folder):
+    engine = make_engine(folder)
+    engine.create_adapter("a", LoraConfig(rank=4))
+    base, fresh = engine.forward_backward([sft_item(None, random_tokens(8, 4)), sft_item("a", random_tokens(8, 4))], backward=False)
+    # A fresh adapter (B = 0) is the base model.
+    torch.testing.assert_close(base["loss_fn_outputs"][0]["logprobs"], fresh["loss_fn_outputs"][0]["logprobs"])
+
+
+def test_every_loss_runs_and_reports_the_forward_logprobs(folder):
+    engine = make_engine(folder)
+    engine.create_adapter("a", LoraConfig(rank=4))
+    tokens = random_tokens(10, 6)
+    reference = engine.forward_backward([sft_item("a", tokens)], backward=False)[0]["loss_fn_outputs"][0]["logprobs"]
+    rl_inputs = {"logprobs": reference - 0.1, "advantages": torch.linspace(-1, 1, 9)}
+    for loss_fn in ("importance_sampling", "ppo", "cispo", "dro"):
+        out = engine.forward_backward([sft_item("a", tokens, loss_fn, **rl_inputs)], backward=True)[0]
+        assert set(out) == {"loss_fn_outputs", "metrics"}, out
+        torch.testing.assert_close(out["loss_fn_outputs"][0]["logprobs"], reference, atol=1e-5, rtol=0)
+        assert "loss:sum" in out["metrics"]
+
+
+def test_soft_targets_return_n_by_k_logprobs(folder):
+    engine = make_engine(folder)
+    engine.create_adapter("a", LoraConfig(rank=4))
+    tokens = torch.tensor(random_tokens(6, 8))
+    targets = torch.tensor(random_tokens(15, 9)).reshape(5, 3)
+    item = WorkItem("a", "cross_entropy", None, [Datum(tokens[:-1], {"target_tokens": targets, "weights": torch.full((5, 3), 1 / 3)})])
+    out = engine.forward_backward([item], backward=True)[0]
+    assert out["loss_fn_outputs"][0]["logprobs"].shape == (5, 3)
+
+
+@pytest.mark.parametrize(
+    "make_item, code",
+    [
+        (lambda: sft_item("nope", [1, 2, 3]), "unknown_adapter"),
+        (lambda: sft_item("a", [512, 2, 3]), "token_out_of_vocab"),
+        (lambda: sft_item("a", [1, 2, 512]), "invalid_loss_fn_input"),
+        (lambda: sft_item("a", [1, -1, 3]), "token_out_of_vocab"),
+        (lambda: sft_item("a", list(range(66))), "context_too_long"),
+        (lambda: sft_item("a", [1, 2, 3], weights=torch.tensor([1.0, float("nan")])), None),
+        (lambda: sft_item("a", [1, 2, 3], weights=torch.ones(3)), None),
+        (lambda: sft_item("a", [1, 2, 3], "no_such_loss"), None),
+        (lambda: WorkItem("a", "cross_entropy", None, []), "empty_batch"),
+        (lambda: WorkItem("a", "cross_entropy", None, [Datum(torch.ones(2, 2, dtype=torch.long), {"target_tokens": torch.ones(2, dtype=torch.long)})]), "invalid_shape"),
+    ],
+)
+def test_bad_items_fail_alone(folder, make_item, code):
+    engine = make_engine(folder)
+    engine.create_adapter("a", LoraConfig(rank=4))
+    good = sft_item("a", random_tokens(8, 2))
+    expected = engine.forward_backward([good], backward=False)[0]
+    bad_result, good_result = engine.forward_backward([make_item(), good], backward=True)
+    assert isinstance(bad_result, UserError)
+    if code is not None:
+        assert bad_result.code == code, bad_result.message
+    assert bad_result.message
+    torch.testing.assert_close(good_result["loss_fn_outputs"][0]["logprobs"], expected["loss_fn_outputs"][0]["logprobs"])
+
+
+def test_adapter_lifecycle_errors(folder):
+    engine = make_engine(folder)
+    engine.create_adapter("a", LoraConfig(rank=4))
+    with pytest.raises(UserError, match="already exists"):
+        engine.create_adapter("a", LoraConfig(rank=4))
+    with pytest.raises(UserError, match="power of 2"):
+        engine.create_adapter("b", LoraConfig(rank=3))
+    engine.drop_adapter("a")
+    with pytest.raises(UserError, match="unknown adapter"):
+        engine.optim_step("a", AdamParams())
+    with pytest.raises(UserError, match="holds"):
+        engine.load_model("lathe/tiny-llama3")

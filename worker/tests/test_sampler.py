@@ -1,0 +1,138 @@
+"""Sampling: consistency with the training forward pass, seeds, stops, prompt logprobs, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lathe_worker.errors import UserError
+from lathe_worker.lora import LoraConfig
+from lathe_worker.sampler import SampleRequest, SamplingParams
+
+from small_model import make_engine, random_tokens, sft_item, write_small_model
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    engine = make_engine(write_small_model(tmp_path_factory.mktemp("small") / "model"))
+    for name, seed in (("a", 1), ("b", 2)):
+        engine.create_adapter(name, LoraConfig(rank=8, seed=seed))
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for _, _, b in engine.adapters[name].adapter.named_factors():
+                b.copy_(torch.randn(b.shape, generator=gen) * 0.05)
+    return engine
+
+
+def request(adapter, prompt, n=1, **params) -> SampleRequest:
+    return SampleRequest(adapter, torch.tensor(prompt), n, SamplingParams(**params))
+
+
+def forward_logprobs(engine, adapter, tokens: list[int]) -> torch.Tensor:
+    """Training-path log-probs of tokens[1:] given their prefixes."""
+    return engine.forward_backward([sft_item(adapter, tokens)], backward=False)[0]["loss_fn_outputs"][0]["logprobs"]
+
+
+def test_greedy_equals_argmax_of_the_training_forward(engine):
+    prompts = [random_tokens(5, 1), random_tokens(9, 2)]
+    results = engine.sample([request("a", prompts[0], max_tokens=8, temperature=0), request("b", prompts[1], max_tokens=8, temperature=0)])
+    for adapter, prompt, result in zip("ab", prompts, results):
+        seq = result["sequences"][0]
+        full = prompt + seq["tokens"]
+        # Each greedy token must have the highest forward log-prob at its position.
+        model = engine.model
+        from lathe_worker.models.transformer import causal_padding_mask
+        from lathe_worker.lora import LoraBatch
+
+        ids = torch.tensor([full[:-1]])
+        hidden = model(ids, torch.arange(ids.shape[1])[None], causal_padding_mask(torch.tensor([ids.shape[1]]), ids.shape[1]),
+                       lora=LoraBatch([(engine.adapters[adapter].adapter, 0, 1)]))
+        logits = model.lm_head_logits(hidden[0], engine.adapters[adapter].adapter)
+        argmax = logits.argmax(-1)[len(prompt) - 1 :]
+        assert argmax.tolist() == seq["tokens"]
+        assert seq["stop_reason"] == "length"
+
+
+def test_sampler_logprobs_equal_training_logprobs(engine):
+    prompts = [random_tokens(4, 3), random_tokens(11, 4), random_tokens(7, 5)]
+    results = engine.sample([request(a, p, n=2, max_tokens=10, seed=i) for i, (a, p) in enumerate(zip(["a", "b", None], prompts))])
+    for adapter, prompt, result in zip(["a", "b", None], prompts, results):
+        for seq in result["sequences"]:
+            expected = forward_logprobs(engine, adapter, prompt + seq["tokens"])[len(prompt) - 1 :]
+            torch.testing.assert_close(torch.tensor(seq["logprobs"]), expected, atol=1e-4, rtol=0)
+
+
+def test_same_seed_same_output_whatever_shares_the_batch(engine):
+    prompt = random_tokens(6, 7)
+    alone = engine.sample([request("a", prompt, n=3, max_tokens=12, seed=42)])[0]
+    crowded = engine.sample([
+        request("b", random_tokens(13, 8), n=2, max_tokens=5, seed=1),
+        request("a", prompt, n=3, max_tokens=12, seed=42),
+        request(None, random_tokens(3, 9), max_tokens=20),
+    ])[1]
+    assert [s["tokens"] for s in alone["sequences"]] == [s["tokens"] for s in crowded["sequences"]]
+    # Samples within one request differ, and another seed gives another draw.
+    assert len({tuple(s["tokens"]) for s in alone["sequences"]}) > 1
+    other = engine.sample([request("a", prompt, n=3, max_tokens=12, seed=43)])[0]
+    assert [s["tokens"] for s in other["sequences"]] != [s["tokens"] for s in alone["sequences"]]
+
+
+def test_stop_token_is_included_and_ends_the_sequence(engine):
+    prompt = random_tokens(5, 10)
+    free = engine.sample([request("a", prompt, max_tokens=10, temperature=0)])[0]["sequences"][0]["tokens"]
+    stop_at = free[3]
+    first = free.index(stop_at)
+    seq = engine.sample([request("a", prompt, max_tokens=10, temperature=0, stop_token_ids=[stop_at])])[0]["sequences"][0]
+    assert seq["tokens"] == free[: first + 1]
+    assert seq["stop_reason"] == "stop"
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy(engine):
+    prompt = random_tokens(6, 11)
+    greedy = engine.sample([request("b", prompt, max_tokens=8, temperature=0)])[0]["sequences"][0]["tokens"]
+    for params in ({"top_k": 1}, {"top_p": 1e-6}):
+        seq = engine.sample([request("b", prompt, max_tokens=8, temperature=1.0, seed=5, **params)])[0]["sequences"][0]
+        assert seq["tokens"] == greedy
+
+
+def test_prompt_logprobs_and_topk(engine):
+    prompt = random_tokens(9, 12)
+    req = request("a", prompt, max_tokens=1)
+    req.prompt_logprobs, req.topk_prompt_logprobs = True, 4
+    result = engine.sample([req])[0]
+    expected = forward_logprobs(engine, "a", prompt)
+    assert result["prompt_logprobs"][0] is None
+    torch.testing.assert_close(torch.tensor(result["prompt_logprobs"][1:]), expected, atol=1e-4, rtol=0)
+    topk = result["topk_prompt_logprobs"]
+    assert topk[0] is None and len(topk) == len(prompt)
+    for position, entries in enumerate(topk[1:], start=1):
+        values = [v for _, v in entries]
+        assert len(entries) == 4 and values == sorted(values, reverse=True)
+        # The actual next token's log-prob can never beat the best one.
+        assert values[0] >= result["prompt_logprobs"][position] - 1e-5
+
+
+@pytest.mark.parametrize(
+    "make, code",
+    [
+        (lambda: request("a", list(range(60)), max_tokens=10), "context_too_long"),
+        (lambda: request("a", [1, 600], max_tokens=2), "token_out_of_vocab"),
+        (lambda: request("zzz", [1, 2], max_tokens=2), "unknown_adapter"),
+        (lambda: request("a", [1, 2], max_tokens=2, temperature=-1.0), "invalid_sampling_params"),
+        (lambda: request("a", [1, 2], max_tokens=2, top_p=0.0), "invalid_sampling_params"),
+        (lambda: request("a", [1, 2], max_tokens=0), "invalid_sampling_params"),
+        (lambda: request("a", [1, 2], max_tokens=2, stop_token_ids=[9999]), "invalid_sampling_params"),
+    ],
+)
+def test_bad_requests_fail_alone(engine, make, code):
+    good = request("a", [1, 2, 3], max_tokens=3, temperature=0)
+    bad_result, good_result = engine.sample([make(), good])
+    assert isinstance(bad_result, UserError) and bad_result.code == code, bad_result
+    assert len(good_result["sequences"][0]["tokens"]) == 3
+
+
+def test_wire_stop_parsing():
+    params = SamplingParams.from_wire({"max_tokens": 5, "stop": ["\n\n", 7], "seed": 3})
+    assert params.stop_strings == ["\n\n"] and params.stop_token_ids == [7] and params.seed == 3
+    with pytest.raises(UserError, match="unknown sampling_params"):
+        SamplingParams.from_wire({"max_token": 5})
