@@ -1,0 +1,49 @@
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import path from 'node:path';
+import { test } from 'node:test';
+import { pythonExecutable } from '@lathe/server';
+import { familyForModel, loadTokenizer, tokenizerDir, type TokenizerFamily } from '../src/index.js';
+
+const CORPUS = [
+  'Hello world',
+  '<|im_start|>user\nHi<|im_end|>\n',
+  'def f(x):\n\treturn x ** 2  # squares\r\n',
+  '日本語のテキストと한국어 и кириллица 👩‍👩‍👧 ﬁ ＡＢＣ',
+  '12345678901234567890 3.14159 {"json": [1, 2, 3]}',
+  '',
+];
+
+// Ground truth: the Rust `tokenizers` library through its Python binding, on the same files.
+function pythonIds(family: TokenizerFamily): number[][] {
+  const script = [
+    'import json, sys',
+    'from tokenizers import Tokenizer',
+    'tok = Tokenizer.from_file(sys.argv[1])',
+    'print(json.dumps([tok.encode(t, add_special_tokens=False).ids for t in json.loads(sys.stdin.read())]))',
+  ].join('\n');
+  const out = execFileSync(pythonExecutable(), ['-c', script, path.join(tokenizerDir(family), 'tokenizer.json')], { input: JSON.stringify(CORPUS) });
+  return JSON.parse(out.toString()) as number[][];
+}
+
+for (const family of ['qwen3', 'llama3'] as const) {
+  test(`${family} ids and decodes match the Python tokenizers library`, () => {
+    const tokenizer = loadTokenizer(family);
+    const expected = pythonIds(family);
+    CORPUS.forEach((text, i) => {
+      const ids = tokenizer.encode(text);
+      assert.deepEqual(ids, expected[i], `ids of ${JSON.stringify(text)}`);
+      assert.equal(tokenizer.decode(ids), text.normalize('NFC'));
+    });
+  });
+}
+
+test('known ids and model families', () => {
+  assert.deepEqual(loadTokenizer('qwen3').encode('Hello world'), [9707, 1879]);
+  assert.equal(loadTokenizer('qwen3').tokenId('<|im_end|>'), 151645);
+  assert.equal(loadTokenizer('llama3').tokenId('<|eot_id|>'), 128009);
+  assert.equal(familyForModel('Qwen/Qwen3-8B'), 'qwen3');
+  assert.equal(familyForModel('meta-llama/Llama-3.2-1B'), 'llama3');
+  assert.equal(familyForModel('lathe/tiny-llama3'), 'llama3');
+  assert.throws(() => familyForModel('gpt2'), /no bundled tokenizer/);
+});

@@ -1,0 +1,176 @@
+"""LoRA for many adapters at once.
+
+`y = W x + (alpha / r) * B (A x)` with `alpha = LORA_ALPHA`. A batch may mix rows of different adapters
+(and of the plain base model): `LoraBatch.groups` says which contiguous row range uses which adapter.
+`MultiLoraLinear` does the frozen base matmul once for the whole batch and adds each group's low-rank
+delta on its row slice, so one forward/backward pass trains many adapters together.
+
+Adapter factors live in float32 (optimizer precision) and are cast to the activation dtype in the
+forward pass; the autograd graph reaches A and B through that cast, never the frozen base weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import UserError
+
+if TYPE_CHECKING:
+    from .models.transformer import Transformer
+
+LORA_ALPHA = 32
+ATTN_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
+UNEMBED_TARGET = "lm_head"
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    rank: int = 32
+    seed: int | None = None
+    train_attn: bool = True
+    train_mlp: bool = True
+    train_unembed: bool = True
+
+    def validate(self) -> None:
+        r = self.rank
+        if isinstance(r, bool) or not isinstance(r, int) or r <= 0 or r & (r - 1):
+            raise UserError("invalid_lora_rank", f"LoRA rank must be a positive power of 2, got {r}")
+        if not (self.train_attn or self.train_mlp or self.train_unembed):
+            raise UserError(
+                "invalid_lora_targets",
+                "at least one of train_attn, train_mlp, train_unembed must be true",
+            )
+
+    def targets(self, module_path: str) -> bool:
+        """Whether this config puts a LoRA on the module at `module_path`."""
+        leaf = module_path.rsplit(".", 1)[-1]
+        return (
+            (self.train_attn and leaf in ATTN_TARGETS)
+            or (self.train_mlp and leaf in MLP_TARGETS)
+            or (self.train_unembed and module_path == UNEMBED_TARGET)
+        )
+
+
+def _key(module_path: str) -> str:
+    # ParameterDict keys may not contain '.'; module paths never contain '__'.
+    return module_path.replace(".", "__")
+
+
+class LoraAdapter(nn.Module):
+    """A [r, in] and B [out, r] for every targeted module, float32, keyed by module path
+    (e.g. 'model.layers.0.self_attn.q_proj', 'lm_head'). `parameters()` yields exactly these."""
+
+    def __init__(self, config: LoraConfig, shapes: dict[str, tuple[int, int]], device=None) -> None:
+        """Zero-filled factors for `shapes` = {module_path: (in_features, out_features)}; use
+        `create` for a PEFT-style initialisation."""
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.scale = LORA_ALPHA / config.rank
+        self.lora_A = nn.ParameterDict()
+        self.lora_B = nn.ParameterDict()
+        for path, (n_in, n_out) in shapes.items():
+            self.lora_A[_key(path)] = nn.Parameter(torch.zeros(config.rank, n_in, device=device))
+            self.lora_B[_key(path)] = nn.Parameter(torch.zeros(n_out, config.rank, device=device))
+        self._paths = list(shapes)
+
+    @classmethod
+    def create(cls, model: Transformer, config: LoraConfig, device=None) -> LoraAdapter:
+        """A ~ kaiming_uniform(a=sqrt(5)) as PEFT does, B = 0, so a fresh adapter is a no-op.
+        A is drawn on the CPU from a generator seeded by `config.seed` (0 if None), in the
+        deterministic order of `model.lora_targets()`, so the same seed gives the same adapter on
+        any device."""
+        config.validate()
+        shapes = {p: (i, o) for p, i, o in model.lora_targets() if config.targets(p)}
+        adapter = cls(config, shapes, device="cpu")
+        gen = torch.Generator().manual_seed(0 if config.seed is None else config.seed)
+        with torch.no_grad():
+            for path in shapes:
+                nn.init.kaiming_uniform_(adapter.lora_A[_key(path)], a=math.sqrt(5), generator=gen)
+        return adapter.to(device) if device is not None else adapter
+
+    @property
+    def module_paths(self) -> list[str]:
+        return list(self._paths)
+
+    def factors(self, module_path: str) -> tuple[Tensor, Tensor] | None:
+        k = _key(module_path)
+        if k not in self.lora_A:
+            return None
+        return self.lora_A[k], self.lora_B[k]
+
+    def named_factors(self) -> Iterator[tuple[str, Tensor, Tensor]]:
+        for path in self._paths:
+            k = _key(path)
+            yield path, self.lora_A[k], self.lora_B[k]
+
+
+def lora_delta(x: Tensor, a: Tensor, b: Tensor, scale: float) -> Tensor:
+    """scale * B (A x) for x [..., in]; factors cast to x's dtype (the cast is differentiable)."""
+    return F.linear(F.linear(x, a.to(x.dtype)) * scale, b.to(x.dtype))
+
+
+@dataclass
+class LoraBatch:
+    """Which rows of a batch use which adapter: (adapter or None for the base model, start, end)
+    over batch dim 0. Groups are contiguous and in order; together they cover every row."""
+
+    groups: list[tuple[LoraAdapter | None, int, int]]
+
+    def __post_init__(self) -> None:
+        pos = 0
+        for _, start, end in self.groups:
+            if start != pos or end < start:
+                raise ValueError(f"LoraBatch groups must be contiguous from row 0: {self.groups}")
+            pos = end
+
+    @classmethod
+    def single(cls, adapter: LoraAdapter | None, batch_size: int) -> LoraBatch:
+        return cls([(adapter, 0, batch_size)])
+
+    @property
+    def batch_size(self) -> int:
+        return self.groups[-1][2] if self.groups else 0
+
+    def slice(self, start: int, end: int) -> LoraBatch:
+        """The groups for rows [start, end), renumbered from 0 (for chunked processing)."""
+        out = [(a, max(s, start) - start, min(e, end) - start) for a, s, e in self.groups
+               if min(e, end) > max(s, start)]
+        return LoraBatch(out)
+
+
+class MultiLoraLinear(nn.Module):
+    """A frozen linear layer (`.weight` [out, in], optional `.bias`, HF names) that adds each row
+    group's LoRA delta. `path` is its module path, which is how adapters name their factors."""
+
+    def __init__(self, path: str, in_features: int, out_features: int, bias: bool = False,
+                 dtype=None, device=None) -> None:
+        super().__init__()
+        self.path = path
+        self.in_features, self.out_features = in_features, out_features
+        kw = {"dtype": dtype, "device": device}
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, **kw), requires_grad=False)
+        self.bias = nn.Parameter(torch.empty(out_features, **kw), requires_grad=False) if bias else None
+
+    def forward(self, x: Tensor, lora: LoraBatch | None = None) -> Tensor:
+        y = F.linear(x, self.weight, self.bias)  # base matmul once for the whole batch
+        if lora is None:
+            return y
+        for adapter, start, end in lora.groups:
+            f = adapter.factors(self.path) if adapter is not None and end > start else None
+            if f is not None:
+                # In-place on a slice of y: y is not needed by F.linear's backward, so this is safe
+                # for autograd and avoids concatenating a copy of the whole output.
+                y[start:end] += lora_delta(x[start:end], f[0], f[1], adapter.scale)
+        return y
+
+    def extra_repr(self) -> str:
+        return f"{self.path}: in={self.in_features}, out={self.out_features}, bias={self.bias is not None}"

@@ -1,0 +1,176 @@
+"""LoRA adapters: initialisation, validation, targets, and the multi-adapter batch."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lathe_worker.errors import UserError
+from lathe_worker.lora import ATTN_TARGETS, MLP_TARGETS, LoraAdapter, LoraBatch, LoraConfig
+from lathe_worker.models import ModelConfig, Transformer, causal_padding_mask
+from lathe_worker.models.tiny import init_weights
+
+V = 97
+
+
+def small_model(arch: str = "qwen3") -> Transformer:
+    cfg = ModelConfig(architecture=arch, vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, rms_norm_eps=1e-6,
+                      rope_theta=10000.0, rope_scaling=None, max_position_embeddings=256,
+                      tie_word_embeddings=arch == "qwen3", qk_norm=arch == "qwen3", attention_bias=False)
+    model = Transformer(cfg)
+    init_weights(model, seed=7)
+    return model
+
+
+def perturbed(model: Transformer, cfg: LoraConfig) -> LoraAdapter:
+    adapter = LoraAdapter.create(model, cfg)
+    gen = torch.Generator().manual_seed(100 + cfg.rank)
+    with torch.no_grad():
+        for _, _, b in adapter.named_factors():
+            b.copy_(torch.randn(b.shape, generator=gen) * 0.05)
+    return adapter
+
+
+def row_losses(model: Transformer, ids, lengths, lora: LoraBatch) -> torch.Tensor:
+    """Per-row sum of next-token log-probs over real positions (right-padded batch)."""
+    B, T = ids.shape
+    hidden = model(ids, torch.arange(T)[None].expand(B, T), causal_padding_mask(lengths, T), lora=lora)
+    out = []
+    for adapter, s, e in lora.groups:  # the LM head's LoRA is per adapter
+        lp = model.lm_head_logits(hidden[s:e, :-1], adapter).log_softmax(-1)
+        tok = lp.gather(-1, ids[s:e, 1:, None])[..., 0]
+        real = torch.arange(1, T)[None] < lengths[s:e, None]
+        out.append((tok * real).sum(-1))
+    return torch.cat(out)
+
+
+def batch_logits(model, ids, lora):
+    B, T = ids.shape
+    h = model(ids, torch.arange(T)[None].expand(B, T), causal_padding_mask(torch.full((B,), T), T), lora=lora)
+    return model.lm_head_logits(h, lora.groups[0][0] if lora else None)
+
+
+def test_fresh_adapter_is_noop():
+    model = small_model()
+    adapter = LoraAdapter.create(model, LoraConfig(rank=8, seed=3))
+    ids = torch.randint(0, V, (2, 6))
+    with torch.no_grad():
+        base = batch_logits(model, ids, None)
+        with_lora = batch_logits(model, ids, LoraBatch.single(adapter, 2))
+    assert torch.equal(base, with_lora)
+    assert all(a.abs().sum() > 0 for _, a, _ in adapter.named_factors())  # A is initialised, B is zero
+
+
+@pytest.mark.parametrize("rank", [0, 3, -4, 6, 2.0])
+def test_rank_validation(rank):
+    with pytest.raises(UserError) as e:
+        LoraConfig(rank=rank).validate()
+    assert e.value.code == "invalid_lora_rank"
+    assert e.value.message == f"LoRA rank must be a positive power of 2, got {rank}"
+
+
+def test_needs_a_target():
+    with pytest.raises(UserError):
+        LoraConfig(train_attn=False, train_mlp=False, train_unembed=False).validate()
+    for r in (1, 2, 64):
+        LoraConfig(rank=r).validate()
+
+
+def test_seed_determinism_and_init():
+    model = small_model()
+    a1 = LoraAdapter.create(model, LoraConfig(rank=4, seed=11))
+    a2 = LoraAdapter.create(model, LoraConfig(rank=4, seed=11))
+    a3 = LoraAdapter.create(model, LoraConfig(rank=4, seed=12))
+    default = LoraAdapter.create(model, LoraConfig(rank=4))
+    zero = LoraAdapter.create(model, LoraConfig(rank=4, seed=0))
+    for (p, a, b), (_, a_2, _), (_, a_3, _), (_, d, _), (_, z, _) in zip(
+            a1.named_factors(), a2.named_factors(), a3.named_factors(), default.named_factors(), zero.named_factors()):
+        assert torch.equal(a, a_2) and not torch.equal(a, a_3) and torch.equal(d, z)
+        assert a.dtype == b.dtype == torch.float32 and a.requires_grad and b.requires_grad
+        assert a.abs().max() <= 1 / math.sqrt(a.shape[1]) and not b.any()  # kaiming_uniform(a=sqrt(5)) bound
+    assert a1.scale == 32 / 4
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+@pytest.mark.parametrize("attn,mlp,unembed", [(True, False, False), (False, True, False), (False, False, True),
+                                              (True, True, True)])
+def test_targets(arch, attn, mlp, unembed):
+    model = small_model(arch)
+    adapter = LoraAdapter.create(model, LoraConfig(rank=2, train_attn=attn, train_mlp=mlp, train_unembed=unembed))
+    want = [(p, i, o) for p, i, o in model.lora_targets()
+            if (attn and p.split(".")[-1] in ATTN_TARGETS) or (mlp and p.split(".")[-1] in MLP_TARGETS)
+            or (unembed and p == "lm_head")]
+    assert [p for p, _, _ in adapter.named_factors()] == [p for p, _, _ in want]
+    for p, i, o in want:
+        a, b = adapter.factors(p)
+        assert a.shape == (2, i) and b.shape == (o, 2)
+    assert len(list(adapter.parameters())) == 2 * len(want)
+    assert (adapter.factors("lm_head") is not None) == unembed
+    assert adapter.factors("model.layers.0.mlp.up_proj") is None or mlp
+    assert model.lora_targets()[-1] == ("lm_head", 32, V)
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+def test_mixed_batch_matches_separate_batches(arch):
+    model = small_model(arch)
+    adapters = [
+        perturbed(model, LoraConfig(rank=4, seed=1, train_mlp=False, train_unembed=False)),
+        perturbed(model, LoraConfig(rank=8, seed=2, train_attn=False)),
+        perturbed(model, LoraConfig(rank=16, seed=3)),
+    ]
+    torch.manual_seed(0)
+    row_lengths = [[5, 9], [3], [10, 2, 7]]  # + one base-model row in the mixed batch
+    T = 10
+    ids = torch.randint(0, V, (7, T))
+    lengths = torch.tensor([5, 9, 3, 10, 2, 7, 6])
+
+    # Separate: one batch per adapter (each padded only to its own longest row).
+    sep_loss, sep_grads, start = [], [], 0
+    for adapter, ls in zip(adapters, row_lengths):
+        n, t = len(ls), max(ls)
+        loss = row_losses(model, ids[start:start + n, :t], lengths[start:start + n], LoraBatch.single(adapter, n))
+        grads = torch.autograd.grad(-loss.sum(), list(adapter.parameters()))
+        sep_loss.append(loss.detach())
+        sep_grads.append(grads)
+        start += n
+
+    # Mixed: every row in one batch, plus a base-model row at the end.
+    groups = LoraBatch([(adapters[0], 0, 2), (adapters[1], 2, 3), (adapters[2], 3, 6), (None, 6, 7)])
+    loss = row_losses(model, ids, lengths, groups)
+    (-loss.sum()).backward()
+
+    torch.testing.assert_close(loss[:6].detach(), torch.cat(sep_loss), atol=1e-5, rtol=1e-5)
+    for adapter, grads in zip(adapters, sep_grads):
+        for p, g in zip(adapter.parameters(), grads):
+            assert p.grad is not None and p.grad.abs().sum() > 0
+            torch.testing.assert_close(p.grad, g, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        base_only = row_losses(model, ids[6:], lengths[6:], LoraBatch.single(None, 1))
+    torch.testing.assert_close(loss[6].detach(), base_only[0], atol=1e-5, rtol=1e-5)
+    assert all(not p.requires_grad and p.grad is None for p in model.parameters())
+
+
+def test_lora_forward_equals_merged_weights():
+    """y = W x + (alpha/r) B A x, checked against a model with the merged weights."""
+    model, merged = small_model("llama"), small_model("llama")
+    adapter = perturbed(model, LoraConfig(rank=4, seed=5))
+    with torch.no_grad():
+        for path, a, b in adapter.named_factors():
+            merged.get_submodule(path).weight += adapter.scale * b @ a
+        ids = torch.randint(0, V, (2, 6))
+        got = batch_logits(model, ids, LoraBatch.single(adapter, 2))
+        want = batch_logits(merged, ids, None)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)  # different summation order
+
+
+def test_bfloat16_activations_cast_factors():
+    model = small_model().to(torch.bfloat16)
+    adapter = perturbed(model, LoraConfig(rank=4, seed=5))
+    ids = torch.randint(0, V, (2, 5))
+    logits = batch_logits(model, ids, LoraBatch.single(adapter, 2))
+    assert logits.dtype == torch.bfloat16
+    logits.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in adapter.parameters())
