@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 from pathlib import Path
@@ -21,6 +22,7 @@ def main() -> None:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--socket", help="unix socket path to listen on")
     where.add_argument("--port", type=int, help="TCP port to listen on (0 picks a free one)")
+    where.add_argument("--list-models", action="store_true", help="print the models this worker can load as JSON and exit")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--models-dir", default=os.environ.get("LATHE_MODELS_DIR", ".lathe/models"))
     parser.add_argument("--model", help="load this model at start-up")
@@ -29,6 +31,9 @@ def main() -> None:
     parser.add_argument("--max-batch-tokens", type=int, default=16384)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s lathe-worker %(levelname)s %(message)s")
+    if args.list_models:
+        print(json.dumps(ModelRegistry(Path(args.models_dir)).catalogue()))
+        return
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     engine = Engine(ModelRegistry(Path(args.models_dir)), device=device, dtype=dtype, max_batch_tokens=args.max_batch_tokens)

@@ -319,11 +319,17 @@ class Engine:
             slot.optimizer.load_state_dict(optimizer_state)
         return {"adapter": adapter_id, "lora": checkpoint.lora_config_to_wire(adapter.config)}
 
-    def export_peft(self, adapter_id: str, path: Path) -> dict[str, Any]:
-        slot = self._slot(adapter_id)
+    def export_peft(self, adapter_id: str | None, path: Path, source: Path | None = None) -> dict[str, Any]:
+        """Export a live adapter slot, or a saved checkpoint folder (`source`), as a PEFT folder."""
         model = self._require_model()
-        export_peft(slot.adapter, self.model_name or "", model.config, path)
-        return {"adapter": adapter_id, "path": str(path)}
+        if source is not None:
+            adapter, _ = checkpoint.load(source, model, self.model_name, self.device)
+        elif adapter_id is not None:
+            adapter = self._slot(adapter_id).adapter
+        else:
+            raise UserError("missing_field", "export_peft needs adapter or source")
+        export_peft(adapter, self.model_name or "", model.config, path)
+        return {"path": str(path)}
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -167,7 +167,9 @@ class Handlers:
             "load_adapter": lambda r: engine.load_adapter(
                 _adapter_id(r), _path(r), bool(r.get("include_optimizer", False))
             ),
-            "export_peft": lambda r: engine.export_peft(_adapter_id(r), _path(r)),
+            "export_peft": lambda r: engine.export_peft(
+                _adapter_id(r, optional=True), _path(r), Path(r["source"]) if isinstance(r.get("source"), str) else None
+            ),
             "stats": lambda r: engine.stats(),
             "shutdown": lambda r: {},  # the server stops after replying
         }

@@ -18,7 +18,7 @@ Ops (fields beyond `op`/`id`):
   -> `{results: [{ok, sequences: [{tokens, logprobs, stop_reason}], prompt_logprobs?, topk_prompt_logprobs?}]}`
 - `save_adapter {adapter, path, include_optimizer}` / `snapshot {adapter, path}` (always with optimizer)
 - `load_adapter {adapter, path, include_optimizer}` -> `{adapter, lora}`
-- `export_peft {adapter, path}`
+- `export_peft {adapter | source, path}` (source: a checkpoint folder)
 - `stats` -> `{model, device, dtype, adapters: [...], ops: {...}}`
 - `shutdown`
 """

@@ -3,6 +3,7 @@
  */
 import { Command } from 'commander';
 import { runDemo } from './commands/demo.js';
+import { createKey, DEFAULT_DATA_DIR, serve } from './commands/serve.js';
 
 /** Builds the command tree (exported for tests). */
 export function buildProgram(): Command {
@@ -15,6 +16,27 @@ export function buildProgram(): Command {
     .option('--models-dir <dir>', 'where models are found and tiny models are written', '.lathe/models')
     .action(async (opts: { model: string; steps: number; modelsDir: string }) => {
       await runDemo({ model: opts.model, steps: opts.steps, modelsDir: opts.modelsDir, log: (line) => console.log(line) });
+    });
+  program
+    .command('serve')
+    .description('run the Tinker-compatible server (SQLite + local workers by default)')
+    .option('--host <host>', 'interface to listen on', '127.0.0.1')
+    .option('--port <port>', 'port', (v) => Number.parseInt(v, 10), 8000)
+    .option('--data-dir <dir>', 'database, checkpoints and models', DEFAULT_DATA_DIR)
+    .option('--database-url <url>', 'postgres://... to use PostgreSQL instead of SQLite')
+    .option('--models-dir <dir>', 'where models are found (default <data-dir>/models)')
+    .action(async (opts: { host: string; port: number; dataDir: string; databaseUrl?: string; modelsDir?: string }) => {
+      await serve({ ...opts, log: (line) => console.log(line) });
+    });
+  const keys = program.command('keys').description('manage API keys');
+  keys
+    .command('create')
+    .description('create an API key and print it (its only line on stdout)')
+    .requiredOption('--name <name>', 'a label for the key')
+    .option('--data-dir <dir>', 'the server data directory', DEFAULT_DATA_DIR)
+    .option('--database-url <url>', 'postgres://... when the server uses PostgreSQL')
+    .action(async (opts: { name: string; dataDir: string; databaseUrl?: string }) => {
+      console.log(await createKey(opts));
     });
   return program;
 }

@@ -1,5 +1,6 @@
 /**
  * @module @lathe/server: the Tinker-compatible HTTP API, scheduler, store and worker pool.
- * So far it holds the worker connection layer that everything above it is built on.
  */
 export * from './worker/index.js';
+export { createServer, type LatheServer, type ServerOptions } from './app.js';
+export { openStore, type Store } from './store/index.js';

@@ -8,7 +8,8 @@ import os
 import re
 from pathlib import Path
 
-from ..errors import ModelNotFoundError
+from ..errors import ModelNotFoundError, UserError
+from .loading import load_config
 from .tiny import TINY_MODELS, folder_name, materialize_tiny
 
 # A hub-style id: "name" or "org/name" made of safe characters (so it can't escape models_dir).
@@ -84,3 +85,18 @@ class ModelRegistry:
                 if _hf_snapshot(p) is not None:
                     names.add(p.name.removeprefix("models--").replace("--", "/", 1))
         return sorted(names)
+
+    def catalogue(self) -> list[dict[str, object]]:
+        """Every loadable model with its context length, read from config.json (no weights loaded)."""
+        entries = []
+        for name in self.list_local():
+            if name in TINY_MODELS:
+                config = TINY_MODELS[name]
+            else:
+                try:
+                    config = load_config(self.resolve(name))
+                except UserError:
+                    continue  # a folder that is not a supported model is simply not offered
+            entries.append({"model_name": name, "max_context_length": config.max_position_embeddings,
+                            "vocab_size": config.vocab_size, "architecture": config.architecture})
+        return entries

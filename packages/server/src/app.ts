@@ -1,0 +1,143 @@
+/**
+ * @module Builds a Lathe server: the Fastify app with every route, over a store and a worker pool.
+ */
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import swagger from '@fastify/swagger';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import Fastify, { type FastifyError } from 'fastify';
+import { ArchiveSigner } from './checkpoints/signing.js';
+import { apiKeyAuth } from './http/auth.js';
+import { HttpError } from './http/errors.js';
+import { decompressZstd, ZstdDecodeError } from './protocol/zstd.js';
+import { restRoutes } from './routes/rest.js';
+import { DEFAULT_LONG_POLL_MS, samplingRoutes } from './routes/sampling.js';
+import { serviceRoutes } from './routes/service.js';
+import { trainingRoutes } from './routes/training.js';
+import type { TypedApp } from './routes/context.js';
+import { Services } from './services.js';
+import { openStore } from './store/index.js';
+import { listModels, type ModelEntry } from './worker/catalogue.js';
+import { WorkerPool } from './worker/pool.js';
+
+/** Options for {@link createServer}. */
+export interface ServerOptions {
+  /** Holds `lathe.db` (unless `databaseUrl` is set), checkpoints and the signing secret. */
+  dataDir: string;
+  /** `postgres://...` for PostgreSQL; default: SQLite at `<dataDir>/lathe.db`. */
+  databaseUrl?: string;
+  /** Where models are found and tiny models are written; default `<dataDir>/models`. */
+  modelsDir?: string;
+  /** The model catalogue; default: ask the worker's registry. */
+  models?: ModelEntry[];
+  /** How long `retrieve_future` holds a poll (ms). */
+  longPollMs?: number;
+  /** Sessions without a heartbeat for this long are finished (ms). */
+  sessionTimeoutMs?: number;
+  /** Largest accepted request body (bytes, after decompression). */
+  bodyLimitBytes?: number;
+  /** Log requests (pino). */
+  logger?: boolean;
+}
+
+/** A built server; `close()` stops workers and the database. */
+export interface LatheServer {
+  app: TypedApp;
+  services: Services;
+  close(): Promise<void>;
+}
+
+const DEFAULT_BODY_LIMIT = 256 * 1024 * 1024;
+
+function signingSecret(dataDir: string): Buffer {
+  const file = path.join(dataDir, 'archive-signing.key');
+  if (!existsSync(file)) writeFileSync(file, randomBytes(32).toString('hex'), { mode: 0o600 });
+  return Buffer.from(readFileSync(file, 'utf8').trim(), 'hex');
+}
+
+/**
+ * Builds the server (not yet listening).
+ *
+ * @example
+ * const server = await createServer({ dataDir: '.lathe' });
+ * await server.app.listen({ host: '127.0.0.1', port: 8000 });
+ */
+export async function createServer(options: ServerOptions): Promise<LatheServer> {
+  mkdirSync(options.dataDir, { recursive: true });
+  const modelsDir = options.modelsDir ?? path.join(options.dataDir, 'models');
+  const store = await openStore(options.databaseUrl ?? path.join(options.dataDir, 'lathe.db'));
+  const models = options.models ?? (await listModels(modelsDir));
+  let services: Services | undefined;
+  const pool = new WorkerPool({ modelsDir, onCrash: (model, code) => services?.workerCrashed(model, code) });
+  services = new Services(store, pool, models, options.dataDir);
+  await services.failInterruptedRequests();
+  const bodyLimit = options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT;
+
+  // Signed archive tokens are long path parameters.
+  const app = Fastify({ logger: options.logger ?? false, bodyLimit, routerOptions: { maxParamLength: 2048 } }).withTypeProvider<TypeBoxTypeProvider>();
+
+  // Protobuf bodies arrive raw, possibly zstd-compressed (only forward_backward uses them).
+  app.addContentTypeParser('application/x-protobuf', { parseAs: 'buffer', bodyLimit }, (request, body, done) => {
+    try {
+      const encoding = request.headers['content-encoding'];
+      done(null, encoding === 'zstd' ? decompressZstd(body as Buffer, bodyLimit) : new Uint8Array(body as Buffer));
+    } catch (error) {
+      const tooLarge = error instanceof ZstdDecodeError && error.code === 'limit_exceeded';
+      done(new HttpError(tooLarge ? 413 : 400, tooLarge ? 'payload_too_large' : 'invalid_body', (error as Error).message), undefined);
+    }
+  });
+
+  app.setErrorHandler((error: FastifyError | HttpError, request, reply) => {
+    if (error instanceof HttpError) {
+      return reply.code(error.statusCode).headers(error.headers).send(error.toBody());
+    }
+    const status = error.statusCode ?? 500;
+    if (status === 413 || error.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
+      return reply.code(413).send(new HttpError(413, 'payload_too_large', `request body exceeds ${bodyLimit} bytes`).toBody());
+    }
+    if (error.validation || (status >= 400 && status < 500)) {
+      return reply.code(status === 500 ? 400 : status).send(new HttpError(status === 500 ? 400 : status, 'bad_request', error.message).toBody());
+    }
+    request.log.error(error);
+    return reply.code(500).send(new HttpError(500, 'internal_error', `internal error: ${error.message}`).toBody());
+  });
+  app.setNotFoundHandler((request, reply) => reply.code(404).send(new HttpError(404, 'not_found', `no route ${request.method} ${request.url}`).toBody()));
+
+  await app.register(swagger, {
+    openapi: { info: { title: 'Lathe API (Tinker-compatible)', version: '0.1.0' } },
+  });
+  app.addHook('onRequest', apiKeyAuth(store.keys));
+
+  serviceRoutes(app, services);
+  trainingRoutes(app, services);
+  samplingRoutes(app, services, options.longPollMs ?? DEFAULT_LONG_POLL_MS);
+  restRoutes(app, services, new ArchiveSigner(signingSecret(options.dataDir)));
+  app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+
+  // Housekeeping: finish silent sessions, delete expired checkpoints.
+  const sessionTimeoutMs = options.sessionTimeoutMs ?? 5 * 60 * 1000;
+  const housekeeping = setInterval(() => {
+    const now = Date.now();
+    void (async () => {
+      await store.sessions.expire(now - sessionTimeoutMs, now);
+      for (const expired of await store.checkpoints.expired(now)) {
+        await store.checkpoints.delete(expired.modelId, expired.checkpointId, expired.owner);
+        rmSync(expired.storagePath, { recursive: true, force: true });
+      }
+    })().catch((error: unknown) => app.log.error(error));
+  }, Math.min(30_000, sessionTimeoutMs));
+  housekeeping.unref();
+
+  await app.ready();
+  return {
+    app,
+    services,
+    async close() {
+      clearInterval(housekeeping);
+      await app.close();
+      await pool.close();
+      await store.close();
+    },
+  };
+}

@@ -1,0 +1,902 @@
+/**
+ * @module Tinker's protobuf wire format (`application/x-protobuf`) and the JSON tensor forms.
+ *
+ * Decodes `ForwardBackwardRequest` bodies into Lathe's logical types and encodes the
+ * `ForwardBackwardOutput` / `SampleResponse` results that SDK 0.25+ accept only as protobuf.
+ * The rules follow the official SDK's encoder and decoder (`proto/response_conv.py`): packed
+ * little-endian byte arrays, per-record dtype and trailing shape, NaN and top-k padding sentinels.
+ * Every malformed input raises {@link ProtoDecodeError} with a message that says what is wrong and where.
+ */
+import protobuf from 'protobufjs';
+
+// ---------------------------------------------------------------------------------------------
+// Public types
+
+/** A tensor in Lathe's logical form (Tinker's `TensorData`): dense, row-major. */
+export interface TensorData {
+  dtype: 'int64' | 'float32';
+  shape: number[];
+  data: Float32Array | BigInt64Array;
+}
+
+/** One training example: `modelInput` is the concatenation of its `encoded_text` chunks. */
+export interface WireDatum {
+  modelInput: number[];
+  lossFnInputs: Record<string, TensorData>;
+}
+
+/** A decoded `POST /api/v1/forward_backward` (or `forward`) body. */
+export interface ForwardBackwardRequestMsg {
+  modelId: string;
+  seqId: number;
+  data: WireDatum[];
+  lossFn: string;
+  lossFnConfig: Record<string, number>;
+  forwardOnly: boolean;
+}
+
+/** The result of a forward / forward_backward future: per-datum outputs in input order, plus metrics. */
+export interface ForwardBackwardOutputMsg {
+  lossFnOutputs: Record<string, TensorData>[];
+  metrics: Record<string, number>;
+}
+
+/** One sampled completion. */
+export interface SampledSequenceMsg {
+  stopReason: 'stop' | 'length';
+  tokens: number[];
+  logprobs: number[] | null;
+}
+
+/** The result of an asample future. */
+export interface SampleResponseMsg {
+  sequences: SampledSequenceMsg[];
+  /** Per prompt position; `null` where not computed (position 0). `null` overall when not requested. */
+  promptLogprobs: (number | null)[] | null;
+  /** Per prompt position, `[tokenId, logprob]` pairs (or `null`). `null` overall when not requested. */
+  topkPromptLogprobs: ([number, number][] | null)[] | null;
+  promptCacheHitTokens: number;
+}
+
+/**
+ * A request body (protobuf or JSON tensor / model input) that cannot be accepted. Routes answer it
+ * with a 400 user error carrying `message`.
+ *
+ * @example
+ * try { decodeForwardBackwardRequest(body); }
+ * catch (e) { if (e instanceof ProtoDecodeError) return userError(reply, e.message); throw e; }
+ */
+export class ProtoDecodeError extends Error {
+  override readonly name = 'ProtoDecodeError';
+}
+
+/** Sparse tensors are refused when densifying them would need more elements than this. */
+export const MAX_DENSE_ELEMENTS = 1 << 26;
+
+// ---------------------------------------------------------------------------------------------
+// Schema
+
+/**
+ * The text of `tinker_public.proto` (next to this file), embedded so the codec works from `dist/`
+ * without copying assets. `test/proto.test.ts` checks that the two are identical.
+ */
+export const TINKER_PUBLIC_PROTO = `// Tinker's public protobuf schema (package tinker_public), as served by Lathe.
+// Written from the wire spec (SDK 0.25 descriptor plus the fields added in 0.26.2, marked
+// ">=0.26.2"); older readers skip unknown fields, so one schema serves every SDK version.
+// All byte arrays are little-endian packed arrays (numpy tobytes()).
+// proto.ts embeds this text verbatim; a test fails if the two differ.
+syntax = "proto3";
+package tinker_public;
+
+enum StopReason {
+  STOP_REASON_STOP = 0;
+  STOP_REASON_LENGTH = 1;
+}
+
+enum DType {
+  DTYPE_UNSPECIFIED = 0;
+  DTYPE_FLOAT32 = 1;
+  DTYPE_INT64 = 2;
+  DTYPE_INT32 = 3;
+  DTYPE_BFLOAT16 = 4;
+}
+
+// ---- response: retrieve_future result for asample ----
+
+message SampleResponse {
+  repeated SampledSequence sequences = 1;
+  optional bytes prompt_logprobs = 2;                    // float32[] LE; NaN = not computed
+  optional TopkPromptLogprobs topk_prompt_logprobs = 3;  // absent = not requested
+  int32 prompt_cache_hit_tokens = 4;
+}
+
+message SampledSequence {
+  StopReason stop_reason = 1;
+  bytes tokens = 2;             // int32[] LE
+  optional bytes logprobs = 3;  // float32[] LE, same length as tokens (empty => None)
+}
+
+message TopkPromptLogprobs {
+  bytes token_ids = 1;       // int32 N x K row-major; empty cell token_id = 0
+  bytes logprobs = 2;        // float32 N x K; empty cell = -99999.0
+  uint32 k = 3;
+  uint32 prompt_length = 4;  // N
+}
+
+// ---- tensors ----
+
+message SparseCsr {
+  bytes values = 1;        // nnz values in the tensor's dtype
+  bytes crow_indices = 2;  // int64[rows + 1] LE
+  bytes col_indices = 3;   // int64[nnz] LE
+}
+
+message Tensor {
+  oneof encoding {
+    bytes dense = 1;  // values in \`dtype\`, LE, row-major
+    SparseCsr sparse_csr = 2;
+  }
+  DType dtype = 3;
+  repeated int64 shape = 4;  // required for sparse (the dense shape)
+}
+
+message BatchedTensor {
+  bytes data = 1;                     // concatenation of each datum's raw array bytes
+  bytes offsets = 2;                  // int64[num_datums + 1] LE byte offsets into data
+  DType dtype = 3;
+  repeated int64 trailing_shape = 4;  // per-datum shape minus the first dim; [] for 1-D
+}
+
+message ArrayRecord {
+  string type_tag = 1;
+  map<string, BatchedTensor> fields = 2;
+  int64 num_datums = 3;
+}
+
+// ---- response: retrieve_future result for forward / forward_backward ----
+
+message ForwardBackwardOutput {
+  string loss_fn_output_type = 1;
+  repeated ArrayRecord loss_fn_outputs = 2;  // concatenated in order
+  map<string, double> metrics = 3;
+}
+
+// ---- request body of POST /api/v1/forward_backward (and forward) ----
+
+message ForwardBackwardRequest {
+  string model_id = 1;
+  int32 seq_id = 2;  // >= 1
+  repeated Datum data = 3;
+  string loss_fn = 4;
+  map<string, double> loss_fn_config = 5;              // legacy
+  bool forward_only = 6;
+  map<string, LossConfigValue> loss_fn_config_v2 = 7;  // >=0.26.2; preferred when non-empty
+}
+
+message LossConfigValue {  // >=0.26.2
+  oneof value {
+    double number = 1;
+    string text = 2;
+  }
+}
+
+message Datum {
+  repeated Chunk model_input = 1;
+  map<string, Tensor> loss_fn_inputs = 2;
+  repeated ProvenanceSpan model_input_spans = 3;    // >=0.26.2
+  repeated ProvenanceSpan loss_fn_input_spans = 4;  // >=0.26.2
+}
+
+message ProvenanceSpan {  // >=0.26.2
+  oneof span {
+    PromptProvenanceSpan prompt_tokens = 1;
+    SampledProvenanceSpan sampled_tokens = 2;
+  }
+}
+
+message PromptProvenanceSpan {  // >=0.26.2
+  string sequence_id = 1;
+  int64 offset = 2;
+  int64 length = 3;
+}
+
+message SampledProvenanceSpan {  // >=0.26.2
+  string sequence_id = 1;
+  int64 offset = 2;
+  int64 length = 3;
+}
+
+message Chunk {
+  oneof chunk {
+    EncodedTextChunk encoded_text = 1;
+    ImageChunk image = 2;
+    DmelChunk dmel = 3;
+  }
+}
+
+message EncodedTextChunk {
+  bytes tokens = 1;  // int32[] LE
+}
+
+message ImageChunk {
+  bytes data = 1;
+  string format = 2;
+  optional int32 expected_tokens = 3;
+}
+
+message DmelChunk {
+  bytes dmel = 1;
+}
+
+// In the schema, but not put on the wire by SDK 0.25 (asample is JSON).
+
+message SamplingParams {
+  optional int32 max_tokens = 1;
+  optional uint64 seed = 2;
+  optional float temperature = 3;
+  optional int32 top_k = 4;
+  optional float top_p = 5;
+  oneof stop {
+    StopStrings stop_strs = 6;
+    StopTokens stop_tokens = 7;
+  }
+}
+
+message StopStrings {
+  repeated string values = 1;
+}
+
+message StopTokens {
+  repeated int32 values = 1;
+}
+`;
+
+const root = protobuf.parse(TINKER_PUBLIC_PROTO, { keepCase: true }).root;
+const ForwardBackwardRequestType = root.lookupType('tinker_public.ForwardBackwardRequest');
+const ForwardBackwardOutputType = root.lookupType('tinker_public.ForwardBackwardOutput');
+const SampleResponseType = root.lookupType('tinker_public.SampleResponse');
+
+// Shapes of decoded protobufjs messages (snake_case via keepCase). int64 fields come back as Long.
+type Int64 = number | { toNumber(): number };
+type Bytes = Uint8Array | null | undefined;
+interface PbTensor {
+  encoding?: 'dense' | 'sparse_csr';
+  dense?: Bytes;
+  sparse_csr?: { values?: Bytes; crow_indices?: Bytes; col_indices?: Bytes } | null;
+  dtype?: number;
+  shape?: Int64[];
+}
+interface PbChunk {
+  chunk?: 'encoded_text' | 'image' | 'dmel';
+  encoded_text?: { tokens?: Bytes } | null;
+}
+interface PbDatum {
+  model_input?: PbChunk[];
+  loss_fn_inputs?: Record<string, PbTensor | null>;
+}
+interface PbForwardBackwardRequest {
+  model_id?: string;
+  seq_id?: number;
+  data?: PbDatum[];
+  loss_fn?: string;
+  loss_fn_config?: Record<string, number>;
+  forward_only?: boolean;
+  loss_fn_config_v2?: Record<string, { value?: 'number' | 'text'; number?: number | null; text?: string | null } | null>;
+}
+interface PbBatchedTensor {
+  data?: Bytes;
+  offsets?: Bytes;
+  dtype?: number;
+  trailing_shape?: Int64[];
+}
+interface PbForwardBackwardOutput {
+  loss_fn_output_type?: string;
+  loss_fn_outputs?: { type_tag?: string; fields?: Record<string, PbBatchedTensor | null>; num_datums?: Int64 }[];
+  metrics?: Record<string, number>;
+}
+interface PbSampleResponse {
+  sequences?: { stop_reason?: number; tokens?: Bytes; logprobs?: Bytes }[];
+  prompt_logprobs?: Bytes;
+  topk_prompt_logprobs?: { token_ids?: Bytes; logprobs?: Bytes; k?: number; prompt_length?: number } | null;
+  prompt_cache_hit_tokens?: number;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Byte arrays (little-endian; typed arrays are used directly, which assumes a little-endian host)
+
+const LITTLE_ENDIAN_HOST = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+const DTYPE = { UNSPECIFIED: 0, FLOAT32: 1, INT64: 2, INT32: 3, BFLOAT16: 4 } as const;
+const DTYPE_INFO: Record<number, { name: string; bytes: number; logical: TensorData['dtype'] }> = {
+  [DTYPE.FLOAT32]: { name: 'float32', bytes: 4, logical: 'float32' },
+  [DTYPE.INT64]: { name: 'int64', bytes: 8, logical: 'int64' },
+  [DTYPE.INT32]: { name: 'int32', bytes: 4, logical: 'int64' },
+  [DTYPE.BFLOAT16]: { name: 'bfloat16', bytes: 2, logical: 'float32' },
+};
+const EMPTY = new Uint8Array(0);
+/** The top-k padding cell: token id 0 with this logprob. */
+const TOPK_PAD_LOGPROB = -99999.0;
+
+/** An aligned copy of `bytes` (protobufjs hands out views at arbitrary offsets). */
+function alignedCopy(bytes: Uint8Array): ArrayBuffer {
+  if (!LITTLE_ENDIAN_HOST) throw new Error('Lathe assumes a little-endian host for tensor bytes');
+  const copy = new Uint8Array(bytes.length);
+  copy.set(bytes);
+  return copy.buffer;
+}
+
+function bytesOf(values: Float32Array | BigInt64Array | Int32Array): Uint8Array {
+  if (!LITTLE_ENDIAN_HOST) throw new Error('Lathe assumes a little-endian host for tensor bytes');
+  return new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
+}
+
+/** Reads packed values of a wire dtype, widening int32 → int64 and bfloat16 → float32 as the SDK does. */
+function readValues(bytes: Bytes, dtype: number | undefined, what: string): Float32Array | BigInt64Array {
+  const b = bytes ?? EMPTY;
+  const info = DTYPE_INFO[dtype ?? 0];
+  if (info === undefined) {
+    throw new ProtoDecodeError(`${what}: ${dtype ? `unknown dtype ${dtype}` : 'dtype is unspecified'} (expected FLOAT32, INT64, INT32 or BFLOAT16)`);
+  }
+  if (b.length % info.bytes !== 0) {
+    throw new ProtoDecodeError(`${what}: ${b.length} bytes is not a whole number of ${info.name} values`);
+  }
+  const buffer = alignedCopy(b);
+  switch (dtype) {
+    case DTYPE.FLOAT32:
+      return new Float32Array(buffer);
+    case DTYPE.INT64:
+      return new BigInt64Array(buffer);
+    case DTYPE.INT32:
+      return BigInt64Array.from(new Int32Array(buffer), (v) => BigInt(v));
+    default: {
+      // bfloat16 is the top half of a float32.
+      const halves = new Uint16Array(buffer);
+      const out = new Float32Array(halves.length);
+      const bits = new Uint32Array(out.buffer);
+      for (let i = 0; i < halves.length; i++) bits[i] = halves[i]! << 16;
+      return out;
+    }
+  }
+}
+
+function readInt32(bytes: Bytes, what: string): Int32Array {
+  const b = bytes ?? EMPTY;
+  if (b.length % 4 !== 0) throw new ProtoDecodeError(`${what}: ${b.length} bytes is not a whole number of int32 values`);
+  return new Int32Array(alignedCopy(b));
+}
+
+function readFloat32(bytes: Bytes, what: string): Float32Array {
+  const b = bytes ?? EMPTY;
+  if (b.length % 4 !== 0) throw new ProtoDecodeError(`${what}: ${b.length} bytes is not a whole number of float32 values`);
+  return new Float32Array(alignedCopy(b));
+}
+
+/** int64 byte array as numbers (indices/offsets: must be safe integers). */
+function readIndices(bytes: Bytes, what: string): number[] {
+  const b = bytes ?? EMPTY;
+  if (b.length % 8 !== 0) throw new ProtoDecodeError(`${what}: ${b.length} bytes is not a whole number of int64 values`);
+  return Array.from(new BigInt64Array(alignedCopy(b)), (v) => {
+    const n = Number(v);
+    if (!Number.isSafeInteger(n)) throw new ProtoDecodeError(`${what}: value ${v} is out of range`);
+    return n;
+  });
+}
+
+function int64(value: Int64 | undefined, what: string): number {
+  const n = value === undefined ? 0 : typeof value === 'number' ? value : value.toNumber();
+  if (!Number.isSafeInteger(n)) throw new ProtoDecodeError(`${what}: ${n} is out of range`);
+  return n;
+}
+
+function int32Tokens(tokens: readonly number[], what: string): Int32Array {
+  const out = Int32Array.from(tokens);
+  // Int32Array.from wraps silently, so compare back.
+  for (let i = 0; i < out.length; i++) {
+    if (out[i] !== tokens[i]) throw new RangeError(`${what}[${i}] = ${tokens[i]} is not an int32`);
+  }
+  return out;
+}
+
+function product(shape: readonly number[]): number {
+  return shape.reduce((a, b) => a * b, 1);
+}
+
+function formatShape(shape: readonly number[]): string {
+  return `[${shape.join(', ')}]`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tensor validation shared by the protobuf and JSON paths
+
+function checkShape(shape: readonly number[], what: string): void {
+  for (const d of shape) {
+    if (!Number.isSafeInteger(d) || d < 0) throw new ProtoDecodeError(`${what}: shape ${formatShape(shape)} has an invalid dimension ${d}`);
+  }
+}
+
+/** A dense tensor from flat values; no shape means 1-D. */
+function denseTensor(values: Float32Array | BigInt64Array, shape: number[] | undefined, what: string): TensorData {
+  const dtype = values instanceof BigInt64Array ? 'int64' : 'float32';
+  if (shape === undefined || shape.length === 0) return { dtype, shape: [values.length], data: values };
+  checkShape(shape, what);
+  if (product(shape) !== values.length) {
+    throw new ProtoDecodeError(`${what}: data has ${values.length} ${dtype} values but shape ${formatShape(shape)} needs ${product(shape)}`);
+  }
+  return { dtype, shape, data: values };
+}
+
+/** Densifies a 2-D CSR tensor. Duplicate (row, col) entries are summed, as torch's `to_dense()` does. */
+function densifyCsr(
+  values: Float32Array | BigInt64Array,
+  crow: readonly number[],
+  col: readonly number[],
+  shape: number[] | undefined,
+  what: string,
+): TensorData {
+  if (shape === undefined || shape.length !== 2) {
+    throw new ProtoDecodeError(`${what}: a sparse CSR tensor needs its 2-D dense shape, got ${shape?.length ? formatShape(shape) : 'none'}`);
+  }
+  checkShape(shape, what);
+  const [rows, cols] = shape as [number, number];
+  const nnz = values.length;
+  if (rows * cols > MAX_DENSE_ELEMENTS) {
+    throw new ProtoDecodeError(`${what}: sparse shape ${formatShape(shape)} densifies to ${rows * cols} elements, above the limit of ${MAX_DENSE_ELEMENTS}`);
+  }
+  if (crow.length !== rows + 1) {
+    throw new ProtoDecodeError(`${what}: crow_indices has ${crow.length} entries but shape ${formatShape(shape)} needs rows + 1 = ${rows + 1}`);
+  }
+  if (col.length !== nnz) throw new ProtoDecodeError(`${what}: col_indices has ${col.length} entries but there are ${nnz} values`);
+  if (crow[0] !== 0) throw new ProtoDecodeError(`${what}: crow_indices must start at 0, got ${crow[0]}`);
+  for (let r = 0; r < rows; r++) {
+    if (crow[r + 1]! < crow[r]!) throw new ProtoDecodeError(`${what}: crow_indices must be non-decreasing (row ${r})`);
+  }
+  if (crow[rows] !== nnz) throw new ProtoDecodeError(`${what}: crow_indices ends at ${crow[rows]} but there are ${nnz} values`);
+  const size = rows * cols;
+  const out = values instanceof BigInt64Array ? new BigInt64Array(size) : new Float32Array(size);
+  for (let r = 0; r < rows; r++) {
+    for (let j = crow[r]!; j < crow[r + 1]!; j++) {
+      const c = col[j]!;
+      if (c < 0 || c >= cols) throw new ProtoDecodeError(`${what}: col_indices[${j}] = ${c} is outside [0, ${cols})`);
+      if (out instanceof BigInt64Array) out[r * cols + c]! += (values as BigInt64Array)[j]!;
+      else out[r * cols + c]! += (values as Float32Array)[j]!;
+    }
+  }
+  return { dtype: out instanceof BigInt64Array ? 'int64' : 'float32', shape, data: out };
+}
+
+function tensorFromProto(t: PbTensor | null, what: string): TensorData {
+  const tensor = t ?? {};
+  const shape = (tensor.shape ?? []).map((d, i) => int64(d, `${what}: shape[${i}]`));
+  if (tensor.encoding === 'sparse_csr') {
+    const csr = tensor.sparse_csr ?? {};
+    const values = readValues(csr.values, tensor.dtype, `${what} (sparse values)`);
+    const crow = readIndices(csr.crow_indices, `${what}: crow_indices`);
+    const col = readIndices(csr.col_indices, `${what}: col_indices`);
+    return densifyCsr(values, crow, col, shape, what);
+  }
+  // No encoding at all is an empty dense tensor (proto3 cannot tell the two apart otherwise).
+  return denseTensor(readValues(tensor.dense, tensor.dtype, what), shape, what);
+}
+
+function tensorToProto(t: TensorData, what: string): { dense: Uint8Array; dtype: number; shape: number[] } {
+  checkTensor(t, what);
+  return { dense: bytesOf(t.data), dtype: t.dtype === 'int64' ? DTYPE.INT64 : DTYPE.FLOAT32, shape: t.shape };
+}
+
+/** Encoder-side sanity check (a programming error, so a plain TypeError). */
+function checkTensor(t: TensorData, what: string): void {
+  const ok = t.dtype === 'int64' ? t.data instanceof BigInt64Array : t.dtype === 'float32' && t.data instanceof Float32Array;
+  if (!ok) throw new TypeError(`${what}: dtype ${String(t.dtype)} does not match its ${t.data.constructor.name} data`);
+  if (product(t.shape) !== t.data.length) {
+    throw new TypeError(`${what}: shape ${formatShape(t.shape)} does not match ${t.data.length} values`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ForwardBackwardRequest
+
+function decodeMessage<T>(type: protobuf.Type, body: Uint8Array): T {
+  try {
+    return type.decode(body) as unknown as T;
+  } catch (e) {
+    throw new ProtoDecodeError(`malformed protobuf ${type.name}: ${(e as Error).message}`);
+  }
+}
+
+/**
+ * Decodes a protobuf `ForwardBackwardRequest` body (after any zstd decompression).
+ *
+ * Text chunks are concatenated; image and dmel chunks are refused. Sparse tensors are densified,
+ * INT32 widens to int64 and BFLOAT16 to float32. `loss_fn_config_v2` wins over the legacy map when non-empty.
+ *
+ * @throws {ProtoDecodeError} on any malformed or unsupported content.
+ * @example
+ * const msg = decodeForwardBackwardRequest(new Uint8Array(request.body as Buffer));
+ * msg.data[0]?.lossFnInputs['target_tokens']?.shape; // [N]
+ */
+export function decodeForwardBackwardRequest(body: Uint8Array): ForwardBackwardRequestMsg {
+  const msg = decodeMessage<PbForwardBackwardRequest>(ForwardBackwardRequestType, body);
+  const seqId = msg.seq_id ?? 0;
+  if (seqId < 1) throw new ProtoDecodeError(`seq_id must be >= 1, got ${seqId}`);
+  const data = (msg.data ?? []).map((d, i) => datumFromProto(d, i));
+  return {
+    modelId: msg.model_id ?? '',
+    seqId,
+    data,
+    lossFn: msg.loss_fn ?? '',
+    lossFnConfig: lossFnConfigFromProto(msg),
+    forwardOnly: msg.forward_only ?? false,
+  };
+}
+
+function datumFromProto(d: PbDatum, i: number): WireDatum {
+  const modelInput: number[] = [];
+  (d.model_input ?? []).forEach((chunk, j) => {
+    const where = `data[${i}].model_input[${j}]`;
+    switch (chunk.chunk) {
+      case 'encoded_text': {
+        for (const t of readInt32(chunk.encoded_text?.tokens, where)) {
+          if (t < 0) throw new ProtoDecodeError(`${where}: token id ${t} is negative`);
+          modelInput.push(t);
+        }
+        break;
+      }
+      case 'image':
+        throw new ProtoDecodeError(`${where}: image chunks are not supported by this server`);
+      case 'dmel':
+        throw new ProtoDecodeError(`${where}: dmel (audio) chunks are not supported by this server`);
+      default:
+        throw new ProtoDecodeError(`${where}: unknown chunk kind (empty, or newer than this server)`);
+    }
+  });
+  const lossFnInputs = Object.fromEntries(
+    Object.entries(d.loss_fn_inputs ?? {}).map(([key, t]) => [key, tensorFromProto(t, `data[${i}].loss_fn_inputs['${key}']`)]),
+  );
+  return { modelInput, lossFnInputs };
+}
+
+function lossFnConfigFromProto(msg: PbForwardBackwardRequest): Record<string, number> {
+  const v2 = Object.entries(msg.loss_fn_config_v2 ?? {});
+  if (v2.length === 0) return { ...(msg.loss_fn_config ?? {}) };
+  const config: Record<string, number> = {};
+  for (const [key, v] of v2) {
+    if (v?.value === 'number') config[key] = v.number ?? 0;
+    else if (v?.value === 'text') {
+      throw new ProtoDecodeError(`loss_fn_config_v2['${key}'] is text (${JSON.stringify(v.text)}); this server's losses take numbers only`);
+    } else throw new ProtoDecodeError(`loss_fn_config_v2['${key}'] has no value`);
+  }
+  return config;
+}
+
+/**
+ * Encodes a `ForwardBackwardRequest` the way the Python SDK does: one `EncodedTextChunk` of int32 LE
+ * tokens per datum, dense tensors with dtype and shape. The config goes in both `loss_fn_config_v2`
+ * and the legacy map, as SDK ≥ 0.26.2 sends it (older servers read the legacy map).
+ *
+ * @example
+ * const body = encodeForwardBackwardRequest({
+ *   modelId: 'S:train:0', seqId: 1, lossFn: 'cross_entropy', lossFnConfig: {}, forwardOnly: false,
+ *   data: [{ modelInput: [1, 2, 3], lossFnInputs: {
+ *     target_tokens: { dtype: 'int64', shape: [3], data: BigInt64Array.of(2n, 3n, 4n) },
+ *     weights: { dtype: 'float32', shape: [3], data: Float32Array.of(1, 1, 1) } } }],
+ * });
+ */
+export function encodeForwardBackwardRequest(msg: ForwardBackwardRequestMsg): Uint8Array {
+  const config = Object.entries(msg.lossFnConfig);
+  // Defaults are left unset so the bytes match Python's (proto3 omits them).
+  return ForwardBackwardRequestType.encode({
+    model_id: msg.modelId || undefined,
+    seq_id: msg.seqId || undefined,
+    data: msg.data.map((d, i) => ({
+      model_input: [{ encoded_text: { tokens: d.modelInput.length ? bytesOf(int32Tokens(d.modelInput, `data[${i}].modelInput`)) : undefined } }],
+      loss_fn_inputs: Object.fromEntries(
+        Object.entries(d.lossFnInputs).map(([key, t]) => [key, tensorToProto(t, `data[${i}].lossFnInputs['${key}']`)]),
+      ),
+    })),
+    loss_fn: msg.lossFn || undefined,
+    loss_fn_config: Object.fromEntries(config),
+    forward_only: msg.forwardOnly || undefined,
+    loss_fn_config_v2: Object.fromEntries(config.map(([k, v]) => [k, { number: v }])),
+  }).finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// ForwardBackwardOutput
+
+/**
+ * Encodes a forward / forward_backward result (`loss_fn_output_type` "ArrayRecord").
+ *
+ * Consecutive datums whose fields agree in name, dtype and trailing shape share one `ArrayRecord`;
+ * a change (e.g. ragged (N, K) outputs with different K) starts a new record, in order, because the
+ * SDK applies one dtype and trailing shape per record field. Offsets are int64 LE byte offsets.
+ *
+ * @example
+ * reply.type('application/x-protobuf').send(encodeForwardBackwardOutput({
+ *   lossFnOutputs: [{ logprobs: { dtype: 'float32', shape: [3], data: Float32Array.of(-1, -2, -3) } }],
+ *   metrics: { 'loss:sum': 6 },
+ * }));
+ */
+export function encodeForwardBackwardOutput(out: ForwardBackwardOutputMsg): Uint8Array {
+  const groups: { signature: string; datums: Record<string, TensorData>[] }[] = [];
+  out.lossFnOutputs.forEach((datum, i) => {
+    for (const [key, t] of Object.entries(datum)) {
+      checkTensor(t, `lossFnOutputs[${i}]['${key}']`);
+      if (t.shape.length === 0) throw new TypeError(`lossFnOutputs[${i}]['${key}']: 0-d tensors cannot be sent (the wire needs a first dimension)`);
+      if (t.shape.slice(1).includes(0)) throw new TypeError(`lossFnOutputs[${i}]['${key}']: trailing dimensions must be non-zero`);
+    }
+    const signature = JSON.stringify(
+      Object.keys(datum)
+        .sort()
+        .map((k) => [k, datum[k]!.dtype, datum[k]!.shape.slice(1)]),
+    );
+    const last = groups[groups.length - 1];
+    if (last && last.signature === signature) last.datums.push(datum);
+    else groups.push({ signature, datums: [datum] });
+  });
+  return ForwardBackwardOutputType.encode({
+    loss_fn_output_type: 'ArrayRecord',
+    loss_fn_outputs: groups.map(({ datums }) => ({
+      type_tag: 'ArrayRecord',
+      fields: Object.fromEntries(Object.keys(datums[0]!).map((key) => [key, batchField(datums.map((d) => d[key]!))])),
+      num_datums: datums.length,
+    })),
+    metrics: out.metrics,
+  }).finish();
+}
+
+function batchField(tensors: TensorData[]): PbBatchedTensor {
+  const first = tensors[0]!;
+  const offsets = new BigInt64Array(tensors.length + 1);
+  let total = 0;
+  tensors.forEach((t, i) => {
+    total += t.data.byteLength;
+    offsets[i + 1] = BigInt(total);
+  });
+  const data = new Uint8Array(total);
+  tensors.forEach((t, i) => data.set(bytesOf(t.data), Number(offsets[i])));
+  const trailing = first.shape.slice(1);
+  return {
+    data,
+    offsets: bytesOf(offsets),
+    dtype: first.dtype === 'int64' ? DTYPE.INT64 : DTYPE.FLOAT32,
+    trailing_shape: trailing.length ? trailing : undefined,
+  } as PbBatchedTensor;
+}
+
+/**
+ * Decodes a `ForwardBackwardOutput` with the SDK's rules: records concatenate in order, `num_datums`
+ * is authoritative, each datum's first dimension is its element count over the trailing shape.
+ *
+ * @throws {ProtoDecodeError} on malformed records.
+ * @example
+ * const { lossFnOutputs, metrics } = decodeForwardBackwardOutput(bytes);
+ * lossFnOutputs[0]?.['logprobs']?.shape; // [N]
+ */
+export function decodeForwardBackwardOutput(body: Uint8Array): ForwardBackwardOutputMsg {
+  const msg = decodeMessage<PbForwardBackwardOutput>(ForwardBackwardOutputType, body);
+  const lossFnOutputs: Record<string, TensorData>[] = [];
+  (msg.loss_fn_outputs ?? []).forEach((record, r) => {
+    const n = int64(record.num_datums, `loss_fn_outputs[${r}].num_datums`);
+    if (n < 0 || n > MAX_DENSE_ELEMENTS) throw new ProtoDecodeError(`loss_fn_outputs[${r}].num_datums ${n} is out of range`);
+    const datums: Record<string, TensorData>[] = Array.from({ length: n }, () => ({}));
+    for (const [key, field] of Object.entries(record.fields ?? {})) {
+      const what = `loss_fn_outputs[${r}].fields['${key}']`;
+      const bt = field ?? {};
+      const data = bt.data ?? EMPTY;
+      const offsets = readIndices(bt.offsets, `${what}.offsets`);
+      if (offsets.length !== n + 1) throw new ProtoDecodeError(`${what}: ${offsets.length} offsets for ${n} datums (expected ${n + 1})`);
+      const trailing = (bt.trailing_shape ?? []).map((d, i) => int64(d, `${what}.trailing_shape[${i}]`));
+      checkShape(trailing, what);
+      const per = product(trailing);
+      if (per === 0) throw new ProtoDecodeError(`${what}: trailing_shape ${formatShape(trailing)} has a zero dimension`);
+      for (let i = 0; i < n; i++) {
+        const [start, end] = [offsets[i]!, offsets[i + 1]!];
+        if (start < 0 || end < start || end > data.length) {
+          throw new ProtoDecodeError(`${what}: offsets ${start}..${end} for datum ${i} are outside the ${data.length}-byte data`);
+        }
+        const values = readValues(data.subarray(start, end), bt.dtype, `${what} datum ${i}`);
+        if (values.length % per !== 0) {
+          throw new ProtoDecodeError(`${what}: datum ${i} has ${values.length} values, not a multiple of trailing shape ${formatShape(trailing)}`);
+        }
+        datums[i]![key] = { dtype: values instanceof BigInt64Array ? 'int64' : 'float32', shape: [values.length / per, ...trailing], data: values };
+      }
+    }
+    lossFnOutputs.push(...datums);
+  });
+  return { lossFnOutputs, metrics: { ...(msg.metrics ?? {}) } };
+}
+
+// ---------------------------------------------------------------------------------------------
+// SampleResponse
+
+const STOP_REASONS = ['stop', 'length'] as const;
+
+/**
+ * Encodes an asample result. Null prompt logprobs become NaN; top-k rows are padded to the longest
+ * row with `(0, -99999.0)` and a null row is all padding (K is at least 1 so such rows exist).
+ *
+ * @example
+ * encodeSampleResponse({
+ *   sequences: [{ stopReason: 'stop', tokens: [5, 151645], logprobs: [-0.1, -0.2] }],
+ *   promptLogprobs: null, topkPromptLogprobs: null, promptCacheHitTokens: 0,
+ * });
+ */
+export function encodeSampleResponse(r: SampleResponseMsg): Uint8Array {
+  let topk: PbSampleResponse['topk_prompt_logprobs'];
+  if (r.topkPromptLogprobs !== null) {
+    const rows = r.topkPromptLogprobs;
+    const k = Math.max(1, ...rows.map((row) => row?.length ?? 0));
+    const ids = new Int32Array(rows.length * k);
+    const lps = new Float32Array(rows.length * k).fill(TOPK_PAD_LOGPROB);
+    rows.forEach((row, i) =>
+      row?.forEach(([id, lp], j) => {
+        ids.set(int32Tokens([id], `topkPromptLogprobs[${i}][${j}]`), i * k + j);
+        lps[i * k + j] = lp;
+      }),
+    );
+    topk = { token_ids: bytesOf(ids), logprobs: bytesOf(lps), k, prompt_length: rows.length };
+  }
+  return SampleResponseType.encode({
+    sequences: r.sequences.map((s, i) => {
+      if (s.logprobs !== null && s.logprobs.length !== s.tokens.length) {
+        throw new RangeError(`sequences[${i}]: ${s.logprobs.length} logprobs for ${s.tokens.length} tokens`);
+      }
+      return {
+        stop_reason: s.stopReason === 'length' ? 1 : undefined,
+        tokens: s.tokens.length ? bytesOf(int32Tokens(s.tokens, `sequences[${i}].tokens`)) : undefined,
+        logprobs: s.logprobs === null ? undefined : bytesOf(Float32Array.from(s.logprobs)),
+      };
+    }),
+    prompt_logprobs: r.promptLogprobs === null ? undefined : bytesOf(Float32Array.from(r.promptLogprobs, (v) => v ?? NaN)),
+    topk_prompt_logprobs: topk,
+    prompt_cache_hit_tokens: r.promptCacheHitTokens || undefined,
+  }).finish();
+}
+
+/**
+ * Decodes an asample result with the SDK's rules: empty sequence logprobs are `null`, NaN prompt
+ * logprobs are `null`, a top-k row starting with the padding cell is `null` and trailing padding is trimmed.
+ *
+ * @throws {ProtoDecodeError} on an unknown stop reason or inconsistent array sizes.
+ * @example
+ * const { sequences } = decodeSampleResponse(bytes);
+ * sequences[0]?.tokens;
+ */
+export function decodeSampleResponse(body: Uint8Array): SampleResponseMsg {
+  const msg = decodeMessage<PbSampleResponse>(SampleResponseType, body);
+  const sequences = (msg.sequences ?? []).map((s, i): SampledSequenceMsg => {
+    const stopReason = STOP_REASONS[s.stop_reason ?? 0];
+    if (stopReason === undefined) throw new ProtoDecodeError(`sequences[${i}]: unknown stop_reason ${s.stop_reason}`);
+    const tokens = Array.from(readInt32(s.tokens, `sequences[${i}].tokens`));
+    const lps = readFloat32(s.logprobs, `sequences[${i}].logprobs`);
+    if (lps.length > 0 && lps.length !== tokens.length) {
+      throw new ProtoDecodeError(`sequences[${i}]: ${lps.length} logprobs for ${tokens.length} tokens`);
+    }
+    return { stopReason, tokens, logprobs: lps.length > 0 ? Array.from(lps) : null };
+  });
+  const promptLogprobs =
+    msg.prompt_logprobs == null ? null : Array.from(readFloat32(msg.prompt_logprobs, 'prompt_logprobs'), (v) => (Number.isNaN(v) ? null : v));
+  let topkPromptLogprobs: SampleResponseMsg['topkPromptLogprobs'] = null;
+  const topk = msg.topk_prompt_logprobs;
+  if (topk != null) {
+    const [n, k] = [topk.prompt_length ?? 0, topk.k ?? 0];
+    const ids = readInt32(topk.token_ids, 'topk_prompt_logprobs.token_ids');
+    const lps = readFloat32(topk.logprobs, 'topk_prompt_logprobs.logprobs');
+    if (ids.length !== n * k || lps.length !== n * k) {
+      throw new ProtoDecodeError(`topk_prompt_logprobs: ${ids.length} token ids and ${lps.length} logprobs for ${n} x ${k}`);
+    }
+    const isPad = (c: number): boolean => ids[c] === 0 && lps[c] === TOPK_PAD_LOGPROB;
+    topkPromptLogprobs = Array.from({ length: n }, (_, i) => {
+      if (k === 0 || isPad(i * k)) return null;
+      let len = k;
+      while (len > 0 && isPad(i * k + len - 1)) len--;
+      return Array.from({ length: len }, (_, j): [number, number] => [ids[i * k + j]!, lps[i * k + j]!]);
+    });
+  }
+  return { sequences, promptLogprobs, topkPromptLogprobs, promptCacheHitTokens: msg.prompt_cache_hit_tokens ?? 0 };
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON forms (§6.1–6.2)
+
+/** Dtype of a plain number list by key, as the SDK's `_KEY_TO_TYPE`. */
+function dtypeForKey(key: string): TensorData['dtype'] {
+  return key === 'target_tokens' ? 'int64' : 'float32';
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function numbersToValues(values: unknown[], dtype: TensorData['dtype'], what: string): Float32Array | BigInt64Array {
+  if (dtype === 'int64') {
+    return BigInt64Array.from(values, (v, i) => {
+      if (typeof v !== 'number' || !Number.isSafeInteger(v)) throw new ProtoDecodeError(`${what}: element ${i} (${JSON.stringify(v)}) is not an integer`);
+      return BigInt(v);
+    });
+  }
+  return Float32Array.from(values, (v, i) => {
+    if (typeof v !== 'number') throw new ProtoDecodeError(`${what}: element ${i} (${JSON.stringify(v)}) is not a number`);
+    return v;
+  });
+}
+
+function indexList(value: unknown, what: string): number[] {
+  if (!Array.isArray(value)) throw new ProtoDecodeError(`${what} must be a list of integers`);
+  return value.map((v, i) => {
+    if (typeof v !== 'number' || !Number.isSafeInteger(v)) throw new ProtoDecodeError(`${what}[${i}] (${JSON.stringify(v)}) is not an integer`);
+    return v;
+  });
+}
+
+/** Flattens a (possibly nested) rectangular list, returning its values and shape. */
+function flattenNested(value: unknown[], what: string): { flat: unknown[]; shape: number[] } {
+  const shape: number[] = [];
+  for (let level: unknown = value; Array.isArray(level); level = level[0]) shape.push(level.length);
+  const flat: unknown[] = [];
+  const walk = (v: unknown, depth: number): void => {
+    if (depth === shape.length) {
+      if (Array.isArray(v)) throw new ProtoDecodeError(`${what}: nested list is ragged`);
+      flat.push(v);
+      return;
+    }
+    if (!Array.isArray(v) || v.length !== shape[depth]) throw new ProtoDecodeError(`${what}: nested list is ragged`);
+    for (const x of v) walk(x, depth + 1);
+  };
+  walk(value, 0);
+  return { flat, shape };
+}
+
+/**
+ * Reads one `loss_fn_inputs` value from a JSON body: Tinker's `TensorData`
+ * (`{data, dtype, shape?, sparse_crow_indices?, sparse_col_indices?}`) or a plain (nested) number
+ * list, whose dtype comes from the key (`target_tokens` → int64, anything else float32).
+ *
+ * @throws {ProtoDecodeError} with the same checks as the protobuf path.
+ * @example
+ * tensorFromJson({ data: [1, 2], dtype: 'int64', shape: [2] }, 'target_tokens'); // int64 [2]
+ * tensorFromJson([0.5, 1], 'weights'); // float32 [2]
+ */
+export function tensorFromJson(value: unknown, key: string): TensorData {
+  const what = `loss_fn_inputs['${key}']`;
+  if (Array.isArray(value)) {
+    const { flat, shape } = flattenNested(value, what);
+    return denseTensor(numbersToValues(flat, dtypeForKey(key), what), shape, what);
+  }
+  if (!isRecord(value)) throw new ProtoDecodeError(`${what} must be a TensorData object or a list of numbers`);
+  const { data, dtype, shape, sparse_crow_indices: crow, sparse_col_indices: col } = value;
+  if (dtype !== 'int64' && dtype !== 'float32') throw new ProtoDecodeError(`${what}: unknown dtype ${JSON.stringify(dtype)} (expected "int64" or "float32")`);
+  if (!Array.isArray(data)) throw new ProtoDecodeError(`${what}.data must be a flat list of numbers`);
+  const values = numbersToValues(data, dtype, what);
+  const dims = shape == null ? undefined : indexList(shape, `${what}.shape`);
+  if (crow == null && col == null) return denseTensor(values, dims, what);
+  if (crow == null || col == null) throw new ProtoDecodeError(`${what}: sparse_crow_indices and sparse_col_indices must be given together`);
+  return densifyCsr(values, indexList(crow, `${what}.sparse_crow_indices`), indexList(col, `${what}.sparse_col_indices`), dims, what);
+}
+
+/**
+ * Reads a JSON `ModelInput` (`{chunks: [{type: "encoded_text", tokens: [...]}, ...]}`) into its
+ * concatenated tokens. Image, image_asset_pointer and dmel chunks are refused.
+ *
+ * @throws {ProtoDecodeError} on any other shape or chunk type.
+ * @example
+ * modelInputFromJson({ chunks: [{ type: 'encoded_text', tokens: [1, 2] }, { type: 'encoded_text', tokens: [3] }] }); // [1, 2, 3]
+ */
+export function modelInputFromJson(value: unknown): number[] {
+  if (!isRecord(value) || !Array.isArray(value['chunks'])) throw new ProtoDecodeError('model_input must be an object with a "chunks" list');
+  const tokens: number[] = [];
+  value['chunks'].forEach((chunk: unknown, j) => {
+    const where = `model_input.chunks[${j}]`;
+    if (!isRecord(chunk)) throw new ProtoDecodeError(`${where} must be an object`);
+    // Older SDKs may leave out `type` on text chunks (its pydantic default).
+    const type = chunk['type'] ?? ('tokens' in chunk ? 'encoded_text' : undefined);
+    if (type === 'image' || type === 'image_asset_pointer') throw new ProtoDecodeError(`${where}: image chunks are not supported by this server`);
+    if (type === 'dmel') throw new ProtoDecodeError(`${where}: dmel (audio) chunks are not supported by this server`);
+    if (type !== 'encoded_text') throw new ProtoDecodeError(`${where}: unknown chunk type ${JSON.stringify(type)}`);
+    for (const t of indexList(chunk['tokens'], `${where}.tokens`)) {
+      if (t < 0 || t > 0x7fffffff) throw new ProtoDecodeError(`${where}: token id ${t} is out of range`);
+      tokens.push(t);
+    }
+  });
+  return tokens;
+}

@@ -1,0 +1,184 @@
+/**
+ * @module The REST surface of `RestClient` and the CLI (tinker-protocol.md §4.6): training runs,
+ * checkpoints (list, delete, archive, publish, TTL), sessions; and the signed archive download.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { create as createTar } from 'tar';
+import { badRequest, gone, notFound } from '../http/errors.js';
+import type { ArchiveSigner } from '../checkpoints/signing.js';
+import { PagingQuery, TtlBody } from '../protocol/schemas.js';
+import type { Services } from '../services.js';
+import type { CheckpointRow, RunRow } from '../store/index.js';
+import { owner, type TypedApp } from './context.js';
+
+const ARCHIVE_TTL_MS = 15 * 60 * 1000;
+
+const iso = (ms: number | null | undefined): string | undefined => (ms === null || ms === undefined ? undefined : new Date(ms).toISOString());
+
+/** The JSON `Checkpoint` of the protocol. */
+export function checkpointJson(c: CheckpointRow): Record<string, unknown> {
+  return {
+    checkpoint_id: c.checkpointId,
+    checkpoint_type: c.checkpointType,
+    time: iso(c.createdAt),
+    tinker_path: c.tinkerPath,
+    size_bytes: c.sizeBytes,
+    public: c.public,
+    ...(c.expiresAt !== null ? { expires_at: iso(c.expiresAt) } : {}),
+  };
+}
+
+export function restRoutes(app: TypedApp, services: Services, signer: ArchiveSigner): void {
+  const { store } = services;
+
+  async function runJson(run: RunRow): Promise<Record<string, unknown>> {
+    const checkpoints = await store.checkpoints.listForRun(run.modelId, run.owner);
+    const last = (type: 'training' | 'sampler'): CheckpointRow | undefined => checkpoints.find((c) => c.checkpointType === type);
+    const training = last('training');
+    const sampler = last('sampler');
+    return {
+      training_run_id: run.modelId,
+      base_model: run.baseModel,
+      model_owner: run.owner,
+      is_lora: true,
+      corrupted: run.corrupted,
+      lora_rank: run.loraRank,
+      last_request_time: iso(run.lastRequestAt),
+      user_metadata: run.userMetadata,
+      ...(training ? { last_checkpoint: checkpointJson(training) } : {}),
+      ...(sampler ? { last_sampler_checkpoint: checkpointJson(sampler) } : {}),
+    };
+  }
+
+  app.get('/api/v1/training_runs', { schema: { querystring: PagingQuery } }, async (request) => {
+    const limit = request.query.limit ?? 20;
+    const offset = request.query.offset ?? 0;
+    const { runs, total } = await store.runs.list(owner(request), limit, offset);
+    return { training_runs: await Promise.all(runs.map(runJson)), cursor: { offset, limit, total_count: total } };
+  });
+
+  app.get<{ Params: { modelId: string } }>('/api/v1/training_runs/:modelId', async (request) => {
+    const run = await store.runs.get(request.params.modelId, owner(request));
+    if (!run) throw notFound('training run', request.params.modelId);
+    return runJson(run);
+  });
+
+  app.get<{ Params: { modelId: string } }>('/api/v1/training_runs/:modelId/checkpoints', async (request) => {
+    const who = owner(request);
+    const run = await store.runs.get(request.params.modelId, who);
+    if (!run) throw notFound('training run', request.params.modelId);
+    return { checkpoints: (await store.checkpoints.listForRun(run.modelId, who)).map(checkpointJson) };
+  });
+
+  app.get('/api/v1/checkpoints', { schema: { querystring: PagingQuery } }, async (request) => {
+    const limit = request.query.limit ?? 100;
+    const offset = request.query.offset ?? 0;
+    const { checkpoints, total } = await store.checkpoints.listForOwner(owner(request), limit, offset);
+    return { checkpoints: checkpoints.map(checkpointJson), cursor: { offset, limit, total_count: total } };
+  });
+
+  /** Splits `weights/NAME[/action]` (checkpoint ids contain a slash). */
+  function splitCheckpoint(rest: string): { checkpointId: string; action: string } {
+    const parts = rest.split('/');
+    if (parts.length < 2 || (parts[0] !== 'weights' && parts[0] !== 'sampler_weights')) {
+      throw badRequest(`invalid checkpoint id ${JSON.stringify(rest)}: expected weights/<name> or sampler_weights/<name>`, 'invalid_checkpoint_id');
+    }
+    return { checkpointId: `${parts[0]}/${parts[1]}`, action: parts.slice(2).join('/') };
+  }
+
+  async function ownCheckpoint(modelId: string, checkpointId: string, who: string): Promise<CheckpointRow> {
+    const checkpoint = await store.checkpoints.get(modelId, checkpointId, who);
+    if (!checkpoint || checkpoint.owner !== who) throw notFound('checkpoint', `${modelId}/${checkpointId}`);
+    return checkpoint;
+  }
+
+  type CheckpointRoute = { Params: { modelId: string; '*': string } };
+
+  app.get<CheckpointRoute>('/api/v1/training_runs/:modelId/checkpoints/*', async (request) => {
+    const who = owner(request);
+    const { checkpointId, action } = splitCheckpoint(request.params['*']);
+    const checkpoint = await store.checkpoints.get(request.params.modelId, checkpointId, who);
+    if (!checkpoint) throw notFound('checkpoint', `${request.params.modelId}/${checkpointId}`);
+    if (action === '') return checkpointJson(checkpoint);
+    if (action !== 'archive') throw notFound('route', request.url);
+    const expiresAt = Date.now() + ARCHIVE_TTL_MS;
+    const token = signer.sign({ modelId: checkpoint.modelId, checkpointId, owner: who, expiresAt });
+    const base = `${request.protocol}://${request.headers.host ?? 'localhost'}`;
+    return { url: `${base}/api/v1/checkpoint_archives/${token}`, expires: iso(expiresAt) };
+  });
+
+  app.delete<CheckpointRoute>('/api/v1/training_runs/:modelId/checkpoints/*', async (request) => {
+    const who = owner(request);
+    const { checkpointId, action } = splitCheckpoint(request.params['*']);
+    if (action === 'publish') {
+      await ownCheckpoint(request.params.modelId, checkpointId, who);
+      await store.checkpoints.setPublic(request.params.modelId, checkpointId, who, false);
+      return {};
+    }
+    if (action !== '') throw notFound('route', request.url);
+    const deleted = await store.checkpoints.delete(request.params.modelId, checkpointId, who);
+    if (!deleted) throw notFound('checkpoint', `${request.params.modelId}/${checkpointId}`);
+    rmSync(deleted.storagePath, { recursive: true, force: true });
+    return {};
+  });
+
+  app.post<CheckpointRoute>('/api/v1/training_runs/:modelId/checkpoints/*', async (request) => {
+    const who = owner(request);
+    const { checkpointId, action } = splitCheckpoint(request.params['*']);
+    if (action !== 'publish') throw notFound('route', request.url);
+    await ownCheckpoint(request.params.modelId, checkpointId, who);
+    // Publishing twice is a no-op 2xx: the SDK would retry a 409 for minutes.
+    await store.checkpoints.setPublic(request.params.modelId, checkpointId, who, true);
+    return {};
+  });
+
+  app.put<CheckpointRoute>('/api/v1/training_runs/:modelId/checkpoints/*', { schema: { body: TtlBody } }, async (request) => {
+    const who = owner(request);
+    const { checkpointId, action } = splitCheckpoint(request.params['*']);
+    if (action !== 'ttl') throw notFound('route', request.url);
+    await ownCheckpoint(request.params.modelId, checkpointId, who);
+    const ttl = (request.body as { ttl_seconds: number | null }).ttl_seconds;
+    if (ttl !== null && ttl <= 0) throw badRequest('ttl_seconds must be positive, or null to remove the TTL', 'invalid_ttl');
+    await store.checkpoints.setExpiry(request.params.modelId, checkpointId, who, ttl === null ? null : Date.now() + ttl * 1000);
+    return {};
+  });
+
+  app.get('/api/v1/sessions', { schema: { querystring: PagingQuery } }, async (request) => {
+    const { sessions } = await store.sessions.list(owner(request), request.query.limit ?? 20, request.query.offset ?? 0);
+    return { sessions: sessions.map((s) => s.sessionId) };
+  });
+
+  app.get<{ Params: { sessionId: string } }>('/api/v1/sessions/:sessionId', async (request) => {
+    const session = await store.sessions.get(request.params.sessionId, owner(request));
+    if (!session) throw notFound('session', request.params.sessionId);
+    return {
+      training_run_ids: await store.runs.listForSession(session.sessionId),
+      sampler_ids: await store.samplers.listForSession(session.sessionId),
+    };
+  });
+
+  // The signed link authorises itself; it streams a tar of the PEFT adapter folder.
+  app.get<{ Params: { token: string } }>('/api/v1/checkpoint_archives/:token', async (request, reply) => {
+    const grant = signer.verify(request.params.token, Date.now());
+    if (!grant) throw gone('this archive link is invalid or has expired; request a new one');
+    const checkpoint = await store.checkpoints.get(grant.modelId, grant.checkpointId, grant.owner);
+    if (!checkpoint) throw notFound('checkpoint', `${grant.modelId}/${grant.checkpointId}`);
+    const run = await store.runs.get(grant.modelId, checkpoint.owner);
+    if (!run) throw notFound('training run', grant.modelId);
+    const work = mkdtempSync(path.join(os.tmpdir(), 'lathe-archive-'));
+    const folder = path.join(work, 'adapter');
+    try {
+      const client = await services.pool.client(run.baseModel);
+      await client.request('export_peft', { source: checkpoint.storagePath, path: folder });
+    } catch (error) {
+      rmSync(work, { recursive: true, force: true });
+      throw error;
+    }
+    const name = `${grant.checkpointId.replace('/', '-')}.tar`;
+    const stream = createTar({ cwd: folder, portable: true }, ['adapter_model.safetensors', 'adapter_config.json']);
+    stream.on('end', () => rmSync(work, { recursive: true, force: true }));
+    return reply.type('application/x-tar').header('content-disposition', `attachment; filename="${name}"`).send(stream);
+  });
+}

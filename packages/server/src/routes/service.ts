@@ -1,0 +1,74 @@
+/**
+ * @module Client config, sessions, heartbeats, capabilities, telemetry (tinker-protocol.md §4.1).
+ */
+import type { FastifyInstance } from 'fastify';
+import { gone, notFound } from '../http/errors.js';
+import { CreateSessionBody, ProjectBody, SdkVersionBody, SessionIdBody, TelemetryBody } from '../protocol/schemas.js';
+import type { Services } from '../services.js';
+import { owner, type TypedApp } from './context.js';
+
+/** The flags that steer the official SDK (§4.1.1): protobuf for fwd/bwd, zstd accepted. */
+export const CLIENT_CONFIG = {
+  pjwt_auth_enabled: false,
+  credential_default_source: 'api_key',
+  proto_compress_fwdbwd: true,
+  proto_write_fwdbwd: true,
+  fwd_via_fwdbwd: true,
+  create_model_via_load_weights: false,
+  sample_use_retrieve_futures: false,
+  parallel_fwdbwd_chunks: true,
+  fwdbwd_max_chunk_len: 1024,
+  fwdbwd_max_chunk_bytes_count: 5_000_000,
+} as const;
+
+export function serviceRoutes(app: TypedApp, services: Services): void {
+  const { store } = services;
+
+  app.post('/api/v1/client/config', { schema: { body: SdkVersionBody } }, async () => CLIENT_CONFIG);
+  app.post('/api/v1/client/dynamic_config', { schema: { body: SdkVersionBody } }, async () => ({
+    refresh_interval_sec: 300,
+    sample_cancel_enabled: false,
+  }));
+
+  app.post('/api/v1/create_session', { schema: { body: CreateSessionBody } }, async (request) => {
+    const body = request.body;
+    const session = await store.sessions.create({
+      owner: owner(request),
+      tags: body.tags ?? [],
+      userMetadata: body.user_metadata ?? {},
+      sdkVersion: body.sdk_version ?? 'unknown',
+      projectId: body.project_id ?? null,
+    });
+    return { type: 'create_session', session_id: session.sessionId };
+  });
+
+  app.post('/api/v1/session_heartbeat', { schema: { body: SessionIdBody } }, async (request) => {
+    const state = await store.sessions.heartbeat(request.body.session_id, owner(request), Date.now());
+    if (state === 'missing') throw notFound('session', request.body.session_id);
+    if (state === 'finished') throw gone(`session ${request.body.session_id} is finished`);
+    return { type: 'session_heartbeat' };
+  });
+
+  app.post<{ Params: { sessionId: string } }>('/api/v1/sessions/:sessionId/finish', async (request) => {
+    const finished = await store.sessions.finish(request.params.sessionId, owner(request), Date.now());
+    if (!finished) throw notFound('session', request.params.sessionId);
+    return { type: 'finish_session', session_id: request.params.sessionId };
+  });
+
+  app.get('/api/v1/get_server_capabilities', async () => ({
+    supported_models: services.models.map((m) => ({ model_name: m.model_name, max_context_length: m.max_context_length, trainable: true, sampleable: true })),
+  }));
+
+  app.get('/api/v1/healthz', async () => ({ status: 'ok' }));
+
+  // A sink: the SDK retries a rejected batch forever, so accept everything well-formed.
+  app.post('/api/v1/telemetry', { schema: { body: TelemetryBody } }, async () => ({ status: 'accepted' }));
+
+  app.put<{ Params: { sessionId: string } }>('/api/v1/sessions/:sessionId/project', { schema: { body: ProjectBody } }, async (request) => {
+    const ok = await store.sessions.setProject(request.params.sessionId, owner(request), (request.body as { project_id: string }).project_id);
+    if (!ok) throw notFound('session', request.params.sessionId);
+    return {};
+  });
+}
+
+export type { FastifyInstance };

@@ -1,0 +1,289 @@
+/**
+ * @module Training runs: create, info, forward/backward, optimizer steps, checkpoints
+ * (tinker-protocol.md §4.2–4.4). Every submit answers at once with a future.
+ */
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { badRequest, notFound } from '../http/errors.js';
+import { checkpointDir, checkName, formatTinkerPath, parseTinkerPath, type CheckpointKind } from '../checkpoints/paths.js';
+import { prepareData } from '../protocol/datums.js';
+import { decodeForwardBackwardRequest, modelInputFromJson, ProtoDecodeError, tensorFromJson, type ForwardBackwardRequestMsg, type WireDatum } from '../protocol/proto.js';
+import type { StoredResult } from '../protocol/results.js';
+import {
+  CreateModelBody,
+  ForwardBackwardInputJson,
+  LoadWeightsBody,
+  ModelIdBody,
+  OptimStepBody,
+  SaveWeightsBody,
+  SaveWeightsForSamplerBody,
+  WeightsInfoBody,
+  type LoraConfigWire,
+} from '../protocol/schemas.js';
+import type { Services } from '../services.js';
+import type { RunRow } from '../store/index.js';
+import type { WireTensor } from '../worker/tensor.js';
+import { owner, type TypedApp } from './context.js';
+
+const ADAM_KEYS = ['learning_rate', 'beta1', 'beta2', 'eps', 'weight_decay', 'grad_clip_norm'] as const;
+
+/** Validates a LoRA config with the hosted service's messages (§4.2). */
+export function checkLoraConfig(lora: LoraConfigWire | undefined): Required<Omit<LoraConfigWire, 'seed'>> & { seed: number | null } {
+  const config = { rank: lora?.rank ?? 32, seed: lora?.seed ?? null, train_unembed: lora?.train_unembed ?? true, train_mlp: lora?.train_mlp ?? true, train_attn: lora?.train_attn ?? true };
+  if (config.rank <= 0) throw badRequest('lora_config.rank must be positive', 'invalid_lora_config');
+  if ((config.rank & (config.rank - 1)) !== 0) throw badRequest('lora_config.rank must be a power of 2', 'invalid_lora_config');
+  if (config.rank > 1024) throw badRequest('lora_config.rank must be at most 1024', 'invalid_lora_config');
+  if (!config.train_unembed && !config.train_mlp && !config.train_attn) {
+    throw badRequest('At least one of train_unembed, train_mlp, or train_attn must be True', 'invalid_lora_config');
+  }
+  return config;
+}
+
+function json(value: unknown): StoredResult {
+  return { kind: 'json', value };
+}
+
+export function trainingRoutes(app: TypedApp, services: Services): void {
+  const { store } = services;
+
+  async function run(request: { owner: string | null }, modelId: string): Promise<RunRow> {
+    const found = await store.runs.get(modelId, owner(request as never));
+    if (!found) throw notFound('training run', modelId);
+    return found;
+  }
+
+  app.post('/api/v1/create_model', { schema: { body: CreateModelBody } }, async (request) => {
+    const body = request.body;
+    const who = owner(request);
+    const session = await store.sessions.get(body.session_id, who);
+    if (!session) throw notFound('session', body.session_id);
+    services.model(body.base_model);
+    const lora = checkLoraConfig(body.lora_config);
+    const modelId = `${body.session_id}:train:${body.model_seq_id}`;
+    const existing = await store.runs.get(modelId, who);
+    const created = existing ?? (await store.runs.create({
+      modelId,
+      owner: who,
+      sessionId: body.session_id,
+      baseModel: body.base_model,
+      loraRank: lora.rank,
+      loraConfig: { rank: lora.rank, seed: lora.seed, trainAttn: lora.train_attn, trainMlp: lora.train_mlp, trainUnembed: lora.train_unembed },
+      userMetadata: Object.fromEntries(Object.entries(body.user_metadata ?? {}).map(([k, v]) => [k, String(v)])),
+      now: Date.now(),
+    }));
+    if (!existing) services.lane(created.baseModel).registerRun(modelId);
+    const requestId = await services.submitTraining(who, created, 0, 'create_model', { kind: 'create_adapter', lora }, async () => {
+      await store.runs.setState(modelId, 'ready');
+      return json({ model_id: modelId, type: 'create_model' });
+    });
+    return { request_id: requestId, model_id: modelId };
+  });
+
+  app.post('/api/v1/get_info', { schema: { body: ModelIdBody } }, async (request) => {
+    const found = await run(request, request.body.model_id);
+    const entry = services.models.find((m) => m.model_name === found.baseModel);
+    return {
+      type: 'get_info',
+      model_id: found.modelId,
+      model_name: found.baseModel,
+      is_lora: true,
+      lora_rank: found.loraRank,
+      model_data: { arch: entry?.architecture ?? 'unknown', model_name: found.baseModel, tokenizer_id: found.baseModel },
+    };
+  });
+
+  app.post('/api/v1/unload_model', { schema: { body: ModelIdBody } }, async (request) => {
+    const found = await run(request, request.body.model_id);
+    const lane = services.lane(found.baseModel);
+    const seq = lane.expectedSeq(found.modelId) ?? 0;
+    const requestId = await services.submitTraining(owner(request), found, seq, 'unload_model', { kind: 'drop_adapter' }, async () => {
+      await store.runs.setState(found.modelId, 'unloaded');
+      return json({ model_id: found.modelId, type: 'unload_model' });
+    });
+    return { request_id: requestId, model_id: found.modelId };
+  });
+
+  async function submitForward(request: { owner: string | null }, msg: ForwardBackwardRequestMsg): Promise<{ request_id: string; model_id: string }> {
+    if (!Number.isInteger(msg.seqId) || msg.seqId < 1) throw badRequest('seq_id must be an integer >= 1', 'invalid_seq_id');
+    const found = await run(request, msg.modelId);
+    const data = prepareData(msg.lossFn, msg.data, services.model(found.baseModel));
+    const kind = msg.forwardOnly ? 'forward' : 'forward_backward';
+    const requestId = await services.submitTraining(
+      owner(request as never),
+      found,
+      msg.seqId,
+      kind,
+      { kind, lossFn: msg.lossFn, lossFnConfig: msg.lossFnConfig, data },
+      async (reply) => ({
+        kind: 'fwdbwd',
+        loss_fn_outputs: reply['loss_fn_outputs'] as Record<string, WireTensor>[],
+        metrics: reply['metrics'] as Record<string, number>,
+      }),
+    );
+    return { request_id: requestId, model_id: found.modelId };
+  }
+
+  function fromJsonInput(body: Record<string, unknown>, inputKey: string, forwardOnly: boolean): ForwardBackwardRequestMsg {
+    const input = body[inputKey] as { data?: unknown[]; loss_fn?: unknown; loss_fn_config?: Record<string, number> | null } | undefined;
+    if (!input || !Array.isArray(input.data) || typeof input.loss_fn !== 'string') {
+      throw badRequest(`${inputKey} with data and loss_fn is required`, 'invalid_request');
+    }
+    const data: WireDatum[] = input.data.map((d, i) => {
+      const datum = d as { model_input?: unknown; loss_fn_inputs?: Record<string, unknown> };
+      try {
+        return {
+          modelInput: modelInputFromJson(datum.model_input),
+          lossFnInputs: Object.fromEntries(Object.entries(datum.loss_fn_inputs ?? {}).map(([k, v]) => [k, tensorFromJson(v, k)])),
+        };
+      } catch (error) {
+        if (error instanceof ProtoDecodeError) throw badRequest(`data[${i}]: ${error.message}`, 'invalid_datum');
+        throw error;
+      }
+    });
+    return {
+      modelId: String(body['model_id'] ?? ''),
+      seqId: Number(body['seq_id']),
+      data,
+      lossFn: input.loss_fn,
+      lossFnConfig: input.loss_fn_config ?? {},
+      forwardOnly: forwardOnly || body['forward_only'] === true,
+    };
+  }
+
+  // Protobuf (SDK >= 0.23, optionally zstd) or the JSON form of older SDKs.
+  app.post('/api/v1/forward_backward', async (request) => {
+    if (request.body instanceof Uint8Array) {
+      let msg: ForwardBackwardRequestMsg;
+      try {
+        msg = decodeForwardBackwardRequest(request.body);
+      } catch (error) {
+        if (error instanceof ProtoDecodeError) throw badRequest(error.message, 'invalid_protobuf');
+        throw error;
+      }
+      return submitForward(request, msg);
+    }
+    return submitForward(request, fromJsonInput(request.body as Record<string, unknown>, 'forward_backward_input', false));
+  });
+
+  app.post('/api/v1/forward', { schema: { body: { type: 'object', properties: { forward_input: ForwardBackwardInputJson } } } }, async (request) =>
+    submitForward(request, fromJsonInput(request.body as Record<string, unknown>, 'forward_input', true)),
+  );
+
+  app.post('/api/v1/optim_step', { schema: { body: OptimStepBody } }, async (request) => {
+    const body = request.body;
+    const found = await run(request, body.model_id);
+    const adam: Record<string, number> = {};
+    for (const key of ADAM_KEYS) {
+      const value = body.adam_params[key];
+      if (value === undefined || value === null) continue;
+      if (!Number.isFinite(value)) throw badRequest(`adam_params.${key} must be a finite number`, 'invalid_adam_params');
+      adam[key] = value;
+    }
+    if ((adam['learning_rate'] ?? 0) < 0) throw badRequest('adam_params.learning_rate must be >= 0', 'invalid_adam_params');
+    const requestId = await services.submitTraining(owner(request), found, body.seq_id, 'optim_step', { kind: 'optim_step', adamParams: adam }, async (reply) =>
+      json({ metrics: (reply['metrics'] as Record<string, number>) ?? {}, type: 'optim_step' }),
+    );
+    return { request_id: requestId, model_id: found.modelId };
+  });
+
+  /** Saves the adapter into the checkpoint store and records it; returns the future's request id. */
+  async function saveCheckpoint(
+    request: { owner: string | null },
+    found: RunRow,
+    seqId: number,
+    kind: CheckpointKind,
+    name: string,
+    ttlSeconds: number | null | undefined,
+    ephemeral: boolean,
+    result: (tinkerPath: string) => Promise<unknown>,
+  ): Promise<string> {
+    checkName(name);
+    if (ttlSeconds !== undefined && ttlSeconds !== null && ttlSeconds <= 0) throw badRequest('ttl_seconds must be positive', 'invalid_ttl');
+    const who = owner(request as never);
+    const storage = checkpointDir(services.dataDir, found.modelId, kind, name);
+    mkdirSync(path.dirname(storage), { recursive: true });
+    const tinkerPath = formatTinkerPath(found.modelId, kind, name);
+    return services.submitTraining(who, found, seqId, kind === 'weights' ? 'save_weights' : 'save_weights_for_sampler', { kind: 'save_adapter', path: storage, includeOptimizer: kind === 'weights' }, async (reply) => {
+      const now = Date.now();
+      await store.checkpoints.put({
+        modelId: found.modelId,
+        checkpointId: `${kind}/${name}`,
+        owner: who,
+        checkpointType: kind === 'weights' ? 'training' : 'sampler',
+        tinkerPath,
+        storagePath: storage,
+        sizeBytes: Number(reply['bytes'] ?? 0),
+        expiresAt: ttlSeconds ? now + ttlSeconds * 1000 : null,
+        ephemeral,
+        now,
+      });
+      services.lane(found.baseModel).forgetAdapter(`sampler:${tinkerPath}`);
+      return json(await result(tinkerPath));
+    });
+  }
+
+  app.post('/api/v1/save_weights', { schema: { body: SaveWeightsBody } }, async (request) => {
+    const body = request.body;
+    const found = await run(request, body.model_id);
+    const requestId = await saveCheckpoint(request, found, body.seq_id, 'weights', body.path, body.ttl_seconds, false, async (tinkerPath) => ({ path: tinkerPath, type: 'save_weights' }));
+    return { request_id: requestId, model_id: found.modelId };
+  });
+
+  app.post('/api/v1/save_weights_for_sampler', { schema: { body: SaveWeightsForSamplerBody } }, async (request) => {
+    const body = request.body;
+    const found = await run(request, body.model_id);
+    const who = owner(request);
+    if (body.path !== undefined) {
+      const requestId = await saveCheckpoint(request, found, body.seq_id, 'sampler_weights', body.path, body.ttl_seconds, false, async (tinkerPath) => ({
+        path: tinkerPath,
+        type: 'save_weights_for_sampler',
+      }));
+      return { request_id: requestId, model_id: found.modelId };
+    }
+    if (body.sampling_session_seq_id === undefined) throw badRequest('either path or sampling_session_seq_id is required', 'invalid_request');
+    // Unnamed: ephemeral weights plus a sampling session on them (save_weights_and_get_sampling_client).
+    const samplerId = `${found.sessionId}:sample:${body.sampling_session_seq_id}`;
+    const name = `ephemeral-${body.sampling_session_seq_id}-seq${body.seq_id}`;
+    const requestId = await saveCheckpoint(request, found, body.seq_id, 'sampler_weights', name, body.ttl_seconds ?? 24 * 3600, true, async (tinkerPath) => {
+      await store.samplers.create({ samplerId, owner: who, sessionId: found.sessionId, baseModel: found.baseModel, modelPath: tinkerPath, now: Date.now() });
+      return { sampling_session_id: samplerId, type: 'save_weights_for_sampler' };
+    });
+    return { request_id: requestId, model_id: found.modelId };
+  });
+
+  app.post('/api/v1/load_weights', { schema: { body: LoadWeightsBody } }, async (request) => {
+    const body = request.body;
+    const found = await run(request, body.model_id);
+    const who = owner(request);
+    const parsed = parseTinkerPath(body.path);
+    const checkpoint = await store.checkpoints.get(parsed.modelId, parsed.checkpointId, who);
+    if (!checkpoint) throw notFound('checkpoint', body.path);
+    if (body.optimizer && checkpoint.checkpointType === 'sampler') {
+      throw badRequest(`${body.path} is a sampler checkpoint and holds no optimizer state; use load_state without optimizer or a weights/ checkpoint`, 'no_optimizer_state');
+    }
+    const source = await store.runs.get(parsed.modelId, checkpoint.owner);
+    if (source && source.baseModel !== found.baseModel) {
+      throw badRequest(`${body.path} was trained on ${source.baseModel}, but ${found.modelId} uses ${found.baseModel}`, 'base_model_mismatch');
+    }
+    const requestId = await services.submitTraining(who, found, body.seq_id, 'load_weights', { kind: 'load_adapter', path: checkpoint.storagePath, includeOptimizer: body.optimizer ?? false }, async () =>
+      json({ path: body.path, model_id: found.modelId, type: 'load_weights' }),
+    );
+    return { request_id: requestId, model_id: found.modelId };
+  });
+
+  app.post('/api/v1/weights_info', { schema: { body: WeightsInfoBody } }, async (request) => {
+    const parsed = parseTinkerPath(request.body.tinker_path);
+    const checkpoint = await store.checkpoints.get(parsed.modelId, parsed.checkpointId, owner(request));
+    if (!checkpoint) throw notFound('checkpoint', request.body.tinker_path);
+    const source = await store.runs.get(parsed.modelId, checkpoint.owner);
+    if (!source) throw notFound('training run', parsed.modelId);
+    return {
+      base_model: source.baseModel,
+      is_lora: true,
+      lora_rank: source.loraRank,
+      train_unembed: source.loraConfig.trainUnembed,
+      train_mlp: source.loraConfig.trainMlp,
+      train_attn: source.loraConfig.trainAttn,
+    };
+  });
+}

@@ -1,0 +1,313 @@
+/**
+ * @module One lane per base model: it owns that model's worker and decides what runs next.
+ *
+ * Training requests of one run execute strictly in `seq_id` order; later ones wait in a buffer
+ * until the gap is filled. Whatever is ready across all runs is packed into one worker call per
+ * kind ("clock cycle"): every ready `forward_backward` of every adapter goes into a single batch.
+ * Sampling requests of all samplers on this base model are batched the same way.
+ */
+import type { WorkerClient } from '../worker/client.js';
+import { WorkerRequestError } from '../worker/client.js';
+import type { WireTensor } from '../worker/tensor.js';
+
+/** A datum as the worker takes it. */
+export interface WorkerDatum {
+  tokens: WireTensor;
+  loss_fn_inputs: Record<string, WireTensor>;
+}
+
+/** What a training request asks the worker to do. */
+export type TrainingOp =
+  | { kind: 'create_adapter'; lora: Record<string, unknown> }
+  | { kind: 'forward_backward' | 'forward'; lossFn: string; lossFnConfig: Record<string, number>; data: WorkerDatum[] }
+  | { kind: 'optim_step'; adamParams: Record<string, number> }
+  | { kind: 'save_adapter'; path: string; includeOptimizer: boolean }
+  | { kind: 'load_adapter'; path: string; includeOptimizer: boolean }
+  | { kind: 'drop_adapter' };
+
+/** A failure delivered through a future. */
+export interface JobError {
+  message: string;
+  category: 'user' | 'server' | 'unknown';
+}
+
+/** Where finished jobs go (the request log + future notification). */
+export interface Completion {
+  complete(requestId: string, result: unknown): Promise<void>;
+  fail(requestId: string, error: JobError): Promise<void>;
+}
+
+/** A training request, queued for its run. `finalize` turns the worker's reply into the future's result. */
+export interface TrainingJob {
+  requestId: string;
+  modelId: string;
+  seqId: number;
+  op: TrainingOp;
+  finalize: (reply: Record<string, unknown>) => Promise<unknown>;
+}
+
+/** A sampling request. `load` names a checkpoint to load into `adapter` first (once). */
+export interface SampleJob {
+  requestId: string;
+  adapter: string | null;
+  load: { path: string } | null;
+  item: Record<string, unknown>;
+  finalize: (reply: Record<string, unknown>) => Promise<unknown>;
+}
+
+interface RunQueue {
+  nextSeq: number;
+  buffered: Map<number, TrainingJob>;
+  running: boolean;
+  lost: string | null; // why this run's adapter is gone, if it is
+}
+
+/** Options for {@link Lane}. */
+export interface LaneOptions {
+  baseModel: string;
+  worker: () => Promise<WorkerClient>;
+  completion: Completion;
+  /** Most sampling requests waiting at once before submits get 429. */
+  maxQueuedSamples?: number;
+}
+
+/**
+ * @example
+ * const lane = new Lane({ baseModel, worker: () => pool.client(baseModel), completion });
+ * lane.registerRun('S:train:0');
+ * lane.submitTraining({ requestId, modelId: 'S:train:0', seqId: 0, op: { kind: 'create_adapter', lora }, finalize });
+ */
+export class Lane {
+  private readonly runs = new Map<string, RunQueue>();
+  private readonly samples: SampleJob[] = [];
+  private readonly loadedAdapters = new Set<string>();
+  private pumping = false;
+  private preferSampling = false;
+  readonly maxQueuedSamples: number;
+
+  constructor(private readonly options: LaneOptions) {
+    this.maxQueuedSamples = options.maxQueuedSamples ?? 4096;
+  }
+
+  /** Starts tracking a new run; its first request must be seq 0 (create). */
+  registerRun(modelId: string, nextSeq = 0): void {
+    if (!this.runs.has(modelId)) this.runs.set(modelId, { nextSeq, buffered: new Map(), running: false, lost: null });
+  }
+
+  /** Marks one run's adapter as gone (e.g. the server restarted); only a load can revive it. */
+  markLost(modelId: string, reason: string): void {
+    const run = this.runs.get(modelId);
+    if (run) run.lost = reason;
+  }
+
+  /** Whether this lane knows the run (it does not after a server restart). */
+  hasRun(modelId: string): boolean {
+    return this.runs.has(modelId);
+  }
+
+  /** The seq id the run expects next (for rejecting stale ids). */
+  expectedSeq(modelId: string): number | undefined {
+    return this.runs.get(modelId)?.nextSeq;
+  }
+
+  /** Queues a training request; it runs once every earlier seq of its run has run. */
+  submitTraining(job: TrainingJob): void {
+    const run = this.runs.get(job.modelId);
+    if (!run) throw new Error(`lane ${this.options.baseModel} has no run ${job.modelId}`);
+    run.buffered.set(job.seqId, job);
+    this.pump();
+  }
+
+  /** Requests waiting (buffered or ready) across runs and samplers. */
+  get queued(): { training: number; sampling: number } {
+    let training = 0;
+    for (const run of this.runs.values()) training += run.buffered.size;
+    return { training, sampling: this.samples.length };
+  }
+
+  /** Queues a sampling request; false when the queue is full (the caller answers 429). */
+  submitSample(job: SampleJob): boolean {
+    if (this.samples.length >= this.maxQueuedSamples) return false;
+    this.samples.push(job);
+    this.pump();
+    return true;
+  }
+
+  /** The worker died: every run's adapter is gone and sampler adapters must be reloaded. */
+  workerLost(reason: string): void {
+    for (const run of this.runs.values()) run.lost = reason;
+    this.loadedAdapters.clear();
+    this.pump();
+  }
+
+  private readyTraining(): TrainingJob[] {
+    const ready: TrainingJob[] = [];
+    for (const run of this.runs.values()) {
+      const job = run.running ? undefined : run.buffered.get(run.nextSeq);
+      if (job) ready.push(job);
+    }
+    return ready;
+  }
+
+  /** Runs batches until nothing is ready. Only one batch is in flight per lane. */
+  private pump(): void {
+    if (this.pumping) return;
+    this.pumping = true;
+    void this.drain().finally(() => {
+      this.pumping = false;
+      if (this.readyTraining().length > 0 || this.samples.length > 0) this.pump();
+    });
+  }
+
+  private async drain(): Promise<void> {
+    for (;;) {
+      const training = this.readyTraining();
+      const sampling = this.samples.length > 0;
+      if (training.length === 0 && !sampling) return;
+      // Alternate between training and sampling so neither starves the other.
+      if (sampling && (training.length === 0 || this.preferSampling)) {
+        this.preferSampling = false;
+        await this.runSamples(this.samples.splice(0, this.samples.length));
+      } else {
+        this.preferSampling = true;
+        await this.runTraining(training);
+      }
+    }
+  }
+
+  private async runTraining(ready: TrainingJob[]): Promise<void> {
+    // One kind per cycle: all ready forward_backward jobs together, else all forward jobs, else the
+    // first other job (optimizer steps and checkpoints are cheap and per-adapter).
+    const kind = ready.some((j) => j.op.kind === 'forward_backward') ? 'forward_backward' : ready.some((j) => j.op.kind === 'forward') ? 'forward' : null;
+    const batch = kind ? ready.filter((j) => j.op.kind === kind) : ready.slice(0, 1);
+    for (const job of batch) this.runs.get(job.modelId)!.running = true;
+    const live = batch.filter((job) => !this.failIfLost(job));
+    try {
+      if (live.length > 0) {
+        const client = await this.options.worker();
+        if (kind) await this.runForward(client, kind, live);
+        else await this.runSingle(client, live[0]!);
+      }
+    } finally {
+      for (const job of batch) {
+        const run = this.runs.get(job.modelId)!;
+        run.buffered.delete(job.seqId);
+        run.nextSeq = job.seqId + 1;
+        run.running = false;
+      }
+    }
+  }
+
+  private failIfLost(job: TrainingJob): boolean {
+    const run = this.runs.get(job.modelId)!;
+    if (run.lost === null || job.op.kind === 'load_adapter') return false;
+    void this.options.completion.fail(job.requestId, { message: run.lost, category: 'server' });
+    return true;
+  }
+
+  private async runForward(client: WorkerClient, kind: 'forward_backward' | 'forward', jobs: TrainingJob[]): Promise<void> {
+    const items = jobs.map((job) => {
+      const op = job.op as Extract<TrainingOp, { lossFn: string }>;
+      return { adapter: job.modelId, loss_fn: op.lossFn, loss_fn_config: op.lossFnConfig, data: op.data };
+    });
+    let reply: { results: Record<string, unknown>[] };
+    try {
+      reply = await client.request<{ results: Record<string, unknown>[] }>(kind, { items });
+    } catch (error) {
+      await Promise.all(jobs.map((job) => this.options.completion.fail(job.requestId, asJobError(error))));
+      return;
+    }
+    await Promise.all(jobs.map((job, i) => this.finish(job, reply.results[i] ?? { ok: false, error: { message: 'missing result', category: 'server' } })));
+  }
+
+  private async runSingle(client: WorkerClient, job: TrainingJob): Promise<void> {
+    const op = job.op;
+    const fields: Record<string, unknown> = { adapter: job.modelId };
+    let name: string;
+    switch (op.kind) {
+      case 'create_adapter':
+        name = 'create_adapter';
+        fields['lora'] = op.lora;
+        break;
+      case 'optim_step':
+        name = 'optim_step';
+        fields['adam_params'] = op.adamParams;
+        break;
+      case 'save_adapter':
+      case 'load_adapter':
+        name = op.kind;
+        fields['path'] = op.path;
+        fields['include_optimizer'] = op.includeOptimizer;
+        break;
+      case 'drop_adapter':
+        name = 'drop_adapter';
+        break;
+      default:
+        throw new Error(`unexpected op ${(op as TrainingOp).kind}`);
+    }
+    try {
+      const reply = await client.request(name, fields);
+      if (op.kind === 'load_adapter') this.runs.get(job.modelId)!.lost = null;
+      await this.finish(job, { ok: true, ...reply });
+    } catch (error) {
+      await this.options.completion.fail(job.requestId, asJobError(error));
+    }
+  }
+
+  private async runSamples(jobs: SampleJob[]): Promise<void> {
+    let client: WorkerClient;
+    try {
+      client = await this.options.worker();
+    } catch (error) {
+      await Promise.all(jobs.map((job) => this.options.completion.fail(job.requestId, asJobError(error))));
+      return;
+    }
+    const live: SampleJob[] = [];
+    for (const job of jobs) {
+      if (job.load && job.adapter && !this.loadedAdapters.has(job.adapter)) {
+        try {
+          await client.request('load_adapter', { adapter: job.adapter, path: job.load.path, include_optimizer: false });
+          this.loadedAdapters.add(job.adapter);
+        } catch (error) {
+          await this.options.completion.fail(job.requestId, asJobError(error));
+          continue;
+        }
+      }
+      live.push(job);
+    }
+    if (live.length === 0) return;
+    try {
+      const reply = await client.request<{ results: Record<string, unknown>[] }>('sample', { items: live.map((job) => ({ ...job.item, adapter: job.adapter })) });
+      await Promise.all(live.map((job, i) => this.finish(job, reply.results[i] ?? { ok: false })));
+    } catch (error) {
+      await Promise.all(live.map((job) => this.options.completion.fail(job.requestId, asJobError(error))));
+    }
+  }
+
+  /** Forgets a sampler adapter so the next use reloads it (after its checkpoint was replaced). */
+  forgetAdapter(adapter: string): void {
+    this.loadedAdapters.delete(adapter);
+  }
+
+  private async finish(job: TrainingJob | SampleJob, result: Record<string, unknown>): Promise<void> {
+    if (result['ok'] !== true) {
+      const error = (result['error'] ?? {}) as { message?: string; category?: string };
+      await this.options.completion.fail(job.requestId, {
+        message: error.message ?? 'the worker failed this request',
+        category: error.category === 'user' ? 'user' : 'server',
+      });
+      return;
+    }
+    try {
+      await this.options.completion.complete(job.requestId, await job.finalize(result));
+    } catch (error) {
+      await this.options.completion.fail(job.requestId, asJobError(error));
+    }
+  }
+}
+
+function asJobError(error: unknown): JobError {
+  if (error instanceof WorkerRequestError) return { message: error.message, category: error.category };
+  const category = (error as { category?: unknown } | undefined)?.category;
+  return { message: error instanceof Error ? error.message : String(error), category: category === 'user' ? 'user' : 'server' };
+}

@@ -1,0 +1,80 @@
+/**
+ * @module store
+ * Persistence for the Lathe server: API keys, sessions, training runs, the request (futures)
+ * log, checkpoints and samplers, on SQLite (default, zero-ops) or PostgreSQL, through one
+ * Kysely code path.
+ *
+ * @example
+ * const store = await openStore('lathe.db'); // or 'postgres://user@host/db'
+ * const { key } = await store.keys.create('alice');
+ * const who = await store.keys.authenticate(key);
+ * await store.close();
+ */
+import type { Kysely } from 'kysely';
+import { createCheckpointRepo, type CheckpointRepo } from './checkpoints.js';
+import { connect, type Dialect } from './db.js';
+import { createKeyRepo, type KeyRepo } from './keys.js';
+import { migrate } from './migrations.js';
+import { createRequestRepo, type RequestRepo } from './requests.js';
+import { createRunRepo, type RunRepo } from './runs.js';
+import { createSamplerRepo, type SamplerRepo } from './samplers.js';
+import type { Database } from './schema.js';
+import { createSessionRepo, type SessionRepo } from './sessions.js';
+
+export type { CheckpointRepo, CheckpointRow } from './checkpoints.js';
+export { StoreConflictError, type Dialect } from './db.js';
+export { hashKey, type CreatedKey, type KeyInfo, type KeyRepo } from './keys.js';
+export { MIGRATIONS, migrate, type Migration } from './migrations.js';
+export type { RequestError, RequestRepo, RequestRow, RequestStatus } from './requests.js';
+export type { LoraConfig, RunRepo, RunRow, RunState } from './runs.js';
+export type { SamplerRepo, SamplerRow } from './samplers.js';
+export type { Database } from './schema.js';
+export type { SessionRepo, SessionRow } from './sessions.js';
+
+/** An open store: the repositories plus the raw Kysely handle. */
+export interface Store {
+  readonly dialect: Dialect;
+  readonly db: Kysely<Database>;
+  keys: KeyRepo;
+  sessions: SessionRepo;
+  runs: RunRepo;
+  requests: RequestRepo;
+  checkpoints: CheckpointRepo;
+  samplers: SamplerRepo;
+  /** Closes the connection(s). The store must not be used afterwards. */
+  close(): Promise<void>;
+}
+
+/**
+ * Opens (and migrates) a store. `url` is a `postgres://` / `postgresql://` URL, or a SQLite
+ * file path (parent directories are created) or `:memory:`. Migrations are idempotent and
+ * tracked in `schema_migrations`. SQLite runs in WAL mode with foreign keys on and a busy
+ * timeout; PostgreSQL returns int8 columns as JS numbers (per-pool parser).
+ *
+ * @example
+ * const store = await openStore(process.env.LATHE_DATABASE_URL ?? 'data/lathe.db');
+ */
+export async function openStore(url: string): Promise<Store> {
+  const { dialect, db } = connect(url);
+  try {
+    await migrate(db, dialect);
+  } catch (err) {
+    await db.destroy().catch(() => {});
+    throw err;
+  }
+  let closed: Promise<void> | undefined;
+  return {
+    dialect,
+    db,
+    keys: createKeyRepo(db),
+    sessions: createSessionRepo(db),
+    runs: createRunRepo(db),
+    requests: createRequestRepo(db),
+    checkpoints: createCheckpointRepo(db),
+    samplers: createSamplerRepo(db),
+    close() {
+      closed ??= db.destroy();
+      return closed;
+    },
+  };
+}

@@ -1,0 +1,165 @@
+/**
+ * @module store/requests
+ * The request log behind the futures protocol. Every submitted request gets a row with an
+ * opaque `request_id` (the future id); the SDK's `(target, seq_id)` makes resubmission
+ * idempotent: a duplicate returns the original row instead of creating a second job.
+ */
+import { randomBytes } from 'node:crypto';
+import type { Kysely, Selectable } from 'kysely';
+import { parseJson, StoreConflictError, toBytes } from './db.js';
+import type { Database, RequestsTable } from './schema.js';
+
+export type RequestStatus = 'pending' | 'running' | 'complete' | 'failed';
+
+/** Who is to blame for a failed request (wire `category`). */
+export interface RequestError {
+  message: string;
+  category: 'user' | 'server' | 'unknown';
+}
+
+/** A logged request as the API sees it. */
+export interface RequestRow {
+  requestId: string;
+  owner: string;
+  /** What the request addresses: a model id, a sampler id, a session id… */
+  target: string;
+  seqId: number | null;
+  kind: string;
+  status: RequestStatus;
+  payload: Uint8Array | null;
+  result: Uint8Array | null;
+  error: RequestError | null;
+  createdAt: number;
+  completedAt: number | null;
+}
+
+/** Request log storage. */
+export interface RequestRepo {
+  /**
+   * Logs a new 'pending' request. `(target, seqId)` is unique when `seqId` is not null: a
+   * duplicate returns the ORIGINAL row with `created: false` (whatever its kind/payload/status),
+   * also under concurrent inserts. The caller must have checked that `owner` may address
+   * `target`; a duplicate owned by someone else throws `StoreConflictError`.
+   */
+  insert(r: { owner: string; target: string; seqId: number | null; kind: string; payload: Uint8Array | null; now: number }): Promise<{ row: RequestRow; created: boolean }>;
+  /** The owner's request, or undefined. */
+  get(requestId: string, owner: string): Promise<RequestRow | undefined>;
+  /** pending → running (no-op in any other state). */
+  markRunning(requestId: string): Promise<void>;
+  /** pending/running → complete with `result` (no-op once finished: the first outcome wins). */
+  complete(requestId: string, result: Uint8Array, now: number): Promise<void>;
+  /** pending/running → failed with `error` (no-op once finished: the first outcome wins). */
+  fail(requestId: string, error: RequestError, now: number): Promise<void>;
+  /** Pending or running requests, oldest first (recovery after a restart). */
+  unfinished(): Promise<RequestRow[]>;
+  /** Deletes finished requests completed before `completedBefore`; returns how many. */
+  prune(completedBefore: number): Promise<number>;
+}
+
+const FINISHED: RequestStatus[] = ['complete', 'failed'];
+const UNFINISHED: RequestStatus[] = ['pending', 'running'];
+
+function toRow(r: Selectable<RequestsTable>): RequestRow {
+  return {
+    requestId: r.request_id,
+    owner: r.owner,
+    target: r.target,
+    seqId: r.seq_id === null ? null : Number(r.seq_id),
+    kind: r.kind,
+    status: r.status as RequestStatus,
+    payload: toBytes(r.payload),
+    result: toBytes(r.result),
+    error: r.error === null ? null : parseJson<RequestError>(r.error),
+    createdAt: Number(r.created_at),
+    completedAt: r.completed_at === null ? null : Number(r.completed_at),
+  };
+}
+
+/** A fresh opaque request id. */
+function newRequestId(): string {
+  return 'req_' + randomBytes(16).toString('base64url');
+}
+
+export function createRequestRepo(db: Kysely<Database>): RequestRepo {
+  return {
+    async insert(r) {
+      // INSERT … ON CONFLICT DO NOTHING is atomic in both engines; under PostgreSQL a
+      // concurrent inserter of the same key waits for the winner to commit and then inserts
+      // nothing, after which the winner's row is visible to the follow-up SELECT. The loop only
+      // repeats if the original row vanished (pruned) in between.
+      for (let attempt = 0; attempt < 5; attempt++) {
+        const inserted = await db
+          .insertInto('requests')
+          .values({
+            request_id: newRequestId(),
+            owner: r.owner,
+            target: r.target,
+            seq_id: r.seqId,
+            kind: r.kind,
+            status: 'pending',
+            payload: r.payload,
+            result: null,
+            error: null,
+            created_at: r.now,
+            completed_at: null,
+          })
+          .onConflict((oc) => oc.columns(['target', 'seq_id']).doNothing())
+          .returningAll()
+          .executeTakeFirst();
+        if (inserted !== undefined) return { row: toRow(inserted), created: true };
+        if (r.seqId === null) continue; // cannot happen (NULLs never conflict); retry with a new id
+        const original = await db.selectFrom('requests').selectAll().where('target', '=', r.target).where('seq_id', '=', r.seqId).executeTakeFirst();
+        if (original === undefined) continue;
+        if (original.owner !== r.owner) throw new StoreConflictError(`request (${r.target}, ${r.seqId}) belongs to another owner`);
+        return { row: toRow(original), created: false };
+      }
+      throw new Error(`requests.insert: could not insert or find (${r.target}, ${String(r.seqId)})`);
+    },
+
+    async get(requestId, owner) {
+      const r = await db.selectFrom('requests').selectAll().where('request_id', '=', requestId).where('owner', '=', owner).executeTakeFirst();
+      return r === undefined ? undefined : toRow(r);
+    },
+
+    async markRunning(requestId) {
+      await db.updateTable('requests').set({ status: 'running' }).where('request_id', '=', requestId).where('status', '=', 'pending').execute();
+    },
+
+    async complete(requestId, result, now) {
+      await db
+        .updateTable('requests')
+        .set({ status: 'complete', result, error: null, completed_at: now })
+        .where('request_id', '=', requestId)
+        .where('status', 'in', UNFINISHED)
+        .execute();
+    },
+
+    async fail(requestId, error, now) {
+      const stored: RequestError = { message: error.message, category: error.category };
+      await db
+        .updateTable('requests')
+        .set({ status: 'failed', error: JSON.stringify(stored), completed_at: now })
+        .where('request_id', '=', requestId)
+        .where('status', 'in', UNFINISHED)
+        .execute();
+    },
+
+    async unfinished() {
+      const rows = await db
+        .selectFrom('requests')
+        .selectAll()
+        .where('status', 'in', UNFINISHED)
+        .orderBy('created_at')
+        .orderBy('target')
+        .orderBy('seq_id')
+        .orderBy('request_id')
+        .execute();
+      return rows.map(toRow);
+    },
+
+    async prune(completedBefore) {
+      const res = await db.deleteFrom('requests').where('status', 'in', FINISHED).where('completed_at', '<', completedBefore).executeTakeFirst();
+      return Number(res.numDeletedRows);
+    },
+  };
+}

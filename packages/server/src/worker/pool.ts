@@ -1,0 +1,69 @@
+/**
+ * @module One local worker process per base model, started on first use and restarted after a
+ * crash. Callers get a live client or an error; they never see a half-dead process.
+ */
+import { startLocalWorker, type LocalWorker } from './process.js';
+import type { WorkerClient } from './client.js';
+
+/** Options for {@link WorkerPool}. */
+export interface WorkerPoolOptions {
+  modelsDir: string;
+  /** Extra environment for worker processes. */
+  env?: NodeJS.ProcessEnv;
+  /** Called when a worker exits without being asked to (its in-memory adapters are gone). */
+  onCrash?: (baseModel: string, code: number | null) => void;
+}
+
+/**
+ * @example
+ * const pool = new WorkerPool({ modelsDir: '.lathe/models' });
+ * const client = await pool.client('lathe/tiny-qwen3');
+ */
+export class WorkerPool {
+  private readonly workers = new Map<string, Promise<LocalWorker>>();
+  private stopping = false;
+
+  constructor(private readonly options: WorkerPoolOptions) {}
+
+  /** The worker for `baseModel`, starting it (and loading the model) if needed. */
+  async client(baseModel: string): Promise<WorkerClient> {
+    return (await this.worker(baseModel)).client;
+  }
+
+  /** True when a live worker holds `baseModel`. */
+  has(baseModel: string): boolean {
+    return this.workers.has(baseModel);
+  }
+
+  private worker(baseModel: string): Promise<LocalWorker> {
+    let pending = this.workers.get(baseModel);
+    if (!pending) {
+      pending = startLocalWorker({ modelsDir: this.options.modelsDir, model: baseModel, ...(this.options.env ? { env: this.options.env } : {}) });
+      this.workers.set(baseModel, pending);
+      pending.then(
+        (worker) =>
+          worker.child.once('exit', (code) => {
+            if (this.workers.get(baseModel) === pending) this.workers.delete(baseModel);
+            if (!this.stopping) this.options.onCrash?.(baseModel, code);
+          }),
+        () => this.workers.delete(baseModel),
+      );
+    }
+    return pending;
+  }
+
+  /** Process ids of live workers, by base model (for stats and crash tests). */
+  async pids(): Promise<Record<string, number | undefined>> {
+    const out: Record<string, number | undefined> = {};
+    for (const [model, pending] of this.workers) out[model] = (await pending.catch(() => undefined))?.child.pid;
+    return out;
+  }
+
+  /** Stops every worker. */
+  async close(): Promise<void> {
+    this.stopping = true;
+    const all = [...this.workers.values()];
+    this.workers.clear();
+    await Promise.all(all.map(async (pending) => (await pending.catch(() => undefined))?.stop()));
+  }
+}
