@@ -17,7 +17,7 @@ import { serviceRoutes } from './routes/service.js';
 import { trainingRoutes } from './routes/training.js';
 import type { TypedApp } from './routes/context.js';
 import { Services } from './services.js';
-import { openStore } from './store/index.js';
+import { openStore, StoreConflictError } from './store/index.js';
 import { listModels, type ModelEntry } from './worker/catalogue.js';
 import { WorkerPool } from './worker/pool.js';
 
@@ -91,6 +91,10 @@ export async function createServer(options: ServerOptions): Promise<LatheServer>
   app.setErrorHandler((error: FastifyError | HttpError, request, reply) => {
     if (error instanceof HttpError) {
       return reply.code(error.statusCode).headers(error.headers).send(error.toBody());
+    }
+    if (error instanceof StoreConflictError) {
+      // Another key's id: answer exactly as for an unknown one.
+      return reply.code(404).send(new HttpError(404, 'not_found', 'not found').toBody());
     }
     const status = error.statusCode ?? 500;
     if (status === 413 || error.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
