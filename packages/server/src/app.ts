@@ -75,7 +75,13 @@ export async function createServer(options: ServerOptions): Promise<LatheServer>
   const bodyLimit = options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT;
 
   // Signed archive tokens are long path parameters.
-  const app = Fastify({ logger: options.logger ?? false, bodyLimit, routerOptions: { maxParamLength: 2048 } }).withTypeProvider<TypeBoxTypeProvider>();
+  const app = Fastify({
+    logger: options.logger ?? false,
+    bodyLimit,
+    routerOptions: { maxParamLength: 2048 },
+    // No type coercion: it would turn `seed: 0` into null or `ttl_seconds: null` into 0.
+    ajv: { customOptions: { coerceTypes: false } },
+  }).withTypeProvider<TypeBoxTypeProvider>();
 
   // Protobuf bodies arrive raw, possibly zstd-compressed (only forward_backward uses them).
   app.addContentTypeParser('application/x-protobuf', { parseAs: 'buffer', bodyLimit }, (request, body, done) => {

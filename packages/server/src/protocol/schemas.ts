@@ -148,10 +148,16 @@ export const RetrieveFutureBody = Type.Object({ request_id: Type.String(), allow
 
 export const TelemetryBody = Type.Object({ events: Type.Optional(Type.Array(Type.Unknown())) }, Open);
 
+/** Query strings stay strings (no coercion); {@link paging} parses them. */
 export const PagingQuery = Type.Object(
-  { limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })), offset: Type.Optional(Type.Integer({ minimum: 0 })) },
+  { limit: Type.Optional(Type.String({ pattern: '^[0-9]{1,4}$' })), offset: Type.Optional(Type.String({ pattern: '^[0-9]{1,9}$' })) },
   Open,
 );
+
+/** `limit`/`offset` from a validated query, with defaults and a cap. */
+export function paging(query: Static<typeof PagingQuery>, defaultLimit: number): { limit: number; offset: number } {
+  return { limit: Math.min(1000, Math.max(1, Number(query.limit ?? defaultLimit))), offset: Number(query.offset ?? 0) };
+}
 
 export const TtlBody = Type.Object({ ttl_seconds: Type.Union([Type.Null(), Type.Integer()]) }, Open);
 

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { create as createTar } from 'tar';
 import { badRequest, gone, notFound } from '../http/errors.js';
 import type { ArchiveSigner } from '../checkpoints/signing.js';
-import { PagingQuery, TtlBody } from '../protocol/schemas.js';
+import { paging, PagingQuery, TtlBody } from '../protocol/schemas.js';
 import type { Services } from '../services.js';
 import type { CheckpointRow, RunRow } from '../store/index.js';
 import { owner, type TypedApp } from './context.js';
@@ -53,8 +53,7 @@ export function restRoutes(app: TypedApp, services: Services, signer: ArchiveSig
   }
 
   app.get('/api/v1/training_runs', { schema: { querystring: PagingQuery } }, async (request) => {
-    const limit = request.query.limit ?? 20;
-    const offset = request.query.offset ?? 0;
+    const { limit, offset } = paging(request.query, 20);
     const { runs, total } = await store.runs.list(owner(request), limit, offset);
     return { training_runs: await Promise.all(runs.map(runJson)), cursor: { offset, limit, total_count: total } };
   });
@@ -73,8 +72,7 @@ export function restRoutes(app: TypedApp, services: Services, signer: ArchiveSig
   });
 
   app.get('/api/v1/checkpoints', { schema: { querystring: PagingQuery } }, async (request) => {
-    const limit = request.query.limit ?? 100;
-    const offset = request.query.offset ?? 0;
+    const { limit, offset } = paging(request.query, 100);
     const { checkpoints, total } = await store.checkpoints.listForOwner(owner(request), limit, offset);
     return { checkpoints: checkpoints.map(checkpointJson), cursor: { offset, limit, total_count: total } };
   });
@@ -146,7 +144,8 @@ export function restRoutes(app: TypedApp, services: Services, signer: ArchiveSig
   });
 
   app.get('/api/v1/sessions', { schema: { querystring: PagingQuery } }, async (request) => {
-    const { sessions } = await store.sessions.list(owner(request), request.query.limit ?? 20, request.query.offset ?? 0);
+    const { limit, offset } = paging(request.query, 20);
+    const { sessions } = await store.sessions.list(owner(request), limit, offset);
     return { sessions: sessions.map((s) => s.sessionId) };
   });
 
