@@ -37,6 +37,8 @@ export interface ServerOptions {
   sessionTimeoutMs?: number;
   /** Largest accepted request body (bytes, after decompression). */
   bodyLimitBytes?: number;
+  /** Sampling requests queued per base model before `asample` answers 429. */
+  maxQueuedSamples?: number;
   /** Log requests (pino). */
   logger?: boolean;
 }
@@ -70,7 +72,7 @@ export async function createServer(options: ServerOptions): Promise<LatheServer>
   const models = options.models ?? (await listModels(modelsDir));
   let services: Services | undefined;
   const pool = new WorkerPool({ modelsDir, onCrash: (model, code) => services?.workerCrashed(model, code) });
-  services = new Services(store, pool, models, options.dataDir);
+  services = new Services(store, pool, models, options.dataDir, options.maxQueuedSamples);
   await services.failInterruptedRequests();
   const bodyLimit = options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT;
 

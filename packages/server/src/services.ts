@@ -26,6 +26,7 @@ export class Services {
     readonly pool: WorkerPool,
     readonly models: ModelEntry[],
     readonly dataDir: string,
+    private readonly maxQueuedSamples?: number,
   ) {
     this.completion = {
       complete: async (requestId, result) => {
@@ -55,7 +56,12 @@ export class Services {
   lane(baseModel: string): Lane {
     let lane = this.lanes.get(baseModel);
     if (!lane) {
-      lane = new Lane({ baseModel, worker: () => this.pool.client(baseModel), completion: this.completion });
+      lane = new Lane({
+        baseModel,
+        worker: () => this.pool.client(baseModel),
+        completion: this.completion,
+        ...(this.maxQueuedSamples !== undefined ? { maxQueuedSamples: this.maxQueuedSamples } : {}),
+      });
       this.lanes.set(baseModel, lane);
     }
     return lane;
