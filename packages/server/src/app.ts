@@ -71,9 +71,9 @@ export async function createServer(options: ServerOptions): Promise<LatheServer>
   const store = await openStore(options.databaseUrl ?? path.join(options.dataDir, 'lathe.db'));
   const models = options.models ?? (await listModels(modelsDir));
   let services: Services | undefined;
-  const pool = new WorkerPool({ modelsDir, onCrash: (model, code) => services?.workerCrashed(model, code) });
+  const pool = new WorkerPool({ modelsDir, onCrash: (model) => services?.workerCrashed(model) });
   services = new Services(store, pool, models, options.dataDir, options.maxQueuedSamples);
-  await services.failInterruptedRequests();
+  await services.resumeInterruptedRequests();
   const bodyLimit = options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT;
 
   // Signed archive tokens are long path parameters.

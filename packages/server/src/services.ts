@@ -1,24 +1,55 @@
 /**
  * @module The server's moving parts wired together: store, lanes (one per base model), worker
  * pool, futures. Routes call these; nothing here knows about HTTP bodies.
+ *
+ * Durability: every request is logged with its operation before it is acknowledged. Adapters are
+ * snapshotted (with optimizer state) every few optimizer steps; when a worker dies, or after a
+ * server restart, a run is rebuilt from its last snapshot plus the logged requests since, and
+ * requests that were accepted but not finished run again.
  */
-import { encode } from '@msgpack/msgpack';
-import { badRequest, HttpError } from './http/errors.js';
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { decode, encode } from '@msgpack/msgpack';
+import { HttpError, badRequest } from './http/errors.js';
 import { packResult, type StoredResult } from './protocol/results.js';
 import { FutureHub } from './scheduler/futures.js';
-import { Lane, type Completion, type JobError, type SampleJob, type TrainingJob, type TrainingOp } from './scheduler/lane.js';
-import type { RunRow, Store } from './store/index.js';
+import { Lane, type Completion, type JobError, type SampleJob, type TrainingOp } from './scheduler/lane.js';
+import type { RequestRow, RunRow, Store } from './store/index.js';
 import type { ModelEntry } from './worker/catalogue.js';
+import type { WorkerClient } from './worker/client.js';
 import type { WorkerPool } from './worker/pool.js';
+import type { WireTensor } from './worker/tensor.js';
 
-/** Why a run has no adapter in memory after the server restarted. */
-export const LOST_ON_RESTART =
-  'this training run was loaded in a server process that has since stopped, so its in-memory weights are gone; load a saved checkpoint (load_state) to continue';
+/** Take a snapshot of a run's adapter and optimizer state every this many optimizer steps. */
+export const SNAPSHOT_EVERY = 10;
+
+/** What a training request's result needs beyond the worker's reply (logged with the op). */
+export type JobMeta =
+  | { kind: 'create_model' | 'forward' | 'forward_backward' | 'optim_step' | 'unload_model' }
+  | { kind: 'load_weights'; path: string }
+  | {
+      kind: 'save';
+      checkpointType: 'training' | 'sampler';
+      checkpointId: string;
+      tinkerPath: string;
+      storagePath: string;
+      ttlSeconds: number | null;
+      ephemeral: boolean;
+      /** For unnamed sampler saves: the sampling session to create on the weights. */
+      sampler: { samplerId: string; sessionId: string; baseModel: string } | null;
+    };
+
+interface LoggedTraining {
+  op: TrainingOp;
+  meta: JobMeta;
+}
+type LoggedSample = Omit<SampleJob, 'requestId' | 'finalize'> & { baseModel: string };
 
 /** Everything a route needs. */
 export class Services {
   readonly hub = new FutureHub();
   private readonly lanes = new Map<string, Lane>();
+  private readonly optimSteps = new Map<string, number>();
   readonly completion: Completion;
 
   constructor(
@@ -60,6 +91,7 @@ export class Services {
         baseModel,
         worker: () => this.pool.client(baseModel),
         completion: this.completion,
+        recover: (modelId, client) => this.recover(modelId, client),
         ...(this.maxQueuedSamples !== undefined ? { maxQueuedSamples: this.maxQueuedSamples } : {}),
       });
       this.lanes.set(baseModel, lane);
@@ -67,33 +99,25 @@ export class Services {
     return lane;
   }
 
-  /** Called by the pool when a worker process dies. */
-  workerCrashed(baseModel: string, code: number | null): void {
-    this.lanes.get(baseModel)?.workerLost(`the worker serving ${baseModel} stopped (exit code ${code}); in-memory adapter state was lost, load a checkpoint to continue`);
+  /** Called by the pool when a worker process dies: its runs are rebuilt on next use. */
+  workerCrashed(baseModel: string): void {
+    this.lanes.get(baseModel)?.workerLost();
   }
+
+  // ---- training -------------------------------------------------------------------------------
 
   /**
    * Logs a training request and queues it in seq order. A repeated `(model_id, seq_id)` returns
    * the original request id without running anything twice.
    */
-  async submitTraining(
-    owner: string,
-    run: RunRow,
-    seqId: number,
-    kind: string,
-    op: TrainingOp,
-    finalize: TrainingJob['finalize'],
-  ): Promise<string> {
+  async submitTraining(owner: string, run: RunRow, seqId: number, op: TrainingOp, meta: JobMeta): Promise<string> {
     const now = Date.now();
     const lane = this.lane(run.baseModel);
-    const { row, created } = await this.store.requests.insert({ owner, target: run.modelId, seqId, kind, payload: encode(op), now });
+    const logged: LoggedTraining = { op, meta };
+    const { row, created } = await this.store.requests.insert({ owner, target: run.modelId, seqId, kind: meta.kind, payload: encode(logged), now });
     if (!created) return row.requestId;
-    if (!lane.hasRun(run.modelId)) {
-      // The server restarted since this run was created: continue its seq numbering, but its
-      // weights are gone until a checkpoint is loaded.
-      lane.registerRun(run.modelId, seqId);
-      lane.markLost(run.modelId, LOST_ON_RESTART);
-    }
+    // A run this process has not seen (the server restarted) is rebuilt from its log on first use.
+    lane.registerRun(run.modelId, seqId, true);
     const expected = lane.expectedSeq(run.modelId) ?? 0;
     if (seqId < expected) {
       const message = `seq_id ${seqId} of ${run.modelId} is behind the next expected seq_id ${expected}`;
@@ -101,28 +125,170 @@ export class Services {
       throw badRequest(message, 'stale_seq_id');
     }
     await this.store.runs.touch(run.modelId, now);
-    lane.submitTraining({ requestId: row.requestId, modelId: run.modelId, seqId, op, finalize });
+    this.enqueueTraining(row.requestId, owner, run, seqId, logged);
     return row.requestId;
   }
+
+  private enqueueTraining(requestId: string, owner: string, run: RunRow, seqId: number, logged: LoggedTraining): void {
+    this.lane(run.baseModel).submitTraining({ requestId, modelId: run.modelId, seqId, op: logged.op, finalize: (reply) => this.finalizeTraining(owner, run, seqId, logged.meta, reply) });
+  }
+
+  /** Turns a worker reply into the future's result, recording checkpoints and snapshots on the way. */
+  private async finalizeTraining(owner: string, run: RunRow, seqId: number, meta: JobMeta, reply: Record<string, unknown>): Promise<StoredResult> {
+    const json = (value: unknown): StoredResult => ({ kind: 'json', value });
+    switch (meta.kind) {
+      case 'create_model':
+        await this.store.runs.setState(run.modelId, 'ready');
+        return json({ model_id: run.modelId, type: 'create_model' });
+      case 'forward':
+      case 'forward_backward':
+        return { kind: 'fwdbwd', loss_fn_outputs: reply['loss_fn_outputs'] as Record<string, WireTensor>[], metrics: reply['metrics'] as Record<string, number> };
+      case 'optim_step': {
+        const steps = (this.optimSteps.get(run.modelId) ?? 0) + 1;
+        this.optimSteps.set(run.modelId, steps);
+        if (steps % SNAPSHOT_EVERY === 0) await this.snapshot(run, seqId);
+        return json({ metrics: (reply['metrics'] as Record<string, number>) ?? {}, type: 'optim_step' });
+      }
+      case 'unload_model':
+        await this.store.runs.setState(run.modelId, 'unloaded');
+        return json({ model_id: run.modelId, type: 'unload_model' });
+      case 'load_weights':
+        return json({ path: meta.path, model_id: run.modelId, type: 'load_weights' });
+      case 'save': {
+        const now = Date.now();
+        await this.store.checkpoints.put({
+          modelId: run.modelId,
+          checkpointId: meta.checkpointId,
+          owner,
+          checkpointType: meta.checkpointType,
+          tinkerPath: meta.tinkerPath,
+          storagePath: meta.storagePath,
+          sizeBytes: Number(reply['bytes'] ?? 0),
+          expiresAt: meta.ttlSeconds ? now + meta.ttlSeconds * 1000 : null,
+          ephemeral: meta.ephemeral,
+          now,
+        });
+        this.lane(run.baseModel).forgetAdapter(samplerAdapter(meta.tinkerPath));
+        if (meta.sampler) {
+          await this.store.samplers.create({ ...meta.sampler, owner, modelPath: meta.tinkerPath, now });
+          return json({ sampling_session_id: meta.sampler.samplerId, type: 'save_weights_for_sampler' });
+        }
+        return json({ path: meta.tinkerPath, type: meta.checkpointType === 'training' ? 'save_weights' : 'save_weights_for_sampler' });
+      }
+    }
+  }
+
+  private snapshotDir(modelId: string): string {
+    return path.join(this.dataDir, 'snapshots', encodeURIComponent(modelId));
+  }
+
+  /** Saves adapter + optimizer state as of `seqId`, replacing the previous snapshot. */
+  private async snapshot(run: RunRow, seqId: number): Promise<void> {
+    const dir = this.snapshotDir(run.modelId);
+    mkdirSync(dir, { recursive: true });
+    const previous = this.latestSnapshot(run.modelId);
+    const target = path.join(dir, `seq-${seqId}`);
+    const client = await this.pool.client(run.baseModel);
+    await client.request('snapshot', { adapter: run.modelId, path: target });
+    writeFileSync(path.join(dir, 'latest.json.tmp'), JSON.stringify({ seq: seqId, path: target }));
+    renameSync(path.join(dir, 'latest.json.tmp'), path.join(dir, 'latest.json'));
+    if (previous && previous.path !== target) rmSync(previous.path, { recursive: true, force: true });
+  }
+
+  private latestSnapshot(modelId: string): { seq: number; path: string } | undefined {
+    const file = path.join(this.snapshotDir(modelId), 'latest.json');
+    return existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as { seq: number; path: string }) : undefined;
+  }
+
+  /** Rebuilds a run's adapter in `client`: last snapshot, then every state-changing request since. */
+  private async recover(modelId: string, client: WorkerClient): Promise<void> {
+    const snapshot = this.latestSnapshot(modelId);
+    if (snapshot) await client.request('load_adapter', { adapter: modelId, path: snapshot.path, include_optimizer: true });
+    for (const row of await this.store.requests.completedSince(modelId, snapshot?.seq ?? -1)) {
+      const { op } = decode(row.payload!) as LoggedTraining;
+      switch (op.kind) {
+        case 'create_adapter':
+          await client.request('create_adapter', { adapter: modelId, lora: op.lora });
+          break;
+        case 'forward_backward': {
+          const reply = await client.request<{ results: { ok: boolean; error?: { message: string } }[] }>('forward_backward', {
+            items: [{ adapter: modelId, loss_fn: op.lossFn, loss_fn_config: op.lossFnConfig, data: op.data }],
+          });
+          if (!reply.results[0]?.ok) throw new Error(`replaying seq ${row.seqId} failed: ${reply.results[0]?.error?.message}`);
+          break;
+        }
+        case 'optim_step':
+          await client.request('optim_step', { adapter: modelId, adam_params: op.adamParams });
+          break;
+        case 'load_adapter':
+          await client.request('load_adapter', { adapter: modelId, path: op.path, include_optimizer: op.includeOptimizer });
+          break;
+        case 'drop_adapter':
+          await client.request('drop_adapter', { adapter: modelId });
+          break;
+        case 'forward':
+        case 'save_adapter':
+          break; // no state change
+      }
+    }
+  }
+
+  // ---- sampling -------------------------------------------------------------------------------
 
   /** Logs a sampling request and queues it; 429 when the base model's queue is full. */
-  async submitSample(owner: string, baseModel: string, samplerId: string, seqId: number | null, job: Omit<SampleJob, 'requestId'>): Promise<string> {
-    const lane = this.lane(baseModel);
+  async submitSample(owner: string, samplerId: string, seqId: number | null, job: LoggedSample): Promise<string> {
+    const lane = this.lane(job.baseModel);
     if (lane.queued.sampling >= lane.maxQueuedSamples) {
-      throw new HttpError(429, 'too_many_requests', `sampling queue for ${baseModel} is full; retry shortly`, 'user', { 'retry-after': '1' });
+      throw new HttpError(429, 'too_many_requests', `sampling queue for ${job.baseModel} is full; retry shortly`, 'user', { 'retry-after': '1' });
     }
-    const { row, created } = await this.store.requests.insert({ owner, target: samplerId, seqId, kind: 'sample', payload: null, now: Date.now() });
-    if (!created) return row.requestId;
-    lane.submitSample({ ...job, requestId: row.requestId });
+    const { row, created } = await this.store.requests.insert({ owner, target: samplerId, seqId, kind: 'sample', payload: encode(job), now: Date.now() });
+    if (created) this.enqueueSample(row.requestId, job);
     return row.requestId;
   }
 
-  /** Fails every request that was pending when the previous server process stopped. */
-  async failInterruptedRequests(): Promise<number> {
+  private enqueueSample(requestId: string, job: LoggedSample): void {
+    this.lane(job.baseModel).submitSample({
+      requestId,
+      adapter: job.adapter,
+      load: job.load,
+      item: job.item,
+      finalize: async (reply): Promise<StoredResult> => ({
+        kind: 'sample',
+        sequences: reply['sequences'] as { tokens: WireTensor; logprobs: WireTensor; stop_reason: 'stop' | 'length' }[],
+        ...(reply['prompt_logprobs'] ? { prompt_logprobs: reply['prompt_logprobs'] as (number | null)[] } : {}),
+        ...(reply['topk_prompt_logprobs'] ? { topk_prompt_logprobs: reply['topk_prompt_logprobs'] as ([number, number][] | null)[] } : {}),
+      }),
+    });
+  }
+
+  // ---- restart --------------------------------------------------------------------------------
+
+  /** Queues again every request the previous server process accepted but did not finish. */
+  async resumeInterruptedRequests(): Promise<number> {
     const unfinished = await this.store.requests.unfinished();
-    const error: JobError = { message: 'the server restarted before this request ran; submit it again', category: 'server' };
-    for (const row of unfinished) await this.store.requests.fail(row.requestId, error, Date.now());
-    return unfinished.length;
+    const lost: JobError = { message: 'the server restarted before this request ran and it could not be resumed; submit it again', category: 'server' };
+    // A run resumes at its lowest unfinished seq (rows may have arrived out of order).
+    const firstSeq = new Map<string, number>();
+    for (const row of unfinished) {
+      if (row.kind !== 'sample' && row.seqId !== null) firstSeq.set(row.target, Math.min(firstSeq.get(row.target) ?? row.seqId, row.seqId));
+    }
+    let resumed = 0;
+    for (const row of unfinished) {
+      try {
+        if (row.kind === 'sample') {
+          this.enqueueSample(row.requestId, decode(row.payload!) as LoggedSample);
+        } else {
+          const run = await this.store.runs.get(row.target, row.owner);
+          if (!run || row.seqId === null || !row.payload) throw new Error('not resumable');
+          this.lane(run.baseModel).registerRun(run.modelId, firstSeq.get(run.modelId) ?? row.seqId, true);
+          this.enqueueTraining(row.requestId, row.owner, run, row.seqId, decode(row.payload) as LoggedTraining);
+        }
+        resumed++;
+      } catch {
+        await this.store.requests.fail(row.requestId, lost, Date.now());
+      }
+    }
+    return resumed;
   }
 
   /** Queue depths per base model (for stats). */
@@ -130,3 +296,10 @@ export class Services {
     return Object.fromEntries([...this.lanes].map(([model, lane]) => [model, lane.queued]));
   }
 }
+
+/** The worker adapter slot that serves a sampler checkpoint. */
+export function samplerAdapter(tinkerPath: string): string {
+  return `sampler:${tinkerPath}`;
+}
+
+export type { RequestRow };

@@ -6,11 +6,11 @@ import { badRequest, gone, notFound } from '../http/errors.js';
 import { parseTinkerPath } from '../checkpoints/paths.js';
 import { checkContext, checkTokens } from '../protocol/datums.js';
 import { modelInputFromJson, ProtoDecodeError } from '../protocol/proto.js';
-import { renderResult, unpackResult, type StoredResult } from '../protocol/results.js';
+import { renderResult, unpackResult } from '../protocol/results.js';
 import { CreateSamplingSessionBody, RetrieveFutureBody, SampleBody, type SampleBodyWire } from '../protocol/schemas.js';
-import type { Services } from '../services.js';
+import { samplerAdapter, type Services } from '../services.js';
 import type { SamplerRow } from '../store/index.js';
-import { tokensToWire, type WireTensor } from '../worker/tensor.js';
+import { tokensToWire } from '../worker/tensor.js';
 import { owner, type TypedApp } from './context.js';
 
 /** How long `retrieve_future` holds a poll before answering 408 try_again (the SDK waits 45 s). */
@@ -108,17 +108,11 @@ export function samplingRoutes(app: TypedApp, services: Services, longPollMs: nu
     };
     const checkpoint = sampler.modelPath ? await store.checkpoints.byTinkerPath(sampler.modelPath, who) : undefined;
     if (sampler.modelPath && !checkpoint) throw notFound('checkpoint', sampler.modelPath);
-    const adapter = checkpoint ? `sampler:${sampler.modelPath}` : null;
-    const requestId = await services.submitSample(who, sampler.baseModel, sampler.samplerId, body.seq_id ?? null, {
-      adapter,
+    const requestId = await services.submitSample(who, sampler.samplerId, body.seq_id ?? null, {
+      baseModel: sampler.baseModel,
+      adapter: checkpoint && sampler.modelPath ? samplerAdapter(sampler.modelPath) : null,
       load: checkpoint ? { path: checkpoint.storagePath } : null,
       item,
-      finalize: async (reply): Promise<StoredResult> => ({
-        kind: 'sample',
-        sequences: reply['sequences'] as { tokens: WireTensor; logprobs: WireTensor; stop_reason: 'stop' | 'length' }[],
-        ...(reply['prompt_logprobs'] ? { prompt_logprobs: reply['prompt_logprobs'] as (number | null)[] } : {}),
-        ...(reply['topk_prompt_logprobs'] ? { topk_prompt_logprobs: reply['topk_prompt_logprobs'] as ([number, number][] | null)[] } : {}),
-      }),
     });
     return { request_id: requestId, sample_sequence_ids: Array.from({ length: numSamples }, (_, i) => `${requestId}:${i}`) };
   });

@@ -8,7 +8,6 @@ import { badRequest, notFound } from '../http/errors.js';
 import { checkpointDir, checkName, formatTinkerPath, parseTinkerPath, type CheckpointKind } from '../checkpoints/paths.js';
 import { prepareData } from '../protocol/datums.js';
 import { decodeForwardBackwardRequest, modelInputFromJson, ProtoDecodeError, tensorFromJson, type ForwardBackwardRequestMsg, type WireDatum } from '../protocol/proto.js';
-import type { StoredResult } from '../protocol/results.js';
 import {
   CreateModelBody,
   ForwardBackwardInputJson,
@@ -22,7 +21,6 @@ import {
 } from '../protocol/schemas.js';
 import type { Services } from '../services.js';
 import type { RunRow } from '../store/index.js';
-import type { WireTensor } from '../worker/tensor.js';
 import { owner, type TypedApp } from './context.js';
 
 const ADAM_KEYS = ['learning_rate', 'beta1', 'beta2', 'eps', 'weight_decay', 'grad_clip_norm'] as const;
@@ -37,10 +35,6 @@ export function checkLoraConfig(lora: LoraConfigWire | undefined): Required<Omit
     throw badRequest('At least one of train_unembed, train_mlp, or train_attn must be True', 'invalid_lora_config');
   }
   return config;
-}
-
-function json(value: unknown): StoredResult {
-  return { kind: 'json', value };
 }
 
 export function trainingRoutes(app: TypedApp, services: Services): void {
@@ -72,10 +66,7 @@ export function trainingRoutes(app: TypedApp, services: Services): void {
       now: Date.now(),
     }));
     if (!existing) services.lane(created.baseModel).registerRun(modelId);
-    const requestId = await services.submitTraining(who, created, 0, 'create_model', { kind: 'create_adapter', lora }, async () => {
-      await store.runs.setState(modelId, 'ready');
-      return json({ model_id: modelId, type: 'create_model' });
-    });
+    const requestId = await services.submitTraining(who, created, 0, { kind: 'create_adapter', lora }, { kind: 'create_model' });
     return { request_id: requestId, model_id: modelId };
   });
 
@@ -96,10 +87,7 @@ export function trainingRoutes(app: TypedApp, services: Services): void {
     const found = await run(request, request.body.model_id);
     const lane = services.lane(found.baseModel);
     const seq = lane.expectedSeq(found.modelId) ?? 0;
-    const requestId = await services.submitTraining(owner(request), found, seq, 'unload_model', { kind: 'drop_adapter' }, async () => {
-      await store.runs.setState(found.modelId, 'unloaded');
-      return json({ model_id: found.modelId, type: 'unload_model' });
-    });
+    const requestId = await services.submitTraining(owner(request), found, seq, { kind: 'drop_adapter' }, { kind: 'unload_model' });
     return { request_id: requestId, model_id: found.modelId };
   });
 
@@ -108,18 +96,7 @@ export function trainingRoutes(app: TypedApp, services: Services): void {
     const found = await run(request, msg.modelId);
     const data = prepareData(msg.lossFn, msg.data, services.model(found.baseModel));
     const kind = msg.forwardOnly ? 'forward' : 'forward_backward';
-    const requestId = await services.submitTraining(
-      owner(request as never),
-      found,
-      msg.seqId,
-      kind,
-      { kind, lossFn: msg.lossFn, lossFnConfig: msg.lossFnConfig, data },
-      async (reply) => ({
-        kind: 'fwdbwd',
-        loss_fn_outputs: reply['loss_fn_outputs'] as Record<string, WireTensor>[],
-        metrics: reply['metrics'] as Record<string, number>,
-      }),
-    );
+    const requestId = await services.submitTraining(owner(request as never), found, msg.seqId, { kind, lossFn: msg.lossFn, lossFnConfig: msg.lossFnConfig, data }, { kind });
     return { request_id: requestId, model_id: found.modelId };
   }
 
@@ -180,13 +157,11 @@ export function trainingRoutes(app: TypedApp, services: Services): void {
       adam[key] = value;
     }
     if ((adam['learning_rate'] ?? 0) < 0) throw badRequest('adam_params.learning_rate must be >= 0', 'invalid_adam_params');
-    const requestId = await services.submitTraining(owner(request), found, body.seq_id, 'optim_step', { kind: 'optim_step', adamParams: adam }, async (reply) =>
-      json({ metrics: (reply['metrics'] as Record<string, number>) ?? {}, type: 'optim_step' }),
-    );
+    const requestId = await services.submitTraining(owner(request), found, body.seq_id, { kind: 'optim_step', adamParams: adam }, { kind: 'optim_step' });
     return { request_id: requestId, model_id: found.modelId };
   });
 
-  /** Saves the adapter into the checkpoint store and records it; returns the future's request id. */
+  /** Saves the adapter into the checkpoint store (recorded when done); returns the future's request id. */
   async function saveCheckpoint(
     request: { owner: string | null },
     found: RunRow,
@@ -194,59 +169,46 @@ export function trainingRoutes(app: TypedApp, services: Services): void {
     kind: CheckpointKind,
     name: string,
     ttlSeconds: number | null | undefined,
-    ephemeral: boolean,
-    result: (tinkerPath: string) => Promise<unknown>,
+    sampler: { samplerId: string; sessionId: string; baseModel: string } | null = null,
   ): Promise<string> {
     checkName(name);
     if (ttlSeconds !== undefined && ttlSeconds !== null && ttlSeconds <= 0) throw badRequest('ttl_seconds must be positive', 'invalid_ttl');
-    const who = owner(request as never);
-    const storage = checkpointDir(services.dataDir, found.modelId, kind, name);
-    mkdirSync(path.dirname(storage), { recursive: true });
-    const tinkerPath = formatTinkerPath(found.modelId, kind, name);
-    return services.submitTraining(who, found, seqId, kind === 'weights' ? 'save_weights' : 'save_weights_for_sampler', { kind: 'save_adapter', path: storage, includeOptimizer: kind === 'weights' }, async (reply) => {
-      const now = Date.now();
-      await store.checkpoints.put({
-        modelId: found.modelId,
-        checkpointId: `${kind}/${name}`,
-        owner: who,
-        checkpointType: kind === 'weights' ? 'training' : 'sampler',
-        tinkerPath,
-        storagePath: storage,
-        sizeBytes: Number(reply['bytes'] ?? 0),
-        expiresAt: ttlSeconds ? now + ttlSeconds * 1000 : null,
-        ephemeral,
-        now,
-      });
-      services.lane(found.baseModel).forgetAdapter(`sampler:${tinkerPath}`);
-      return json(await result(tinkerPath));
+    const storagePath = checkpointDir(services.dataDir, found.modelId, kind, name);
+    mkdirSync(path.dirname(storagePath), { recursive: true });
+    return services.submitTraining(owner(request as never), found, seqId, { kind: 'save_adapter', path: storagePath, includeOptimizer: kind === 'weights' }, {
+      kind: 'save',
+      checkpointType: kind === 'weights' ? 'training' : 'sampler',
+      checkpointId: `${kind}/${name}`,
+      tinkerPath: formatTinkerPath(found.modelId, kind, name),
+      storagePath,
+      ttlSeconds: ttlSeconds ?? null,
+      ephemeral: sampler !== null,
+      sampler,
     });
   }
 
   app.post('/api/v1/save_weights', { schema: { body: SaveWeightsBody } }, async (request) => {
     const body = request.body;
     const found = await run(request, body.model_id);
-    const requestId = await saveCheckpoint(request, found, body.seq_id, 'weights', body.path, body.ttl_seconds, false, async (tinkerPath) => ({ path: tinkerPath, type: 'save_weights' }));
+    const requestId = await saveCheckpoint(request, found, body.seq_id, 'weights', body.path, body.ttl_seconds);
     return { request_id: requestId, model_id: found.modelId };
   });
 
   app.post('/api/v1/save_weights_for_sampler', { schema: { body: SaveWeightsForSamplerBody } }, async (request) => {
     const body = request.body;
     const found = await run(request, body.model_id);
-    const who = owner(request);
     if (body.path !== undefined) {
-      const requestId = await saveCheckpoint(request, found, body.seq_id, 'sampler_weights', body.path, body.ttl_seconds, false, async (tinkerPath) => ({
-        path: tinkerPath,
-        type: 'save_weights_for_sampler',
-      }));
+      const requestId = await saveCheckpoint(request, found, body.seq_id, 'sampler_weights', body.path, body.ttl_seconds);
       return { request_id: requestId, model_id: found.modelId };
     }
     if (body.sampling_session_seq_id === undefined) throw badRequest('either path or sampling_session_seq_id is required', 'invalid_request');
     // Unnamed: ephemeral weights plus a sampling session on them (save_weights_and_get_sampling_client).
     const samplerId = `${found.sessionId}:sample:${body.sampling_session_seq_id}`;
     const name = `ephemeral-${body.sampling_session_seq_id}-seq${body.seq_id}`;
-    const requestId = await saveCheckpoint(request, found, body.seq_id, 'sampler_weights', name, body.ttl_seconds ?? 24 * 3600, true, async (tinkerPath) => {
-      await store.samplers.create({ samplerId, owner: who, sessionId: found.sessionId, baseModel: found.baseModel, modelPath: tinkerPath, now: Date.now() });
-      return { sampling_session_id: samplerId, type: 'save_weights_for_sampler' };
+    const requestId = await saveCheckpoint(request, found, body.seq_id, 'sampler_weights', name, body.ttl_seconds ?? 24 * 3600, {
+      samplerId,
+      sessionId: found.sessionId,
+      baseModel: found.baseModel,
     });
     return { request_id: requestId, model_id: found.modelId };
   });
@@ -265,9 +227,7 @@ export function trainingRoutes(app: TypedApp, services: Services): void {
     if (source && source.baseModel !== found.baseModel) {
       throw badRequest(`${body.path} was trained on ${source.baseModel}, but ${found.modelId} uses ${found.baseModel}`, 'base_model_mismatch');
     }
-    const requestId = await services.submitTraining(who, found, body.seq_id, 'load_weights', { kind: 'load_adapter', path: checkpoint.storagePath, includeOptimizer: body.optimizer ?? false }, async () =>
-      json({ path: body.path, model_id: found.modelId, type: 'load_weights' }),
-    );
+    const requestId = await services.submitTraining(who, found, body.seq_id, { kind: 'load_adapter', path: checkpoint.storagePath, includeOptimizer: body.optimizer ?? false }, { kind: 'load_weights', path: body.path });
     return { request_id: requestId, model_id: found.modelId };
   });
 

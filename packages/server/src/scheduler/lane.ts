@@ -7,7 +7,7 @@
  * Sampling requests of all samplers on this base model are batched the same way.
  */
 import type { WorkerClient } from '../worker/client.js';
-import { WorkerRequestError } from '../worker/client.js';
+import { WorkerConnectionError, WorkerRequestError } from '../worker/client.js';
 import type { WireTensor } from '../worker/tensor.js';
 
 /** A datum as the worker takes it. */
@@ -59,8 +59,14 @@ interface RunQueue {
   nextSeq: number;
   buffered: Map<number, TrainingJob>;
   running: boolean;
-  lost: string | null; // why this run's adapter is gone, if it is
+  /** The worker lost this run's adapter; rebuild it (snapshot + replay) before its next job. */
+  needsRecovery: boolean;
+  /** Why the adapter could not be rebuilt, if that failed. */
+  lost: string | null;
 }
+
+/** A job interrupted by a worker crash is retried this many times before it fails. */
+const MAX_ATTEMPTS = 3;
 
 /** Options for {@link Lane}. */
 export interface LaneOptions {
@@ -69,6 +75,8 @@ export interface LaneOptions {
   completion: Completion;
   /** Most sampling requests waiting at once before submits get 429. */
   maxQueuedSamples?: number;
+  /** Rebuilds a run's adapter in a fresh worker (from its snapshot and the request log). */
+  recover: (modelId: string, client: WorkerClient) => Promise<void>;
 }
 
 /**
@@ -81,6 +89,7 @@ export class Lane {
   private readonly runs = new Map<string, RunQueue>();
   private readonly samples: SampleJob[] = [];
   private readonly loadedAdapters = new Set<string>();
+  private readonly attempts = new Map<string, number>();
   private pumping = false;
   private preferSampling = false;
   readonly maxQueuedSamples: number;
@@ -90,14 +99,8 @@ export class Lane {
   }
 
   /** Starts tracking a new run; its first request must be seq 0 (create). */
-  registerRun(modelId: string, nextSeq = 0): void {
-    if (!this.runs.has(modelId)) this.runs.set(modelId, { nextSeq, buffered: new Map(), running: false, lost: null });
-  }
-
-  /** Marks one run's adapter as gone (e.g. the server restarted); only a load can revive it. */
-  markLost(modelId: string, reason: string): void {
-    const run = this.runs.get(modelId);
-    if (run) run.lost = reason;
+  registerRun(modelId: string, nextSeq = 0, needsRecovery = false): void {
+    if (!this.runs.has(modelId)) this.runs.set(modelId, { nextSeq, buffered: new Map(), running: false, needsRecovery, lost: null });
   }
 
   /** Whether this lane knows the run (it does not after a server restart). */
@@ -133,9 +136,9 @@ export class Lane {
     return true;
   }
 
-  /** The worker died: every run's adapter is gone and sampler adapters must be reloaded. */
-  workerLost(reason: string): void {
-    for (const run of this.runs.values()) run.lost = reason;
+  /** The worker died: every run's adapter must be rebuilt and sampler adapters reloaded. */
+  workerLost(): void {
+    for (const run of this.runs.values()) run.needsRecovery = true;
     this.loadedAdapters.clear();
     this.pump();
   }
@@ -181,31 +184,56 @@ export class Lane {
     const kind = ready.some((j) => j.op.kind === 'forward_backward') ? 'forward_backward' : ready.some((j) => j.op.kind === 'forward') ? 'forward' : null;
     const batch = kind ? ready.filter((j) => j.op.kind === kind) : ready.slice(0, 1);
     for (const job of batch) this.runs.get(job.modelId)!.running = true;
-    const live = batch.filter((job) => !this.failIfLost(job));
+    let retry = new Set<TrainingJob>();
     try {
-      if (live.length > 0) {
-        const client = await this.options.worker();
-        if (kind) await this.runForward(client, kind, live);
-        else await this.runSingle(client, live[0]!);
-      }
+      const client = await this.options.worker();
+      const live: TrainingJob[] = [];
+      for (const job of batch) if (await this.ready(job, client)) live.push(job);
+      if (live.length > 0) retry = kind ? await this.runForward(client, kind, live) : await this.runSingle(client, live[0]!);
+    } catch (error) {
+      // The worker could not be started or reached: the whole batch waits for the next attempt.
+      retry = new Set(batch);
+      if (!(error instanceof WorkerConnectionError)) for (const job of batch) this.attempts.set(job.requestId, MAX_ATTEMPTS);
     } finally {
       for (const job of batch) {
         const run = this.runs.get(job.modelId)!;
+        run.running = false;
+        if (retry.has(job) && this.retryable(job)) continue; // stays buffered at the same seq
+        if (retry.has(job)) await this.options.completion.fail(job.requestId, { message: 'the worker failed repeatedly while running this request', category: 'server' });
+        this.attempts.delete(job.requestId);
         run.buffered.delete(job.seqId);
         run.nextSeq = job.seqId + 1;
-        run.running = false;
       }
     }
   }
 
-  private failIfLost(job: TrainingJob): boolean {
+  private retryable(job: { requestId: string }): boolean {
+    const attempts = (this.attempts.get(job.requestId) ?? 0) + 1;
+    this.attempts.set(job.requestId, attempts);
+    return attempts < MAX_ATTEMPTS;
+  }
+
+  /** Rebuilds the job's run if the worker lost it; false (and the job failed) if that is impossible. */
+  private async ready(job: TrainingJob, client: WorkerClient): Promise<boolean> {
     const run = this.runs.get(job.modelId)!;
-    if (run.lost === null || job.op.kind === 'load_adapter') return false;
-    void this.options.completion.fail(job.requestId, { message: run.lost, category: 'server' });
+    if (run.needsRecovery && run.lost === null) {
+      try {
+        await this.options.recover(job.modelId, client);
+        run.needsRecovery = false;
+      } catch (error) {
+        if (error instanceof WorkerConnectionError) throw error;
+        run.lost = `this run's weights were lost when its worker stopped and could not be rebuilt (${(error as Error).message}); load a checkpoint to continue`;
+      }
+    }
+    if (run.lost !== null && job.op.kind !== 'load_adapter') {
+      await this.options.completion.fail(job.requestId, { message: run.lost, category: 'server' });
+      return false;
+    }
     return true;
   }
 
-  private async runForward(client: WorkerClient, kind: 'forward_backward' | 'forward', jobs: TrainingJob[]): Promise<void> {
+  /** Runs one batched forward(_backward); returns the jobs to retry after a worker crash. */
+  private async runForward(client: WorkerClient, kind: 'forward_backward' | 'forward', jobs: TrainingJob[]): Promise<Set<TrainingJob>> {
     const items = jobs.map((job) => {
       const op = job.op as Extract<TrainingOp, { lossFn: string }>;
       return { adapter: job.modelId, loss_fn: op.lossFn, loss_fn_config: op.lossFnConfig, data: op.data };
@@ -214,13 +242,15 @@ export class Lane {
     try {
       reply = await client.request<{ results: Record<string, unknown>[] }>(kind, { items });
     } catch (error) {
+      if (error instanceof WorkerConnectionError) return new Set(jobs);
       await Promise.all(jobs.map((job) => this.options.completion.fail(job.requestId, asJobError(error))));
-      return;
+      return new Set();
     }
     await Promise.all(jobs.map((job, i) => this.finish(job, reply.results[i] ?? { ok: false, error: { message: 'missing result', category: 'server' } })));
+    return new Set();
   }
 
-  private async runSingle(client: WorkerClient, job: TrainingJob): Promise<void> {
+  private async runSingle(client: WorkerClient, job: TrainingJob): Promise<Set<TrainingJob>> {
     const op = job.op;
     const fields: Record<string, unknown> = { adapter: job.modelId };
     let name: string;
@@ -250,8 +280,10 @@ export class Lane {
       if (op.kind === 'load_adapter') this.runs.get(job.modelId)!.lost = null;
       await this.finish(job, { ok: true, ...reply });
     } catch (error) {
+      if (error instanceof WorkerConnectionError) return new Set([job]);
       await this.options.completion.fail(job.requestId, asJobError(error));
     }
+    return new Set();
   }
 
   private async runSamples(jobs: SampleJob[]): Promise<void> {
@@ -262,6 +294,14 @@ export class Lane {
       await Promise.all(jobs.map((job) => this.options.completion.fail(job.requestId, asJobError(error))));
       return;
     }
+    const requeue = (failed: SampleJob[], error: unknown): Promise<unknown> =>
+      Promise.all(
+        failed.map((job) => {
+          if (error instanceof WorkerConnectionError && this.retryable(job)) return this.samples.push(job);
+          this.attempts.delete(job.requestId);
+          return this.options.completion.fail(job.requestId, asJobError(error));
+        }),
+      );
     const live: SampleJob[] = [];
     for (const job of jobs) {
       if (job.load && job.adapter && !this.loadedAdapters.has(job.adapter)) {
@@ -269,7 +309,7 @@ export class Lane {
           await client.request('load_adapter', { adapter: job.adapter, path: job.load.path, include_optimizer: false });
           this.loadedAdapters.add(job.adapter);
         } catch (error) {
-          await this.options.completion.fail(job.requestId, asJobError(error));
+          await requeue([job], error);
           continue;
         }
       }
@@ -278,9 +318,10 @@ export class Lane {
     if (live.length === 0) return;
     try {
       const reply = await client.request<{ results: Record<string, unknown>[] }>('sample', { items: live.map((job) => ({ ...job.item, adapter: job.adapter })) });
+      for (const job of live) this.attempts.delete(job.requestId);
       await Promise.all(live.map((job, i) => this.finish(job, reply.results[i] ?? { ok: false })));
     } catch (error) {
-      await Promise.all(live.map((job) => this.options.completion.fail(job.requestId, asJobError(error))));
+      await requeue(live, error);
     }
   }
 

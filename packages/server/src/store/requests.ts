@@ -50,6 +50,8 @@ export interface RequestRepo {
   complete(requestId: string, result: Uint8Array, now: number): Promise<void>;
   /** pending/running → failed with `error` (no-op once finished: the first outcome wins). */
   fail(requestId: string, error: RequestError, now: number): Promise<void>;
+  /** Completed requests of `target` with `seqId > afterSeq`, in seq order (replay after a crash). */
+  completedSince(target: string, afterSeq: number): Promise<RequestRow[]>;
   /** Pending or running requests, oldest first (recovery after a restart). */
   unfinished(): Promise<RequestRow[]>;
   /** Deletes finished requests completed before `completedBefore`; returns how many. */
@@ -142,6 +144,18 @@ export function createRequestRepo(db: Kysely<Database>): RequestRepo {
         .where('request_id', '=', requestId)
         .where('status', 'in', UNFINISHED)
         .execute();
+    },
+
+    async completedSince(target, afterSeq) {
+      const rows = await db
+        .selectFrom('requests')
+        .selectAll()
+        .where('target', '=', target)
+        .where('seq_id', '>', afterSeq)
+        .where('status', '=', 'complete')
+        .orderBy('seq_id', 'asc')
+        .execute();
+      return rows.map(toRow);
     },
 
     async unfinished() {
