@@ -115,7 +115,8 @@ test('a crashed worker is restarted and its runs are rebuilt from the request lo
     const done = await result((submitted.json() as { request_id: string }).request_id);
     return (done['metrics'] as Record<string, number>)['loss:sum']!;
   };
-  for (let step = 0; step < 3; step++) {
+  // 12 steps: recovery loads the snapshot taken at step 10, then replays the last two steps.
+  for (let step = 0; step < 12; step++) {
     await fwdbwd(false);
     const stepped = await call('POST', '/api/v1/optim_step', { model_id: modelId, seq_id: ++seq, adam_params: { learning_rate: 0.01 }, type: 'optim_step' });
     await result(stepped.body['request_id'] as string);
