@@ -7,6 +7,7 @@
  * little-endian byte arrays, per-record dtype and trailing shape, NaN and top-k padding sentinels.
  * Every malformed input raises {@link ProtoDecodeError} with a message that says what is wrong and where.
  */
+import { existsSync, readFileSync } from 'node:fs';
 import protobuf from 'protobufjs';
 
 // ---------------------------------------------------------------------------------------------
@@ -77,179 +78,15 @@ export const MAX_DENSE_ELEMENTS = 1 << 26;
 // Schema
 
 /**
- * The text of `tinker_public.proto` (next to this file), embedded so the codec works from `dist/`
- * without copying assets. `test/proto.test.ts` checks that the two are identical.
+ * Tinker's public protobuf schema, read from `tinker_public.proto` (the one copy of it; protoc
+ * compiles the same file in the Python conformance tests). The package ships `src/`, so from
+ * `dist/protocol/` the file is found under `../../src/protocol/`.
  */
-export const TINKER_PUBLIC_PROTO = `// Tinker's public protobuf schema (package tinker_public), as served by Lathe.
-// Written from the wire spec (SDK 0.25 descriptor plus the fields added in 0.26.2, marked
-// ">=0.26.2"); older readers skip unknown fields, so one schema serves every SDK version.
-// All byte arrays are little-endian packed arrays (numpy tobytes()).
-// proto.ts embeds this text verbatim; a test fails if the two differ.
-syntax = "proto3";
-package tinker_public;
-
-enum StopReason {
-  STOP_REASON_STOP = 0;
-  STOP_REASON_LENGTH = 1;
-}
-
-enum DType {
-  DTYPE_UNSPECIFIED = 0;
-  DTYPE_FLOAT32 = 1;
-  DTYPE_INT64 = 2;
-  DTYPE_INT32 = 3;
-  DTYPE_BFLOAT16 = 4;
-}
-
-// ---- response: retrieve_future result for asample ----
-
-message SampleResponse {
-  repeated SampledSequence sequences = 1;
-  optional bytes prompt_logprobs = 2;                    // float32[] LE; NaN = not computed
-  optional TopkPromptLogprobs topk_prompt_logprobs = 3;  // absent = not requested
-  int32 prompt_cache_hit_tokens = 4;
-}
-
-message SampledSequence {
-  StopReason stop_reason = 1;
-  bytes tokens = 2;             // int32[] LE
-  optional bytes logprobs = 3;  // float32[] LE, same length as tokens (empty => None)
-}
-
-message TopkPromptLogprobs {
-  bytes token_ids = 1;       // int32 N x K row-major; empty cell token_id = 0
-  bytes logprobs = 2;        // float32 N x K; empty cell = -99999.0
-  uint32 k = 3;
-  uint32 prompt_length = 4;  // N
-}
-
-// ---- tensors ----
-
-message SparseCsr {
-  bytes values = 1;        // nnz values in the tensor's dtype
-  bytes crow_indices = 2;  // int64[rows + 1] LE
-  bytes col_indices = 3;   // int64[nnz] LE
-}
-
-message Tensor {
-  oneof encoding {
-    bytes dense = 1;  // values in \`dtype\`, LE, row-major
-    SparseCsr sparse_csr = 2;
-  }
-  DType dtype = 3;
-  repeated int64 shape = 4;  // required for sparse (the dense shape)
-}
-
-message BatchedTensor {
-  bytes data = 1;                     // concatenation of each datum's raw array bytes
-  bytes offsets = 2;                  // int64[num_datums + 1] LE byte offsets into data
-  DType dtype = 3;
-  repeated int64 trailing_shape = 4;  // per-datum shape minus the first dim; [] for 1-D
-}
-
-message ArrayRecord {
-  string type_tag = 1;
-  map<string, BatchedTensor> fields = 2;
-  int64 num_datums = 3;
-}
-
-// ---- response: retrieve_future result for forward / forward_backward ----
-
-message ForwardBackwardOutput {
-  string loss_fn_output_type = 1;
-  repeated ArrayRecord loss_fn_outputs = 2;  // concatenated in order
-  map<string, double> metrics = 3;
-}
-
-// ---- request body of POST /api/v1/forward_backward (and forward) ----
-
-message ForwardBackwardRequest {
-  string model_id = 1;
-  int32 seq_id = 2;  // >= 1
-  repeated Datum data = 3;
-  string loss_fn = 4;
-  map<string, double> loss_fn_config = 5;              // legacy
-  bool forward_only = 6;
-  map<string, LossConfigValue> loss_fn_config_v2 = 7;  // >=0.26.2; preferred when non-empty
-}
-
-message LossConfigValue {  // >=0.26.2
-  oneof value {
-    double number = 1;
-    string text = 2;
-  }
-}
-
-message Datum {
-  repeated Chunk model_input = 1;
-  map<string, Tensor> loss_fn_inputs = 2;
-  repeated ProvenanceSpan model_input_spans = 3;    // >=0.26.2
-  repeated ProvenanceSpan loss_fn_input_spans = 4;  // >=0.26.2
-}
-
-message ProvenanceSpan {  // >=0.26.2
-  oneof span {
-    PromptProvenanceSpan prompt_tokens = 1;
-    SampledProvenanceSpan sampled_tokens = 2;
-  }
-}
-
-message PromptProvenanceSpan {  // >=0.26.2
-  string sequence_id = 1;
-  int64 offset = 2;
-  int64 length = 3;
-}
-
-message SampledProvenanceSpan {  // >=0.26.2
-  string sequence_id = 1;
-  int64 offset = 2;
-  int64 length = 3;
-}
-
-message Chunk {
-  oneof chunk {
-    EncodedTextChunk encoded_text = 1;
-    ImageChunk image = 2;
-    DmelChunk dmel = 3;
-  }
-}
-
-message EncodedTextChunk {
-  bytes tokens = 1;  // int32[] LE
-}
-
-message ImageChunk {
-  bytes data = 1;
-  string format = 2;
-  optional int32 expected_tokens = 3;
-}
-
-message DmelChunk {
-  bytes dmel = 1;
-}
-
-// In the schema, but not put on the wire by SDK 0.25 (asample is JSON).
-
-message SamplingParams {
-  optional int32 max_tokens = 1;
-  optional uint64 seed = 2;
-  optional float temperature = 3;
-  optional int32 top_k = 4;
-  optional float top_p = 5;
-  oneof stop {
-    StopStrings stop_strs = 6;
-    StopTokens stop_tokens = 7;
-  }
-}
-
-message StopStrings {
-  repeated string values = 1;
-}
-
-message StopTokens {
-  repeated int32 values = 1;
-}
-`;
+export const TINKER_PUBLIC_PROTO = readFileSync(
+  [new URL('./tinker_public.proto', import.meta.url), new URL('../../src/protocol/tinker_public.proto', import.meta.url)].find((u) => existsSync(u)) ??
+    new URL('./tinker_public.proto', import.meta.url),
+  'utf8',
+);
 
 const root = protobuf.parse(TINKER_PUBLIC_PROTO, { keepCase: true }).root;
 const ForwardBackwardRequestType = root.lookupType('tinker_public.ForwardBackwardRequest');
