@@ -18,6 +18,7 @@ before(async () => {
   server = await createServer({
     dataDir,
     sessionTimeoutMs: 300,
+    longPollMs: 1500,
     maxQueuedSamples: 2,
     models: [{ model_name: MODEL, max_context_length: 2048, vocab_size: 151936, architecture: 'qwen3' }],
   });
@@ -57,6 +58,36 @@ async function result(requestId: string): Promise<Record<string, unknown>> {
     return polled.body;
   }
 }
+
+test('retrieve_future holds a poll on a pending future and wakes it when the result is ready', async () => {
+  const id = await session();
+  const created = await call('POST', '/api/v1/create_model', { session_id: id, model_seq_id: 0, base_model: MODEL, lora_config: { rank: 4 }, type: 'create_model' });
+  await result(created.body['request_id'] as string);
+  const modelId = created.body['model_id'] as string;
+  const submit = async (seqId: number) => {
+    const body = encodeForwardBackwardRequest({
+      modelId, seqId, lossFn: 'cross_entropy', lossFnConfig: {}, forwardOnly: true,
+      data: [{ modelInput: [1, 2, 3], lossFnInputs: { target_tokens: { dtype: 'int64', shape: [3], data: BigInt64Array.from([2n, 3n, 4n]) } } }],
+    });
+    const response = await server.app.inject({ method: 'POST', url: '/api/v1/forward_backward', headers: { 'x-api-key': key, 'content-type': 'application/x-protobuf' }, payload: Buffer.from(body) });
+    return (response.json() as { request_id: string }).request_id;
+  };
+  // seq 2 waits behind the missing seq 1: a poll is held for the whole long-poll window, then 408.
+  const pending = await submit(2);
+  const started = Date.now();
+  const held = await call('POST', '/api/v1/retrieve_future', { request_id: pending, allow_metadata_only: true });
+  assert.equal(held.status, 408);
+  assert.deepEqual(held.body, { type: 'try_again', request_id: pending, queue_state: 'active' });
+  assert.ok(Date.now() - started >= 1400, `held only ${Date.now() - started} ms`);
+  // A poll in progress is answered with the result as soon as seq 1 arrives and both run.
+  assert.equal(server.services.hub.waiting, 0);
+  const polling = call('POST', '/api/v1/retrieve_future', { request_id: pending, allow_metadata_only: true });
+  await until('the poll to be waiting', async () => (server.services.hub.waiting === 1 ? true : undefined));
+  await submit(1);
+  const woken = await polling;
+  assert.equal(woken.status, 200, JSON.stringify(woken.body));
+  assert.ok('metrics' in woken.body);
+});
 
 test('sessions expire after missed heartbeats', async () => {
   const id = await session();

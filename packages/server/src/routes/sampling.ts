@@ -13,6 +13,9 @@ import type { SamplerRow } from '../store/index.js';
 import { tokensToWire } from '../worker/tensor.js';
 import { owner, type TypedApp } from './context.js';
 
+/** A preallocated abort reason: `abort()` without one builds a DOMException with a stack each time. */
+const DONE = new Error('long poll finished');
+
 /** How long `retrieve_future` holds a poll before answering 408 try_again (the SDK waits 45 s). */
 export const DEFAULT_LONG_POLL_MS = 30_000;
 
@@ -121,19 +124,20 @@ export function samplingRoutes(app: TypedApp, services: Services, longPollMs: nu
     const who = owner(request);
     const requestId = request.body.request_id;
     // Register the waiter before reading, so a completion between the read and the wait is not missed.
+    // The response's close means sent or disconnected (the request's fires once its body is read).
     const abort = new AbortController();
-    request.raw.once('close', () => abort.abort());
+    reply.raw.once('close', () => abort.abort(DONE));
     const woken = services.hub.wait(requestId, longPollMs, abort.signal);
     let row = await store.requests.get(requestId, who);
     if (!row) {
-      abort.abort();
+      abort.abort(DONE);
       throw gone(`future ${requestId} is unknown or expired`);
     }
     if (row.status === 'pending' || row.status === 'running') {
       await woken;
       row = await store.requests.get(requestId, who);
     } else {
-      abort.abort();
+      abort.abort(DONE);
     }
     if (!row || row.status === 'pending' || row.status === 'running') {
       return reply.code(408).send({ type: 'try_again', request_id: requestId, queue_state: 'active' });
