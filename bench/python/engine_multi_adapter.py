@@ -1,0 +1,151 @@
+"""Multi-adapter batching: one mixed forward_backward over 4 adapters vs 4 single-adapter calls.
+
+engine-multi-adapter: K adapters (default 4), each with its own data (default 2 sequences x 128 tokens).
+  mixed:    Engine.forward_backward([item_0, ..., item_{K-1}]) (ONE call, one batch of K*2 rows)
+            + K optim_steps
+  separate: K x Engine.forward_backward([item_k]) + K optim_steps
+Both sides own their own copies of the K adapters (same seeds), train on the same data and must give
+the same per-adapter losses every round (checked to 1e-3 relative). Timed rounds alternate which side
+runs first. ratio = separate_time / mixed_time (> 1: batching adapters together pays).
+Last stdout line: JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import _common as C
+import torch
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    C.add_model_args(p)
+    p.add_argument("--adapters", type=int, default=4)
+    p.add_argument("--batch", type=int, default=2, help="sequences per adapter")
+    p.add_argument("--seq", type=int, default=128, help="tokens per sequence")
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds per side")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--rank", type=int, default=32)
+    p.add_argument("--no-unembed", action="store_true", help="no LoRA on lm_head")
+    p.add_argument("--profile", action="store_true", help="print torch.profiler tables of one round per side")
+    p.add_argument("--profile-rows", type=int, default=25)
+    args = p.parse_args()
+    C.setup_threads(args)
+
+    from lathe_worker.engine import Datum, WorkItem
+    from lathe_worker.lora import LoraConfig
+    from lathe_worker.optim import AdamParams
+
+    shared = C.SharedModel(args)
+    shared.hf = None  # only the engine is measured here
+    C.collect()
+    engine = shared.engine
+    K, B, T, V = args.adapters, args.batch, args.seq, args.vocab
+    for side in ("mixed", "separate"):
+        for k in range(K):
+            engine.create_adapter(f"{side}{k}", LoraConfig(rank=args.rank, seed=k, train_unembed=not args.no_unembed))
+    hp = AdamParams(learning_rate=1e-4, beta1=0.9, beta2=0.95, eps=1e-12)
+    tokens_per_round = K * B * T
+    print(f"model: Qwen3-shaped, {shared.params:,} params ({shared.params / 1e6:.1f}M), hidden {args.hidden}, "
+          f"{args.layers} layers, vocab {V}; setup {shared.setup_s:.1f}s")
+    print(f"{K} adapters x {B} sequences x {T} tokens = {tokens_per_round} tokens/round, LoRA rank {args.rank}; "
+          f"{args.warmup} warm-up + {args.rounds} timed rounds per side; {torch.get_num_threads()} threads")
+
+    gen = torch.Generator().manual_seed(2000 + args.seed)
+    total = args.warmup + args.rounds
+    data = [[torch.randint(0, V, (B, T + 1), generator=gen) for _ in range(K)] for _ in range(total)]
+
+    def items(side: str, rnd: int) -> list[WorkItem]:
+        return [WorkItem(f"{side}{k}", "cross_entropy", None,
+                         [Datum(tokens=s[:-1].clone(), inputs={"target_tokens": s[1:].clone()}) for s in data[rnd][k]])
+                for k in range(K)]
+
+    def check(outs) -> list[float]:
+        for o in outs:
+            if isinstance(o, Exception):
+                raise o
+        return [o["metrics"]["loss:sum"] for o in outs]
+
+    def mixed(rnd: int) -> list[float]:
+        losses = check(engine.forward_backward(items("mixed", rnd), backward=True))
+        for k in range(K):
+            engine.optim_step(f"mixed{k}", hp)
+        return losses
+
+    def separate(rnd: int) -> list[float]:
+        losses = [check(engine.forward_backward([item], backward=True))[0] for item in items("separate", rnd)]
+        for k in range(K):
+            engine.optim_step(f"separate{k}", hp)
+        return losses
+
+    fns = {"mixed": mixed, "separate": separate}
+    times = {"mixed": [], "separate": []}
+    cpu = {"mixed": [], "separate": []}
+    worst = 0.0
+    for rnd in range(total):
+        order = ("mixed", "separate") if rnd % 2 == 0 else ("separate", "mixed")
+        losses = {}
+        for side in order:
+            C.collect()
+            t0, c0 = C.now(), C.cpu_now()
+            losses[side] = fns[side](rnd)
+            dt, dc = C.now() - t0, C.cpu_now() - c0
+            if rnd >= args.warmup:
+                times[side].append(dt)
+                cpu[side].append(dc)
+        rel = max(abs(m - s) / abs(s) for m, s in zip(losses["mixed"], losses["separate"]))
+        worst = max(worst, rel)
+        tag = "warm-up" if rnd < args.warmup else "timed"
+        print(f"round {rnd} ({tag}): losses {', '.join(f'{x:.2f}' for x in losses['mixed'])}  "
+              f"(mixed vs separate max rel diff {rel:.1e})")
+        assert rel < 1e-3, f"mixed and separate losses differ: {losses}"
+        if rnd >= args.warmup:
+            print(f"  wall: mixed {times['mixed'][-1]:.2f}s  separate {times['separate'][-1]:.2f}s   "
+                  f"cpu: mixed {cpu['mixed'][-1]:.2f}s  separate {cpu['separate'][-1]:.2f}s   load {C.loadavg()}")
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        for side in ("mixed", "separate"):
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                fns[side](total - 1)
+            print(f"---- profile of one {side} round (self CPU time) ----")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile_rows))
+
+    t_mixed, t_sep = sum(times["mixed"]), sum(times["separate"])
+    ratio = t_sep / t_mixed
+    cpu_ratio = sum(cpu["separate"]) / sum(cpu["mixed"])
+    best_ratio = min(times["separate"]) / min(times["mixed"])  # fastest round each: robust to outside load
+    mixed_tps = args.rounds * tokens_per_round / t_mixed
+    sep_tps = args.rounds * tokens_per_round / t_sep
+    print(f"mixed:    {mixed_tps:8.1f} tokens/s  (median round {C.median(times['mixed']):.2f}s)")
+    print(f"separate: {sep_tps:8.1f} tokens/s  (median round {C.median(times['separate']):.2f}s)")
+    print(f"ratio separate/mixed time = {ratio:.3f}  (target >= 1.5); by process CPU time {cpu_ratio:.3f}; "
+          f"fastest round vs fastest round {best_ratio:.3f}")
+    shared.close()
+    C.emit({
+        "bench": "engine-multi-adapter",
+        "ratio": round(ratio, 4),
+        "baseline": f"{K} single-adapter forward_backward calls + {K} optim_steps, same engine/data",
+        "mixed_tokens_per_s": round(mixed_tps, 2),
+        "separate_tokens_per_s": round(sep_tps, 2),
+        "cpu_time_ratio": round(cpu_ratio, 4),
+        "best_round_ratio": round(best_ratio, 4),
+        "params": shared.params,
+        "adapters": K,
+        "batch_per_adapter": B,
+        "seq": T,
+        "rank": args.rank,
+        "rounds": args.rounds,
+        "mixed_round_s": [round(t, 4) for t in times["mixed"]],
+        "separate_round_s": [round(t, 4) for t in times["separate"]],
+        "max_loss_rel_diff": worst,
+        "target": 1.5,
+        **C.env_info(),
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

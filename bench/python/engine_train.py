@@ -1,0 +1,160 @@
+"""LoRA training tokens/s: Engine.forward_backward + optim_step vs a transformers + PEFT loop.
+
+engine-train: LoRA training throughput (forward_backward + optim_step) of our Engine against a plain
+transformers + PEFT training loop, same random weights, same LoRA (rank, targets, initial A), same data.
+
+  lathe:    Engine.forward_backward([one WorkItem with B datums], backward=True) + Engine.optim_step
+  baseline: peft_model(input_ids).logits -> sum cross-entropy -> backward -> torch.optim.AdamW.step
+
+Both use the cross_entropy loss as a per-token SUM, AdamW(lr, betas=(0.9, 0.95), eps=1e-12, wd=0). The
+first step's loss must agree to 1e-3 relative (apples to apples), later steps are reported. Timed
+steps alternate which side runs first. ratio = lathe tokens/s / baseline tokens/s (> 1: we are faster).
+Last stdout line: JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import _common as C
+import torch
+import torch.nn.functional as F
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    C.add_model_args(p)
+    p.add_argument("--batch", type=int, default=4, help="sequences per step")
+    p.add_argument("--seq", type=int, default=256, help="tokens per sequence")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per side")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps per side (the first checks the loss)")
+    p.add_argument("--rank", type=int, default=32)
+    p.add_argument("--no-unembed", action="store_true", help="no LoRA on lm_head (default: attn+mlp+lm_head)")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--profile", action="store_true", help="print torch.profiler tables of one step per side")
+    p.add_argument("--profile-rows", type=int, default=25)
+    args = p.parse_args()
+    C.setup_threads(args)
+
+    from lathe_worker.engine import Datum, WorkItem
+    from lathe_worker.lora import LoraConfig
+    from lathe_worker.optim import AdamParams
+
+    shared = C.SharedModel(args)
+    engine, hf = shared.engine, shared.hf
+    V = args.vocab
+    train_unembed = not args.no_unembed
+    engine.create_adapter("bench", LoraConfig(rank=args.rank, seed=1, train_unembed=train_unembed))
+    adapter = engine.adapters["bench"].adapter
+    peft_model = C.make_peft(hf, args.rank, train_unembed)
+    n_lora = C.copy_adapter_to_peft(peft_model, adapter)
+    peft_model.train()
+    params = C.peft_trainable(peft_model)
+    lora_params = sum(p.numel() for p in adapter.parameters())
+    assert sum(p.numel() for p in params) == lora_params, "PEFT and lathe train different parameter counts"
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), eps=1e-12, weight_decay=0.0)
+    hp = AdamParams(learning_rate=args.lr, beta1=0.9, beta2=0.95, eps=1e-12, weight_decay=0.0)
+
+    B, T = args.batch, args.seq
+    tokens_per_step = B * T
+    print(f"model: Qwen3-shaped, {shared.params:,} params ({shared.params / 1e6:.1f}M), hidden {args.hidden}, "
+          f"{args.layers} layers, {args.heads}/{args.kv_heads} heads, vocab {V}, "
+          f"{'untied' if args.untied else 'tied'}; setup {shared.setup_s:.1f}s")
+    print(f"LoRA rank {args.rank} on {n_lora} modules ({lora_params:,} params); batch {B} x {T} = "
+          f"{tokens_per_step} tokens/step; {args.warmup} warm-up + {args.steps} timed steps per side; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    total_steps = args.warmup + args.steps
+    gen = torch.Generator().manual_seed(1000 + args.seed)
+    batches = [torch.randint(0, V, (B, T + 1), generator=gen) for _ in range(total_steps)]
+
+    def lathe_step(seqs: torch.Tensor) -> float:
+        item = WorkItem("bench", "cross_entropy", None,
+                        [Datum(tokens=s[:-1].clone(), inputs={"target_tokens": s[1:].clone()}) for s in seqs])
+        out = engine.forward_backward([item], backward=True)[0]
+        if isinstance(out, Exception):
+            raise out
+        engine.optim_step("bench", hp)
+        return out["metrics"]["loss:sum"]
+
+    def baseline_step(seqs: torch.Tensor) -> float:
+        logits = peft_model(input_ids=seqs[:, :-1], use_cache=False).logits
+        loss = F.cross_entropy(logits.float().reshape(-1, V), seqs[:, 1:].reshape(-1), reduction="sum")
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    times = {"lathe": [], "baseline": []}
+    cpu = {"lathe": [], "baseline": []}  # process CPU time: less sensitive to other load on a shared box
+    losses = {"lathe": [], "baseline": []}
+    for step in range(total_steps):
+        order = ("lathe", "baseline") if step % 2 == 0 else ("baseline", "lathe")
+        for side in order:
+            fn = lathe_step if side == "lathe" else baseline_step
+            C.collect()
+            t0, c0 = C.now(), C.cpu_now()
+            loss = fn(batches[step])
+            dt, dc = C.now() - t0, C.cpu_now() - c0
+            losses[side].append(loss)
+            if step >= args.warmup:
+                times[side].append(dt)
+                cpu[side].append(dc)
+        rel = abs(losses["lathe"][-1] - losses["baseline"][-1]) / abs(losses["baseline"][-1])
+        tag = "warm-up" if step < args.warmup else "timed"
+        print(f"step {step} ({tag}): loss lathe {losses['lathe'][-1]:.4f} baseline {losses['baseline'][-1]:.4f} "
+              f"(rel diff {rel:.2e})")
+        if step == 0:
+            assert rel < 1e-3, f"initial losses differ: lathe {losses['lathe'][0]} vs baseline {losses['baseline'][0]}"
+        elif rel > 1e-3:
+            print(f"  WARNING: losses diverge after {step} updates (rel {rel:.2e})")
+        if step >= args.warmup:
+            print(f"  wall: lathe {times['lathe'][-1]:.2f}s  baseline {times['baseline'][-1]:.2f}s   "
+                  f"cpu: lathe {cpu['lathe'][-1]:.2f}s  baseline {cpu['baseline'][-1]:.2f}s   load {C.loadavg()}")
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        for side, fn in (("lathe", lathe_step), ("baseline", baseline_step)):
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                fn(batches[-1])
+            print(f"---- profile of one {side} step (self CPU time) ----")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile_rows))
+
+    lathe_tps = args.steps * tokens_per_step / sum(times["lathe"])
+    base_tps = args.steps * tokens_per_step / sum(times["baseline"])
+    ratio = lathe_tps / base_tps
+    cpu_ratio = sum(cpu["baseline"]) / sum(cpu["lathe"])
+    best_ratio = min(times["baseline"]) / min(times["lathe"])  # fastest step each: robust to outside load
+    print(f"lathe:    {lathe_tps:8.1f} tokens/s  (median step {C.median(times['lathe']):.2f}s)")
+    print(f"baseline: {base_tps:8.1f} tokens/s  (median step {C.median(times['baseline']):.2f}s)")
+    print(f"ratio lathe/baseline = {ratio:.3f}  (target >= 1.2); by process CPU time {cpu_ratio:.3f}; "
+          f"fastest step vs fastest step {best_ratio:.3f}")
+    shared.close()
+    C.emit({
+        "bench": "engine-train",
+        "ratio": round(ratio, 4),
+        "baseline": "transformers+peft training loop, same model/data",
+        "lathe_tokens_per_s": round(lathe_tps, 2),
+        "baseline_tokens_per_s": round(base_tps, 2),
+        "params": shared.params,
+        "lora_params": lora_params,
+        "rank": args.rank,
+        "batch": B,
+        "seq": T,
+        "steps": args.steps,
+        "cpu_time_ratio": round(cpu_ratio, 4),
+        "best_step_ratio": round(best_ratio, 4),
+        "lathe_step_s": [round(t, 4) for t in times["lathe"]],
+        "baseline_step_s": [round(t, 4) for t in times["baseline"]],
+        "initial_loss": losses["lathe"][0],
+        "initial_loss_rel_diff": abs(losses["lathe"][0] - losses["baseline"][0]) / abs(losses["baseline"][0]),
+        "final_loss_rel_diff": abs(losses["lathe"][-1] - losses["baseline"][-1]) / abs(losses["baseline"][-1]),
+        "target": 1.2,
+        **C.env_info(),
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
