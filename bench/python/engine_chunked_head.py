@@ -9,7 +9,7 @@ resident set) across forward + backward, measured after the inputs and weights a
 RSS includes allocator slack: with small vocabularies (chunks under glibc's 32 MiB dynamic mmap threshold)
 freed chunks stay in the heap and the chunked peak creeps up with N; at the default 151936 vocabulary every
 [chunk, V] buffer is mmapped and returned, so the number is the live peak.
-The last stdout line is a JSON summary. Usage: python bench/python/bench_chunked_head.py [--tokens N ...]
+The last stdout line is a JSON summary. Usage: npm run bench -- engine-chunked-head [--tokens N ...]
 """
 
 from __future__ import annotations
