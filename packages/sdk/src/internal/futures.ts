@@ -1,0 +1,151 @@
+/**
+ * @module Polling a future with `POST /api/v1/retrieve_future` (tinker-protocol.md §3): 408 and
+ * `try_again` mean "not yet" (poll again; the server holds each poll up to ~30 s), `complete_metadata`
+ * asks for a second poll with the payload, `{error, category}` is a failed request, 410 an expired
+ * future. Training and sampling results come back as protobuf (JSON is accepted too).
+ */
+import { APIConnectionError, APIError, APIResponseValidationError, FutureExpiredError, RequestFailedError, type RequestErrorCategory } from '../core/errors.js';
+import type { ForwardBackwardOutput, SampleResponse } from '../core/types.js';
+import { decodeForwardBackwardOutput, decodeSampleResponse, ProtobufDecodeError } from './protobuf.js';
+import { backoffMs, responseJson, retryAfterMs, sleep, type HttpResponse, type Transport } from './transport.js';
+import { forwardBackwardOutputFromJson, forwardBackwardOutputFromProto, sampleResponseFromJson, sampleResponseFromProto } from './wire.js';
+
+/** What a future's result is. */
+export type ResultKind = 'json' | 'fwdbwd' | 'sample';
+
+/** The result type of each kind. */
+export type ResultOf<K extends ResultKind> = K extends 'fwdbwd' ? ForwardBackwardOutput : K extends 'sample' ? SampleResponse : unknown;
+
+/** Options of one poll loop. */
+export interface PollOptions<K extends ResultKind> {
+  kind: K;
+  /** `X-Tinker-Request-Type`, e.g. `ForwardBackward`. */
+  requestType: string;
+  /** HTTP timeout of each poll; must exceed the server's hold time. */
+  pollTimeoutMs: number;
+  signal?: AbortSignal | undefined;
+}
+
+/** A poll answered faster than this did not hold; the next one waits a little (see below). */
+const HELD_MS = 1000;
+/** Consecutive 400s tolerated (a load balancer may send a stray one), as the Python SDK does. */
+const MAX_BAD_REQUESTS = 3;
+
+const PROTO = 'application/x-protobuf';
+
+function category(value: unknown): RequestErrorCategory {
+  return value === 'user' || value === 'server' ? value : 'unknown';
+}
+
+/**
+ * Polls `requestId` until it resolves and returns the decoded result.
+ *
+ * @throws {RequestFailedError} when the request failed on the server; {@link FutureExpiredError} on 410;
+ *   an {@link APIError} for other fatal answers; {@link APIConnectionError} after repeated connection failures.
+ */
+export async function retrieveFuture<K extends ResultKind>(transport: Transport, requestId: string, options: PollOptions<K>): Promise<ResultOf<K>> {
+  const { initialRetryDelayMs, maxRetryDelayMs, maxRetries } = transport.config;
+  const binary = options.kind !== 'json';
+  let allowMetadataOnly = true;
+  let failures = 0;
+  let badRequests = 0;
+  let quickTryAgains = 0;
+  const started = Date.now();
+  for (let iteration = 0; ; iteration++) {
+    const headers: Record<string, string> = {
+      'x-tinker-request-iteration': String(iteration),
+      'x-tinker-request-type': options.requestType,
+    };
+    if (iteration === 0) headers['x-tinker-create-promise-roundtrip-time'] = String((Date.now() - started) / 1000);
+    const sentAt = Date.now();
+    let res;
+    try {
+      res = await transport.send({
+        method: 'POST',
+        path: 'api/v1/retrieve_future',
+        json: { request_id: requestId, allow_metadata_only: allowMetadataOnly },
+        accept: binary ? `${PROTO}, application/json` : 'application/json',
+        headers,
+        timeoutMs: options.pollTimeoutMs,
+        maxRetries: 0,
+        signal: options.signal,
+        passStatus: (s) => s === 400 || s === 408 || s === 410 || s === 429 || s >= 500,
+      });
+    } catch (error) {
+      if (error instanceof APIConnectionError && failures < maxRetries) {
+        await sleep(backoffMs(failures++, initialRetryDelayMs, maxRetryDelayMs), options.signal);
+        continue;
+      }
+      throw error;
+    }
+
+    const tryAgain = async (): Promise<void> => {
+      // A server that answers "not yet" without holding the poll would make us spin: back off a little.
+      if (Date.now() - sentAt < HELD_MS) await sleep(Math.min(10 * 1.5 ** quickTryAgains++, 250), options.signal);
+      else quickTryAgains = 0;
+    };
+
+    if (res.status === 408) {
+      failures = 0;
+      await tryAgain();
+      continue;
+    }
+    if (res.status === 410) {
+      let body: unknown;
+      try {
+        body = responseJson(res);
+      } catch {
+        body = undefined;
+      }
+      throw new FutureExpiredError(requestId, body, res.headers);
+    }
+    if (res.status === 429) {
+      await sleep(retryAfterMs(res.headers) ?? backoffMs(Math.min(failures, 6), initialRetryDelayMs, maxRetryDelayMs), options.signal);
+      continue;
+    }
+    if (res.status >= 500 || res.status === 400) {
+      const budget = res.status === 400 ? badRequests++ < MAX_BAD_REQUESTS : failures < maxRetries;
+      if (!budget) throw APIError.generate(res.status, safeJson(res), res.headers);
+      await sleep(retryAfterMs(res.headers) ?? backoffMs(failures++, initialRetryDelayMs, maxRetryDelayMs), options.signal);
+      continue;
+    }
+    failures = 0;
+
+    if (res.contentType.includes(PROTO)) {
+      if (!binary) throw new APIResponseValidationError(`retrieve_future ${requestId}: unexpected protobuf result for a ${options.requestType} request`);
+      try {
+        const result = options.kind === 'fwdbwd' ? forwardBackwardOutputFromProto(decodeForwardBackwardOutput(res.body)) : sampleResponseFromProto(decodeSampleResponse(res.body));
+        return result as ResultOf<K>;
+      } catch (error) {
+        if (error instanceof ProtobufDecodeError) throw new APIResponseValidationError(`retrieve_future ${requestId}: ${error.message}`, { cause: error });
+        throw error;
+      }
+    }
+    const body = responseJson<Record<string, unknown>>(res);
+    if (body['type'] === 'try_again') {
+      await tryAgain();
+      continue;
+    }
+    if (body['status'] === 'complete_metadata' && allowMetadataOnly) {
+      allowMetadataOnly = false;
+      continue;
+    }
+    if ('error' in body) {
+      const error = body['error'];
+      const message = typeof error === 'string' ? error : typeof error === 'object' && error !== null && typeof (error as { message?: unknown }).message === 'string' ? (error as { message: string }).message : JSON.stringify(error);
+      const cat = body['category'] ?? (typeof error === 'object' && error !== null ? (error as { category?: unknown }).category : undefined);
+      throw new RequestFailedError(message, requestId, category(cat));
+    }
+    if (options.kind === 'fwdbwd') return forwardBackwardOutputFromJson(body) as ResultOf<K>;
+    if (options.kind === 'sample') return sampleResponseFromJson(body) as ResultOf<K>;
+    return body as ResultOf<K>;
+  }
+}
+
+function safeJson(res: HttpResponse): unknown {
+  try {
+    return responseJson(res);
+  } catch {
+    return undefined;
+  }
+}

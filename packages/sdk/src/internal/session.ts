@@ -1,0 +1,177 @@
+/**
+ * @module The session behind a `ServiceClient` (the Python SDK's `InternalClientHolder`): created
+ * lazily on the first training or sampling call (`client/config`, then `create_session`), kept alive
+ * by a heartbeat every 10 s, finished by `close()`. It hands out the per-session counters
+ * (`model_seq_id`, `sampling_session_seq_id`).
+ */
+import { APIError, APIUserAbortError, LatheError } from '../core/errors.js';
+import { responseJson, type Transport } from './transport.js';
+import { requireString } from './wire.js';
+
+/** The server's client config (tinker-protocol.md §4.1.1), the fields this SDK uses. */
+export interface ServerClientConfig {
+  fwdbwdMaxChunkLen: number;
+  fwdbwdMaxChunkBytes: number;
+  createModelViaLoadWeights: boolean;
+}
+
+/** Session settings. */
+export interface SessionOptions {
+  sdkVersion: string;
+  tags: readonly string[];
+  userMetadata: Readonly<Record<string, string>>;
+  projectId: string | undefined;
+  heartbeatIntervalMs: number;
+}
+
+/** A started session. */
+export interface SessionInfo {
+  sessionId: string;
+  config: ServerClientConfig;
+}
+
+/** `promise`, or an {@link APIUserAbortError} as soon as `signal` fires. */
+export function abortable<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (!signal) return promise;
+  if (signal.aborted) return Promise.reject(new APIUserAbortError(undefined, { cause: signal.reason }));
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(new APIUserAbortError(undefined, { cause: signal.reason }));
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(value);
+      },
+      (error: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(error as Error);
+      },
+    );
+  });
+}
+
+function readConfig(body: Record<string, unknown>): ServerClientConfig {
+  const int = (key: string, fallback: number): number => (typeof body[key] === 'number' && (body[key] as number) > 0 ? (body[key] as number) : fallback);
+  return {
+    fwdbwdMaxChunkLen: int('fwdbwd_max_chunk_len', 1024),
+    fwdbwdMaxChunkBytes: int('fwdbwd_max_chunk_bytes_count', 5_000_000),
+    createModelViaLoadWeights: body['create_model_via_load_weights'] === true,
+  };
+}
+
+/**
+ * One session per `ServiceClient`.
+ *
+ * @example
+ * const session = new Session(transport, options);
+ * const { sessionId } = await session.ensure();
+ * await session.close();
+ */
+export class Session {
+  private starting: Promise<SessionInfo> | undefined;
+  private info: SessionInfo | undefined;
+  private heartbeat: ReturnType<typeof setInterval> | undefined;
+  private closed = false;
+  private modelSeq = 0;
+  private samplerSeq = 0;
+
+  constructor(
+    private readonly transport: Transport,
+    private readonly options: SessionOptions,
+  ) {}
+
+  /**
+   * The session, creating it on first use (a failed start is retried by the next call). `signal`
+   * stops this caller's wait, not the start that other callers share.
+   */
+  ensure(signal?: AbortSignal): Promise<SessionInfo> {
+    if (this.closed) return Promise.reject(new LatheError('this ServiceClient is closed'));
+    if (!this.starting) {
+      this.starting = this.start().catch((error: unknown) => {
+        this.starting = undefined;
+        throw error;
+      });
+    }
+    return signal ? abortable(this.starting, signal) : this.starting;
+  }
+
+  private async start(): Promise<SessionInfo> {
+    const configRes = await this.transport.send({ method: 'POST', path: 'api/v1/client/config', json: { sdk_version: this.options.sdkVersion } });
+    const config = readConfig(responseJson(configRes));
+    const body: Record<string, unknown> = {
+      tags: [...this.options.tags],
+      user_metadata: { ...this.options.userMetadata },
+      sdk_version: this.options.sdkVersion,
+      type: 'create_session',
+    };
+    if (this.options.projectId !== undefined) body['project_id'] = this.options.projectId;
+    const created = responseJson(await this.transport.send({ method: 'POST', path: 'api/v1/create_session', json: body }));
+    const info = { sessionId: requireString(created, 'session_id', 'create_session'), config };
+    if (this.closed) {
+      await this.finish(info.sessionId);
+      throw new LatheError('this ServiceClient is closed');
+    }
+    this.info = info;
+    this.startHeartbeat(info.sessionId);
+    return info;
+  }
+
+  private startHeartbeat(sessionId: string): void {
+    if (this.options.heartbeatIntervalMs <= 0) return;
+    const beat = async (): Promise<void> => {
+      try {
+        await this.transport.send({
+          method: 'POST',
+          path: 'api/v1/session_heartbeat',
+          json: { session_id: sessionId, type: 'session_heartbeat' },
+          timeoutMs: Math.min(10_000, this.transport.config.timeoutMs),
+          maxRetries: 0,
+        });
+      } catch (error) {
+        // 410: the session is finished, so stop beating. Other failures are transient.
+        if (error instanceof APIError && error.status === 410) this.stopHeartbeat();
+      }
+    };
+    this.heartbeat = setInterval(() => void beat(), this.options.heartbeatIntervalMs);
+    // In Node, a pending heartbeat must not keep the process alive.
+    (this.heartbeat as { unref?: () => void }).unref?.();
+  }
+
+  private stopHeartbeat(): void {
+    if (this.heartbeat !== undefined) clearInterval(this.heartbeat);
+    this.heartbeat = undefined;
+  }
+
+  /** The session id, once started. */
+  get sessionId(): string | undefined {
+    return this.info?.sessionId;
+  }
+
+  /** The next `model_seq_id` (one per training client). */
+  nextModelSeqId(): number {
+    return this.modelSeq++;
+  }
+
+  /** The next `sampling_session_seq_id` (shared by sampling sessions and unnamed sampler saves). */
+  nextSamplingSessionSeqId(): number {
+    return this.samplerSeq++;
+  }
+
+  private async finish(sessionId: string): Promise<void> {
+    try {
+      await this.transport.send({ method: 'POST', path: `api/v1/sessions/${encodeURIComponent(sessionId)}/finish`, json: {}, maxRetries: 1 });
+    } catch (error) {
+      // Servers without the route (404) or with the session already gone (410) are fine.
+      if (!(error instanceof APIError && (error.status === 404 || error.status === 410))) throw error;
+    }
+  }
+
+  /** Stops the heartbeat and finishes the session on the server (if one was started). */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.stopHeartbeat();
+    const info = this.info ?? (await this.starting?.catch(() => undefined));
+    if (info) await this.finish(info.sessionId);
+  }
+}

@@ -1,0 +1,274 @@
+/**
+ * @module Conversions between the public camelCase types and the snake_case wire (JSON bodies,
+ * protobuf messages). Every response mapper tolerates missing optional fields and ignores extra ones.
+ */
+import { APIResponseValidationError } from '../core/errors.js';
+import { TensorData, toTensorData } from '../core/tensor.js';
+import type {
+  AdamParams,
+  Checkpoint,
+  CheckpointsListResponse,
+  Cursor,
+  Datum,
+  ForwardBackwardOutput,
+  GetInfoResponse,
+  GetServerCapabilitiesResponse,
+  ModelInput,
+  SampleResponse,
+  SamplingParams,
+  TrainingRun,
+  WeightsInfoResponse,
+} from '../core/types.js';
+import type { PbChunkIn, PbDatumIn, PbForwardBackwardOutput, PbSampleResponse } from './protobuf.js';
+
+type Json = Record<string, unknown>;
+
+// ---------------------------------------------------------------------------------------------
+// Requests
+
+/** The protobuf form of a datum; loss inputs become dense tensors with their shapes. */
+export function datumToProto(datum: Datum, index: number): PbDatumIn {
+  const chunks: PbChunkIn[] = datum.modelInput.chunks.map((c) =>
+    c.type === 'encoded_text' ? { kind: 'encoded_text', tokens: c.tokens } : { kind: 'image', data: c.data, format: c.format, expectedTokens: c.expectedTokens },
+  );
+  const lossFnInputs: Record<string, PbDatumIn['lossFnInputs'][string]> = {};
+  for (const [key, value] of Object.entries(datum.lossFnInputs)) {
+    let tensor: TensorData;
+    try {
+      tensor = toTensorData(key, value);
+    } catch (error) {
+      throw new TypeError(`data[${index}].lossFnInputs['${key}']: ${(error as Error).message}`);
+    }
+    lossFnInputs[key] = { dtype: tensor.dtype, shape: tensor.shape, data: tensor.data };
+  }
+  return { chunks, lossFnInputs };
+}
+
+/** Estimated bytes of a datum on the protobuf wire (4 per token plus tensor bytes), as the Python SDK counts. */
+export function estimateDatumBytes(datum: Datum): number {
+  let bytes = 0;
+  for (const c of datum.modelInput.chunks) bytes += c.type === 'encoded_text' ? c.tokens.length * 4 : c.data.length;
+  for (const [key, value] of Object.entries(datum.lossFnInputs)) {
+    if (value instanceof TensorData) bytes += value.data.byteLength;
+    else bytes += value.length * (toTensorDtypeWidth(key, value));
+  }
+  return bytes;
+}
+
+function toTensorDtypeWidth(key: string, value: Exclude<Datum['lossFnInputs'][string], TensorData>): number {
+  if (key === 'target_tokens') return 8;
+  if (['weights', 'advantages', 'logprobs', 'clip_low_threshold', 'clip_high_threshold'].includes(key)) return 4;
+  return value instanceof BigInt64Array || value instanceof Int32Array || value instanceof Uint32Array ? 8 : 4;
+}
+
+function base64(bytes: Uint8Array): string {
+  let binary = '';
+  for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(binary);
+}
+
+/** The JSON form of a model input. */
+export function modelInputToJson(input: ModelInput): Json {
+  return {
+    chunks: input.chunks.map((c) =>
+      c.type === 'encoded_text'
+        ? { tokens: [...c.tokens], type: 'encoded_text' }
+        : { data: base64(c.data), format: c.format, ...(c.expectedTokens !== undefined ? { expected_tokens: c.expectedTokens } : {}), type: 'image' },
+    ),
+  };
+}
+
+/** Sampling params as the Python SDK sends them: unset optional fields omitted, defaults always sent. */
+export function samplingParamsToJson(p: SamplingParams | undefined): Json {
+  const params = p ?? {};
+  const out: Json = {};
+  if (params.maxTokens !== undefined) out['max_tokens'] = params.maxTokens;
+  if (params.seed !== undefined) out['seed'] = params.seed;
+  if (params.stop !== undefined) out['stop'] = typeof params.stop === 'string' ? params.stop : [...params.stop];
+  out['temperature'] = params.temperature ?? 1;
+  out['top_k'] = params.topK ?? -1;
+  out['top_p'] = params.topP ?? 1;
+  return out;
+}
+
+/** All six Adam fields, with the Python SDK's defaults. */
+export function adamParamsToJson(p: AdamParams): Json {
+  return {
+    learning_rate: p.learningRate ?? 1e-4,
+    beta1: p.beta1 ?? 0.9,
+    beta2: p.beta2 ?? 0.95,
+    eps: p.eps ?? 1e-12,
+    weight_decay: p.weightDecay ?? 0,
+    grad_clip_norm: p.gradClipNorm ?? 0,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Responses
+
+const str = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
+const num = (v: unknown): number | undefined => (typeof v === 'number' ? v : undefined);
+const bool = (v: unknown): boolean | undefined => (typeof v === 'boolean' ? v : undefined);
+const obj = (v: unknown): Json => (typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Json) : {});
+
+/** A required string field, or an {@link APIResponseValidationError} naming it. */
+export function requireString(body: unknown, key: string, what: string): string {
+  const value = obj(body)[key];
+  if (typeof value !== 'string') throw new APIResponseValidationError(`${what}: expected a string "${key}" in ${JSON.stringify(body)?.slice(0, 200)}`);
+  return value;
+}
+
+/** A decoded protobuf output as the public type. */
+export function forwardBackwardOutputFromProto(pb: PbForwardBackwardOutput): ForwardBackwardOutput {
+  return {
+    lossFnOutputType: pb.lossFnOutputType,
+    lossFnOutputs: pb.lossFnOutputs.map((rec) => Object.fromEntries(Object.entries(rec).map(([k, t]) => [k, new TensorData(t.dtype, t.data as never, t.shape)]))),
+    metrics: pb.metrics,
+  };
+}
+
+function tensorFromJson(value: unknown): TensorData {
+  const t = obj(value);
+  const data = Array.isArray(t['data']) ? (t['data'] as number[]) : [];
+  const dtype = t['dtype'] === 'int64' ? 'int64' : 'float32';
+  const shape = Array.isArray(t['shape']) ? (t['shape'] as number[]) : undefined;
+  return TensorData.from(data, dtype, shape);
+}
+
+/** The JSON form of a forward/backward result (older servers), as the public type. */
+export function forwardBackwardOutputFromJson(body: unknown): ForwardBackwardOutput {
+  const b = obj(body);
+  const outputs = Array.isArray(b['loss_fn_outputs']) ? (b['loss_fn_outputs'] as unknown[]) : [];
+  return {
+    lossFnOutputType: str(b['loss_fn_output_type']) ?? 'ArrayRecord',
+    lossFnOutputs: outputs.map((rec) => Object.fromEntries(Object.entries(obj(rec)).map(([k, t]) => [k, tensorFromJson(t)]))),
+    metrics: { ...(obj(b['metrics']) as Record<string, number>) },
+  };
+}
+
+/** A decoded protobuf sample result as the public type. */
+export function sampleResponseFromProto(pb: PbSampleResponse): SampleResponse {
+  return {
+    sequences: pb.sequences.map((s) => ({ stopReason: s.stopReason, tokens: s.tokens, logprobs: s.logprobs })),
+    promptLogprobs: pb.promptLogprobs,
+    topkPromptLogprobs: pb.topkPromptLogprobs,
+    promptCacheHitTokens: pb.promptCacheHitTokens,
+  };
+}
+
+/** The JSON form of a sample result (older servers), as the public type. */
+export function sampleResponseFromJson(body: unknown): SampleResponse {
+  const b = obj(body);
+  const sequences = Array.isArray(b['sequences']) ? (b['sequences'] as unknown[]) : [];
+  return {
+    sequences: sequences.map((s) => {
+      const seq = obj(s);
+      return {
+        stopReason: seq['stop_reason'] === 'length' ? 'length' : 'stop',
+        tokens: Array.isArray(seq['tokens']) ? (seq['tokens'] as number[]) : [],
+        logprobs: Array.isArray(seq['logprobs']) ? (seq['logprobs'] as number[]) : null,
+      };
+    }),
+    promptLogprobs: Array.isArray(b['prompt_logprobs']) ? (b['prompt_logprobs'] as (number | null)[]) : null,
+    topkPromptLogprobs: Array.isArray(b['topk_prompt_logprobs']) ? (b['topk_prompt_logprobs'] as ([number, number][] | null)[]) : null,
+    promptCacheHitTokens: num(b['prompt_cache_hit_tokens']) ?? 0,
+  };
+}
+
+export function getInfoFromJson(body: unknown): GetInfoResponse {
+  const b = obj(body);
+  const data = obj(b['model_data']);
+  return {
+    modelId: str(b['model_id']) ?? '',
+    modelName: str(b['model_name']),
+    isLora: bool(b['is_lora']),
+    loraRank: num(b['lora_rank']),
+    modelData: { arch: str(data['arch']), modelName: str(data['model_name']), tokenizerId: str(data['tokenizer_id']) },
+  };
+}
+
+export function capabilitiesFromJson(body: unknown): GetServerCapabilitiesResponse {
+  const models = obj(body)['supported_models'];
+  return {
+    supportedModels: (Array.isArray(models) ? models : []).map((m) => {
+      const model = obj(m);
+      return {
+        modelName: str(model['model_name']),
+        maxContextLength: num(model['max_context_length']),
+        trainable: bool(model['trainable']),
+        sampleable: bool(model['sampleable']),
+      };
+    }),
+  };
+}
+
+export function weightsInfoFromJson(body: unknown): WeightsInfoResponse {
+  const b = obj(body);
+  return {
+    baseModel: str(b['base_model']) ?? '',
+    isLora: bool(b['is_lora']) ?? true,
+    loraRank: num(b['lora_rank']),
+    trainUnembed: bool(b['train_unembed']),
+    trainMlp: bool(b['train_mlp']),
+    trainAttn: bool(b['train_attn']),
+  };
+}
+
+export function checkpointFromJson(value: unknown): Checkpoint {
+  const c = obj(value);
+  return {
+    checkpointId: str(c['checkpoint_id']) ?? '',
+    checkpointType: c['checkpoint_type'] === 'sampler' ? 'sampler' : 'training',
+    time: str(c['time']) ?? '',
+    tinkerPath: str(c['tinker_path']) ?? '',
+    sizeBytes: num(c['size_bytes']),
+    public: bool(c['public']) ?? false,
+    expiresAt: str(c['expires_at']),
+  };
+}
+
+export function cursorFromJson(value: unknown): Cursor | undefined {
+  if (typeof value !== 'object' || value === null) return undefined;
+  const c = obj(value);
+  return { offset: num(c['offset']) ?? 0, limit: num(c['limit']) ?? 0, totalCount: num(c['total_count']) ?? 0 };
+}
+
+export function trainingRunFromJson(value: unknown): TrainingRun {
+  const r = obj(value);
+  const meta = r['user_metadata'];
+  return {
+    trainingRunId: str(r['training_run_id']) ?? '',
+    baseModel: str(r['base_model']) ?? '',
+    modelOwner: str(r['model_owner']) ?? '',
+    isLora: bool(r['is_lora']) ?? true,
+    corrupted: bool(r['corrupted']) ?? false,
+    loraRank: num(r['lora_rank']),
+    lastRequestTime: str(r['last_request_time']) ?? '',
+    lastCheckpoint: r['last_checkpoint'] ? checkpointFromJson(r['last_checkpoint']) : undefined,
+    lastSamplerCheckpoint: r['last_sampler_checkpoint'] ? checkpointFromJson(r['last_sampler_checkpoint']) : undefined,
+    userMetadata: typeof meta === 'object' && meta !== null ? (meta as Record<string, string>) : undefined,
+  };
+}
+
+export function checkpointsListFromJson(body: unknown): CheckpointsListResponse {
+  const b = obj(body);
+  return {
+    checkpoints: (Array.isArray(b['checkpoints']) ? (b['checkpoints'] as unknown[]) : []).map(checkpointFromJson),
+    cursor: cursorFromJson(b['cursor']),
+  };
+}
+
+/** Splits `tinker://{model_id}/{weights|sampler_weights}/{name}` into run id and checkpoint id. */
+export function parseTinkerPath(path: string): { trainingRunId: string; checkpointId: string } {
+  if (!path.startsWith('tinker://')) throw new TypeError(`not a tinker:// path: ${JSON.stringify(path)}`);
+  const parts = path.slice('tinker://'.length).split('/');
+  if (parts.length !== 3 || (parts[1] !== 'weights' && parts[1] !== 'sampler_weights') || !parts[0] || !parts[2]) {
+    throw new TypeError(`invalid tinker path ${JSON.stringify(path)}: expected tinker://<run>/weights/<name> or tinker://<run>/sampler_weights/<name>`);
+  }
+  return { trainingRunId: parts[0], checkpointId: `${parts[1]}/${parts[2]}` };
+}
+
+/** A path segment escaped for a URL; checkpoint ids keep their `/`. */
+export function escapeSegment(value: string, keepSlashes = false): string {
+  return keepSlashes ? value.split('/').map(encodeURIComponent).join('/') : encodeURIComponent(value);
+}
