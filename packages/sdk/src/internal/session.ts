@@ -5,6 +5,7 @@
  * (`model_seq_id`, `sampling_session_seq_id`).
  */
 import { APIError, APIUserAbortError, LatheError } from '../core/errors.js';
+import { raceAbort } from './abort.js';
 import { responseJson, type Transport } from './transport.js';
 import { requireString } from './wire.js';
 
@@ -32,22 +33,7 @@ export interface SessionInfo {
 
 /** `promise`, or an {@link APIUserAbortError} as soon as `signal` fires. */
 export function abortable<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
-  if (!signal) return promise;
-  if (signal.aborted) return Promise.reject(new APIUserAbortError(undefined, { cause: signal.reason }));
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = (): void => reject(new APIUserAbortError(undefined, { cause: signal.reason }));
-    signal.addEventListener('abort', onAbort, { once: true });
-    promise.then(
-      (value) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(value);
-      },
-      (error: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(error as Error);
-      },
-    );
-  });
+  return signal ? raceAbort(promise, signal, (reason) => new APIUserAbortError(undefined, { cause: reason })) : promise;
 }
 
 function readConfig(body: Record<string, unknown>): ServerClientConfig {

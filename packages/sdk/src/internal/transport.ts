@@ -5,6 +5,7 @@
  * request is reused across its retries, and so is its body (hence its `seq_id`).
  */
 import { APIConnectionError, APIError, APIResponseValidationError, APITimeoutError, APIUserAbortError } from '../core/errors.js';
+import { raceAbort } from './abort.js';
 
 /** Resolved transport settings. */
 export interface TransportConfig {
@@ -136,24 +137,6 @@ export function isRetryableStatus(status: number, headers: Headers): boolean {
   return status === 408 || status === 429 || status >= 500;
 }
 
-/** Waits for `promise`, rejecting as soon as `signal` aborts (for fetch implementations that ignore it). */
-function raceAbort<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason as Error);
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = (): void => reject(signal.reason as Error);
-    signal.addEventListener('abort', onAbort, { once: true });
-    promise.then(
-      (value) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(value);
-      },
-      (error: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(error as Error);
-      },
-    );
-  });
-}
 
 /**
  * Sends requests to one server.
@@ -238,8 +221,8 @@ export class Transport {
       const init: RequestInit = { method: req.method, headers, signal: controller.signal };
       if (body !== undefined) init.body = body;
       if (req.redirect) init.redirect = req.redirect;
-      const response = await raceAbort(this.config.fetch(this.url(req.path, req.query), init), controller.signal);
-      const bytes = new Uint8Array(await raceAbort(response.arrayBuffer(), controller.signal));
+      const response = await raceAbort(this.config.fetch(this.url(req.path, req.query), init), controller.signal, (reason) => reason as Error);
+      const bytes = new Uint8Array(await raceAbort(response.arrayBuffer(), controller.signal, (reason) => reason as Error));
       return { status: response.status, headers: response.headers, body: bytes, contentType: response.headers.get('content-type') ?? '' };
     } catch (error) {
       if (timedOut) throw new APITimeoutError(`Request timed out after ${timeoutMs} ms.`, { cause: error });
