@@ -274,3 +274,20 @@ def test_sampling_prompt_logprobs_and_concurrency(server):
     for t in threads:
         t.join()
     assert len(results) == 12 and all(len(r["sequences"][0]["tokens"]) == 3 for r in results)
+
+
+def test_save_state_refuses_to_overwrite_unless_asked(server):
+    c = client(server)
+    run = c.create_model(MODEL, rank=4)
+    first_seq = run.seq + 1
+    path = run.save_state("same-name")
+    body = {"model_id": run.model_id, "path": "same-name", "seq_id": first_seq, "overwrite": False, "type": "save_weights"}
+    # A retry of the original save (same seq_id) is the original future...
+    retried = c.ok(c.post("save_weights", body))["request_id"]
+    assert c.retrieve(retried, "SaveWeights")["path"] == path
+    # ...a new save under the same name is refused unless overwrite is set.
+    refused = c.post("save_weights", {**body, "seq_id": run.next_seq()})
+    assert error_of(refused, 400)["type"] == "already_exists"
+    run.seq -= 1
+    replaced = c.ok(c.post("save_weights", {**body, "seq_id": run.next_seq(), "overwrite": True}))
+    assert c.retrieve(replaced["request_id"], "SaveWeights")["path"] == path

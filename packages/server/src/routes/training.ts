@@ -170,12 +170,20 @@ export function trainingRoutes(app: TypedApp, services: Services): void {
     name: string,
     ttlSeconds: number | null | undefined,
     sampler: { samplerId: string; sessionId: string; baseModel: string } | null = null,
+    overwrite = true,
   ): Promise<string> {
     checkName(name);
+    const who = owner(request as never);
+    if (!overwrite && (await store.checkpoints.get(found.modelId, `${kind}/${name}`, who))) {
+      // A retry of the save that created it gets its original future; anything else is refused.
+      const original = await store.requests.findBySeq(found.modelId, seqId, who);
+      if (original) return original.requestId;
+      throw badRequest(`checkpoint ${formatTinkerPath(found.modelId, kind, name)} already exists; pass overwrite=true to replace it`, 'already_exists');
+    }
     if (ttlSeconds !== undefined && ttlSeconds !== null && ttlSeconds <= 0) throw badRequest('ttl_seconds must be positive', 'invalid_ttl');
     const storagePath = checkpointDir(services.dataDir, found.modelId, kind, name);
     mkdirSync(path.dirname(storagePath), { recursive: true });
-    return services.submitTraining(owner(request as never), found, seqId, { kind: 'save_adapter', path: storagePath, includeOptimizer: kind === 'weights' }, {
+    return services.submitTraining(who, found, seqId, { kind: 'save_adapter', path: storagePath, includeOptimizer: kind === 'weights' }, {
       kind: 'save',
       checkpointType: kind === 'weights' ? 'training' : 'sampler',
       checkpointId: `${kind}/${name}`,
@@ -190,7 +198,7 @@ export function trainingRoutes(app: TypedApp, services: Services): void {
   app.post('/api/v1/save_weights', { schema: { body: SaveWeightsBody } }, async (request) => {
     const body = request.body;
     const found = await run(request, body.model_id);
-    const requestId = await saveCheckpoint(request, found, body.seq_id, 'weights', body.path, body.ttl_seconds);
+    const requestId = await saveCheckpoint(request, found, body.seq_id, 'weights', body.path, body.ttl_seconds, null, body.overwrite ?? false);
     return { request_id: requestId, model_id: found.modelId };
   });
 

@@ -50,6 +50,8 @@ export interface RequestRepo {
   complete(requestId: string, result: Uint8Array, now: number): Promise<void>;
   /** pending/running → failed with `error` (no-op once finished: the first outcome wins). */
   fail(requestId: string, error: RequestError, now: number): Promise<void>;
+  /** The owner's request logged for `(target, seqId)`, if any. */
+  findBySeq(target: string, seqId: number, owner: string): Promise<RequestRow | undefined>;
   /** Completed requests of `target` with `seqId > afterSeq`, in seq order (replay after a crash). */
   completedSince(target: string, afterSeq: number): Promise<RequestRow[]>;
   /** Pending or running requests, oldest first (recovery after a restart). */
@@ -144,6 +146,11 @@ export function createRequestRepo(db: Kysely<Database>): RequestRepo {
         .where('request_id', '=', requestId)
         .where('status', 'in', UNFINISHED)
         .execute();
+    },
+
+    async findBySeq(target, seqId, owner) {
+      const r = await db.selectFrom('requests').selectAll().where('target', '=', target).where('seq_id', '=', seqId).where('owner', '=', owner).executeTakeFirst();
+      return r === undefined ? undefined : toRow(r);
     },
 
     async completedSince(target, afterSeq) {
