@@ -5,12 +5,12 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { runDemo } from '../src/commands/demo.js';
 
-test('lathe demo fine-tunes the tiny model: loss falls and the sample becomes the target', async () => {
+test('lathe demo fine-tunes the tiny model through server + SDK: loss falls and the sample becomes the target', async () => {
   const lines: string[] = [];
   const result = await runDemo({
     model: 'lathe/tiny-qwen3',
     steps: 30,
-    modelsDir: mkdtempSync(path.join(os.tmpdir(), 'lathe-demo-')),
+    dataDir: mkdtempSync(path.join(os.tmpdir(), 'lathe-demo-')),
     log: (line) => lines.push(line),
   });
   assert.ok(result.lossAfter < result.lossBefore / 100, `loss ${result.lossBefore} -> ${result.lossAfter}`);

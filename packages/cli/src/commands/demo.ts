@@ -1,16 +1,22 @@
 /**
- * @module `lathe demo`: the smallest end-to-end fine-tune. Until the HTTP server lands it talks to
- * a local worker directly.
+ * @module `lathe demo`: the whole system on embedded defaults. It starts a server in this process
+ * (SQLite, local worker, built-in tiny model), creates an API key, and fine-tunes a LoRA adapter
+ * through the TypeScript SDK over HTTP, exactly as a user's training loop would.
  */
+import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { familyForModel, loadTokenizer } from '@lathe/cookbook';
-import { floatsToWire, startLocalWorker, tokensToWire, wireToNumbers, type WireTensor } from '@lathe/server';
+import { ModelInput, ServiceClient, type Datum, type TrainingClient } from '@lathe/sdk';
+import { createServer } from '@lathe/server';
 
 /** Options for {@link runDemo}. */
 export interface DemoOptions {
   model: string;
   steps: number;
-  modelsDir: string;
+  /** The server's data directory (database, checkpoints, models). */
+  dataDir: string;
+  /** Where models are found and tiny models written; default `<dataDir>/models`. */
+  modelsDir?: string;
   log: (line: string) => void;
 }
 
@@ -26,78 +32,65 @@ export interface DemoResult {
 const PROMPT = 'Q: What does a lathe do?\nA:';
 const COMPLETION = ' It spins the wood while a fixed tool shapes it.';
 
-interface FwdResult {
-  results: { ok: boolean; metrics?: Record<string, number>; error?: { message: string } }[];
-}
-interface SampleResult {
-  results: { ok: boolean; sequences?: { tokens: WireTensor }[]; error?: { message: string } }[];
-}
-
 /**
- * Fine-tunes a LoRA adapter on one prompt/completion pair and reports the change.
+ * Fine-tunes a LoRA adapter on one prompt/completion pair through a local server and reports the
+ * change in loss and in the greedy sample.
  *
  * @example
- * const r = await runDemo({ model: 'lathe/tiny-qwen3', steps: 30, modelsDir: '.lathe/models', log: console.log });
+ * const r = await runDemo({ model: 'lathe/tiny-qwen3', steps: 30, dataDir: '.lathe', log: console.log });
  * r.lossAfter < r.lossBefore; // true
  */
 export async function runDemo(options: DemoOptions): Promise<DemoResult> {
   const { log } = options;
-  const tokenizer = loadTokenizer(familyForModel(options.model));
-  const prompt = tokenizer.encode(PROMPT);
-  const completion = tokenizer.encode(COMPLETION);
-  const full = [...prompt, ...completion];
-  // Position i predicts token i+1; only the completion's tokens carry weight.
-  const datum = {
-    tokens: tokensToWire(full.slice(0, -1)),
-    loss_fn_inputs: {
-      target_tokens: tokensToWire(full.slice(1)),
-      weights: floatsToWire(full.slice(1).map((_, i) => (i + 1 >= prompt.length ? 1 : 0))),
-    },
-  };
-  const item = { adapter: 'demo', loss_fn: 'cross_entropy', data: [datum] };
-
-  log(`starting a local worker with ${options.model} ...`);
-  const worker = await startLocalWorker({ modelsDir: path.resolve(options.modelsDir), model: options.model });
+  const dataDir = path.resolve(options.dataDir);
+  mkdirSync(dataDir, { recursive: true });
+  log(`starting a server on ${dataDir} (SQLite, local worker) ...`);
+  const server = await createServer({ dataDir, ...(options.modelsDir ? { modelsDir: path.resolve(options.modelsDir) } : {}) });
+  const baseUrl = await server.app.listen({ host: '127.0.0.1', port: 0 });
+  const { key } = await server.services.store.keys.create('lathe demo');
+  const service = new ServiceClient({ baseUrl, apiKey: key });
   try {
-    const { client } = worker;
-    await client.request('create_adapter', { adapter: 'demo', lora: { rank: 16, seed: 0 } });
-
-    const meanLoss = async (): Promise<number> => {
-      const reply = await client.request<FwdResult>('forward', { items: [item] });
-      const result = reply.results[0];
-      if (!result?.ok || !result.metrics) throw new Error(result?.error?.message ?? 'forward failed');
-      return (result.metrics['loss:sum'] ?? Number.NaN) / completion.length;
+    const tokenizer = loadTokenizer(familyForModel(options.model));
+    const prompt = tokenizer.encode(PROMPT);
+    const completion = tokenizer.encode(COMPLETION);
+    const full = [...prompt, ...completion];
+    // Position i predicts token i+1; only the completion's tokens carry weight.
+    const datum: Datum = {
+      modelInput: ModelInput.fromInts(full.slice(0, -1)),
+      lossFnInputs: { target_tokens: full.slice(1), weights: full.slice(1).map((_, i) => (i + 1 >= prompt.length ? 1 : 0)) },
     };
-    const greedy = async (): Promise<string> => {
-      const reply = await client.request<SampleResult>('sample', {
-        items: [{ adapter: 'demo', prompt: tokensToWire(prompt), num_samples: 1, sampling_params: { max_tokens: completion.length, temperature: 0 } }],
-      });
-      const sequence = reply.results[0]?.sequences?.[0];
-      if (!sequence) throw new Error(reply.results[0]?.error?.message ?? 'sample failed');
-      return tokenizer.decode(wireToNumbers(sequence.tokens));
+    const training = await service.createLoraTrainingClient({ baseModel: options.model, rank: 16, seed: 0 });
+    log(`server ${baseUrl}, training run ${training.modelId}`);
+
+    const meanLoss = async (): Promise<number> => ((await training.forward([datum], 'cross_entropy')).metrics['loss:sum'] ?? Number.NaN) / completion.length;
+    const greedy = async (client: TrainingClient): Promise<string> => {
+      const sampler = await client.saveWeightsAndGetSamplingClient();
+      const result = await sampler.sample({ prompt: ModelInput.fromInts(prompt), numSamples: 1, samplingParams: { maxTokens: completion.length, temperature: 0 } });
+      return tokenizer.decode(result.sequences[0]?.tokens ?? []);
     };
 
     const lossBefore = await meanLoss();
-    const sampleBefore = await greedy();
+    const sampleBefore = await greedy(training);
     log(`prompt:          ${JSON.stringify(PROMPT)}`);
     log(`target:          ${JSON.stringify(COMPLETION)}`);
     log(`loss before:     ${lossBefore.toFixed(4)} nats/token`);
     log(`sample before:   ${JSON.stringify(sampleBefore)}`);
     for (let step = 1; step <= options.steps; step++) {
-      const reply = await client.request<FwdResult>('forward_backward', { items: [item] });
-      const result = reply.results[0];
-      if (!result?.ok) throw new Error(result?.error?.message ?? 'forward_backward failed');
-      await client.request('optim_step', { adapter: 'demo', adam_params: { learning_rate: 1e-2 } });
+      // Submit the step and its optimizer update together (pipelined), then wait for both.
+      const [out] = await Promise.all([training.forwardBackward([datum], 'cross_entropy'), training.optimStep({ learningRate: 1e-2 })]);
       if (step % 10 === 0 || step === options.steps) {
-        log(`step ${String(step).padStart(3)}  loss ${((result.metrics?.['loss:sum'] ?? Number.NaN) / completion.length).toFixed(4)}`);
+        log(`step ${String(step).padStart(3)}  loss ${((out.metrics['loss:sum'] ?? Number.NaN) / completion.length).toFixed(4)}`);
       }
     }
     const lossAfter = await meanLoss();
-    const sampleAfter = await greedy();
+    const sampleAfter = await greedy(training);
     log(`loss after:      ${lossAfter.toFixed(4)} nats/token`);
     log(`sample after:    ${JSON.stringify(sampleAfter)}`);
+    const saved = await training.saveState('demo-final');
+    log(`saved state:     ${saved.path}`);
     return { lossBefore, lossAfter, sampleBefore, sampleAfter, target: COMPLETION };
   } finally {
-    await worker.stop();
+    await service.close();
+    await server.close();
   }
 }
