@@ -22,6 +22,13 @@ WORKER = Path(__file__).resolve().parents[2] / "worker"
 if str(WORKER) not in sys.path:
     sys.path.insert(0, str(WORKER))
 
+# Like `python -m lathe_worker`, re-execute once with glibc malloc tuned (before torch is imported), so
+# the benchmark process allocates the way the real worker does. Both sides of every benchmark run in
+# this one process, so both get it. LATHE_MALLOC_TUNED=0 opts out (glibc defaults).
+from lathe_worker.malloc_env import reexec_with_malloc_tuning  # noqa: E402
+
+reexec_with_malloc_tuning()
+
 import torch  # noqa: E402
 import warnings  # noqa: E402
 
@@ -202,6 +209,7 @@ def median(xs) -> float:
 def env_info() -> dict:
     return {
         "torch": torch.__version__,
+        "malloc_tuned": os.environ.get("LATHE_MALLOC_TUNED") == "1",
         "threads": torch.get_num_threads(),
         "loadavg_end": loadavg(),
         "cpu_count": os.cpu_count(),

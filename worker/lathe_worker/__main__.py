@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
-import logging
-import os
-from pathlib import Path
+if __name__ == "__main__":
+    # Before torch is imported: glibc reads its malloc settings at process start (see malloc_env.py).
+    from .malloc_env import reexec_with_malloc_tuning
 
-import torch
+    reexec_with_malloc_tuning()
 
-from .engine import Engine
-from .handlers import Handlers
-from .models.registry import ModelRegistry
-from .server import serve
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+from .engine import Engine  # noqa: E402
+from .handlers import Handlers  # noqa: E402
+from .models.registry import ModelRegistry  # noqa: E402
+from .server import serve  # noqa: E402
 
 
 def main() -> None:

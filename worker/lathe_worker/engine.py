@@ -15,12 +15,12 @@ import torch
 
 from . import checkpoint
 from .errors import UserError
-from .logprobs import target_logprobs
+from .logprobs import head_chunk_tokens, target_logprobs
 from .lora import LoraAdapter, LoraBatch, LoraConfig
 from .losses import compute_loss, validate_loss_inputs
 from .models.loading import load_model
 from .models.registry import ModelRegistry
-from .models.transformer import Transformer, causal_padding_mask
+from .models.transformer import Transformer
 from .optim import AdamParams, AdapterOptimizer
 from .peft_export import export_peft
 from .sampler import SampleRequest, sample_batch
@@ -58,6 +58,9 @@ class Engine:
     # Rows × padded length processed per forward/backward pass; larger batches are split into
     # micro-batches whose gradients accumulate, so memory stays bounded.
     max_batch_tokens: int = 16384
+    # Bytes of LM-head logits one micro-batch may keep from forward to backward instead of recomputing
+    # them chunk by chunk (None: 512 MiB on CPU, 2 GiB on an accelerator). Bigger items recompute.
+    head_logits_budget: int | None = None
     model_name: str | None = None
     model: Transformer | None = None
     adapters: dict[str, AdapterSlot] = field(default_factory=dict)
@@ -228,13 +231,12 @@ class Engine:
         rows: list[tuple[int, int]],
         logprobs_per_item: dict[int, list[torch.Tensor]],
     ) -> torch.Tensor | None:
-        lengths = torch.tensor([items[i].data[j].tokens.numel() for i, j in rows])
-        width = int(lengths.max())
+        lengths = [items[i].data[j].tokens.numel() for i, j in rows]
+        width = max(lengths)
         input_ids = torch.zeros(len(rows), width, dtype=torch.long)
         for r, (i, j) in enumerate(rows):
             input_ids[r, : lengths[r]] = items[i].data[j].tokens
-        positions = torch.arange(width).expand(len(rows), width)
-        mask = causal_padding_mask(lengths, width)
+        positions = torch.arange(width, device=self.device).expand(len(rows), width)
         groups: list[tuple[LoraAdapter | None, int, int]] = []
         for r, (i, _) in enumerate(rows):
             adapter = self._adapter_or_base(items[i].adapter_id)
@@ -242,11 +244,16 @@ class Engine:
                 groups[-1] = (adapter, groups[-1][1], r + 1)
             else:
                 groups.append((adapter, r, r + 1))
-        hidden = model(
-            input_ids.to(self.device), positions.to(self.device), mask.to(self.device), lora=LoraBatch(groups)
-        )
+        # Right padding: a plain causal mask (attn_mask=None) is exact for every real token, and the
+        # outputs at padding positions are never read.
+        hidden = model(input_ids.to(self.device), positions, None, lora=LoraBatch(groups))
+        vocab = model.config.vocab_size
+        itemsize = hidden.element_size()
+        chunk = head_chunk_tokens(vocab, self.device, itemsize)
+        budget = self._head_logits_budget()
         total: torch.Tensor | None = None
-        # Consecutive rows of the same item share a loss call; per-datum logprobs are split back.
+        # Consecutive rows of the same item share a loss call, and rows whose targets have the same
+        # trailing shape share one LM-head pass (fewer, fuller chunks); per-datum logprobs are split back.
         r = 0
         while r < len(rows):
             i = rows[r][0]
@@ -256,19 +263,40 @@ class Engine:
             item = items[i]
             adapter = self._adapter_or_base(item.adapter_id)
             datums = [item.data[j] for _, j in rows[r:end]]
-            lps = [
-                target_logprobs(
-                    hidden[row, : int(lengths[row])],
-                    lambda h, a=adapter: model.lm_head_logits(h, a),
-                    d.inputs["target_tokens"].to(self.device),
-                )
-                for row, d in zip(range(r, end), datums)
-            ]
+            lps: list[torch.Tensor] = []
+            run = r
+            while run < end:
+                run_end = run + 1
+                shape = datums[run - r].inputs["target_tokens"].shape[1:]
+                while run_end < end and datums[run_end - r].inputs["target_tokens"].shape[1:] == shape:
+                    run_end += 1
+                run_lengths = lengths[run:run_end]
+                if run_end - run == 1:
+                    h = hidden[run, : run_lengths[0]]
+                    targets = datums[run - r].inputs["target_tokens"]
+                else:
+                    h = torch.cat([hidden[row, :n] for row, n in zip(range(run, run_end), run_lengths)])
+                    targets = torch.cat([d.inputs["target_tokens"] for d in datums[run - r : run_end - r]])
+                # Keep the logits for backward when they fit what is left of this micro-batch's budget,
+                # else recompute them chunk by chunk (bounded memory).
+                need = h.shape[0] * vocab * itemsize
+                keep = need <= budget
+                if keep:
+                    budget -= need
+                out = target_logprobs(h, lambda x, a=adapter: model.lm_head_logits(x, a), targets.to(self.device),
+                                      chunk_tokens=chunk, recompute=not keep)
+                lps.extend(out.split(run_lengths) if run_end - run > 1 else [out])
+                run = run_end
             result = compute_loss(item.loss_fn, lps, [d.inputs for d in datums], item.loss_config)
             logprobs_per_item[i].extend(lps)
             total = result.loss if total is None else total + result.loss
             r = end
         return total
+
+    def _head_logits_budget(self) -> int:
+        if self.head_logits_budget is not None:
+            return self.head_logits_budget
+        return 512 << 20 if self.device.type == "cpu" else 2 << 30
 
     def optim_step(self, adapter_id: str, params: AdamParams) -> dict[str, Any]:
         slot = self._slot(adapter_id)

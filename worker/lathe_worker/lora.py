@@ -118,6 +118,78 @@ def lora_delta(x: Tensor, a: Tensor, b: Tensor, scale: float) -> Tensor:
     return F.linear(F.linear(x, a.to(x.dtype)) * scale, b.to(x.dtype))
 
 
+class _GroupedLoraAdd(torch.autograd.Function):
+    """`y[s:e] += scale_g * (x[s:e] A_g^T) B_g^T` for every group g, IN PLACE on y (2-D, [N, out]).
+
+    Autograd's own in-place add on a row slice (`y[s:e] += delta`) goes through `CopySlices`, which clones
+    the whole [N, out] output gradient once per group in backward, and `y + delta` allocates another
+    [N, out] tensor in forward. Here forward is one small [n, r] matmul plus an `addmm_` into y per group,
+    and backward passes y's gradient through untouched and computes only the low-rank pieces.
+    Only the [n, r] products `x A^T` are saved (besides x and the factors, which are alive anyway).
+    """
+
+    @staticmethod
+    def forward(ctx, y: Tensor, x: Tensor, spans: list[tuple[int, int, float]], *factors: Tensor) -> Tensor:  # type: ignore[override]
+        xas = []
+        for (s, e, scale), a, b in zip(spans, factors[0::2], factors[1::2]):
+            xa = torch.mm(x[s:e], a.t()).mul_(scale)  # [n, r]
+            y[s:e].addmm_(xa, b.t())
+            xas.append(xa)
+        ctx.mark_dirty(y)
+        ctx.spans = spans
+        ctx.save_for_backward(x, *xas, *factors)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy: Tensor):  # type: ignore[override]
+        spans = ctx.spans
+        saved = ctx.saved_tensors
+        x, xas, factors = saved[0], saved[1 : 1 + len(spans)], saved[1 + len(spans) :]
+        need_x = ctx.needs_input_grad[1]
+        gx = None
+        if need_x:
+            gx = torch.zeros_like(x) if sum(e - s for s, e, _ in spans) < x.shape[0] else torch.empty_like(x)
+        grads: list[Tensor | None] = []
+        for (s, e, scale), xa, a, b in zip(spans, xas, factors[0::2], factors[1::2]):
+            g = gy[s:e]
+            gxa = torch.mm(g, b).mul_(scale)  # d/d(x A^T), scale folded in: [n, r]
+            grads.append(torch.mm(gxa.t(), x[s:e]))  # dA [r, in]
+            grads.append(torch.mm(g.t(), xa))  # dB [out, r]
+            if need_x:
+                torch.mm(gxa, a, out=gx[s:e])
+        return (gy, gx, None, *grads)
+
+
+def linear_with_lora(x: Tensor, weight: Tensor, bias: Tensor | None, path: str, lora: LoraBatch | None) -> Tensor:
+    """`F.linear(x, weight, bias)` for x [B, ..., in] plus each row group's LoRA delta for module `path`,
+    groups over dim 0 of x. One base matmul for the whole batch; the deltas are added in place."""
+    spans: list[tuple[int, int, float]] = []
+    factors: list[Tensor] = []
+    dtype = x.dtype
+    for adapter, start, end in lora.groups if lora is not None else ():
+        f = adapter.factors(path) if adapter is not None and end > start else None
+        if f is not None:
+            spans.append((start, end, adapter.scale))
+            a, b = f
+            factors += [a if a.dtype == dtype else a.to(dtype), b if b.dtype == dtype else b.to(dtype)]
+    if not spans:
+        return F.linear(x, weight, bias)
+    # Rows [start, end) over dim 0 are rows [start * m, end * m) of the flattened 2-D input.
+    m = math.prod(x.shape[1:-1])
+    if m != 1:
+        spans = [(s * m, e * m, scale) for s, e, scale in spans]
+    x2 = x.reshape(-1, x.shape[-1])
+    # The base output is made 2-D (not viewed to 2-D) so that the in-place update is on a base tensor:
+    # an in-place custom Function on a view would make autograd wrap it in CopySlices again.
+    y2 = F.linear(x2, weight, bias)
+    if torch.is_grad_enabled() and (x.requires_grad or any(f.requires_grad for f in factors)):
+        y2 = _GroupedLoraAdd.apply(y2, x2, spans, *factors)
+    else:  # no autograd: the same arithmetic without the Function machinery (decoding runs this a lot)
+        for (s, e, scale), a, b in zip(spans, factors[0::2], factors[1::2]):
+            y2[s:e].addmm_(torch.mm(x2[s:e], a.t()).mul_(scale), b.t())
+    return y2.view(*x.shape[:-1], y2.shape[-1])
+
+
 @dataclass
 class LoraBatch:
     """Which rows of a batch use which adapter: (adapter or None for the base model, start, end)
@@ -161,16 +233,7 @@ class MultiLoraLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features, **kw), requires_grad=False) if bias else None
 
     def forward(self, x: Tensor, lora: LoraBatch | None = None) -> Tensor:
-        y = F.linear(x, self.weight, self.bias)  # base matmul once for the whole batch
-        if lora is None:
-            return y
-        for adapter, start, end in lora.groups:
-            f = adapter.factors(self.path) if adapter is not None and end > start else None
-            if f is not None:
-                # In-place on a slice of y: y is not needed by F.linear's backward, so this is safe
-                # for autograd and avoids concatenating a copy of the whole output.
-                y[start:end] += lora_delta(x[start:end], f[0], f[1], adapter.scale)
-        return y
+        return linear_with_lora(x, self.weight, self.bias, self.path, lora)
 
     def extra_repr(self) -> str:
         return f"{self.path}: in={self.in_features}, out={self.out_features}, bias={self.bias is not None}"

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+from torch import Tensor
 
 from .errors import UserError
-from .logprobs import target_logprobs, topk_logprobs
+from .logprobs import logsumexp, target_logprobs, topk_logprobs
 from .lora import LoraAdapter, LoraBatch
 from .models.transformer import KVCache, Transformer, causal_padding_mask
 
@@ -120,28 +121,67 @@ def _row_generator(seed: int | None, sample_index: int, device: torch.device) ->
     return generator
 
 
-def _filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
-    """Temperature, top-k and nucleus filtering of one row's logits (float32)."""
-    logits = logits / temperature
-    if top_k > 0 and top_k < logits.numel():
-        kth = torch.topk(logits, top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        # Drop a token when the mass before it already reaches top_p; the first always stays.
-        drop = (probs.cumsum(-1) - probs) >= top_p
-        logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
-    return logits
+class _Chooser:
+    """Picks every row's next token from a step's logits [B, V] in a few batched ops.
 
+    Greedy rows: one batched argmax. Sampled rows: temperature, top-k and nucleus filtering batched over
+    rows (each row with its own parameters), then Gumbel-max, `argmax(z - log E)` with E ~ Exp(1), which is
+    a draw from softmax(z). Each sampled row draws its noise from its own generator, and every op on a
+    row's values is elementwise or a reduction within that row, so a seeded row gets the same tokens
+    whatever else shares the batch."""
 
-def _choose(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-    if params.temperature == 0:
-        return int(torch.argmax(logits))
-    filtered = _filter_logits(logits, params.temperature, params.top_k, params.top_p)
-    # Gumbel-max with exponential noise: argmax(p / E) is a draw from p, using only this row's generator.
-    noise = torch.empty_like(filtered).exponential_(generator=generator)
-    return int(torch.argmax(torch.softmax(filtered, dim=-1) / noise))
+    def __init__(self, params: list[SamplingParams], generators: list[torch.Generator], vocab: int,
+                 device: torch.device) -> None:
+        self.batch = len(params)
+        greedy = [i for i, p in enumerate(params) if p.temperature == 0]
+        sampled = [i for i, p in enumerate(params) if p.temperature != 0]
+        self.all_greedy = not sampled
+        self.greedy = torch.tensor(greedy, dtype=torch.long, device=device) if greedy and sampled else None
+        self.sampled = torch.tensor(sampled, dtype=torch.long, device=device) if sampled else None
+        self.generators = [generators[i] for i in sampled]
+        sp = [params[i] for i in sampled]
+        self.temperature = torch.tensor([[p.temperature] for p in sp], dtype=torch.float32, device=device)
+        ks = [p.top_k if 0 < p.top_k < vocab else 0 for p in sp]
+        self.k_max = max(ks, default=0)
+        # Rows without top-k keep everything: their "k-th largest" index points at the smallest logit.
+        self.k_index = torch.tensor([[(k or self.k_max) - 1] for k in ks], dtype=torch.long, device=device)
+        self.k_off = torch.tensor([[k == 0] for k in ks], dtype=torch.bool, device=device)
+        self.any_k_off = any(k == 0 for k in ks)
+        # top_p == 1 means no nucleus filtering; +inf makes sure rounding in the cumulative sum never drops.
+        self.top_p = torch.tensor([[p.top_p if p.top_p < 1 else math.inf] for p in sp], dtype=torch.float32,
+                                  device=device)
+        self.any_top_p = any(p.top_p < 1 for p in sp)
+
+    def __call__(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """logits float32 [B, V] -> (tokens int64 [B], their log-probs under the unfiltered,
+        temperature-1 distribution, float32 [B])."""
+        if self.all_greedy:
+            tokens = logits.argmax(-1)
+        else:
+            tokens = torch.empty(self.batch, dtype=torch.long, device=logits.device)
+            if self.greedy is not None:
+                tokens[self.greedy] = logits[self.greedy].argmax(-1)
+            tokens[self.sampled] = self._sample(logits[self.sampled] if self.greedy is not None else logits)
+        chosen = (logits.gather(1, tokens[:, None]) - logsumexp(logits))[:, 0]
+        return tokens, chosen
+
+    def _sample(self, z: Tensor) -> Tensor:
+        z = z / self.temperature
+        if self.k_max:
+            kth = torch.topk(z, self.k_max, dim=-1).values.gather(1, self.k_index)
+            if self.any_k_off:
+                kth.masked_fill_(self.k_off, float("-inf"))
+            z.masked_fill_(z < kth, float("-inf"))
+        if self.any_top_p:
+            sorted_z, order = torch.sort(z, dim=-1, descending=True)
+            probs = torch.softmax(sorted_z, dim=-1)
+            # Drop a token when the mass before it already reaches top_p; the first always stays.
+            drop = (probs.cumsum(-1) - probs) >= self.top_p
+            z.masked_fill_(torch.zeros_like(drop).scatter_(1, order, drop), float("-inf"))
+        noise = torch.empty_like(z)
+        for j, generator in enumerate(self.generators):
+            noise[j].exponential_(generator=generator)
+        return (z - noise.log_()).argmax(-1)
 
 
 def _stop_string_hit(tokens: list[int], stops: list[str], decode: Callable[[list[int]], str]) -> bool:
@@ -186,28 +226,33 @@ def sample_batch(
         input_ids[i, width - prompt.numel() :] = prompt
     pad = width - prompt_lengths
     positions = (torch.arange(width).expand(batch, width) - pad[:, None]).clamp(min=0)
-    key_valid = torch.zeros(batch, width + steps, dtype=torch.bool)
-    key_valid[:, :width] = torch.arange(width)[None, :] >= pad[:, None]
+    params = [requests[row.request].params for row in rows]
+    choose = _Chooser(params, [row.generator for row in rows], model.config.vocab_size, device)
 
     with torch.no_grad():
-        cache = KVCache(model.config, batch, width + steps, dtype=next(model.parameters()).dtype, device=device)
+        dtype = next(model.parameters()).dtype
+        cache = KVCache(model.config, batch, width + steps, dtype=dtype, device=device)
         mask = causal_padding_mask(prompt_lengths, width, left_padded=True)
         hidden = model(input_ids.to(device), positions.to(device), mask.to(device), lora=lora, cache=cache)
         results = _prompt_outputs(model, requests, rows, hidden, width)
 
+        # Decoding mask, additive, [B, 1, width + steps]: real prompt keys and every decoded key are 0,
+        # left padding -inf. A step attends to the first width + step + 1 keys of it.
+        key_bias = torch.zeros(batch, 1, width + steps, dtype=dtype, device=device)
+        key_bias[:, 0, :width].masked_fill_((torch.arange(width)[None, :] < pad[:, None]).to(device), float("-inf"))
         last = hidden[:, -1]
-        next_pos = prompt_lengths.clone()
+        next_pos = prompt_lengths.to(device)[:, None]
         for step in range(steps):
-            logits = torch.cat([model.lm_head_logits(last[s:e], a) for a, s, e in groups]).float()
-            logprobs = torch.log_softmax(logits, dim=-1)
-            new_tokens = torch.zeros(batch, 1, dtype=torch.long)
+            # One LM-head matmul for all rows; each adapter's lm_head LoRA is added on its own rows.
+            logits = model.lm_head_logits(last, lora=lora).float()
+            tokens, chosen = choose(logits)
+            token_list, logprob_list = tokens.tolist(), chosen.tolist()  # one device sync per step
             for i, row in enumerate(rows):
                 if row.stop_reason is not None:
                     continue
-                token = _choose(logits[i], requests[row.request].params, row.generator)
+                token = token_list[i]
                 row.tokens.append(token)
-                row.logprobs.append(float(logprobs[i, token]))
-                new_tokens[i, 0] = token
+                row.logprobs.append(logprob_list[i])
                 stops = requests[row.request].params.stop_strings
                 if token in row.stop_ids or (stops and decode and _stop_string_hit(row.tokens, stops, decode)):
                     row.stop_reason = "stop"
@@ -215,13 +260,10 @@ def sample_batch(
                     row.stop_reason = "length"
             if all(row.stop_reason is not None for row in rows):
                 break
-            key_valid[:, width + step] = True
-            step_mask = key_valid[:, : width + step + 1].unsqueeze(1)
-            hidden = model(
-                new_tokens.to(device), next_pos[:, None].to(device), step_mask.to(device), lora=lora, cache=cache
-            )
+            # Finished rows keep decoding (their outputs are ignored); rows never see each other.
+            hidden = model(tokens[:, None], next_pos, key_bias[:, :, : width + step + 1], lora=lora, cache=cache)
             last = hidden[:, -1]
-            next_pos += 1
+            next_pos = next_pos + 1
 
     for row in rows:
         results[row.request]["sequences"][row.sample_index] = {

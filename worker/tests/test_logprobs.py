@@ -119,3 +119,47 @@ def test_forward_keeps_no_logits_for_backward():
         saved.clear()
         _naive(hidden, head, targets)
     assert max(saved) >= n * V  # sanity: the naive version does keep [N, V]
+
+
+@pytest.mark.parametrize("chunk", [7, 1024])
+def test_without_recompute_values_grads_and_saved_logits(chunk):
+    """recompute=False: same values and gradients; the forward keeps the logits (N x V) for backward."""
+    head = LoraHead()
+    n = 50
+    targets = torch.randint(0, V, (n,))
+    grads = []
+    for recompute in (True, False):
+        head.zero_grad(set_to_none=True)
+        hidden = torch.randn(n, D, generator=torch.Generator().manual_seed(3), requires_grad=True)
+        saved: list[int] = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            out = target_logprobs(hidden, head, targets, chunk_tokens=chunk, recompute=recompute)
+        out.sum().backward()
+        grads.append((out.detach(), hidden.grad, head.A.grad, head.B.grad))
+        kept = sum(s for s in saved if s % V == 0 and s >= V)
+        assert (kept >= n * V) == (not recompute)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    ref = _naive(torch.randn(n, D, generator=torch.Generator().manual_seed(3)), head, targets)
+    torch.testing.assert_close(grads[1][0], ref.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_fast_logsumexp_matches_torch():
+    from lathe_worker.logprobs import logsumexp
+
+    x = torch.randn(6, 1000) * torch.tensor([0.1, 1.0, 10.0, 100.0, 1000.0, 1.0])[:, None]
+    x[5, 3:] = float("-inf")  # masked-out entries
+    torch.testing.assert_close(logsumexp(x), torch.logsumexp(x, -1, keepdim=True), atol=1e-5, rtol=1e-6)
+    assert torch.equal(logsumexp(torch.full((1, 4), float("-inf"))), torch.full((1, 1), float("-inf")))
+
+
+def test_head_chunk_tokens(monkeypatch):
+    from lathe_worker.logprobs import head_chunk_tokens
+
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    assert head_chunk_tokens(32000, "cpu") == (16 << 20) // (32000 * 4)  # one chunk's logits <= 16 MiB
+    assert head_chunk_tokens(151936, "cpu") == 64  # never fewer rows than this
+    assert head_chunk_tokens(100, "cpu") == 1024
+    assert head_chunk_tokens(151936, "cuda") == 1024
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", str(1 << 30))  # malloc tuned: freed chunks are reused
+    assert head_chunk_tokens(32000, "cpu") == 1024

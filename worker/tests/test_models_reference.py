@@ -133,3 +133,60 @@ def test_causal_padding_mask():
     assert m[1].tolist() == [[True, False, False], [False, True, False], [False, False, True]]
     left = causal_padding_mask(torch.tensor([1]), 3, left_padded=True)
     assert left[0].tolist() == [[True, False, False], [False, True, False], [False, False, True]]
+
+
+@pytest.mark.parametrize("case", ["qwen3-tied", "llama3-scaled-untied"])
+def test_plain_causal_mask_is_exact_for_right_padding(tmp_path, case):
+    """attn_mask=None (what training uses): SDPA's own causal mask, no padding mask; real positions of a
+    right-padded batch must still match transformers given the padding mask."""
+    hf = make_hf_model(tmp_path, **CASES[case])
+    ours = load_model(tmp_path).eval()
+    lengths = torch.tensor([9, 5, 1, 7])
+    B, T = len(lengths), int(lengths.max())
+    ids = torch.randint(0, 101, (B, T))
+    pad = torch.arange(T)[None] >= lengths[:, None]
+    ids[pad] = 0
+    pos = torch.arange(T)[None].expand(B, T)
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=(~pad).long(), position_ids=pos).logits
+        got = ours.lm_head_logits(ours(ids, pos, None))
+        masked = ours.lm_head_logits(ours(ids, pos, causal_padding_mask(lengths, T)))
+    real = ~pad
+    torch.testing.assert_close(got[real], ref[real], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got[real], masked[real], atol=1e-5, rtol=1e-5)
+
+
+def test_gqa_attention_paths_match_repeated_kv():
+    """`attention` (SDPA enable_gqa when causal, query heads folded onto the length axis with a mask)
+    against plain SDPA over repeat_interleave'd K/V, with boolean and additive masks, T > 1 and T == 1."""
+    from lathe_worker.models.transformer import attention
+
+    g = torch.Generator().manual_seed(0)
+    B, H, n_kv, hd = 3, 6, 2, 8
+    for T, S in ((5, 5), (1, 9), (4, 11)):
+        q = torch.randn(B, T, H, hd, generator=g).transpose(1, 2)  # the layout Attention produces
+        k, v = torch.randn(B, n_kv, S, hd, generator=g), torch.randn(B, n_kv, S, hd, generator=g)
+        kr, vr = k.repeat_interleave(H // n_kv, 1), v.repeat_interleave(H // n_kv, 1)
+        if T == S:
+            ref = torch.nn.functional.scaled_dot_product_attention(q, kr, vr, is_causal=True)
+            torch.testing.assert_close(attention(q, k, v, None), ref, atol=1e-6, rtol=1e-5)
+        allowed = torch.rand(B, T, S, generator=g) > 0.3
+        allowed[..., -1] = True  # no query row fully masked
+        ref = torch.nn.functional.scaled_dot_product_attention(q, kr, vr, attn_mask=allowed[:, None])
+        model = type("M", (), {})()  # prepare_mask only reads the config's head counts
+        model.config = type("C", (), {"num_attention_heads": H, "num_key_value_heads": n_kv})()
+        from lathe_worker.models.transformer import Transformer
+
+        mask = Transformer.prepare_mask(model, allowed, T, torch.float32)
+        torch.testing.assert_close(attention(q, k, v, mask), ref, atol=1e-6, rtol=1e-5)
+
+
+def test_causal_mask_refuses_a_filled_cache(tmp_path):
+    make_hf_model(tmp_path, "qwen3", True)
+    model = load_model(tmp_path)
+    cache = KVCache(model.config, 1, max_len=8, dtype=torch.float32, device="cpu")
+    ids = torch.randint(0, 101, (1, 3))
+    with torch.no_grad():
+        model(ids, torch.arange(3)[None], None, cache=cache)  # empty cache: plain causal prefill is fine
+        with pytest.raises(ValueError):
+            model(ids[:, :1], torch.tensor([[3]]), None, cache=cache)

@@ -159,3 +159,52 @@ def test_stop_strings_with_the_tiny_models_real_tokenizer(models_dir):
     seq = engine.sample([request(None, prompt, max_tokens=12, temperature=0, stop_strings=[stop])])[0]["sequences"][0]
     assert stop in text
     assert seq["tokens"] == free[:first_hit] and seq["stop_reason"] == "stop"
+
+
+def test_seeded_rows_with_different_filters_do_not_depend_on_the_batch(engine):
+    """Batched filtering: rows with other temperatures / top-k / top-p (and greedy rows) in the same batch
+    must not change a seeded row's draws."""
+    prompt = random_tokens(5, 21)
+    mine = dict(max_tokens=10, seed=7, temperature=0.8, top_k=50, top_p=0.9)
+    alone = engine.sample([request("a", prompt, n=2, **mine)])[0]
+    crowded = engine.sample([
+        request("b", random_tokens(8, 22), n=2, max_tokens=10, seed=3, temperature=1.3),
+        request(None, random_tokens(4, 23), max_tokens=6, temperature=0),
+        request("a", prompt, n=2, **mine),
+        request("a", random_tokens(6, 24), max_tokens=10, seed=4, top_p=0.5),
+        request("b", random_tokens(3, 25), max_tokens=3, seed=5, top_k=3),
+    ])[2]
+    assert [s["tokens"] for s in alone["sequences"]] == [s["tokens"] for s in crowded["sequences"]]
+
+
+def test_chooser_draws_follow_the_filtered_distribution():
+    """The batched Gumbel-max draw against the exact filtered softmax, on a tiny vocabulary."""
+    from lathe_worker.sampler import _Chooser
+
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
+    cases = [SamplingParams(temperature=1.0), SamplingParams(temperature=0.5), SamplingParams(top_k=3),
+             SamplingParams(top_p=0.8), SamplingParams(temperature=2.0, top_k=4, top_p=0.9)]
+    rows = logits.expand(len(cases), -1).contiguous()
+    gens = [torch.Generator().manual_seed(i) for i in range(len(cases))]
+    choose = _Chooser(cases, gens, vocab=6, device=torch.device("cpu"))
+    n = 4000
+    counts = torch.zeros(len(cases), 6)
+    for _ in range(n):
+        tokens, lps = choose(rows)
+        counts[torch.arange(len(cases)), tokens] += 1
+    torch.testing.assert_close(lps, torch.log_softmax(rows, -1).gather(1, tokens[:, None])[:, 0])
+    for i, p in enumerate(cases):
+        z = logits[0] / p.temperature
+        if p.top_k > 0:
+            z = z.masked_fill(z < z.topk(p.top_k).values[-1], float("-inf"))
+        probs = torch.softmax(z, -1)
+        if p.top_p < 1:
+            order = probs.argsort(descending=True)
+            before = probs[order].cumsum(0) - probs[order]
+            keep = torch.zeros(6, dtype=torch.bool)
+            keep[order[before < p.top_p]] = True
+            probs = torch.where(keep, probs, torch.zeros_like(probs))
+            probs /= probs.sum()
+        freq = counts[i] / n
+        assert (freq[probs == 0] == 0).all(), (i, freq, probs)
+        assert float((freq - probs).abs().max()) < 0.03, (i, freq, probs)

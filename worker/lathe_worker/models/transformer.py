@@ -2,7 +2,8 @@
 checkpoint names, so an HF folder loads by name.
 
 RMSNorm, RoPE (default and "llama3" scaling, inv_freq in float32 exactly as HF), GQA attention through
-`F.scaled_dot_product_attention` with an explicit boolean mask, optional per-head q/k RMSNorm (Qwen3),
+`F.scaled_dot_product_attention` (plain causal for right-padded training batches, else an explicit mask
+built once per forward pass), optional per-head q/k RMSNorm (Qwen3),
 SwiGLU MLP, tied or untied LM head. Every projection is a `MultiLoraLinear`, so one forward pass can
 serve rows of many LoRA adapters. Masks and positions are always passed in by the caller: training
 uses right padding, decoding uses left padding with a static `KVCache`.
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..lora import LoraAdapter, LoraBatch, MultiLoraLinear, lora_delta
+from ..lora import LoraAdapter, LoraBatch, MultiLoraLinear, linear_with_lora
 from .config import ModelConfig
 
 
@@ -98,7 +99,7 @@ class Attention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, lora: LoraBatch | None,
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, lora: LoraBatch | None,
                 cache: KVCache | None, layer: int) -> Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x, lora).view(B, T, self.n_heads, self.head_dim)
@@ -110,13 +111,40 @@ class Attention(nn.Module):
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         if cache is not None:
             k, v = cache.update(layer, k, v)
-        if self.n_kv != self.n_heads:
-            # Explicit repeat rather than enable_gqa: the fused CUDA kernels that accept an arbitrary
-            # mask do not all take enable_gqa, and would fall back to the slow math path.
-            k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)
-            v = v.repeat_interleave(self.n_heads // self.n_kv, dim=1)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
+        o = attention(q, k, v, mask)
         return self.o_proj(o.transpose(1, 2).reshape(B, T, -1), lora)
+
+
+def _gqa_supported(q: Tensor) -> bool:
+    """Whether SDPA's own `enable_gqa` runs a fused kernel here (no mask). On CUDA only the flash
+    kernel (fp16/bf16) and the math kernel take it, so float32 on CUDA would fall back to math."""
+    if q.device.type == "cuda":
+        return q.dtype in (torch.float16, torch.bfloat16)
+    return q.device.type == "cpu"
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """SDPA for q [B, H, T, hd], k/v [B, Hkv, S, hd] (H a multiple of Hkv; query head h uses KV head
+    h // (H / Hkv)). `mask`: None = causal with S == T (right padding: real tokens only ever see
+    earlier real tokens); else an additive float mask from `Transformer.prepare_mask`."""
+    B, H, T, hd = q.shape
+    n_kv = k.shape[1]
+    if mask is None:
+        if n_kv != H and _gqa_supported(q):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        if n_kv != H:
+            k = k.repeat_interleave(H // n_kv, dim=1)
+            v = v.repeat_interleave(H // n_kv, dim=1)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    if n_kv == H:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    # GQA with a mask: fold the G query heads that share a KV head into the query-length axis, so that
+    # K/V (a whole KV cache when decoding) are never copied. The mask was prepared as [B, 1, G*T, S]
+    # (or [B, 1, 1, S] when T == 1, which broadcasts). The fused kernels that accept an arbitrary mask
+    # do not all take enable_gqa, and repeat_interleave would copy K/V every call.
+    G = H // n_kv
+    o = F.scaled_dot_product_attention(q.reshape(B, n_kv, G * T, hd), k, v, attn_mask=mask)
+    return o.view(B, H, T, hd)
 
 
 class MLP(nn.Module):
@@ -141,7 +169,7 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, lora: LoraBatch | None,
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, lora: LoraBatch | None,
                 cache: KVCache | None) -> Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, lora, cache, self.idx)
         return x + self.mlp(self.post_attention_layernorm(x), lora)
@@ -198,30 +226,59 @@ class Transformer(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
-    def forward(self, input_ids: Tensor, position_ids: Tensor, attn_mask: Tensor,
+    def forward(self, input_ids: Tensor, position_ids: Tensor, attn_mask: Tensor | None,
                 lora: LoraBatch | None = None, cache: KVCache | None = None) -> Tensor:
         """input_ids/position_ids [B, T]; attn_mask bool [B, T, S] (True = may attend) with
         S = T, or cache.length + T when decoding with `cache` (the new K/V are written at
-        cache.length.., then cache.length += T). Returns final-normed hidden states [B, T, D]."""
+        cache.length.., then cache.length += T); or an additive float mask of that shape; or None
+        for a plain causal mask, which is exact for RIGHT-padded rows (a real token only ever sees
+        earlier real tokens; the outputs at padding positions are garbage and must be ignored).
+        Returns final-normed hidden states [B, T, D]."""
+        T = input_ids.shape[1]
+        if attn_mask is None and cache is not None and cache.length:
+            raise ValueError("attn_mask=None (causal) needs an empty KV cache")
         x = self.model.embed_tokens(input_ids)
         cos, sin = self.rope(position_ids, x.dtype)
+        mask = self.prepare_mask(attn_mask, T, x.dtype)
         for layer in self.model.layers:
-            x = layer(x, cos, sin, attn_mask, lora, cache)
+            x = layer(x, cos, sin, mask, lora, cache)
         if cache is not None:
-            cache.length += input_ids.shape[1]
+            cache.length += T
         return self.model.norm(x)
+
+    def prepare_mask(self, attn_mask: Tensor | None, T: int, dtype: torch.dtype) -> Tensor | None:
+        """The mask every layer's `attention` takes, built once per forward pass (SDPA would otherwise
+        turn a boolean mask into a float one in every layer): additive, in the activation dtype,
+        [B, 1, T, S]; with GQA and T > 1 the rows are repeated per query head of a KV group,
+        [B, 1, G*T, S] (see `attention`)."""
+        if attn_mask is None:
+            return None
+        if attn_mask.dtype == torch.bool:
+            mask = torch.zeros(attn_mask.shape, dtype=dtype, device=attn_mask.device)
+            mask.masked_fill_(~attn_mask, float("-inf"))
+        else:
+            mask = attn_mask.to(dtype)
+        if mask.dim() == 3:
+            mask = mask[:, None]
+        cfg = self.config
+        G = cfg.num_attention_heads // cfg.num_key_value_heads
+        if G > 1 and T > 1:
+            B, _, _, S = mask.shape
+            mask = mask[:, :, None].expand(B, 1, G, T, S).reshape(B, 1, G * T, S)
+        return mask
 
     def lm_head_weight(self) -> Tensor:
         return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
-    def lm_head_logits(self, hidden: Tensor, adapter: LoraAdapter | None = None) -> Tensor:
-        """hidden [..., D] -> logits [..., V] in hidden's dtype. The adapter's 'lm_head' LoRA (if
-        any) is applied on the output side only, also when the embeddings are tied."""
-        logits = F.linear(hidden, self.lm_head_weight())
-        f = adapter.factors("lm_head") if adapter is not None else None
-        if f is not None:
-            logits = logits + lora_delta(hidden, f[0], f[1], adapter.scale)
-        return logits
+    def lm_head_logits(self, hidden: Tensor, adapter: LoraAdapter | None = None,
+                       lora: LoraBatch | None = None) -> Tensor:
+        """hidden [..., D] -> logits [..., V] in hidden's dtype. The 'lm_head' LoRA (if any) of
+        `adapter` (all rows), or of each row group of `lora` (groups over dim 0), is applied on the
+        output side only, also when the embeddings are tied. The base matmul runs once for all rows;
+        the low-rank deltas are added in place."""
+        if lora is None and adapter is not None:
+            lora = LoraBatch.single(adapter, hidden.shape[0])
+        return linear_with_lora(hidden, self.lm_head_weight(), None, "lm_head", lora)
 
     def lora_targets(self) -> list[tuple[str, int, int]]:
         """(module_path, in_features, out_features) of every LoRA-able module, in a fixed order:
