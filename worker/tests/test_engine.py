@@ -192,3 +192,33 @@ def test_adapter_lifecycle_errors(folder):
         engine.optim_step("a", AdamParams())
     with pytest.raises(UserError, match="holds"):
         engine.load_model("lathe/tiny-llama3")
+
+
+def test_mixed_target_shapes_and_head_recompute_give_the_same_results(folder):
+    """Datums of one item share LM-head passes when their targets have the same trailing shape; outputs
+    are split back per datum. Keeping the logits (default budget) and recomputing them (budget 0) must
+    give the same logprobs and gradients, equal to one call per datum."""
+    items = []
+    for n, k in ((7, None), (9, 3), (5, 3), (11, None), (6, None)):
+        tokens = torch.tensor(random_tokens(n + 1, 40 + n))
+        shape = (n,) if k is None else (n, k)
+        targets = torch.randint(0, 512, shape, generator=torch.Generator().manual_seed(n))
+        items.append(Datum(tokens[:-1], {"target_tokens": targets, "weights": torch.rand(shape, generator=torch.Generator().manual_seed(k or 0))}))
+    runs = {}
+    for name, kwargs in (("keep", {}), ("recompute", {"head_logits_budget": 0}), ("alone", {})):
+        engine = make_engine(folder, **kwargs)
+        engine.create_adapter("a", LoraConfig(rank=4, seed=5))
+        perturb(engine, "a", 3)
+        if name == "alone":
+            outs = [engine.forward_backward([WorkItem("a", "cross_entropy", None, [d])], backward=True)[0] for d in items]
+            lps = [o["loss_fn_outputs"][0]["logprobs"] for o in outs]
+        else:
+            out = engine.forward_backward([WorkItem("a", "cross_entropy", None, items)], backward=True)[0]
+            lps = [o["logprobs"] for o in out["loss_fn_outputs"]]
+        runs[name] = (lps, grads(engine, "a"))
+    for name in ("recompute", "alone"):
+        for got, want, d in zip(runs[name][0], runs["keep"][0], items):
+            assert got.shape == d.inputs["target_tokens"].shape
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        for g, h in zip(runs[name][1], runs["keep"][1]):
+            assert_grads_close(g, h)
