@@ -31,6 +31,7 @@ import { decodeForwardBackwardOutput, encodeForwardBackwardRequest, type WireDat
 import type { WorkerClient } from '../../packages/server/src/worker/client.js';
 import { REPO_ROOT, startLocalWorker, type LocalWorker } from '../../packages/server/src/worker/process.js';
 import { fromWire, type WireTensor } from '../../packages/server/src/worker/tensor.js';
+import { jsonOf, quantile, request, type Reply } from './_http.js';
 
 const USAGE = `usage: npm run bench -- control-plane-overhead [options]
 
@@ -55,44 +56,12 @@ const USAGE = `usage: npm run bench -- control-plane-overhead [options]
 // -------------------------------------------------------------------------------------------------
 // A minimal keep-alive HTTP client (node:http, so nothing but Node is needed).
 
-interface Reply {
-  status: number;
-  contentType: string;
-  body: Buffer;
-}
 
-function request(agent: http.Agent, port: number, apiKey: string, urlPath: string, body: Uint8Array | string, headers: Record<string, string>): Promise<Reply> {
-  return new Promise((resolve, reject) => {
-    const payload = typeof body === 'string' ? Buffer.from(body) : body;
-    const req = http.request(
-      { host: '127.0.0.1', port, method: 'POST', path: urlPath, agent, headers: { 'x-api-key': apiKey, 'content-length': String(payload.byteLength), ...headers } },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, contentType: String(res.headers['content-type'] ?? ''), body: Buffer.concat(chunks) }));
-        res.on('error', reject);
-      },
-    );
-    req.on('error', reject);
-    req.end(payload);
-  });
-}
 
-function jsonOf(reply: Reply, what: string): Record<string, unknown> {
-  if (reply.status !== 200) throw new Error(`${what}: HTTP ${reply.status} ${reply.body.toString()}`);
-  return JSON.parse(reply.body.toString()) as Record<string, unknown>;
-}
 
 // -------------------------------------------------------------------------------------------------
 // Statistics
 
-function quantile(sorted: number[], q: number): number {
-  if (sorted.length === 0) return NaN;
-  const pos = (sorted.length - 1) * q;
-  const lo = Math.floor(pos);
-  const hi = Math.ceil(pos);
-  return sorted[lo]! + (sorted[hi]! - sorted[lo]!) * (pos - lo);
-}
 
 function summary(samples: number[]): { median: number; p90: number; p99: number; mean: number; min: number; max: number } {
   const s = [...samples].sort((a, b) => a - b);

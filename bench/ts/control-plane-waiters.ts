@@ -30,6 +30,7 @@ import { parseArgs } from 'node:util';
 import { createServer, type LatheServer } from '../../packages/server/src/app.js';
 import { encodeForwardBackwardRequest, type WireDatum } from '../../packages/server/src/protocol/proto.js';
 import { REPO_ROOT } from '../../packages/server/src/worker/process.js';
+import { jsonOf, quantile, request, type Reply } from './_http.js';
 
 const USAGE = `usage: npm run bench -- control-plane-waiters [options]
 
@@ -45,40 +46,9 @@ const USAGE = `usage: npm run bench -- control-plane-waiters [options]
 
 const TARGET_LOADED_P99_MS = 50;
 
-interface Reply {
-  status: number;
-  body: Buffer;
-}
 
-function request(agent: http.Agent, port: number, apiKey: string, urlPath: string, body: Uint8Array | string, headers: Record<string, string>): Promise<Reply> {
-  return new Promise((resolve, reject) => {
-    const payload = typeof body === 'string' ? Buffer.from(body) : body;
-    const req = http.request(
-      { host: '127.0.0.1', port, method: 'POST', path: urlPath, agent, headers: { 'x-api-key': apiKey, 'content-length': String(payload.byteLength), ...headers } },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks) }));
-        res.on('error', reject);
-      },
-    );
-    req.on('error', reject);
-    req.end(payload);
-  });
-}
 
-function jsonOf(reply: Reply, what: string): Record<string, unknown> {
-  if (reply.status !== 200) throw new Error(`${what}: HTTP ${reply.status} ${reply.body.toString()}`);
-  return JSON.parse(reply.body.toString()) as Record<string, unknown>;
-}
 
-function quantile(sorted: number[], q: number): number {
-  if (sorted.length === 0) return NaN;
-  const pos = (sorted.length - 1) * q;
-  const lo = Math.floor(pos);
-  const hi = Math.ceil(pos);
-  return sorted[lo]! + (sorted[hi]! - sorted[lo]!) * (pos - lo);
-}
 
 interface Stats {
   n: number;
