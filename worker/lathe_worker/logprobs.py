@@ -3,8 +3,8 @@
 With a 150k vocabulary, full logits for a few thousand tokens take gigabytes (plus as much again for
 log_softmax and its gradient). Here the head runs on `chunk_tokens` rows at a time; in training every
 chunk is wrapped in a non-reentrant activation checkpoint, so backward recomputes that chunk's logits
-instead of keeping them. Peak memory is therefore O(chunk_tokens × V), independent of N. Callers whose N × V logits fit a
-memory budget pass `recompute=False` and save the second head matmul (see `Engine`).
+instead of keeping them. Peak memory is therefore O(chunk_tokens × V), independent of N. Callers whose
+N × V logits fit a memory budget pass `recompute=False` and save the second head matmul (see `Engine`).
 """
 
 from __future__ import annotations
