@@ -8,6 +8,10 @@ Phases (each guarded: a failure is recorded and the remaining phases still run):
                bf16 weights initialised on the device: Qwen3-0.6B-shaped (8 x 2048 tokens) and
                Qwen3-8B-shaped (4 x 2048 tokens).
   sample       Engine.sample tokens/s, 64 (0.6B) / 32 (8B) prompts x 128 new tokens, 4 adapters round-robin.
+  ratios       the three ratio benchmarks of bench/python (engine-train vs transformers + PEFT, engine-multi-adapter,
+               engine-sample vs transformers `generate`) with their default shapes, both sides on this GPU in
+               bfloat16, each in its own process. Needs transformers and peft (the H200 image has both);
+               without them the phase is skipped and says so.
 
 MFU = model FLOPs / (step time * peak), model FLOPs per token = 6 * N + 12 * L * H * hd * T (the usual
 PaLM/nanoGPT convention: N = parameters that take part in a matmul per token, i.e. all linear layers plus
@@ -16,7 +20,7 @@ training does not compute base-weight gradients, so the FLOPs it executes are ~2
 counts 4 * N + the chunked LM head's recomputation + attention instead.
 
 Usage:  bash bench/gpu/run.sh                 (sets up Python, then runs this)
-        python bench/gpu/gpu_bench.py [--quick] [--device cpu] [--phases correctness,train,sample]
+        python bench/gpu/gpu_bench.py [--quick] [--device cpu] [--phases correctness,ratios,train,sample]
 Results: $OUT/gpu_results.json if $OUT is set, else bench/gpu/last_results.json; a markdown table on stdout.
 """
 
@@ -364,6 +368,59 @@ def phase_sample(args, name: str, engine: Engine, device: torch.device) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------
+# (d) the ratio benchmarks of bench/python, on this device
+
+RATIO_BENCHES = ("engine-train", "engine-multi-adapter", "engine-sample")
+# Model shape of the --quick smoke test (the default, ~100M parameters, is what the targets are about).
+RATIO_QUICK_SHAPE = ["--hidden", "128", "--layers", "2", "--heads", "4", "--kv-heads", "2", "--head-dim", "32",
+                     "--intermediate", "256", "--vocab", "2048"]
+
+
+def phase_ratios(args, device: torch.device) -> dict:
+    import importlib.util
+    import subprocess
+
+    missing = [m for m in ("transformers", "peft") if importlib.util.find_spec(m) is None]
+    if missing:
+        return {"status": "skipped", "error": f"{', '.join(missing)} not installed: the ratio baselines need them"}
+    out: dict = {}
+    for name in RATIO_BENCHES:
+        script = ROOT / "bench" / "python" / f"{name.replace('-', '_')}.py"
+        cmd = [sys.executable, "-u", str(script), "--device", str(device)] + (RATIO_QUICK_SHAPE if args.quick else [])
+        log(f"  {name}: {' '.join(cmd[2:])}")
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT / "worker", capture_output=True, text=True, timeout=args.ratio_timeout_s)
+        except subprocess.TimeoutExpired:
+            out[name] = {"status": "error", "error": f"timed out after {args.ratio_timeout_s}s"}
+            continue
+        lines = proc.stdout.strip().splitlines()
+        for line in lines[:-1]:
+            log(f"    {line}")
+        try:
+            summary = json.loads(lines[-1]) if proc.returncode == 0 and lines else None
+        except json.JSONDecodeError:
+            summary = None
+        if summary is None:
+            out[name] = {"status": "error", "error": (proc.stderr or proc.stdout)[-1500:]}
+            continue
+        out[name] = {"status": "ok", "seconds": round(time.perf_counter() - t0, 1), **summary}
+    failed = [k for k, v in out.items() if v["status"] != "ok"]
+    if failed:
+        raise PhaseError(f"ratio benchmarks failed: {', '.join(failed)}: " +
+                         " | ".join(out[k]["error"][-300:] for k in failed), partial={"benches": out})
+    return {"benches": out}
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+class PhaseError(Exception):
+    """A phase that failed after measuring something worth keeping (`partial` goes into the results)."""
+
+    def __init__(self, message: str, partial: dict) -> None:
+        super().__init__(message)
+        self.partial = partial
 
 
 def guarded(results: dict, key: str, fn, *a) -> None:
@@ -377,7 +434,7 @@ def guarded(results: dict, key: str, fn, *a) -> None:
         traceback.print_exc()
         status = "FAIL" if isinstance(exc, AssertionError) else "error"
         results[key] = {"status": status, "error": f"{type(exc).__name__}: {exc}"[:2000],
-                        "phase_s": round(time.perf_counter() - t0, 1)}
+                        "phase_s": round(time.perf_counter() - t0, 1), **getattr(exc, "partial", {})}
         log(f"phase {key}: {status}: {exc}")
 
 
@@ -397,6 +454,9 @@ def markdown(results: dict) -> str:
             nums = (f"{r['tokens_per_s']:,.0f} tok/s, batch {r['batch']}, step {r['median_step_s']}s, "
                     f"{r['model_tflops_per_s']} TFLOP/s, MFU {mfu} (executed {mfu_x})"
                     + (f", peak {r['peak_mem_gib']} GiB" if "peak_mem_gib" in r else ""))
+        elif key == "ratios":
+            nums = ", ".join(f"{name} **{b['ratio']:.2f}** (target {b['target']}, {b['dtype']})"
+                             for name, b in r["benches"].items())
         elif key.startswith("sample"):
             nums = (f"{r['tokens_per_s']:,.0f} tok/s ({r['prompts']} prompts x {r['new_tokens']} new, "
                     f"{r['adapters']} adapters), decode {r['decode_tokens_per_s']:,.0f} tok/s, "
@@ -411,7 +471,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
     p.add_argument("--quick", action="store_true", help="tiny shapes (CPU smoke test)")
-    p.add_argument("--phases", default="correctness,train,sample")
+    p.add_argument("--phases", default="correctness,ratios,train,sample")
     p.add_argument("--models", default="qwen3-0.6b,qwen3-8b")
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--train-warmup", type=int, default=2)
@@ -421,6 +481,7 @@ def main() -> int:
     p.add_argument("--sample-adapters", type=int, default=4)
     p.add_argument("--sample-temperature", type=float, default=1.0)
     p.add_argument("--peak-tflops", type=float, default=H200_BF16_DENSE_TFLOPS)
+    p.add_argument("--ratio-timeout-s", type=float, default=150, help="per ratio benchmark process")
     p.add_argument("--budget-s", type=float, default=480, help="skip phases that would start after this")
     p.add_argument("--out", default=None, help="results JSON (default $OUT/gpu_results.json or bench/gpu/last_results.json)")
     args = p.parse_args()
@@ -455,6 +516,8 @@ def main() -> int:
 
     if "correctness" in phases and not over_budget("correctness"):
         guarded(results["phases"], "correctness", phase_correctness, args, device, tmp)
+    if "ratios" in phases and not over_budget("ratios"):
+        guarded(results["phases"], "ratios", phase_ratios, args, device)
     for name in models:
         if not ({"train", "sample"} & phases):
             break

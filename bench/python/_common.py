@@ -53,6 +53,30 @@ def add_model_args(p, hidden=768, layers=12, heads=12, kv_heads=4, head_dim=64, 
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=0,
                    help="torch threads (default 0 = auto: torch's default, or 1 when the machine is already busy)")
+    g.add_argument("--device", default="cpu", help="where both sides run: cpu (default) or cuda[:N]")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="weights and activations of both sides (auto: float32 on CPU, bfloat16 on CUDA)")
+
+
+def setup(args) -> None:
+    """Resolve --device/--dtype into torch objects (args.device, args.dtype) and pick CPU threads.
+
+    On CUDA the float32 reference must be real float32, so TF32 stays off for both sides."""
+    args.device = torch.device(args.device)
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: CUDA is not available to this Python")
+    if args.dtype == "auto":
+        args.dtype = "bfloat16" if args.device.type == "cuda" else "float32"
+    args.dtype = getattr(torch, args.dtype)
+    if args.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    setup_threads(args)
+
+
+def tolerance(args, float32: float, bfloat16: float) -> float:
+    """The agreement a check may demand at the benchmark's precision."""
+    return float32 if args.dtype == torch.float32 else bfloat16
 
 
 def busy_cpus(samples: int = 10, interval: float = 0.1) -> float:
@@ -145,7 +169,11 @@ class SharedModel:
         self.tmp = tempfile.TemporaryDirectory(prefix="lathe-bench-")
         folder = Path(self.tmp.name) / "model"
         self.hf.save_pretrained(folder)
-        self.engine = Engine(registry=ModelRegistry(models_dir=Path(self.tmp.name) / "models"))
+        # Both sides at the benchmark's device and precision: HF casts its float32 weights, our engine
+        # loads the float32 folder with its own cast, so both hold the same rounded values.
+        self.hf.to(device=args.device, dtype=args.dtype)
+        self.engine = Engine(registry=ModelRegistry(models_dir=Path(self.tmp.name) / "models"),
+                             device=args.device, dtype=args.dtype)
         self.engine.load_model(str(folder))
         self.params = count_params(self.hf)
         ours = count_params(self.engine.model)
@@ -195,6 +223,36 @@ def cpu_now() -> float:
     return time.process_time()
 
 
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(fn, device: torch.device):
+    """(fn(), wall seconds, process CPU seconds), after a garbage collection; waits for queued GPU work
+    before and after so the wall time is the work's own."""
+    collect()
+    sync(device)
+    t0, c0 = now(), cpu_now()
+    result = fn()
+    sync(device)
+    return result, now() - t0, cpu_now() - c0
+
+
+def print_profiles(fns: dict, args, what: str) -> None:
+    """A torch.profiler table (self time) of one call of each side, CPU and (on CUDA) GPU activity."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.type == "cuda" else [])
+    sort = "self_cuda_time_total" if args.device.type == "cuda" else "self_cpu_time_total"
+    for side, fn in fns.items():
+        with profile(activities=activities) as prof:
+            fn()
+            sync(args.device)
+        print(f"---- profile of one {side} {what} ({sort}) ----")
+        print(prof.key_averages().table(sort_by=sort, row_limit=args.profile_rows))
+
+
 def loadavg() -> str:
     try:
         return Path("/proc/loadavg").read_text().split()[0]
@@ -206,8 +264,10 @@ def median(xs) -> float:
     return statistics.median(xs)
 
 
-def env_info() -> dict:
+def env_info(args) -> dict:
     return {
+        "device": torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else "cpu",
+        "dtype": str(args.dtype).removeprefix("torch."),
         "torch": torch.__version__,
         "malloc_tuned": os.environ.get("LATHE_MALLOC_TUNED") == "1",
         "threads": torch.get_num_threads(),

@@ -34,7 +34,7 @@ def main() -> int:
     p.add_argument("--profile", action="store_true", help="print torch.profiler tables of one run per side")
     p.add_argument("--profile-rows", type=int, default=25)
     args = p.parse_args()
-    C.setup_threads(args)
+    C.setup(args)
 
     from lathe_worker.lora import LoraConfig
     from lathe_worker.sampler import SampleRequest, SamplingParams
@@ -50,7 +50,7 @@ def main() -> int:
         engine.create_adapter(name, LoraConfig(rank=args.rank, seed=k))
         with torch.no_grad():
             for _, _, b in engine.adapters[name].adapter.named_factors():
-                b.normal_(0.0, 0.05, generator=gen)
+                b.copy_(0.05 * torch.randn(b.shape, generator=gen))  # drawn on the CPU: same on any device
     if A:
         baseline_model = C.make_peft(hf, args.rank, True, adapter_names=tuple(names))
         for name in names:
@@ -69,12 +69,13 @@ def main() -> int:
     for i, pr in enumerate(prompts):
         input_ids[i, width - len(pr):] = pr
         attention_mask[i, width - len(pr):] = 1
+    input_ids, attention_mask = input_ids.to(args.device), attention_mask.to(args.device)
 
     print(f"model: Qwen3-shaped, {shared.params:,} params ({shared.params / 1e6:.1f}M), hidden {args.hidden}, "
           f"{args.layers} layers, vocab {V}; setup {shared.setup_s:.1f}s")
     print(f"{P} prompts of {min(lengths)}..{max(lengths)} tokens (left-padded) x {N} new tokens, greedy; "
           f"{A} adapters (rank {args.rank}); {args.warmup} warm-up + {args.runs} timed runs per side; "
-          f"{torch.get_num_threads()} threads")
+          f"{args.device} {args.dtype}, {torch.get_num_threads()} threads")
 
     def lathe() -> list[list[int]]:
         reqs = [SampleRequest(adapter_id=row_adapter[i], prompt=pr.clone(), num_samples=1,
@@ -104,10 +105,7 @@ def main() -> int:
     for run in range(args.warmup + args.runs):
         order = ("lathe", "baseline") if run % 2 == 0 else ("baseline", "lathe")
         for side in order:
-            C.collect()
-            t0, c0 = C.now(), C.cpu_now()
-            outputs[side] = fns[side]()
-            dt, dc = C.now() - t0, C.cpu_now() - c0
+            outputs[side], dt, dc = C.measure(fns[side], args.device)
             if run >= args.warmup:
                 times[side].append(dt)
                 cpu[side].append(dc)
@@ -131,7 +129,8 @@ def main() -> int:
     print(f"token agreement: {identical}/{P} rows identical; agreeing prefix per row {prefixes}")
     print(f"  prompt 0 lathe    {ours[0][:12]}")
     print(f"  prompt 0 baseline {ref[0][:12]}")
-    need = min(args.check_tokens, N)
+    # In bfloat16 two correct implementations part at the first near-tie, possibly the first token.
+    need = min(args.check_tokens, N) if args.dtype == torch.float32 else 0
     assert prefixes[0] >= need, f"first {need} tokens of prompt 0 differ: {ours[0][:need]} vs {ref[0][:need]}"
 
     # Untimed: the baseline's own per-step logits, at lathe's chosen tokens, vs lathe's reported logprobs.
@@ -141,7 +140,7 @@ def main() -> int:
             input_ids=input_ids, attention_mask=attention_mask, do_sample=False, max_new_tokens=N,
             min_new_tokens=N, eos_token_id=None, pad_token_id=0, return_dict_in_generate=True,
             output_logits=True, **kw)
-    ref_lp = torch.stack(ref_out.logits, dim=1).float().log_softmax(-1)  # [P, N, V]
+    ref_lp = torch.stack(ref_out.logits, dim=1).float().log_softmax(-1).cpu()  # [P, N, V]
     lp_diffs = []
     for i in range(P):
         n = prefixes[i]  # after the first disagreement the two sides condition on different tokens
@@ -151,16 +150,10 @@ def main() -> int:
             lp_diffs.append(float((got - want).abs().max()))
     lp_max = max(lp_diffs) if lp_diffs else float("nan")
     print(f"chosen-token logprobs vs the baseline's logits: max abs diff {lp_max:.2e}")
-    assert lp_max < 1e-3, f"logprobs differ from the baseline's by {lp_max}"
+    assert not lp_max > C.tolerance(args, float32=1e-3, bfloat16=0.5), f"logprobs differ from the baseline's by {lp_max}"
 
     if args.profile:
-        from torch.profiler import ProfilerActivity, profile
-
-        for side in ("lathe", "baseline"):
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
-                fns[side]()
-            print(f"---- profile of one {side} run (self CPU time) ----")
-            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile_rows))
+        C.print_profiles(fns, args, "run")
 
     gen_tokens = P * N
     lathe_tps = args.runs * gen_tokens / sum(times["lathe"])
@@ -194,7 +187,7 @@ def main() -> int:
         "prefix_agreement": prefixes,
         "logprob_max_abs_diff": lp_max,
         "target": 2.0,
-        **C.env_info(),
+        **C.env_info(args),
     })
     return 0
 

@@ -214,7 +214,7 @@ def sample_batch(
             groups[-1] = (adapter, groups[-1][1], i + 1)
         else:
             groups.append((adapter, i, i + 1))
-    lora = LoraBatch(groups)
+    lora = LoraBatch(groups).frozen(next(model.parameters()).dtype)
 
     prompt_lengths = torch.tensor([requests[row.request].prompt.numel() for row in rows])
     width = int(prompt_lengths.max())

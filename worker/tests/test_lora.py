@@ -228,6 +228,27 @@ def test_grouped_linear_matches_per_group_deltas(dtype):
         assert float((got - want).abs().max()) <= (1e-5 if dtype == torch.float32 else 3e-2) * max(1.0, scale)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_frozen_lora_is_bit_identical_to_the_live_adapters(dtype):
+    """The decoding view (factors cast once, scale folded into A) gives exactly the same logits as the
+    live adapters, for scales above, at and below 1 (ranks 4, 32, 64) in one mixed batch."""
+    model = small_model().to(dtype)
+    adapters = [perturbed(model, LoraConfig(rank=r, seed=r)) for r in (4, 32, 64)]
+    assert [a.scale for a in adapters] == [8.0, 1.0, 0.5]
+    lora = LoraBatch([(adapters[0], 0, 2), (None, 2, 3), (adapters[1], 3, 4), (adapters[2], 4, 6)])
+    frozen = lora.frozen(dtype)
+    ids = torch.randint(0, V, (6, 7), generator=torch.Generator().manual_seed(9))
+    pos, mask = torch.arange(7)[None].expand(6, 7), causal_padding_mask(torch.full((6,), 7), 7)
+    with torch.no_grad():
+        live = model.lm_head_logits(model(ids, pos, mask, lora=lora), lora=lora)
+        fast = model.lm_head_logits(model(ids, pos, mask, lora=frozen), lora=frozen)
+    assert torch.equal(live, fast)
+    view = frozen.groups[0][0]
+    a, b = view.factors("lm_head")
+    assert view.scale == 1.0 and a.dtype == b.dtype == dtype and not a.requires_grad
+    assert view.factors("not.a.module") is None
+
+
 def test_grouped_linear_leaves_no_full_size_gradient_copies():
     """The point of the custom backward: no CopySlices (which clones the whole output gradient per group)."""
     from lathe_worker.lora import linear_with_lora

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..frozen_matmul import FrozenMatmul
 from ..lora import LoraAdapter, LoraBatch, MultiLoraLinear, linear_with_lora
 from .config import ModelConfig
 
@@ -205,6 +206,7 @@ class Transformer(nn.Module):
         # Tied: no lm_head parameter at all (HF checkpoints omit it too); the embedding is reused.
         self.lm_head = None if config.tie_word_embeddings else MultiLoraLinear(
             "lm_head", config.hidden_size, config.vocab_size, dtype=dtype, device=device)
+        self._lm_head_matmul = self.lm_head.matmul if self.lm_head is not None else FrozenMatmul()
         self.requires_grad_(False)  # base weights are frozen; only LoRA factors train
         # A plain attribute, not a buffer: model.to(bfloat16) must not round the RoPE frequencies,
         # and a model built on the meta device still gets real values.
@@ -278,7 +280,7 @@ class Transformer(nn.Module):
         the low-rank deltas are added in place."""
         if lora is None and adapter is not None:
             lora = LoraBatch.single(adapter, hidden.shape[0])
-        return linear_with_lora(hidden, self.lm_head_weight(), None, "lm_head", lora)
+        return linear_with_lora(hidden, self.lm_head_weight(), None, "lm_head", lora, self._lm_head_matmul)
 
     def lora_targets(self) -> list[tuple[str, int, int]]:
         """(module_path, in_features, out_features) of every LoRA-able module, in a fixed order:

@@ -1,0 +1,112 @@
+"""`x W^T` for a frozen base weight W, on the fastest kernel the device offers.
+
+On CPUs `F.linear` goes to MKL's sgemm, which on the AMD EPYC machines this project is developed on
+reaches 40-85 GFLOP/s per core, against 140-180 GFLOP/s for oneDNN on the same shapes (and 2-3x more
+for the 8-row products of decoding; `bench/RESULTS.md`). Base weights never change while adapters
+train, so each is reordered once into oneDNN's blocked layout, and W^T likewise on the first backward
+pass (the input gradient is `gy W`); the products then run through `mkldnn._linear_pointwise`.
+Elsewhere (CUDA, a bias, other dtypes, a build without oneDNN, or `LATHE_CPU_ONEDNN=0`) it is plain
+`F.linear`.
+
+Example::
+
+    matmul = FrozenMatmul()
+    y = matmul(x, layer.weight)  # == F.linear(x, layer.weight) up to float rounding
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Rows oneDNN is told to expect when it picks the packed layout; this layout was the fastest here from
+# 8 rows (decoding) to 1024 (training micro-batches), at one and two threads.
+_BATCH_HINT = 1024
+_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def onednn_available() -> bool:
+    """Whether this torch build has oneDNN's packed linear ops and the user has not turned them off."""
+    if os.environ.get("LATHE_CPU_ONEDNN", "1") == "0" or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        torch.ops.mkldnn._linear_pointwise  # noqa: B018 - resolving the op is the check
+        torch.ops.mkldnn._reorder_linear_weight  # noqa: B018
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def _packed_product(x: Tensor, packed: Tensor) -> Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [None], "")
+
+
+class FrozenMatmul:
+    """The matmul of one frozen weight, with its packed copies cached (rebuilt when the weight's
+    storage, version or dtype changes, e.g. after a checkpoint is loaded into it)."""
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._packed: Tensor | None = None
+        self._packed_t: Tensor | None = None
+        self._weight: Tensor | None = None
+        self._available: bool | None = None  # onednn_available(), asked once
+
+    def __deepcopy__(self, memo: dict) -> FrozenMatmul:
+        return FrozenMatmul()  # packed copies belong to one weight; a copied module packs its own
+
+    def __call__(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        if not self._usable(x, weight, bias):
+            return F.linear(x, weight, bias)
+        key = (weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape))
+        if key != self._key:
+            self._key, self._packed_t = key, None
+            self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _BATCH_HINT)
+        self._weight = weight
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _PackedLinear.apply(x, self)
+        return _packed_product(x, self._packed)
+
+    def packed(self) -> Tensor:
+        assert self._packed is not None
+        return self._packed
+
+    def packed_transposed(self) -> Tensor:
+        if self._packed_t is None:
+            assert self._weight is not None
+            w_t = self._weight.detach().t().contiguous()  # [in, out]: the input gradient is gy @ W
+            self._packed_t = torch.ops.mkldnn._reorder_linear_weight(w_t, _BATCH_HINT)
+        return self._packed_t
+
+    def _usable(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+        if self._available is None:
+            self._available = onednn_available()
+        return (
+            self._available
+            and bias is None
+            and weight.device.type == "cpu"
+            and x.device.type == "cpu"
+            and weight.dtype in _DTYPES
+            and x.dtype == weight.dtype
+            and not weight.requires_grad
+            and weight.dim() == 2
+            and x.dim() >= 2
+            and x.shape[-1] == weight.shape[1]
+            and x.numel() > 0
+        )
+
+
+class _PackedLinear(torch.autograd.Function):
+    """y = x W^T with the packed W; backward gives x's gradient through the packed W^T (W is frozen)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, matmul: FrozenMatmul) -> Tensor:  # type: ignore[override]
+        ctx.matmul = matmul
+        return _packed_product(x, matmul.packed())
+
+    @staticmethod
+    def backward(ctx, gy: Tensor):  # type: ignore[override]
+        return _packed_product(gy, ctx.matmul.packed_transposed()), None
