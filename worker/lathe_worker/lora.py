@@ -119,6 +119,11 @@ def lora_delta(x: Tensor, a: Tensor, b: Tensor, scale: float) -> Tensor:
     return F.linear(F.linear(x, a.to(x.dtype)) * scale, b.to(x.dtype))
 
 
+def _scaled(t: Tensor, scale: float) -> Tensor:
+    """t * scale in place; nothing at all for the usual scale 1 (rank 32), one kernel less per module."""
+    return t if scale == 1.0 else t.mul_(scale)
+
+
 class _GroupedLoraAdd(torch.autograd.Function):
     """`y[s:e] += scale_g * (x[s:e] A_g^T) B_g^T` for every group g, IN PLACE on y (2-D, [N, out]).
 
@@ -133,7 +138,7 @@ class _GroupedLoraAdd(torch.autograd.Function):
     def forward(ctx, y: Tensor, x: Tensor, spans: list[tuple[int, int, float]], *factors: Tensor) -> Tensor:  # type: ignore[override]
         xas = []
         for (s, e, scale), a, b in zip(spans, factors[0::2], factors[1::2]):
-            xa = torch.mm(x[s:e], a.t()).mul_(scale)  # [n, r]
+            xa = _scaled(torch.mm(x[s:e], a.t()), scale)  # [n, r]
             y[s:e].addmm_(xa, b.t())
             xas.append(xa)
         ctx.mark_dirty(y)
@@ -153,7 +158,7 @@ class _GroupedLoraAdd(torch.autograd.Function):
         grads: list[Tensor | None] = []
         for (s, e, scale), xa, a, b in zip(spans, xas, factors[0::2], factors[1::2]):
             g = gy[s:e]
-            gxa = torch.mm(g, b).mul_(scale)  # d/d(x A^T), scale folded in: [n, r]
+            gxa = _scaled(torch.mm(g, b), scale)  # d/d(x A^T), scale folded in: [n, r]
             grads.append(torch.mm(gxa.t(), x[s:e]))  # dA [r, in]
             grads.append(torch.mm(g.t(), xa))  # dB [out, r]
             if need_x:
@@ -190,8 +195,7 @@ def linear_with_lora(x: Tensor, weight: Tensor, bias: Tensor | None, path: str, 
         y2 = _GroupedLoraAdd.apply(y2, x2, spans, *factors)
     else:  # no autograd: the same arithmetic without the Function machinery (decoding runs this a lot)
         for (s, e, scale), a, b in zip(spans, factors[0::2], factors[1::2]):
-            xa = torch.mm(x2[s:e], a.t())
-            y2[s:e].addmm_(xa if scale == 1.0 else xa.mul_(scale), b.t())
+            y2[s:e].addmm_(_scaled(torch.mm(x2[s:e], a.t()), scale), b.t())
     return y2.view(*x.shape[:-1], y2.shape[-1])
 
 
