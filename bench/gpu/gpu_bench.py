@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -377,9 +379,6 @@ RATIO_QUICK_SHAPE = ["--hidden", "128", "--layers", "2", "--heads", "4", "--kv-h
 
 
 def phase_ratios(args, device: torch.device) -> dict:
-    import importlib.util
-    import subprocess
-
     missing = [m for m in ("transformers", "peft") if importlib.util.find_spec(m) is None]
     if missing:
         return {"status": "skipped", "error": f"{', '.join(missing)} not installed: the ratio baselines need them"}

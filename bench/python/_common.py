@@ -41,7 +41,7 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 def add_model_args(p, hidden=768, layers=12, heads=12, kv_heads=4, head_dim=64, intermediate=2048,
                    vocab=32000, tied=True) -> None:
-    g = p.add_argument_group("model (Qwen3-shaped, random weights)")
+    g = p.add_argument_group("model (Qwen3-shaped, random weights) and run")
     g.add_argument("--hidden", type=int, default=hidden)
     g.add_argument("--layers", type=int, default=layers)
     g.add_argument("--heads", type=int, default=heads)
@@ -56,6 +56,9 @@ def add_model_args(p, hidden=768, layers=12, heads=12, kv_heads=4, head_dim=64, 
     g.add_argument("--device", default="cpu", help="where both sides run: cpu (default) or cuda[:N]")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="weights and activations of both sides (auto: float32 on CPU, bfloat16 on CUDA)")
+    g.add_argument("--profile", action="store_true",
+                   help="after the timed part, print a torch.profiler table of one call of each side")
+    g.add_argument("--profile-rows", type=int, default=25)
 
 
 def setup(args) -> None:

@@ -29,8 +29,6 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds per side")
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--no-unembed", action="store_true", help="no LoRA on lm_head")
-    p.add_argument("--profile", action="store_true", help="print torch.profiler tables of one round per side")
-    p.add_argument("--profile-rows", type=int, default=25)
     args = p.parse_args()
     C.setup(args)
 

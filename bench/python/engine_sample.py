@@ -31,8 +31,6 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=3, help="timed runs per side")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--check-tokens", type=int, default=8, help="first tokens of prompt 0 that must agree")
-    p.add_argument("--profile", action="store_true", help="print torch.profiler tables of one run per side")
-    p.add_argument("--profile-rows", type=int, default=25)
     args = p.parse_args()
     C.setup(args)
 

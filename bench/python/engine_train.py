@@ -31,8 +31,6 @@ def main() -> int:
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--no-unembed", action="store_true", help="no LoRA on lm_head (default: attn+mlp+lm_head)")
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--profile", action="store_true", help="print torch.profiler tables of one step per side")
-    p.add_argument("--profile-rows", type=int, default=25)
     args = p.parse_args()
     C.setup(args)
 

@@ -64,9 +64,8 @@ class FrozenMatmul:
             return F.linear(x, weight, bias)
         key = (weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape))
         if key != self._key:
-            self._key, self._packed_t = key, None
+            self._key, self._weight, self._packed_t = key, weight, None
             self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _BATCH_HINT)
-        self._weight = weight
         if torch.is_grad_enabled() and x.requires_grad:
             return _PackedLinear.apply(x, self)
         return _packed_product(x, self._packed)

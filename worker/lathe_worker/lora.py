@@ -242,12 +242,12 @@ class FrozenLora:
     """
 
     def __init__(self, adapter: LoraAdapter, dtype: torch.dtype) -> None:
-        mantissa, _ = math.frexp(adapter.scale)
-        fold = mantissa == 0.5
+        fold = math.frexp(adapter.scale)[0] == 0.5  # a power of two: scaling A by it is exact
         self.scale = 1.0 if fold else adapter.scale
+        into_a = adapter.scale if fold else 1.0
         with torch.no_grad():
             self._factors = {
-                path: ((a * adapter.scale if fold and adapter.scale != 1.0 else a).to(dtype), b.to(dtype))
+                path: ((a if into_a == 1.0 else a * into_a).to(dtype), b.to(dtype))
                 for path, a, b in adapter.named_factors()
             }
 

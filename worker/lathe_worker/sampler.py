@@ -214,7 +214,8 @@ def sample_batch(
             groups[-1] = (adapter, groups[-1][1], i + 1)
         else:
             groups.append((adapter, i, i + 1))
-    lora = LoraBatch(groups).frozen(next(model.parameters()).dtype)
+    dtype = model.dtype
+    lora = LoraBatch(groups).frozen(dtype)
 
     prompt_lengths = torch.tensor([requests[row.request].prompt.numel() for row in rows])
     width = int(prompt_lengths.max())
@@ -230,7 +231,6 @@ def sample_batch(
     choose = _Chooser(params, [row.generator for row in rows], model.config.vocab_size, device)
 
     with torch.no_grad():
-        dtype = next(model.parameters()).dtype
         cache = KVCache(model.config, batch, width + steps, dtype=dtype, device=device)
         mask = causal_padding_mask(prompt_lengths, width, left_padded=True)
         hidden = model(input_ids.to(device), positions.to(device), mask.to(device), lora=lora, cache=cache)
