@@ -88,14 +88,18 @@ def load(
             "checkpoint_model_mismatch",
             f"checkpoint {path} was trained on {saved_base!r}, but this worker holds {base_model!r}",
         )
-    config = LoraConfig(**json.loads(metadata["lora_config"]))
+    try:
+        config = LoraConfig(**json.loads(metadata["lora_config"]))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise UserError("checkpoint_corrupt", f"{adapter_file}: missing or invalid lora_config metadata ({exc})") from None
+    config.validate()
     adapter = LoraAdapter.create(model, config, device=device)
-    expected = {name for name, _, _ in adapter.named_factors()}
-    saved = {key.rsplit(".", 1)[0] for key in tensors}
-    if expected != saved:
+    expected = {f"{name}.{factor}" for name, _, _ in adapter.named_factors() for factor in ("lora_A", "lora_B")}
+    if expected != set(tensors):
         raise UserError(
             "checkpoint_mismatch",
-            f"checkpoint {path} targets {len(saved)} modules, this model expects {len(expected)} for its LoRA config",
+            f"checkpoint {path} holds {len(tensors)} LoRA tensors, this model expects {len(expected)} for its LoRA config"
+            + (f" (missing e.g. {min(expected - set(tensors))})" if expected - set(tensors) else ""),
         )
     with torch.no_grad():
         for module_path, a, b in adapter.named_factors():
@@ -108,5 +112,8 @@ def load(
                     )
                 param.copy_(value)
     optimizer_file = path / OPTIMIZER_FILE
-    optimizer_state = load_file(str(optimizer_file), device="cpu") if optimizer_file.is_file() else None
+    try:
+        optimizer_state = load_file(str(optimizer_file), device="cpu") if optimizer_file.is_file() else None
+    except (SafetensorError, OSError) as exc:
+        raise UserError("checkpoint_corrupt", f"cannot read {optimizer_file}: {exc}") from None
     return adapter, optimizer_state

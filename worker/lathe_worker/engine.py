@@ -33,6 +33,11 @@ class AdapterSlot:
     pending_grad: bool = False  # forward_backward ran since the last optim_step
     steps: int = 0
 
+    @classmethod
+    def fresh(cls, adapter: LoraAdapter) -> AdapterSlot:
+        """A slot for `adapter` with a new optimizer."""
+        return cls(adapter=adapter, optimizer=AdapterOptimizer(list(adapter.parameters())))
+
 
 @dataclass
 class Datum:
@@ -80,9 +85,9 @@ class Engine:
                 f"this worker holds {self.model_name!r}; start another worker for {name!r}",
             )
         folder = self.registry.resolve(name)
+        decode = _load_decoder(folder)  # before the model: a bad tokenizer must leave the worker empty
         self.model = load_model(folder, dtype=self.dtype, device=self.device)
-        self.model_name = name
-        self.decode = _load_decoder(folder)
+        self.model_name, self.decode = name, decode
         return self.model_info()
 
     def model_info(self) -> dict[str, Any]:
@@ -104,18 +109,13 @@ class Engine:
             raise UserError("adapter_exists", f"adapter {adapter_id!r} already exists")
         config.validate()
         adapter = LoraAdapter.create(model, config, device=self.device)
-        self._install(adapter_id, adapter)
+        self.adapters[adapter_id] = AdapterSlot.fresh(adapter)
         return {"adapter": adapter_id, "num_params": sum(p.numel() for p in adapter.parameters())}
 
     def drop_adapter(self, adapter_id: str) -> dict[str, Any]:
         self._slot(adapter_id)
         del self.adapters[adapter_id]
         return {"adapter": adapter_id}
-
-    def _install(self, adapter_id: str, adapter: LoraAdapter) -> AdapterSlot:
-        slot = AdapterSlot(adapter=adapter, optimizer=AdapterOptimizer(list(adapter.parameters())))
-        self.adapters[adapter_id] = slot
-        return slot
 
     def _require_model(self) -> Transformer:
         if self.model is None:
@@ -185,11 +185,17 @@ class Engine:
         # Adapters' rows must be contiguous for grouped LoRA matmuls.
         valid.sort(key=lambda i: (items[i].adapter_id or ""))
         logprobs_per_item: dict[int, list[torch.Tensor]] = {i: [] for i in valid}
-        for micro in self._micro_batches(items, valid):
-            with torch.set_grad_enabled(backward):
-                total = self._run_micro_batch(model, items, micro, logprobs_per_item)
-            if backward and total is not None and total.requires_grad:
-                total.backward()
+        restore = self._gradient_restorer({items[i].adapter_id for i in valid}) if backward else None
+        try:
+            for micro in self._micro_batches(items, valid):
+                with torch.set_grad_enabled(backward):
+                    total = self._run_micro_batch(model, items, micro, logprobs_per_item)
+                if backward and total is not None and total.requires_grad:
+                    total.backward()
+        except BaseException:
+            if restore is not None:
+                restore()  # a half-run call (e.g. out of memory) must not leave its gradients behind
+            raise
         # Metrics over the whole item, which may have spanned several micro-batches.
         for i in valid:
             item = items[i]
@@ -206,6 +212,24 @@ class Engine:
             if backward and item.adapter_id is not None:
                 self.adapters[item.adapter_id].pending_grad = True
         return outcome
+
+    def _gradient_restorer(self, adapter_ids: set[str | None]) -> Callable[[], None]:
+        """A function that puts these adapters' gradients back as they are now. Only gradients pending
+        from earlier calls need a copy; the others go back to None."""
+        saved = []
+        for adapter_id in adapter_ids:
+            slot = self.adapters.get(adapter_id) if adapter_id is not None else None
+            if slot is None:
+                continue
+            for param in slot.adapter.parameters():
+                grad = param.grad.clone() if slot.pending_grad and param.grad is not None else None
+                saved.append((param, grad))
+
+        def restore() -> None:
+            for param, grad in saved:
+                param.grad = grad
+
+        return restore
 
     def _micro_batches(self, items: list[WorkItem], valid: list[int]) -> list[list[tuple[int, int]]]:
         """Split (item, datum) pairs into micro-batches of at most max_batch_tokens padded tokens."""
@@ -237,16 +261,10 @@ class Engine:
         for r, (i, j) in enumerate(rows):
             input_ids[r, : lengths[r]] = items[i].data[j].tokens
         positions = torch.arange(width, device=self.device).expand(len(rows), width)
-        groups: list[tuple[LoraAdapter | None, int, int]] = []
-        for r, (i, _) in enumerate(rows):
-            adapter = self._adapter_or_base(items[i].adapter_id)
-            if groups and groups[-1][0] is adapter:
-                groups[-1] = (adapter, groups[-1][1], r + 1)
-            else:
-                groups.append((adapter, r, r + 1))
+        lora = LoraBatch.from_rows([self._adapter_or_base(items[i].adapter_id) for i, _ in rows])
         # Right padding: a plain causal mask (attn_mask=None) is exact for every real token, and the
         # outputs at padding positions are never read.
-        hidden = model(input_ids.to(self.device), positions, None, lora=LoraBatch(groups))
+        hidden = model(input_ids.to(self.device), positions, None, lora=lora)
         vocab = model.config.vocab_size
         itemsize = hidden.element_size()
         chunk = head_chunk_tokens(vocab, self.device, itemsize)
@@ -287,7 +305,7 @@ class Engine:
                                       chunk_tokens=chunk, recompute=not keep)
                 lps.extend(out.split(run_lengths) if run_end - run > 1 else [out])
                 run = run_end
-            result = compute_loss(item.loss_fn, lps, [d.inputs for d in datums], item.loss_config)
+            result = compute_loss(item.loss_fn, lps, [d.inputs for d in datums], item.loss_config, with_metrics=False)
             logprobs_per_item[i].extend(lps)
             total = result.loss if total is None else total + result.loss
             r = end
@@ -314,8 +332,9 @@ class Engine:
         for request in requests:
             try:
                 adapter = self._adapter_or_base(request.adapter_id)
-                self.validate_tokens(request.prompt, "prompt", extra_len=request.params.max_tokens)
                 request.params.validate(model.config.vocab_size)
+                # Without max_tokens it decodes until the context is full, so one new token must fit.
+                self.validate_tokens(request.prompt, "prompt", extra_len=request.params.max_tokens or 1)
                 if request.params.stop_strings and self.decode is None:
                     raise UserError(
                         "stop_strings_unsupported",
@@ -342,9 +361,10 @@ class Engine:
         adapter, optimizer_state = checkpoint.load(path, model, self.model_name, self.device)
         if include_optimizer and optimizer_state is None:
             raise UserError("no_optimizer_state", f"checkpoint {path} was saved without optimizer state")
-        slot = self._install(adapter_id, adapter)
+        slot = AdapterSlot.fresh(adapter)
         if include_optimizer and optimizer_state is not None:
             slot.optimizer.load_state_dict(optimizer_state)
+        self.adapters[adapter_id] = slot  # only once everything loaded: a bad checkpoint leaves the old slot
         return {"adapter": adapter_id, "lora": checkpoint.lora_config_to_wire(adapter.config)}
 
     def export_peft(self, adapter_id: str | None, path: Path, source: Path | None = None) -> dict[str, Any]:
@@ -384,5 +404,8 @@ def _load_decoder(folder: Path) -> Callable[[list[int]], str] | None:
         return None
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    try:
+        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    except Exception as exc:  # noqa: BLE001 - the tokenizers library raises plain Exception
+        raise UserError("invalid_model_files", f"{folder / 'tokenizer.json'}: cannot be read as a tokenizer ({exc})") from None
     return lambda ids: tokenizer.decode(ids, skip_special_tokens=False)

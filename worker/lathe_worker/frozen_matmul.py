@@ -26,7 +26,6 @@ from torch import Tensor
 # Rows oneDNN is told to expect when it picks the packed layout; this layout was the fastest here from
 # 8 rows (decoding) to 1024 (training micro-batches), at one and two threads.
 _BATCH_HINT = 1024
-_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def onednn_available() -> bool:
@@ -41,20 +40,32 @@ def onednn_available() -> bool:
     return True
 
 
+def _onednn_dtypes() -> tuple[torch.dtype, ...]:
+    """float32 always; bfloat16 only where oneDNN has a bf16 kernel for this CPU (AVX-512 BW/VL/DQ),
+    since packing a bf16 weight fails on other CPUs."""
+    try:
+        bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        bf16 = False
+    return (torch.float32, torch.bfloat16) if bf16 else (torch.float32,)
+
+
 def _packed_product(x: Tensor, packed: Tensor) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [None], "")
 
 
 class FrozenMatmul:
     """The matmul of one frozen weight, with its packed copies cached (rebuilt when the weight's
-    storage, version or dtype changes, e.g. after a checkpoint is loaded into it)."""
+    storage, version or dtype changes, e.g. after a checkpoint is loaded into it). Writes that bypass
+    autograd's version counter (`param.data.copy_(...)`) are not seen: change base weights through the
+    Parameter itself (`with torch.no_grad(): param.copy_(...)`) or assign a new one."""
 
     def __init__(self) -> None:
         self._key: tuple | None = None
         self._packed: Tensor | None = None
         self._packed_t: Tensor | None = None
         self._weight: Tensor | None = None
-        self._available: bool | None = None  # onednn_available(), asked once
+        self._dtypes: tuple[torch.dtype, ...] | None = None  # what oneDNN takes here; () when it is off
 
     def __deepcopy__(self, memo: dict) -> FrozenMatmul:
         return FrozenMatmul()  # packed copies belong to one weight; a copied module packs its own
@@ -82,14 +93,13 @@ class FrozenMatmul:
         return self._packed_t
 
     def _usable(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
-        if self._available is None:
-            self._available = onednn_available()
+        if self._dtypes is None:
+            self._dtypes = _onednn_dtypes() if onednn_available() else ()
         return (
-            self._available
-            and bias is None
+            bias is None
             and weight.device.type == "cpu"
             and x.device.type == "cpu"
-            and weight.dtype in _DTYPES
+            and weight.dtype in self._dtypes
             and x.dtype == weight.dtype
             and not weight.requires_grad
             and weight.dim() == 2

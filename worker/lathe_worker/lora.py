@@ -98,10 +98,6 @@ class LoraAdapter(nn.Module):
                 nn.init.kaiming_uniform_(adapter.lora_A[_key(path)], a=math.sqrt(5), generator=gen)
         return adapter.to(device) if device is not None else adapter
 
-    @property
-    def module_paths(self) -> list[str]:
-        return list(self._paths)
-
     def factors(self, module_path: str) -> tuple[Tensor, Tensor] | None:
         k = _key(module_path)
         if k not in self.lora_A:
@@ -112,11 +108,6 @@ class LoraAdapter(nn.Module):
         for path in self._paths:
             k = _key(path)
             yield path, self.lora_A[k], self.lora_B[k]
-
-
-def lora_delta(x: Tensor, a: Tensor, b: Tensor, scale: float) -> Tensor:
-    """scale * B (A x) for x [..., in]; factors cast to x's dtype (the cast is differentiable)."""
-    return F.linear(F.linear(x, a.to(x.dtype)) * scale, b.to(x.dtype))
 
 
 def _scaled(t: Tensor, scale: float) -> Tensor:
@@ -217,37 +208,39 @@ class LoraBatch:
     def single(cls, adapter: LoraAdapter | None, batch_size: int) -> LoraBatch:
         return cls([(adapter, 0, batch_size)])
 
+    @classmethod
+    def from_rows(cls, row_adapters: list[LoraAdapter | None]) -> LoraBatch:
+        """The groups of rows whose adapters are given row by row (rows of one adapter must be adjacent)."""
+        groups: list[tuple[LoraAdapter | FrozenLora | None, int, int]] = []
+        for row, adapter in enumerate(row_adapters):
+            if groups and groups[-1][0] is adapter:
+                groups[-1] = (adapter, groups[-1][1], row + 1)
+            else:
+                groups.append((adapter, row, row + 1))
+        return cls(groups)
+
     def frozen(self, dtype: torch.dtype) -> LoraBatch:
         """The same groups with each adapter replaced by a `FrozenLora` in `dtype` (for no-grad passes)."""
         return LoraBatch([(FrozenLora(a, dtype) if a is not None else None, s, e) for a, s, e in self.groups])
 
-    @property
-    def batch_size(self) -> int:
-        return self.groups[-1][2] if self.groups else 0
-
-    def slice(self, start: int, end: int) -> LoraBatch:
-        """The groups for rows [start, end), renumbered from 0 (for chunked processing)."""
-        out = [(a, max(s, start) - start, min(e, end) - start) for a, s, e in self.groups
-               if min(e, end) > max(s, start)]
-        return LoraBatch(out)
-
 
 class FrozenLora:
     """An adapter's factors for passes without autograd (decoding), made once per call instead of at every
-    step: cast to the activation dtype, and the scale folded into A when it is a power of two (it always
-    is for alpha 32 and a power-of-two rank), which is exact, so results are bit-identical. On an
-    accelerator this turns five kernels per module and step (two casts, two matmuls, a scale) into two.
+    step: cast to the activation dtype, with the scale folded into A. The scale is alpha / rank with
+    alpha 32 and a power-of-two rank, so a power of two, and scaling by it is exact: results are
+    bit-identical. On an accelerator this turns five kernels per module and step (two casts, two
+    matmuls, a scale) into two.
 
     Example: `model(ids, pos, mask, lora=LoraBatch.single(adapter, n).frozen(torch.bfloat16))`
     """
 
+    scale = 1.0  # folded into A
+
     def __init__(self, adapter: LoraAdapter, dtype: torch.dtype) -> None:
-        fold = math.frexp(adapter.scale)[0] == 0.5  # a power of two: scaling A by it is exact
-        self.scale = 1.0 if fold else adapter.scale
-        into_a = adapter.scale if fold else 1.0
+        assert math.frexp(adapter.scale)[0] == 0.5, f"LoRA scale {adapter.scale} is not a power of two"
         with torch.no_grad():
             self._factors = {
-                path: ((a if into_a == 1.0 else a * into_a).to(dtype), b.to(dtype))
+                path: ((a if adapter.scale == 1.0 else a * adapter.scale).to(dtype), b.to(dtype))
                 for path, a, b in adapter.named_factors()
             }
 

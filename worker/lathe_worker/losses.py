@@ -113,9 +113,10 @@ def _ratio(lp: Tensor, q: Tensor, adv: Tensor) -> Tensor:
 
 
 def compute_loss(loss_fn: str, logprobs: list[Tensor], inputs: list[dict[str, Tensor]],
-                 config: dict[str, float] | None) -> LossResult:
+                 config: dict[str, float] | None, with_metrics: bool = True) -> LossResult:
     """Sum of `loss_fn` over the datums. `logprobs[i]`: datum i's learner log-probs of its targets
-    ([N_i] or [N_i, K], with grad); `inputs[i]`: its validated `loss_fn_inputs`."""
+    ([N_i] or [N_i, K], with grad); `inputs[i]`: its validated `loss_fn_inputs`. Metrics read values
+    back from the device; `with_metrics=False` (a micro-batch's loss for backward) skips that."""
     cfg = resolve_config(loss_fn, config)
     if len(logprobs) != len(inputs):
         raise ValueError(f"{len(logprobs)} logprob tensors for {len(inputs)} datums")
@@ -145,6 +146,8 @@ def compute_loss(loss_fn: str, logprobs: list[Tensor], inputs: list[dict[str, Te
         else:  # dro
             terms.append(-(lp * adv - 0.5 * cfg["beta"] * (lp - q) ** 2).sum())
     loss = torch.stack(terms).sum() if terms else torch.zeros(())
+    if not with_metrics:
+        return LossResult(loss=loss, metrics={})
     metrics = {"loss:sum": float(loss.detach())}
     if loss_fn in ("ppo", "cispo"):
         n_active = float(torch.stack(active).sum()) if active else 0.0

@@ -61,7 +61,9 @@ class SamplingParams:
         def bad(message: str) -> UserError:
             return UserError("invalid_sampling_params", message)
 
-        if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 1):
+        if self.max_tokens is not None and (
+            isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1
+        ):
             raise bad(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
         if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) or self.temperature < 0:
             raise bad(f"temperature must be a finite number >= 0, got {self.temperature!r}")
@@ -121,6 +123,11 @@ def _row_generator(seed: int | None, sample_index: int, device: torch.device) ->
     return generator
 
 
+# Below this temperature a row decodes greedily: that is the limit of sampling as the temperature goes to 0,
+# and dividing float32 logits by a smaller one would overflow to inf (or by 0, for values that round to 0).
+GREEDY_BELOW_TEMPERATURE = 1e-6
+
+
 class _Chooser:
     """Picks every row's next token from a step's logits [B, V] in a few batched ops.
 
@@ -133,8 +140,8 @@ class _Chooser:
     def __init__(self, params: list[SamplingParams], generators: list[torch.Generator], vocab: int,
                  device: torch.device) -> None:
         self.batch = len(params)
-        greedy = [i for i, p in enumerate(params) if p.temperature == 0]
-        sampled = [i for i, p in enumerate(params) if p.temperature != 0]
+        greedy = [i for i, p in enumerate(params) if p.temperature < GREEDY_BELOW_TEMPERATURE]
+        sampled = [i for i, p in enumerate(params) if p.temperature >= GREEDY_BELOW_TEMPERATURE]
         self.all_greedy = not sampled
         self.greedy = torch.tensor(greedy, dtype=torch.long, device=device) if greedy and sampled else None
         self.sampled = torch.tensor(sampled, dtype=torch.long, device=device) if sampled else None
@@ -207,15 +214,8 @@ def sample_batch(
             )
     # Rows of one adapter must be contiguous for the grouped LoRA matmuls.
     rows.sort(key=lambda row: id(requests[row.request].adapter) if requests[row.request].adapter else 0)
-    adapters = [requests[row.request].adapter for row in rows]
-    groups: list[tuple[LoraAdapter | None, int, int]] = []
-    for i, adapter in enumerate(adapters):
-        if groups and groups[-1][0] is adapter:
-            groups[-1] = (adapter, groups[-1][1], i + 1)
-        else:
-            groups.append((adapter, i, i + 1))
     dtype = model.dtype
-    lora = LoraBatch(groups).frozen(dtype)
+    lora = LoraBatch.from_rows([requests[row.request].adapter for row in rows]).frozen(dtype)
 
     prompt_lengths = torch.tensor([requests[row.request].prompt.numel() for row in rows])
     width = int(prompt_lengths.max())
@@ -291,11 +291,11 @@ def _prompt_outputs(
             head = lambda h, a=request.adapter: model.lm_head_logits(h, a)  # noqa: E731
             if request.prompt_logprobs:
                 lps = target_logprobs(prefix_hidden, head, request.prompt[1:].to(hidden.device)) if n > 1 else torch.empty(0)
-                result["prompt_logprobs"] = [None] + [float(x) for x in lps]
+                result["prompt_logprobs"] = [None] + lps.float().tolist()  # one transfer, not one per value
             if request.topk_prompt_logprobs:
                 values, ids = topk_logprobs(prefix_hidden, head, request.topk_prompt_logprobs) if n > 1 else (torch.empty(0, 0), torch.empty(0, 0))
                 result["topk_prompt_logprobs"] = [None] + [
-                    [(int(t), float(v)) for t, v in zip(id_row, value_row)] for id_row, value_row in zip(ids, values)
+                    list(zip(id_row, value_row)) for id_row, value_row in zip(ids.tolist(), values.float().tolist())
                 ]
         results.append(result)
     return results

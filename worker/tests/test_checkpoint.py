@@ -72,3 +72,49 @@ def test_load_errors_name_the_problem(folder, tmp_path):
     # Loading into an existing slot replaces it (Tinker's load_state on a live training client).
     engine.load_adapter("wrong_rank", tmp_path / "ok", include_optimizer=True)
     assert engine.adapters["wrong_rank"].adapter.config.rank == 4
+
+
+def _rewrite(path, drop: str | None = None, metadata: dict | None = None) -> None:
+    """Rewrite a saved adapter file without tensor `drop`, or with other metadata."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    file = path / "adapter.safetensors"
+    with safe_open(str(file), framework="pt") as f:
+        meta = f.metadata()
+    tensors = {k: v for k, v in load_file(str(file)).items() if k != drop}
+    save_file(tensors, str(file), metadata=meta if metadata is None else metadata)
+
+
+def test_damaged_checkpoints_are_user_errors_and_leave_the_slot_alone(folder, tmp_path):
+    import shutil
+
+    engine = make_engine(folder)
+    engine.create_adapter("a", LoraConfig(rank=4, seed=1))
+    train(engine, "a", 1)
+    engine.save_adapter("a", tmp_path / "good", include_optimizer=True)
+    train(engine, "a", 1, seed=5)  # the live slot now differs from every checkpoint below
+    before = [p.detach().clone() for p in engine.adapters["a"].adapter.parameters()]
+
+    cases = {}
+    for name in ("no_config", "bad_config", "no_lora_b", "bad_optimizer", "wrong_optimizer"):
+        shutil.copytree(tmp_path / "good", tmp_path / name)
+        cases[name] = tmp_path / name
+    _rewrite(cases["no_config"], metadata={"format": "pt"})
+    _rewrite(cases["bad_config"], metadata={"lora_config": '{"rank": 4, "colour": "red"}'})
+    _rewrite(cases["no_lora_b"], drop="lm_head.lora_B")
+    (cases["bad_optimizer"] / "optimizer.safetensors").write_bytes(b"garbage")
+    other = make_engine(folder)
+    other.create_adapter("b", LoraConfig(rank=8))
+    train(other, "b", 1)
+    other.save_adapter("b", tmp_path / "rank8", include_optimizer=True)
+    shutil.copy(tmp_path / "rank8" / "optimizer.safetensors", cases["wrong_optimizer"] / "optimizer.safetensors")
+
+    expected = {"no_config": "checkpoint_corrupt", "bad_config": "checkpoint_corrupt", "no_lora_b": "checkpoint_mismatch",
+                "bad_optimizer": "checkpoint_corrupt", "wrong_optimizer": None}
+    for name, code in expected.items():
+        with pytest.raises(UserError) as info:
+            engine.load_adapter("a", cases[name], include_optimizer=True)
+        assert code is None or info.value.code == code, (name, info.value)
+        after = [p.detach() for p in engine.adapters["a"].adapter.parameters()]
+        assert all(torch.equal(x, y) for x, y in zip(before, after)), name  # the live slot is untouched

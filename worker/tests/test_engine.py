@@ -222,3 +222,46 @@ def test_mixed_target_shapes_and_head_recompute_give_the_same_results(folder):
             torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
         for g, h in zip(runs[name][1], runs["keep"][1]):
             assert_grads_close(g, h)
+
+
+def test_a_call_that_fails_half_way_leaves_no_gradients_behind(folder, monkeypatch):
+    """Micro-batch 2 of 2 fails (as on running out of memory): the gradients pending from the earlier call
+    are exactly as before, and an adapter with none pending has none."""
+    engine = make_engine(folder, max_batch_tokens=16)
+    engine.create_adapter("a", LoraConfig(rank=4, seed=1))
+    engine.create_adapter("b", LoraConfig(rank=4, seed=2))
+    engine.forward_backward([sft_item("a", random_tokens(9, 1))], backward=True)
+    pending = grads(engine, "a")
+    real_run = engine._run_micro_batch
+    calls = []
+
+    def failing_run(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory (simulated)")
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_run_micro_batch", failing_run)
+    items = [sft_item("a", random_tokens(12, 2)), sft_item("b", random_tokens(12, 3))]
+    with pytest.raises(RuntimeError, match="simulated"):
+        engine.forward_backward(items, backward=True)
+    assert len(calls) == 2  # the first micro-batch did run its backward
+    for got, want in zip(grads(engine, "a"), pending):
+        assert torch.equal(got, want)
+    assert all(g is None for g in grads(engine, "b"))
+
+
+def test_an_unreadable_tokenizer_is_a_user_error_and_loads_nothing(folder, tmp_path):
+    import shutil
+
+    from lathe_worker.engine import Engine
+    from lathe_worker.models.registry import ModelRegistry
+
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    (broken / "tokenizer.json").write_text("{not json")
+    engine = Engine(ModelRegistry(tmp_path / "models"))
+    with pytest.raises(UserError) as info:
+        engine.load_model(str(broken))
+    assert info.value.code == "invalid_model_files" and "tokenizer.json" in info.value.message
+    assert engine.model is None and engine.model_name is None

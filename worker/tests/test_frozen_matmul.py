@@ -79,6 +79,10 @@ def test_falls_back_to_f_linear_exactly(monkeypatch):
     assert torch.equal(FrozenMatmul()(x, trainable), F.linear(x, trainable))
     with pytest.raises(RuntimeError):  # the error F.linear gives, not a oneDNN one
         FrozenMatmul()(x.double(), w)
+    # A CPU without oneDNN's bf16 kernels (no AVX-512) keeps bf16 weights on F.linear; packing would fail.
+    monkeypatch.setattr("lathe_worker.frozen_matmul._onednn_dtypes", lambda: (torch.float32,))
+    wb, xb = w.bfloat16(), x.bfloat16()
+    assert torch.equal(FrozenMatmul()(xb, wb), F.linear(xb, wb))
     monkeypatch.setenv("LATHE_CPU_ONEDNN", "0")
     assert not onednn_available()
     assert torch.equal(FrozenMatmul()(x, w), F.linear(x, w))

@@ -176,12 +176,17 @@ def test_bfloat16_activations_cast_factors():
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in adapter.parameters())
 
 
+def lora_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    """The plain reference: scale * B (A x), factors cast to x's dtype (the cast is differentiable)."""
+    return torch.nn.functional.linear(torch.nn.functional.linear(x, a.to(x.dtype)) * scale, b.to(x.dtype))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_grouped_linear_matches_per_group_deltas(dtype):
     """linear_with_lora (one base matmul + in-place grouped deltas, custom backward) against the plain
     per-group `W x + lora_delta(x)` with autograd: outputs and gradients of x, A and B, for a batch mixing
     two adapters, a base-model group and an empty group, 3-D input, with and without grad."""
-    from lathe_worker.lora import linear_with_lora, lora_delta
+    from lathe_worker.lora import linear_with_lora
 
     model = small_model()
     path = "model.layers.1.mlp.up_proj"

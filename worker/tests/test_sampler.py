@@ -90,8 +90,9 @@ def test_stop_token_is_included_and_ends_the_sequence(engine):
 def test_top_k_one_and_tiny_top_p_are_greedy(engine):
     prompt = random_tokens(6, 11)
     greedy = engine.sample([request("b", prompt, max_tokens=8, temperature=0)])[0]["sequences"][0]["tokens"]
-    for params in ({"top_k": 1}, {"top_p": 1e-6}):
-        seq = engine.sample([request("b", prompt, max_tokens=8, temperature=1.0, seed=5, **params)])[0]["sequences"][0]
+    for params in ({"top_k": 1}, {"top_p": 1e-6}, {"temperature": 1e-300}, {"temperature": 1e-30}):
+        params = {"temperature": 1.0} | params
+        seq = engine.sample([request("b", prompt, max_tokens=8, seed=5, **params)])[0]["sequences"][0]
         assert seq["tokens"] == greedy
 
 
@@ -122,6 +123,9 @@ def test_prompt_logprobs_and_topk(engine):
         (lambda: request("a", [1, 2], max_tokens=2, top_p=0.0), "invalid_sampling_params"),
         (lambda: request("a", [1, 2], max_tokens=0), "invalid_sampling_params"),
         (lambda: request("a", [1, 2], max_tokens=2, stop_token_ids=[9999]), "invalid_sampling_params"),
+        (lambda: request("a", [1, 2], max_tokens="3"), "invalid_sampling_params"),
+        (lambda: request("a", [1, 2], max_tokens=True), "invalid_sampling_params"),
+        (lambda: request("a", list(range(64))), "context_too_long"),  # no max_tokens, and no room for one token
     ],
 )
 def test_bad_requests_fail_alone(engine, make, code):
@@ -129,6 +133,12 @@ def test_bad_requests_fail_alone(engine, make, code):
     bad_result, good_result = engine.sample([make(), good])
     assert isinstance(bad_result, UserError) and bad_result.code == code, bad_result
     assert len(good_result["sequences"][0]["tokens"]) == 3
+
+
+def test_without_max_tokens_it_decodes_until_the_context_is_full(engine):
+    context = engine.model.config.max_position_embeddings
+    seq = engine.sample([request("a", random_tokens(context - 4, 13))])[0]["sequences"][0]
+    assert len(seq["tokens"]) == 4 and seq["stop_reason"] == "length"
 
 
 def test_wire_stop_parsing():

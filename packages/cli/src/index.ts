@@ -1,1 +1,1 @@
-export { buildProgram, main } from './main.js';
+export { buildProgram, main, parseInteger } from './main.js';

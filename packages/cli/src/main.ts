@@ -1,9 +1,29 @@
 /**
  * @module The `lathe` command.
  */
-import { Command } from 'commander';
+import { Command, InvalidArgumentError } from 'commander';
 import { runDemo } from './commands/demo.js';
 import { createKey, DEFAULT_DATA_DIR, serve } from './commands/serve.js';
+
+/**
+ * A commander option parser for whole numbers in `[min, max]`: it rejects `abc`, `1.5`, `12abc`
+ * and out-of-range values with commander's {@link InvalidArgumentError} (which commander reports
+ * as a usage error, exit code 1) instead of letting `NaN` through. `name` is the option's flag.
+ *
+ * @example
+ * program.option('--port <port>', 'port', parseInteger('--port', { min: 0, max: 65535 }), 8000);
+ * parseInteger('--steps', { min: 1 })('30'); // 30
+ * parseInteger('--steps', { min: 1 })('ten'); // throws InvalidArgumentError: --steps must be an integer >= 1, got "ten"
+ */
+export function parseInteger(name: string, range: { min?: number; max?: number } = {}): (value: string) => number {
+  const { min = Number.MIN_SAFE_INTEGER, max = Number.MAX_SAFE_INTEGER } = range;
+  const expected = `an integer${range.min !== undefined && range.max !== undefined ? ` from ${min} to ${max}` : range.min !== undefined ? ` >= ${min}` : range.max !== undefined ? ` <= ${max}` : ''}`;
+  return (value) => {
+    const n = /^\s*[+-]?\d+\s*$/.test(value) ? Number(value) : Number.NaN;
+    if (!Number.isSafeInteger(n) || n < min || n > max) throw new InvalidArgumentError(`${name} must be ${expected}, got ${JSON.stringify(value)}`);
+    return n;
+  };
+}
 
 /** Builds the command tree (exported for tests). */
 export function buildProgram(): Command {
@@ -12,7 +32,7 @@ export function buildProgram(): Command {
     .command('demo')
     .description('start an embedded server and fine-tune the built-in tiny model through the SDK; print loss and samples before and after')
     .option('--model <name>', 'base model', 'lathe/tiny-qwen3')
-    .option('--steps <n>', 'training steps', (v) => Number.parseInt(v, 10), 30)
+    .option('--steps <n>', 'training steps', parseInteger('--steps', { min: 1 }), 30)
     .option('--data-dir <dir>', 'the embedded server data directory', DEFAULT_DATA_DIR)
     .option('--models-dir <dir>', 'where models are found and tiny models are written (default <data-dir>/models)')
     .action(async (opts: { model: string; steps: number; dataDir: string; modelsDir?: string }) => {
@@ -22,7 +42,7 @@ export function buildProgram(): Command {
     .command('serve')
     .description('run the Tinker-compatible server (SQLite + local workers by default)')
     .option('--host <host>', 'interface to listen on', '127.0.0.1')
-    .option('--port <port>', 'port', (v) => Number.parseInt(v, 10), 8000)
+    .option('--port <port>', 'port (0: any free port)', parseInteger('--port', { min: 0, max: 65535 }), 8000)
     .option('--data-dir <dir>', 'database, checkpoints and models', DEFAULT_DATA_DIR)
     .option('--database-url <url>', 'postgres://... to use PostgreSQL instead of SQLite')
     .option('--models-dir <dir>', 'where models are found (default <data-dir>/models)')

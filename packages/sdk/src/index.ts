@@ -28,6 +28,7 @@ export {
   ConflictError,
   FutureExpiredError,
   InternalServerError,
+  InvalidArgumentError,
   LatheError,
   NotFoundError,
   PermissionDeniedError,

@@ -9,8 +9,10 @@ import {
   APIUserAbortError,
   AuthenticationError,
   BadRequestError,
+  ConflictError,
   FutureExpiredError,
   InternalServerError,
+  InvalidArgumentError,
   LatheError,
   ModelInput,
   NotFoundError,
@@ -21,6 +23,7 @@ import {
   type ClientOptions,
   type Datum,
 } from '../src/index.js';
+import { Transport } from '../src/internal/transport.js';
 import { FakeServer, hang, json, reset } from './fake-server.js';
 
 const FAST: ClientOptions = { apiKey: 'tml-test', baseUrl: 'http://fake.test', initialRetryDelayMs: 1, maxRetryDelayMs: 5, heartbeatIntervalMs: 0 };
@@ -33,6 +36,16 @@ const datum = (...tokens: number[]): Datum => ({
   modelInput: ModelInput.fromInts(tokens.slice(0, -1)),
   lossFnInputs: { target_tokens: tokens.slice(1), weights: tokens.slice(1).map(() => 1) },
 });
+
+/** An assert.throws/rejects validator: an {@link InvalidArgumentError} whose message matches `pattern`. */
+function invalid(pattern: RegExp): (error: unknown) => boolean {
+  return (error) => {
+    assert.ok(error instanceof InvalidArgumentError, `expected an InvalidArgumentError, got ${String(error)}`);
+    assert.ok(error instanceof LatheError);
+    assert.match(error.message, pattern);
+    return true;
+  };
+}
 
 /** Fails the first `n` calls to `path` with `fail`, then falls through. */
 function failFirst(server: FakeServer, path: string, n: number, fail: (call: Parameters<FakeServer['fetch']>[1]) => Response | Promise<Response>): void {
@@ -121,7 +134,7 @@ describe('retries', () => {
     for (const [status, cls] of [
       [401, AuthenticationError],
       [404, NotFoundError],
-      [409, LatheError],
+      [409, ConflictError],
     ] as const) {
       const s = new FakeServer();
       s.handlers.push(() => json({ error: { message: `status ${status}` } }, status));
@@ -268,6 +281,60 @@ describe('futures', () => {
     assert.equal(error.futureId, 'req-2');
     assert.equal(error.message, 'future req-2 is unknown or expired');
     assert.equal(n, 3);
+  });
+
+  test('429 while polling backs off longer each time, up to maxRetryDelayMs', async () => {
+    const server = new FakeServer();
+    const training = await client(server, { initialRetryDelayMs: 20, maxRetryDelayMs: 80 }).createLoraTrainingClient({ baseModel: 'm' });
+    let n = 0;
+    server.handlers.push((c) => {
+      if (c.path !== 'retrieve_future' || c.body.request_id !== 'req-2') return undefined;
+      return ++n <= 8 ? json({ error: { message: 'slow down' } }, 429) : undefined;
+    });
+    await training.optimStep({});
+    const at = server.to('retrieve_future').filter((c) => c.body.request_id === 'req-2').map((c) => c.at);
+    assert.equal(at.length, 9);
+    const gaps = at.slice(1).map((t, i) => t - at[i]!);
+    // Backoff 20 · 2^k ms (less up to 25 % jitter), capped at 80: 20, 40, 80, 80, …
+    assert.ok(gaps[2]! >= 55 && gaps[7]! >= 55, `the backoff grows: ${gaps.join(', ')} ms`);
+    assert.ok(gaps[7]! < 1000, `the backoff is capped (uncapped it would be 2560 ms): ${gaps.join(', ')} ms`);
+  });
+
+  test('poll 400s have their own budget and do not use up the 5xx retries', async () => {
+    const server = new FakeServer();
+    const training = await client(server, { maxRetries: 2 }).createLoraTrainingClient({ baseModel: 'm' });
+    const script = [400, 400, 502, 502];
+    server.handlers.push((c) => {
+      if (c.path !== 'retrieve_future' || c.body.request_id !== 'req-2') return undefined;
+      const status = script.shift();
+      return status === undefined ? undefined : json({ error: `status ${status}` }, status);
+    });
+    assert.deepEqual(await training.optimStep({}), { metrics: { 'step:sum': 1 } });
+    assert.equal(server.to('retrieve_future').filter((c) => c.body.request_id === 'req-2').length, 5);
+
+    // Four 400s in a row are one too many.
+    server.handlers.push((c) => (c.path === 'retrieve_future' && c.body.request_id === 'req-3' ? json({ error: 'bad poll' }, 400) : undefined));
+    const error = await training.optimStep({}).catch((e: unknown) => e);
+    assert.ok(error instanceof BadRequestError, String(error));
+    assert.equal(error.message, 'bad poll');
+    assert.equal(server.to('retrieve_future').filter((c) => c.body.request_id === 'req-3').length, 4);
+  });
+
+  test('a poll error that is not JSON keeps its text (5xx and 410)', async () => {
+    const server = new FakeServer();
+    const training = await client(server, { maxRetries: 1 }).createLoraTrainingClient({ baseModel: 'm' });
+    const text = (body: string, status: number): Response => new Response(body, { status, headers: { 'content-type': 'text/plain' } });
+    server.handlers.push((c) => (c.path === 'retrieve_future' && c.body.request_id === 'req-2' ? text('upstream proxy exploded', 502) : undefined));
+    const error = await training.optimStep({}).catch((e: unknown) => e);
+    assert.ok(error instanceof InternalServerError, String(error));
+    assert.equal(error.body, 'upstream proxy exploded');
+    assert.match(error.message, /upstream proxy exploded/);
+
+    server.handlers.push((c) => (c.path === 'retrieve_future' && c.body.request_id === 'req-3' ? text('gone for good', 410) : undefined));
+    const expired = await training.optimStep({}).catch((e: unknown) => e);
+    assert.ok(expired instanceof FutureExpiredError, String(expired));
+    assert.equal(expired.body, 'gone for good');
+    assert.match(expired.message, /gone for good/);
   });
 
   test('an unawaited failing future is not an unhandled rejection', async () => {
@@ -429,7 +496,7 @@ describe('training order and seq_id', () => {
     const server = new FakeServer();
     const training = await client(server).createLoraTrainingClient({ baseModel: 'm' });
     const bad = { modelInput: ModelInput.fromInts([1]), lossFnInputs: { target_tokens: [2], advantages: [1] } };
-    await assert.rejects(training.forwardBackwardCustom([bad], () => ({ loss: 0, gradients: [] })).result(), /only takes target_tokens and weights/);
+    await assert.rejects(training.forwardBackwardCustom([bad], () => ({ loss: 0, gradients: [] })).result(), invalid(/only takes target_tokens and weights/));
     await assert.rejects(
       training.forwardBackwardCustom([datum(1, 2)], () => {
         throw new Error('my loss broke');
@@ -512,6 +579,65 @@ describe('service, session and REST', () => {
     } finally {
       process.env = saved;
     }
+  });
+
+  test('a base URL that is not an absolute http(s) URL is an InvalidArgumentError naming it, before any request', () => {
+    const saved = { ...process.env };
+    try {
+      for (const bad of ['127.0.0.1:8000', 'localhost:8000', 'ftp://h/', '/api', '']) {
+        assert.throws(
+          () => new ServiceClient({ apiKey: 'k', baseUrl: bad }),
+          (e: unknown) => invalid(/Invalid base URL/)(e) && (e as Error).message.includes(`${JSON.stringify(bad)} (from the baseUrl option)`) && (e as Error).message.includes('e.g. http://127.0.0.1:8000'),
+          bad,
+        );
+      }
+      for (const k of ['LATHE_BASE_URL', 'TINKER_BASE_URL']) delete process.env[k];
+      process.env['LATHE_BASE_URL'] = 'localhost:8000';
+      assert.throws(() => new ServiceClient({ apiKey: 'k' }), invalid(/"localhost:8000" \(from LATHE_BASE_URL\)/));
+      assert.equal(new ServiceClient({ apiKey: 'k', baseUrl: 'https://h.test:8443/x//' }).baseUrl, 'https://h.test:8443/x/');
+    } finally {
+      process.env = saved;
+    }
+  });
+
+  test('a request URL that cannot be built is an InvalidArgumentError at once, not a retried connection error', async () => {
+    let fetches = 0;
+    const transport = new Transport({
+      baseUrl: 'no-scheme/',
+      apiKey: 'k',
+      fetch: () => {
+        fetches++;
+        return Promise.resolve(json({}));
+      },
+      timeoutMs: 1000,
+      maxRetries: 6,
+      initialRetryDelayMs: 1000,
+      maxRetryDelayMs: 1000,
+      defaultHeaders: {},
+    });
+    const started = Date.now();
+    await assert.rejects(transport.send({ method: 'GET', path: 'api/v1/healthz' }), invalid(/no-scheme/));
+    assert.equal(fetches, 0);
+    assert.ok(Date.now() - started < 500, 'not retried');
+  });
+
+  test('bad input is an InvalidArgumentError, and rejects (never throws synchronously) from async methods', async () => {
+    const server = new FakeServer();
+    const service = client(server);
+    const training = await service.createLoraTrainingClient({ baseModel: 'm' });
+    await assert.rejects(training.forwardBackward([], 'cross_entropy').result(), invalid(/at least one datum/));
+    const fractional = { modelInput: ModelInput.fromInts([1]), lossFnInputs: { target_tokens: [1.5] } };
+    const error = await training.forwardBackward([fractional], 'cross_entropy').result().catch((e: unknown) => e);
+    invalid(/data\[0\]\.lossFnInputs\['target_tokens'\]: .*not an integer/)(error);
+    assert.ok((error as Error).cause instanceof InvalidArgumentError, 'the conversion error is kept as the cause');
+    await assert.rejects(training.forwardBackwardCustom([datum(1, 2)], () => ({ loss: 0, gradients: [] })).result(), invalid(/returned 0 gradients for 1 datums/));
+    await assert.rejects(service.createSamplingClient({ modelPath: 's3://bucket/x' }), invalid(/must start with tinker:\/\//));
+    const rest = service.createRestClient();
+    const before = server.calls.length;
+    // Each call must return a promise (a synchronous throw would fail here, outside assert.rejects).
+    const calls = [rest.getTrainingRunByTinkerPath('s3://x'), rest.getCheckpointArchiveUrlFromTinkerPath('tinker://run/other/x'), rest.deleteCheckpointFromTinkerPath('nope')];
+    for (const call of calls) await assert.rejects(call, invalid(/tinker/));
+    assert.equal(server.calls.length, before, 'nothing was sent');
   });
 
   test('the session starts lazily once, heartbeats, and close() finishes it and stops beating', async () => {

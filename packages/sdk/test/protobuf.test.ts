@@ -11,6 +11,7 @@ import {
   TINKER_PUBLIC_PROTO,
   type TensorData as ServerTensor,
 } from '../../server/src/protocol/proto.js';
+import { InvalidArgumentError } from '../src/index.js';
 import { decodeForwardBackwardOutput, decodeSampleResponse, encodeForwardBackwardRequest, ProtobufDecodeError } from '../src/internal/protobuf.js';
 
 const root = protobuf.parse(TINKER_PUBLIC_PROTO, { keepCase: true }).root;
@@ -122,7 +123,7 @@ describe('ForwardBackwardRequest: SDK encoder → server decoder', () => {
   test('refuses token ids that are not int32', () => {
     assert.throws(
       () => encodeForwardBackwardRequest({ modelId: 'm', seqId: 1, lossFn: 'x', lossFnConfig: {}, forwardOnly: false, data: [{ chunks: [{ kind: 'encoded_text', tokens: [2 ** 31] }], lossFnInputs: {} }] }),
-      RangeError,
+      InvalidArgumentError,
     );
   });
 });

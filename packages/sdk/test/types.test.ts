@@ -1,9 +1,18 @@
 // Public data types (ModelInput, TensorData, loss-input conversion) and the chunking/merging rules.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { ModelInput, TensorData, toTensorData, type Datum, type ForwardBackwardOutput } from '../src/index.js';
+import { InvalidArgumentError, LatheError, ModelInput, TensorData, toTensorData, type Datum, type ForwardBackwardOutput } from '../src/index.js';
 import { chunkData, combineOutputs, mergeMetrics } from '../src/internal/chunks.js';
 import { adamParamsToJson, modelInputToJson, parseTinkerPath, samplingParamsToJson } from '../src/internal/wire.js';
+
+/** An assert.throws validator: an {@link InvalidArgumentError} whose message matches `pattern`. */
+function invalid(pattern: RegExp): (error: unknown) => boolean {
+  return (error) => {
+    assert.ok(error instanceof InvalidArgumentError, `expected an InvalidArgumentError, got ${String(error)}`);
+    assert.match(error.message, pattern);
+    return true;
+  };
+}
 
 describe('ModelInput', () => {
   test('fromInts, toInts, length, append, appendInt, empty', () => {
@@ -21,7 +30,7 @@ describe('ModelInput', () => {
   test('images count their expected tokens; toInts refuses them', () => {
     const withImage = ModelInput.fromInts([1]).append({ type: 'image', data: Uint8Array.of(1, 2, 3), format: 'png', expectedTokens: 4 });
     assert.equal(withImage.length, 5);
-    assert.throws(() => withImage.toInts(), /text chunks/);
+    assert.throws(() => withImage.toInts(), invalid(/text chunks/));
     assert.deepEqual(modelInputToJson(withImage), {
       chunks: [
         { tokens: [1], type: 'encoded_text' },
@@ -31,8 +40,9 @@ describe('ModelInput', () => {
   });
 
   test('rejects non-integer tokens', () => {
-    assert.throws(() => ModelInput.fromInts([1.5]), TypeError);
-    assert.throws(() => ModelInput.fromInts([-1]), TypeError);
+    assert.throws(() => ModelInput.fromInts([1.5]), InvalidArgumentError);
+    assert.throws(() => ModelInput.fromInts([-1]), InvalidArgumentError);
+    assert.throws(() => ModelInput.fromInts([-1]), LatheError, 'bad input is a LatheError too');
   });
 });
 
@@ -54,9 +64,9 @@ describe('TensorData', () => {
   });
 
   test('validates dtype, shape and integers', () => {
-    assert.throws(() => TensorData.float32([1, 2, 3], [2, 2]), /needs 4 values/);
-    assert.throws(() => TensorData.int64([1.5]), /not an integer/);
-    assert.throws(() => new TensorData('int64', new Float32Array(1) as never), /BigInt64Array/);
+    assert.throws(() => TensorData.float32([1, 2, 3], [2, 2]), invalid(/needs 4 values/));
+    assert.throws(() => TensorData.int64([1.5]), invalid(/not an integer/));
+    assert.throws(() => new TensorData('int64', new Float32Array(1) as never), invalid(/BigInt64Array/));
   });
 
   test('loss inputs: dtype by key as the Python SDK does, else by array type', () => {
@@ -92,8 +102,8 @@ describe('request bodies', () => {
 
   test('tinker paths', () => {
     assert.deepEqual(parseTinkerPath('tinker://S:train:0/sampler_weights/final'), { trainingRunId: 'S:train:0', checkpointId: 'sampler_weights/final' });
-    assert.throws(() => parseTinkerPath('tinker://S:train:0/other/x'), /invalid tinker path/);
-    assert.throws(() => parseTinkerPath('s3://x'), /not a tinker/);
+    assert.throws(() => parseTinkerPath('tinker://S:train:0/other/x'), invalid(/invalid tinker path/));
+    assert.throws(() => parseTinkerPath('s3://x'), invalid(/not a tinker/));
   });
 });
 

@@ -80,9 +80,6 @@ class KVCache:
         self.v[layer][:, :, start:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
-    def reset(self) -> None:
-        self.length = 0
-
 
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig, prefix: str, dtype, device) -> None:

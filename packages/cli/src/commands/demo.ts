@@ -3,7 +3,6 @@
  * (SQLite, local worker, built-in tiny model), creates an API key, and fine-tunes a LoRA adapter
  * through the TypeScript SDK over HTTP, exactly as a user's training loop would.
  */
-import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { familyForModel, loadTokenizer } from '@lathe/cookbook';
 import { ModelInput, ServiceClient, type Datum, type TrainingClient } from '@lathe/sdk';
@@ -43,14 +42,16 @@ const COMPLETION = ' It spins the wood while a fixed tool shapes it.';
 export async function runDemo(options: DemoOptions): Promise<DemoResult> {
   const { log } = options;
   const dataDir = path.resolve(options.dataDir);
-  mkdirSync(dataDir, { recursive: true });
+  // An unknown model family fails here, before a server (and its worker) is started.
+  const tokenizer = loadTokenizer(familyForModel(options.model));
   log(`starting a server on ${dataDir} (SQLite, local worker) ...`);
+  // createServer makes the data directory.
   const server = await createServer({ dataDir, ...(options.modelsDir ? { modelsDir: path.resolve(options.modelsDir) } : {}) });
-  const baseUrl = await server.app.listen({ host: '127.0.0.1', port: 0 });
-  const { key } = await server.services.store.keys.create('lathe demo');
-  const service = new ServiceClient({ baseUrl, apiKey: key });
+  let service: ServiceClient | undefined;
   try {
-    const tokenizer = loadTokenizer(familyForModel(options.model));
+    const baseUrl = await server.app.listen({ host: '127.0.0.1', port: 0 });
+    const { key } = await server.services.store.keys.create('lathe demo');
+    service = new ServiceClient({ baseUrl, apiKey: key });
     const prompt = tokenizer.encode(PROMPT);
     const completion = tokenizer.encode(COMPLETION);
     const full = [...prompt, ...completion];
@@ -90,7 +91,10 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
     log(`saved state:     ${saved.path}`);
     return { lossBefore, lossAfter, sampleBefore, sampleAfter, target: COMPLETION };
   } finally {
-    await service.close();
-    await server.close();
+    try {
+      await service?.close();
+    } finally {
+      await server.close();
+    }
   }
 }

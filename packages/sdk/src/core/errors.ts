@@ -17,7 +17,8 @@
  * │  └─ APITimeoutError            no answer in time
  * ├─ APIUserAbortError             the caller's AbortSignal fired
  * ├─ APIResponseValidationError    an answer the SDK cannot read
- * └─ RequestFailedError            the server accepted the request, then it failed; `category`
+ * ├─ RequestFailedError            the server accepted the request, then it failed; `category`
+ * └─ InvalidArgumentError          bad input to the SDK itself (a base URL, a token id, a tensor shape, a path)
  * ```
  */
 
@@ -298,6 +299,20 @@ export class RequestFailedError extends LatheError {
     this.requestId = requestId;
     this.category = category;
   }
+}
+
+/**
+ * The caller passed something the SDK cannot use: a base URL that is not an absolute `http:` or
+ * `https:` URL, a token id that is not a non-negative integer, a tensor whose shape does not fit
+ * its data, a malformed `tinker://` path, an empty batch. Thrown (or rejected) before any request
+ * is sent; never retried.
+ *
+ * @example
+ * try { ModelInput.fromInts([1.5]); }
+ * catch (e) { if (e instanceof InvalidArgumentError) console.error('bad input:', e.message); }
+ */
+export class InvalidArgumentError extends LatheError {
+  override name = 'InvalidArgumentError';
 }
 
 /**

@@ -107,7 +107,7 @@ export class RestClient {
    * @example
    * await rest.getTrainingRunByTinkerPath('tinker://S:train:0/weights/step-10');
    */
-  getTrainingRunByTinkerPath(tinkerPath: string, options?: RequestOptions & { accessScope?: AccessScope }): Promise<TrainingRun> {
+  async getTrainingRunByTinkerPath(tinkerPath: string, options?: RequestOptions & { accessScope?: AccessScope }): Promise<TrainingRun> {
     return this.getTrainingRun(parseTinkerPath(tinkerPath).trainingRunId, options);
   }
 
@@ -224,7 +224,7 @@ export class RestClient {
    * @example
    * await rest.getCheckpointArchiveUrlFromTinkerPath('tinker://S:train:0/sampler_weights/final');
    */
-  getCheckpointArchiveUrlFromTinkerPath(tinkerPath: string, options?: RequestOptions): Promise<CheckpointArchiveUrlResponse> {
+  async getCheckpointArchiveUrlFromTinkerPath(tinkerPath: string, options?: RequestOptions): Promise<CheckpointArchiveUrlResponse> {
     const { trainingRunId, checkpointId } = parseTinkerPath(tinkerPath);
     return this.getCheckpointArchiveUrl(trainingRunId, checkpointId, options);
   }
@@ -245,7 +245,7 @@ export class RestClient {
    * @example
    * await rest.deleteCheckpointFromTinkerPath('tinker://S:train:0/weights/step-10');
    */
-  deleteCheckpointFromTinkerPath(tinkerPath: string, options?: RequestOptions): Promise<void> {
+  async deleteCheckpointFromTinkerPath(tinkerPath: string, options?: RequestOptions): Promise<void> {
     const { trainingRunId, checkpointId } = parseTinkerPath(tinkerPath);
     return this.deleteCheckpoint(trainingRunId, checkpointId, options);
   }

@@ -2,7 +2,7 @@
  * @module `SamplingClient`: generates from a base model or from saved LoRA weights.
  */
 import { APIFuture } from './api-future.js';
-import { FutureExpiredError, LatheError } from './errors.js';
+import { FutureExpiredError, InvalidArgumentError, LatheError } from './errors.js';
 import type { RequestOptions } from './request-options.js';
 import type { ModelInput, SampleArgs, SampleResponse } from './types.js';
 import { withOptions, type ClientContext } from '../internal/context.js';
@@ -30,9 +30,9 @@ export type SamplingClientTarget = { modelPath: string; baseModel?: undefined } 
  */
 export async function createSamplingSession(ctx: ClientContext, target: SamplingClientTarget, options?: RequestOptions): Promise<string> {
   if (target.modelPath !== undefined && !target.modelPath.startsWith('tinker://')) {
-    throw new TypeError(`modelPath must start with tinker://, got ${JSON.stringify(target.modelPath)}`);
+    throw new InvalidArgumentError(`modelPath must start with tinker://, got ${JSON.stringify(target.modelPath)}`);
   }
-  if (target.modelPath === undefined && target.baseModel === undefined) throw new TypeError('createSamplingClient needs modelPath or baseModel');
+  if (target.modelPath === undefined && target.baseModel === undefined) throw new InvalidArgumentError('createSamplingClient needs modelPath or baseModel');
   const { sessionId } = await ctx.session.ensure(options?.signal);
   const body: Record<string, unknown> = {
     session_id: sessionId,

@@ -2,7 +2,7 @@
  * @module `ServiceClient`: the entry point. It owns the connection settings and the session, and
  * creates training, sampling and REST clients.
  */
-import { LatheError } from './errors.js';
+import { InvalidArgumentError, LatheError } from './errors.js';
 import type { RequestOptions } from './request-options.js';
 import { RestClient } from './rest-client.js';
 import { createSamplingSession, SamplingClient, type SamplingClientTarget } from './sampling-client.js';
@@ -94,8 +94,33 @@ function readEnv(name: string): string | undefined {
   return value === undefined || value === '' ? undefined : value;
 }
 
-/** The base URL with exactly one trailing slash. */
-function normalizeBaseUrl(url: string): string {
+/** The base URL to use and where it came from: the option, an environment variable, or the default. */
+function baseUrlSetting(option: string | undefined): [string, string] {
+  if (option !== undefined) return [option, 'the baseUrl option'];
+  for (const name of ['LATHE_BASE_URL', 'TINKER_BASE_URL']) {
+    const value = readEnv(name);
+    if (value !== undefined) return [value, name];
+  }
+  return ['http://127.0.0.1:8000', 'the default'];
+}
+
+/**
+ * The base URL with exactly one trailing slash, after checking that it is an absolute `http:` or
+ * `https:` URL (`127.0.0.1:8000` or `localhost:8000` would otherwise fail only at the first
+ * request, as a connection error retried several times). `source` names where it came from.
+ */
+function normalizeBaseUrl(url: string, source: string): string {
+  let parsed: URL | undefined;
+  try {
+    parsed = new URL(url);
+  } catch {
+    parsed = undefined;
+  }
+  if (parsed === undefined || (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') || parsed.host === '') {
+    throw new InvalidArgumentError(
+      `Invalid base URL ${JSON.stringify(url)} (from ${source}): expected an absolute http:// or https:// URL, e.g. http://127.0.0.1:8000`,
+    );
+  }
   return url.replace(/\/+$/, '') + '/';
 }
 
@@ -119,18 +144,19 @@ export class ServiceClient {
   readonly #ctx: ClientContext;
 
   /**
-   * @throws {LatheError} when no API key is given or found in the environment.
+   * @throws {LatheError} when no API key is given or found in the environment;
+   *   {@link InvalidArgumentError} when the base URL is not an absolute `http:` or `https:` URL.
    * @example
    * const service = new ServiceClient({ baseUrl: 'http://127.0.0.1:8000', apiKey: process.env.LATHE_API_KEY });
    */
   constructor(options: ClientOptions = {}) {
     const apiKey = options.apiKey ?? readEnv('LATHE_API_KEY') ?? readEnv('TINKER_API_KEY');
     if (!apiKey) throw new LatheError('No API key: pass { apiKey } or set LATHE_API_KEY (or TINKER_API_KEY).');
-    const baseUrl = options.baseUrl ?? readEnv('LATHE_BASE_URL') ?? readEnv('TINKER_BASE_URL') ?? 'http://127.0.0.1:8000';
+    const [baseUrl, baseUrlSource] = baseUrlSetting(options.baseUrl);
     const fetchImpl = options.fetch ?? (globalThis.fetch as typeof fetch | undefined);
     if (!fetchImpl) throw new LatheError('No fetch: pass { fetch } on runtimes without a global fetch.');
     const transport = new Transport({
-      baseUrl: normalizeBaseUrl(baseUrl),
+      baseUrl: normalizeBaseUrl(baseUrl, baseUrlSource),
       apiKey,
       // Unbound `fetch` throws "Illegal invocation" in browsers.
       fetch: options.fetch ?? ((input, init) => fetchImpl(input, init)),

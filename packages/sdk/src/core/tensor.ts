@@ -2,6 +2,7 @@
  * @module `TensorData`: a dense, row-major tensor of `float32` or `int64` values, backed by a typed
  * array, with its shape. This is what loss-function inputs and outputs are made of.
  */
+import { InvalidArgumentError } from './errors.js';
 
 /**
  * The two tensor dtypes of the wire.
@@ -38,7 +39,7 @@ function toInt64(values: NumericArray | BigInt64Array | readonly bigint[]): BigI
     const v = (values as ArrayLike<number | bigint>)[i]!;
     if (typeof v === 'bigint') out[i] = v;
     else {
-      if (!Number.isInteger(v)) throw new TypeError(`int64 tensor: element ${i} (${v}) is not an integer`);
+      if (!Number.isInteger(v)) throw new InvalidArgumentError(`int64 tensor: element ${i} (${v}) is not an integer`);
       out[i] = BigInt(v);
     }
   }
@@ -73,17 +74,17 @@ export class TensorData<D extends TensorDtype = TensorDtype> {
   /**
    * Wraps `data` (not copied) with its dtype and shape; `shape` defaults to `[data.length]`.
    *
-   * @throws {TypeError} when the typed array does not match the dtype or the shape does not match the length.
+   * @throws {InvalidArgumentError} when the typed array does not match the dtype or the shape does not match the length.
    * @example
    * new TensorData('float32', Float32Array.of(1, 2, 3, 4), [2, 2]);
    */
   constructor(dtype: D, data: TypedArrayFor<D>, shape?: readonly number[]) {
     if (dtype === 'int64' ? !(data instanceof BigInt64Array) : !(data instanceof Float32Array)) {
-      throw new TypeError(`TensorData: dtype ${dtype} needs a ${dtype === 'int64' ? 'BigInt64Array' : 'Float32Array'}`);
+      throw new InvalidArgumentError(`TensorData: dtype ${dtype} needs a ${dtype === 'int64' ? 'BigInt64Array' : 'Float32Array'}`);
     }
     const dims = shape ? [...shape] : [data.length];
-    for (const d of dims) if (!Number.isSafeInteger(d) || d < 0) throw new TypeError(`TensorData: invalid dimension ${d} in shape [${dims.join(', ')}]`);
-    if (product(dims) !== data.length) throw new TypeError(`TensorData: shape [${dims.join(', ')}] needs ${product(dims)} values, got ${data.length}`);
+    for (const d of dims) if (!Number.isSafeInteger(d) || d < 0) throw new InvalidArgumentError(`TensorData: invalid dimension ${d} in shape [${dims.join(', ')}]`);
+    if (product(dims) !== data.length) throw new InvalidArgumentError(`TensorData: shape [${dims.join(', ')}] needs ${product(dims)} values, got ${data.length}`);
     this.dtype = dtype;
     this.data = data;
     this.shape = Object.freeze(dims);
@@ -102,7 +103,7 @@ export class TensorData<D extends TensorDtype = TensorDtype> {
   /**
    * An `int64` tensor from integers or bigints (converted unless already a `BigInt64Array`).
    *
-   * @throws {TypeError} on a non-integer value.
+   * @throws {InvalidArgumentError} on a non-integer value.
    * @example
    * TensorData.int64(Int32Array.of(1, 2)).data; // BigInt64Array [1n, 2n]
    */

@@ -3,7 +3,7 @@
  * checkpoints, and sampling clients on its weights.
  */
 import { APIFuture } from './api-future.js';
-import { APIError, APIUserAbortError, LatheError } from './errors.js';
+import { APIError, APIUserAbortError, InvalidArgumentError, LatheError } from './errors.js';
 import type { RequestOptions } from './request-options.js';
 import { createSamplingSession, SamplingClient } from './sampling-client.js';
 import { TensorData } from './tensor.js';
@@ -155,7 +155,7 @@ export class TrainingClient {
   #fwdBwd(data: readonly Datum[], lossFn: LossFnType, lossFnConfig: LossFnConfig | undefined, forwardOnly: boolean, options: RequestOptions | undefined, turn?: Turn): APIFuture<ForwardBackwardOutput> {
     let chunks: PbDatumIn[][];
     try {
-      if (data.length === 0) throw new TypeError('forwardBackward needs at least one datum');
+      if (data.length === 0) throw new InvalidArgumentError('forwardBackward needs at least one datum');
       const converted = new Map(data.map((d, i) => [d, datumToProto(d, i)]));
       chunks = chunkData(data, this.#config.fwdbwdMaxChunkLen, this.#config.fwdbwdMaxChunkBytes).map((chunk) => chunk.map((d) => converted.get(d)!));
     } catch (error) {
@@ -240,9 +240,9 @@ export class TrainingClient {
     try {
       forwardData = data.map((datum, i) => {
         const keys = Object.keys(datum.lossFnInputs);
-        if (!keys.includes('target_tokens')) throw new TypeError(`data[${i}]: forwardBackwardCustom needs target_tokens`);
+        if (!keys.includes('target_tokens')) throw new InvalidArgumentError(`data[${i}]: forwardBackwardCustom needs target_tokens`);
         const extra = keys.filter((k) => k !== 'target_tokens' && k !== 'weights');
-        if (extra.length > 0) throw new TypeError(`data[${i}]: forwardBackwardCustom only takes target_tokens and weights, got ${extra.join(', ')}`);
+        if (extra.length > 0) throw new InvalidArgumentError(`data[${i}]: forwardBackwardCustom only takes target_tokens and weights, got ${extra.join(', ')}`);
         if (keys.includes('weights')) return datum;
         const targets = datumToProto(datum, i).lossFnInputs['target_tokens']!;
         return { modelInput: datum.modelInput, lossFnInputs: { ...datum.lossFnInputs, weights: TensorData.float32(new Float32Array(targets.data.length), targets.shape) } };
@@ -272,12 +272,12 @@ export class TrainingClient {
         });
         const custom = await lossFn(data, logprobs);
         metrics = custom.metrics;
-        if (custom.gradients.length !== data.length) throw new TypeError(`the custom loss returned ${custom.gradients.length} gradients for ${data.length} datums`);
+        if (custom.gradients.length !== data.length) throw new InvalidArgumentError(`the custom loss returned ${custom.gradients.length} gradients for ${data.length} datums`);
         const linear: Datum[] = data.map((datum, i) => {
           const grad = custom.gradients[i]!;
           const values = grad instanceof TensorData ? grad.data : grad;
           const shape = logprobs[i]!.shape;
-          if (values.length !== logprobs[i]!.size) throw new TypeError(`gradient ${i} has ${values.length} values; its logprobs have ${logprobs[i]!.size}`);
+          if (values.length !== logprobs[i]!.size) throw new InvalidArgumentError(`gradient ${i} has ${values.length} values; its logprobs have ${logprobs[i]!.size}`);
           const weights = new Float32Array(values.length);
           for (let j = 0; j < values.length; j++) weights[j] = -Number(values[j]);
           return { modelInput: datum.modelInput, lossFnInputs: { target_tokens: datum.lossFnInputs['target_tokens']!, weights: TensorData.float32(weights, shape) } };

@@ -3,6 +3,7 @@
  * and the results of every call. Option and field names are camelCase; the wire stays snake_case
  * (loss-input keys such as `target_tokens` keep their wire names). Results are plain objects.
  */
+import { InvalidArgumentError } from './errors.js';
 import type { LossFnInput, TensorData } from './tensor.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -65,14 +66,14 @@ export class ModelInput {
   /**
    * One text chunk holding `tokens`.
    *
-   * @throws {TypeError} on a token that is not a non-negative integer.
+   * @throws {InvalidArgumentError} on a token that is not a non-negative integer.
    * @example
    * ModelInput.fromInts([1, 2, 3]);
    */
   static fromInts(tokens: ArrayLike<number>): ModelInput {
     const list = Array.from(tokens);
     list.forEach((t, i) => {
-      if (!Number.isInteger(t) || t < 0) throw new TypeError(`ModelInput.fromInts: token ${i} (${t}) is not a non-negative integer`);
+      if (!Number.isInteger(t) || t < 0) throw new InvalidArgumentError(`ModelInput.fromInts: token ${i} (${t}) is not a non-negative integer`);
     });
     return new ModelInput([{ type: 'encoded_text', tokens: list }]);
   }
@@ -90,14 +91,14 @@ export class ModelInput {
   /**
    * All token ids, in order.
    *
-   * @throws {TypeError} if the input holds a non-text chunk.
+   * @throws {InvalidArgumentError} if the input holds a non-text chunk.
    * @example
    * ModelInput.fromInts([1, 2]).append({ type: 'encoded_text', tokens: [3] }).toInts(); // [1, 2, 3]
    */
   toInts(): number[] {
     const out: number[] = [];
     for (const chunk of this.chunks) {
-      if (chunk.type !== 'encoded_text') throw new TypeError(`toInts only supports text chunks, got a ${chunk.type} chunk`);
+      if (chunk.type !== 'encoded_text') throw new InvalidArgumentError(`toInts only supports text chunks, got a ${chunk.type} chunk`);
       out.push(...chunk.tokens);
     }
     return out;
@@ -114,7 +115,7 @@ export class ModelInput {
     for (const chunk of this.chunks) {
       if (chunk.type === 'encoded_text') n += chunk.tokens.length;
       else if (chunk.expectedTokens !== undefined) n += chunk.expectedTokens;
-      else throw new TypeError('the length of an image chunk without expectedTokens is unknown');
+      else throw new InvalidArgumentError('the length of an image chunk without expectedTokens is unknown');
     }
     return n;
   }

@@ -7,7 +7,7 @@
 import { APIConnectionError, APIError, APIResponseValidationError, FutureExpiredError, RequestFailedError, type RequestErrorCategory } from '../core/errors.js';
 import type { ForwardBackwardOutput, SampleResponse } from '../core/types.js';
 import { decodeForwardBackwardOutput, decodeSampleResponse, ProtobufDecodeError } from './protobuf.js';
-import { backoffMs, responseJson, retryAfterMs, sleep, type HttpResponse, type Transport } from './transport.js';
+import { backoffMs, errorBody, responseJson, retryAfterMs, sleep, type Transport } from './transport.js';
 import { forwardBackwardOutputFromJson, forwardBackwardOutputFromProto, sampleResponseFromJson, sampleResponseFromProto } from './wire.js';
 
 /** What a future's result is. */
@@ -30,6 +30,8 @@ export interface PollOptions<K extends ResultKind> {
 const HELD_MS = 1000;
 /** Consecutive 400s tolerated (a load balancer may send a stray one), as the Python SDK does. */
 const MAX_BAD_REQUESTS = 3;
+/** The backoff exponent stops growing here (the delay is capped by `maxRetryDelayMs` long before). */
+const MAX_BACKOFF_EXPONENT = 16;
 
 const PROTO = 'application/x-protobuf';
 
@@ -47,8 +49,12 @@ export async function retrieveFuture<K extends ResultKind>(transport: Transport,
   const { initialRetryDelayMs, maxRetryDelayMs, maxRetries } = transport.config;
   const binary = options.kind !== 'json';
   let allowMetadataOnly = true;
+  // Separate budgets, each reset by an answer that is not an error: connection failures and 5xx
+  // share `maxRetries`; 400s have their own small budget; 429s are retried without limit (the
+  // server is only asking us to slow down) but with their own growing, capped backoff.
   let failures = 0;
   let badRequests = 0;
+  let rateLimited = 0;
   let quickTryAgains = 0;
   const started = Date.now();
   for (let iteration = 0; ; iteration++) {
@@ -86,30 +92,27 @@ export async function retrieveFuture<K extends ResultKind>(transport: Transport,
     };
 
     if (res.status === 408) {
-      failures = 0;
+      failures = badRequests = rateLimited = 0;
       await tryAgain();
       continue;
     }
-    if (res.status === 410) {
-      let body: unknown;
-      try {
-        body = responseJson(res);
-      } catch {
-        body = undefined;
-      }
-      throw new FutureExpiredError(requestId, body, res.headers);
-    }
+    if (res.status === 410) throw new FutureExpiredError(requestId, errorBody(res), res.headers);
     if (res.status === 429) {
-      await sleep(retryAfterMs(res.headers) ?? backoffMs(Math.min(failures, 6), initialRetryDelayMs, maxRetryDelayMs), options.signal);
+      const attempt = Math.min(rateLimited++, MAX_BACKOFF_EXPONENT);
+      await sleep(retryAfterMs(res.headers) ?? backoffMs(attempt, initialRetryDelayMs, maxRetryDelayMs), options.signal);
       continue;
     }
-    if (res.status >= 500 || res.status === 400) {
-      const budget = res.status === 400 ? badRequests++ < MAX_BAD_REQUESTS : failures < maxRetries;
-      if (!budget) throw APIError.generate(res.status, safeJson(res), res.headers);
+    if (res.status === 400) {
+      if (badRequests >= MAX_BAD_REQUESTS) throw APIError.generate(res.status, errorBody(res), res.headers);
+      await sleep(retryAfterMs(res.headers) ?? backoffMs(badRequests++, initialRetryDelayMs, maxRetryDelayMs), options.signal);
+      continue;
+    }
+    if (res.status >= 500) {
+      if (failures >= maxRetries) throw APIError.generate(res.status, errorBody(res), res.headers);
       await sleep(retryAfterMs(res.headers) ?? backoffMs(failures++, initialRetryDelayMs, maxRetryDelayMs), options.signal);
       continue;
     }
-    failures = 0;
+    failures = badRequests = rateLimited = 0;
 
     if (res.contentType.includes(PROTO)) {
       if (!binary) throw new APIResponseValidationError(`retrieve_future ${requestId}: unexpected protobuf result for a ${options.requestType} request`);
@@ -142,10 +145,3 @@ export async function retrieveFuture<K extends ResultKind>(transport: Transport,
   }
 }
 
-function safeJson(res: HttpResponse): unknown {
-  try {
-    return responseJson(res);
-  } catch {
-    return undefined;
-  }
-}

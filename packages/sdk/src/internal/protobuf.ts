@@ -5,6 +5,7 @@
  * are written; the reader skips any field it does not know (including fixed32), as protobuf
  * readers must. Packed arrays are little-endian regardless of the host.
  */
+import { InvalidArgumentError } from '../core/errors.js';
 
 // ---------------------------------------------------------------------------------------------
 // Logical shapes (wire-level, before conversion to the public types)
@@ -203,7 +204,7 @@ function int32Array(tokens: readonly number[], what: string): Int32Array {
   const out = new Int32Array(tokens.length);
   for (let i = 0; i < tokens.length; i++) {
     const t = tokens[i]!;
-    if (!Number.isInteger(t) || t < -0x80000000 || t > 0x7fffffff) throw new RangeError(`${what}[${i}] = ${t} is not an int32 token id`);
+    if (!Number.isInteger(t) || t < -0x80000000 || t > 0x7fffffff) throw new InvalidArgumentError(`${what}[${i}] = ${t} is not an int32 token id`);
     out[i] = t;
   }
   return out;

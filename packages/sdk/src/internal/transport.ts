@@ -4,7 +4,7 @@
  * 408, 429 (honouring `Retry-After`) and 5xx. Nothing else is retried. The idempotency key of a
  * request is reused across its retries, and so is its body (hence its `seq_id`).
  */
-import { APIConnectionError, APIError, APIResponseValidationError, APITimeoutError, APIUserAbortError } from '../core/errors.js';
+import { APIConnectionError, APIError, APIResponseValidationError, APITimeoutError, APIUserAbortError, InvalidArgumentError } from '../core/errors.js';
 import { raceAbort } from './abort.js';
 
 /** Resolved transport settings. */
@@ -68,8 +68,8 @@ export function responseJson<T>(res: HttpResponse): T {
   }
 }
 
-/** The body of an error answer: JSON when it parses, else text. */
-function errorBody(res: HttpResponse): unknown {
+/** The body of an error answer: JSON when it parses, else text (kept verbatim, so it can be reported). */
+export function errorBody(res: HttpResponse): unknown {
   const text = responseText(res);
   try {
     return JSON.parse(text) as unknown;
@@ -148,9 +148,18 @@ export function isRetryableStatus(status: number, headers: Headers): boolean {
 export class Transport {
   constructor(readonly config: TransportConfig) {}
 
-  /** The absolute URL of `path` with `query`. */
+  /**
+   * The absolute URL of `path` with `query`.
+   *
+   * @throws {InvalidArgumentError} when no URL can be built from the base URL and `path`.
+   */
   url(path: string, query?: HttpRequest['query']): string {
-    const url = new URL(path.replace(/^\/+/, ''), this.config.baseUrl);
+    let url: URL;
+    try {
+      url = new URL(path.replace(/^\/+/, ''), this.config.baseUrl);
+    } catch (error) {
+      throw new InvalidArgumentError(`cannot build a request URL from base URL ${JSON.stringify(this.config.baseUrl)} and path ${JSON.stringify(path)}`, { cause: error });
+    }
     for (const [key, value] of Object.entries(query ?? {})) {
       if (value !== undefined) url.searchParams.set(key, String(value));
     }
@@ -191,6 +200,9 @@ export class Transport {
   /** One HTTP exchange, body included, under the per-attempt timeout. */
   private async attempt(req: HttpRequest, retryCount: number, idempotencyKey: string | undefined): Promise<HttpResponse> {
     if (req.signal?.aborted) throw new APIUserAbortError(undefined, { cause: req.signal.reason });
+    // Built outside the try below: a URL that cannot be built is the caller's error, not a
+    // connection error to retry.
+    const url = this.url(req.path, req.query);
     const headers: Record<string, string> = {
       accept: req.accept ?? 'application/json',
       'x-api-key': this.config.apiKey,
@@ -221,7 +233,7 @@ export class Transport {
       const init: RequestInit = { method: req.method, headers, signal: controller.signal };
       if (body !== undefined) init.body = body;
       if (req.redirect) init.redirect = req.redirect;
-      const response = await raceAbort(this.config.fetch(this.url(req.path, req.query), init), controller.signal, (reason) => reason as Error);
+      const response = await raceAbort(this.config.fetch(url, init), controller.signal, (reason) => reason as Error);
       const bytes = new Uint8Array(await raceAbort(response.arrayBuffer(), controller.signal, (reason) => reason as Error));
       return { status: response.status, headers: response.headers, body: bytes, contentType: response.headers.get('content-type') ?? '' };
     } catch (error) {

@@ -2,7 +2,7 @@
  * @module Conversions between the public camelCase types and the snake_case wire (JSON bodies,
  * protobuf messages). Every response mapper tolerates missing optional fields and ignores extra ones.
  */
-import { APIResponseValidationError } from '../core/errors.js';
+import { APIResponseValidationError, InvalidArgumentError } from '../core/errors.js';
 import { TensorData, toTensorData } from '../core/tensor.js';
 import type {
   AdamParams,
@@ -37,7 +37,7 @@ export function datumToProto(datum: Datum, index: number): PbDatumIn {
     try {
       tensor = toTensorData(key, value);
     } catch (error) {
-      throw new TypeError(`data[${index}].lossFnInputs['${key}']: ${(error as Error).message}`);
+      throw new InvalidArgumentError(`data[${index}].lossFnInputs['${key}']: ${(error as Error).message}`, { cause: error });
     }
     lossFnInputs[key] = { dtype: tensor.dtype, shape: tensor.shape, data: tensor.data };
   }
@@ -260,10 +260,10 @@ export function checkpointsListFromJson(body: unknown): CheckpointsListResponse 
 
 /** Splits `tinker://{model_id}/{weights|sampler_weights}/{name}` into run id and checkpoint id. */
 export function parseTinkerPath(path: string): { trainingRunId: string; checkpointId: string } {
-  if (!path.startsWith('tinker://')) throw new TypeError(`not a tinker:// path: ${JSON.stringify(path)}`);
+  if (!path.startsWith('tinker://')) throw new InvalidArgumentError(`not a tinker:// path: ${JSON.stringify(path)}`);
   const parts = path.slice('tinker://'.length).split('/');
   if (parts.length !== 3 || (parts[1] !== 'weights' && parts[1] !== 'sampler_weights') || !parts[0] || !parts[2]) {
-    throw new TypeError(`invalid tinker path ${JSON.stringify(path)}: expected tinker://<run>/weights/<name> or tinker://<run>/sampler_weights/<name>`);
+    throw new InvalidArgumentError(`invalid tinker path ${JSON.stringify(path)}: expected tinker://<run>/weights/<name> or tinker://<run>/sampler_weights/<name>`);
   }
   return { trainingRunId: parts[0], checkpointId: `${parts[1]}/${parts[2]}` };
 }

@@ -1,0 +1,57 @@
+// The command line's option parsing (no server is started: every case fails in parsing).
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { CommanderError, InvalidArgumentError, type Command } from 'commander';
+import { buildProgram, parseInteger } from '../src/main.js';
+
+/** The program with every command throwing instead of exiting, and its stderr captured. */
+function program(): { root: Command; stderr: string[] } {
+  const stderr: string[] = [];
+  const root = buildProgram();
+  const quiet = (command: Command): void => {
+    command.exitOverride().configureOutput({ writeErr: (s) => stderr.push(s), writeOut: () => {} });
+    command.commands.forEach(quiet);
+  };
+  quiet(root);
+  return { root, stderr };
+}
+
+describe('parseInteger', () => {
+  test('accepts whole numbers in range', () => {
+    assert.equal(parseInteger('--steps', { min: 1 })('30'), 30);
+    assert.equal(parseInteger('--port', { min: 0, max: 65535 })('0'), 0);
+    assert.equal(parseInteger('--port', { min: 0, max: 65535 })('65535'), 65535);
+  });
+
+  test('rejects non-numbers, fractions, trailing junk and out-of-range values, naming the option', () => {
+    const port = parseInteger('--port', { min: 0, max: 65535 });
+    for (const bad of ['abc', '', '1.5', '80x', '0x50', '65536', '-1', '1e3']) {
+      assert.throws(
+        () => port(bad),
+        (e: unknown) => e instanceof InvalidArgumentError && e.message === `--port must be an integer from 0 to 65535, got ${JSON.stringify(bad)}`,
+        bad,
+      );
+    }
+    assert.throws(() => parseInteger('--steps', { min: 1 })('0'), /--steps must be an integer >= 1, got "0"/);
+  });
+});
+
+describe('the lathe command', () => {
+  for (const [argv, flag] of [
+    [['demo', '--steps', 'ten'], '--steps'],
+    [['serve', '--port', 'http'], '--port'],
+    [['serve', '--port', '99999'], '--port'],
+  ] as const) {
+    test(`lathe ${argv.join(' ')} is a usage error naming ${flag}`, async () => {
+      const { root, stderr } = program();
+      const error = await root.parseAsync(['node', 'lathe', ...argv]).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      assert.ok(error instanceof CommanderError, String(error));
+      assert.equal(error.code, 'commander.invalidArgument');
+      assert.equal(error.exitCode, 1);
+      assert.match(stderr.join(''), new RegExp(`${flag} must be an integer`));
+    });
+  }
+});
