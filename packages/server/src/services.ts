@@ -10,7 +10,7 @@
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { decode, encode } from '@msgpack/msgpack';
-import { HttpError, badRequest } from './http/errors.js';
+import { badRequest, tooManyRequests } from './http/errors.js';
 import { packResult, type StoredResult } from './protocol/results.js';
 import { FutureHub } from './scheduler/futures.js';
 import { Lane, type Completion, type JobError, type SampleJob, type TrainingOp } from './scheduler/lane.js';
@@ -114,6 +114,12 @@ export class Services {
     const now = Date.now();
     const lane = this.lane(run.baseModel);
     const logged: LoggedTraining = { op, meta };
+    if (run.state === 'unloaded') {
+      // A retry of a request logged before the unload still gets its future; nothing new runs.
+      const original = await this.store.requests.findBySeq(run.modelId, seqId, owner);
+      if (original) return original.requestId;
+      throw badRequest(`training run ${run.modelId} was unloaded; create a new model (or load a checkpoint into one) to continue`, 'model_unloaded');
+    }
     const { row, created } = await this.store.requests.insert({ owner, target: run.modelId, seqId, kind: meta.kind, payload: encode(logged), now });
     if (!created) return row.requestId;
     // A run this process has not seen (the server restarted) is rebuilt from its log on first use.
@@ -235,18 +241,27 @@ export class Services {
 
   // ---- sampling -------------------------------------------------------------------------------
 
-  /** Logs a sampling request and queues it; 429 when the base model's queue is full. */
+  /**
+   * Logs a sampling request and queues it; 429 when the base model's queue is full. The queue
+   * place is reserved before the request is logged, so whatever is acknowledged is queued.
+   */
   async submitSample(owner: string, samplerId: string, seqId: number | null, job: LoggedSample): Promise<string> {
     const lane = this.lane(job.baseModel);
-    if (lane.queued.sampling >= lane.maxQueuedSamples) {
-      throw new HttpError(429, 'too_many_requests', `sampling queue for ${job.baseModel} is full; retry shortly`, 'user', { 'retry-after': '1' });
+    if (!lane.reserveSample()) throw tooManyRequests(`sampling queue for ${job.baseModel} is full; retry shortly`);
+    let inserted: { row: RequestRow; created: boolean };
+    try {
+      inserted = await this.store.requests.insert({ owner, target: samplerId, seqId, kind: 'sample', payload: encode(job), now: Date.now() });
+    } catch (error) {
+      lane.releaseSample();
+      throw error;
     }
-    const { row, created } = await this.store.requests.insert({ owner, target: samplerId, seqId, kind: 'sample', payload: encode(job), now: Date.now() });
-    if (created) this.enqueueSample(row.requestId, job);
-    return row.requestId;
+    if (inserted.created) this.enqueueSample(inserted.row.requestId, job, true);
+    else lane.releaseSample();
+    return inserted.row.requestId;
   }
 
-  private enqueueSample(requestId: string, job: LoggedSample): void {
+  /** Queues a logged sampling request, into a place `reserved` by the caller or beyond the limit. */
+  private enqueueSample(requestId: string, job: LoggedSample, reserved: boolean): void {
     this.lane(job.baseModel).submitSample({
       requestId,
       adapter: job.adapter,
@@ -258,7 +273,7 @@ export class Services {
         ...(reply['prompt_logprobs'] ? { prompt_logprobs: reply['prompt_logprobs'] as (number | null)[] } : {}),
         ...(reply['topk_prompt_logprobs'] ? { topk_prompt_logprobs: reply['topk_prompt_logprobs'] as ([number, number][] | null)[] } : {}),
       }),
-    });
+    }, reserved);
   }
 
   // ---- restart --------------------------------------------------------------------------------
@@ -276,7 +291,8 @@ export class Services {
     for (const row of unfinished) {
       try {
         if (row.kind === 'sample') {
-          this.enqueueSample(row.requestId, decode(row.payload!) as LoggedSample);
+          // Acknowledged before the restart: queued whatever the limit.
+          this.enqueueSample(row.requestId, decode(row.payload!) as LoggedSample, false);
         } else {
           const run = await this.store.runs.get(row.target, row.owner);
           if (!run || row.seqId === null || !row.payload) throw new Error('not resumable');

@@ -3,8 +3,13 @@ import { mkdtempSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
+import { encode } from '@msgpack/msgpack';
+import { sql } from 'kysely';
 import { createServer, type LatheServer } from '../src/index.js';
 import { encodeForwardBackwardRequest } from '../src/protocol/proto.js';
+import { openStore } from '../src/store/index.js';
+import { WorkerPool } from '../src/worker/pool.js';
+import { tokensToWire } from '../src/worker/tensor.js';
 
 // Behaviour that a conformance client cannot provoke on demand: session expiry, sampling
 // backpressure, a crashed worker. One real server (SQLite, real worker processes) for the file.
@@ -12,6 +17,7 @@ let server: LatheServer;
 let key: string;
 let owner: string;
 const MODEL = 'lathe/tiny-qwen3';
+const MODELS = [{ model_name: MODEL, max_context_length: 2048, vocab_size: 151936, architecture: 'qwen3' }];
 
 before(async () => {
   const dataDir = mkdtempSync(path.join(os.tmpdir(), 'lathe-server-test-'));
@@ -20,7 +26,7 @@ before(async () => {
     sessionTimeoutMs: 300,
     longPollMs: 1500,
     maxQueuedSamples: 2,
-    models: [{ model_name: MODEL, max_context_length: 2048, vocab_size: 151936, architecture: 'qwen3' }],
+    models: MODELS,
   });
   const created = await server.services.store.keys.create('test');
   key = created.key;
@@ -30,7 +36,7 @@ after(async () => {
   await server.close();
 });
 
-async function call(method: 'GET' | 'POST', url: string, payload?: unknown): Promise<{ status: number; body: Record<string, unknown>; headers: Record<string, unknown> }> {
+async function call(method: 'GET' | 'POST' | 'PUT' | 'DELETE', url: string, payload?: unknown): Promise<{ status: number; body: Record<string, unknown>; headers: Record<string, unknown> }> {
   const response = await server.app.inject({ method, url, headers: { 'x-api-key': key }, ...(payload !== undefined ? { payload: payload as Record<string, unknown> } : {}) });
   return { status: response.statusCode, body: response.json() as Record<string, unknown>, headers: response.headers };
 }
@@ -161,4 +167,226 @@ test('a crashed worker is restarted and its runs are rebuilt from the request lo
   const after = await fwdbwd(true);
   assert.ok(Math.abs(after - before) < 1e-4 * Math.abs(before), `loss ${before} before the crash, ${after} after`);
   assert.notEqual((await server.services.pool.pids())[MODEL], pid);
+});
+
+/** A logged sampling job as `Services.submitSample` takes it: two greedy tokens after a short prompt. */
+function sampleJob(maxTokens = 2) {
+  return {
+    baseModel: MODEL,
+    adapter: null,
+    load: null,
+    item: { prompt: tokensToWire([9707, 1879]), num_samples: 1, sampling_params: { max_tokens: maxTokens, temperature: 0, top_k: -1, top_p: 1 }, prompt_logprobs: false, topk_prompt_logprobs: 0 },
+  };
+}
+
+async function createModel(seed = 1): Promise<string> {
+  const id = await session();
+  const created = await call('POST', '/api/v1/create_model', { session_id: id, model_seq_id: 0, base_model: MODEL, lora_config: { rank: 4, seed }, type: 'create_model' });
+  assert.equal(created.status, 200, JSON.stringify(created.body));
+  await result(created.body['request_id'] as string);
+  return created.body['model_id'] as string;
+}
+
+/** Submits a (protobuf) forward or forward_backward; returns the future's request id. */
+async function forward(modelId: string, seqId: number, forwardOnly: boolean): Promise<{ status: number; requestId: string; body: string }> {
+  const body = encodeForwardBackwardRequest({
+    modelId, seqId, lossFn: 'cross_entropy', lossFnConfig: {}, forwardOnly,
+    data: [{ modelInput: [9707, 1879, 11], lossFnInputs: { target_tokens: { dtype: 'int64', shape: [3], data: BigInt64Array.from([1879n, 11n, 1246n]) } } }],
+  });
+  const response = await server.app.inject({ method: 'POST', url: '/api/v1/forward_backward', headers: { 'x-api-key': key, 'content-type': 'application/x-protobuf' }, payload: Buffer.from(body) });
+  return { status: response.statusCode, requestId: response.statusCode === 200 ? (response.json() as { request_id: string }).request_id : '', body: response.body };
+}
+
+function assertBadRequest(r: { status: number; body: Record<string, unknown> }, field: string): void {
+  assert.equal(r.status, 400, JSON.stringify(r.body));
+  const message = (r.body['error'] as { message: string }).message;
+  assert.ok(message.includes(field), `expected the error to name ${field}: ${message}`);
+}
+
+test('malformed forward_backward JSON bodies get a 400 naming the field, never a 500', async () => {
+  const post = async (payload: string | undefined, contentType?: string) => {
+    const response = await server.app.inject({
+      method: 'POST',
+      url: '/api/v1/forward_backward',
+      headers: { 'x-api-key': key, ...(contentType ? { 'content-type': contentType } : {}) },
+      ...(payload !== undefined ? { payload } : {}),
+    });
+    return { status: response.statusCode, body: response.json() as Record<string, unknown> };
+  };
+  const datum = { model_input: { chunks: [{ type: 'encoded_text', tokens: [1, 2] }] }, loss_fn_inputs: { target_tokens: [2, 3] } };
+  const valid = { model_id: 'nope:train:0', seq_id: 1, forward_backward_input: { data: [datum], loss_fn: 'cross_entropy' } };
+  assert.equal((await post(undefined)).status, 400);
+  assert.equal((await post('null', 'application/json')).status, 400);
+  assertBadRequest(await post('"text"', 'text/plain'), 'body');
+  assertBadRequest(await post(JSON.stringify({ ...valid, forward_backward_input: null }), 'application/json'), 'forward_backward_input');
+  assertBadRequest(await post(JSON.stringify({ ...valid, forward_backward_input: { data: [null], loss_fn: 'cross_entropy' } }), 'application/json'), 'data/0');
+  assertBadRequest(await post(JSON.stringify({ ...valid, forward_backward_input: { data: [datum, 7], loss_fn: 'cross_entropy' } }), 'application/json'), 'data/1');
+  // Without a JSON content type the schema does not apply: the handler's own checks answer.
+  assertBadRequest(await post(JSON.stringify({ ...valid, forward_backward_input: { data: [null], loss_fn: 'cross_entropy' } }), 'text/plain'), 'body');
+  // A well-formed body reaches the handler (here: an unknown model).
+  assert.equal((await post(JSON.stringify(valid), 'application/json')).status, 404);
+  const forwardOnly = await call('POST', '/api/v1/forward', { model_id: 'nope:train:0', seq_id: 1, forward_input: { data: [null], loss_fn: 'cross_entropy' } });
+  assertBadRequest(forwardOnly, 'data/0');
+});
+
+test('ttl_seconds is bounded (1 s to 10 years) everywhere, and listings survive an out-of-range expiry', async () => {
+  const modelId = await createModel();
+  for (const ttl of [0, -5, 1e13]) {
+    assertBadRequest(await call('POST', '/api/v1/save_weights', { model_id: modelId, seq_id: 1, path: 'w', ttl_seconds: ttl, type: 'save_weights' }), 'ttl_seconds');
+    assertBadRequest(await call('POST', '/api/v1/save_weights_for_sampler', { model_id: modelId, seq_id: 1, path: 'w', ttl_seconds: ttl, type: 'save_weights_for_sampler' }), 'ttl_seconds');
+  }
+  const saved = await call('POST', '/api/v1/save_weights', { model_id: modelId, seq_id: 1, path: 'w', ttl_seconds: 3600, type: 'save_weights' });
+  assert.equal(saved.status, 200, JSON.stringify(saved.body));
+  await result(saved.body['request_id'] as string);
+  for (const ttl of [0, 1e13]) assertBadRequest(await call('PUT', `/api/v1/training_runs/${modelId}/checkpoints/weights/w/ttl`, { ttl_seconds: ttl }), 'ttl_seconds');
+  assert.equal((await call('PUT', `/api/v1/training_runs/${modelId}/checkpoints/weights/w/ttl`, { ttl_seconds: 10 * 365 * 24 * 3600 })).status, 200);
+  // A row stored before the bound existed (expiry beyond the Date range) no longer breaks the listings.
+  const row = await server.services.store.checkpoints.get(modelId, 'weights/w', owner);
+  assert.ok(row);
+  await server.services.store.checkpoints.put({ ...row, expiresAt: Date.now() + 1e16, now: Date.now() });
+  const listed = await call('GET', '/api/v1/checkpoints');
+  assert.equal(listed.status, 200, JSON.stringify(listed.body));
+  assert.equal((await call('GET', '/api/v1/training_runs')).status, 200);
+});
+
+test('asample rejects out-of-range sampling parameters with a 400 naming the field', async () => {
+  const id = await session();
+  const sampler = (await call('POST', '/api/v1/create_sampling_session', { session_id: id, sampling_session_seq_id: 0, base_model: MODEL, type: 'create_sampling_session' })).body['sampling_session_id'];
+  const sample = (extra: Record<string, unknown>, params: Record<string, unknown> = {}) =>
+    call('POST', '/api/v1/asample', { sampling_session_id: sampler, prompt: { chunks: [{ type: 'encoded_text', tokens: [9707] }] }, sampling_params: { max_tokens: 1, ...params }, ...extra, type: 'sample' });
+  const cases: [Record<string, unknown>, Record<string, unknown>, string][] = [
+    [{}, { max_tokens: 0 }, 'max_tokens'],
+    [{}, { temperature: -0.5 }, 'temperature'],
+    [{}, { top_p: 0 }, 'top_p'],
+    [{}, { top_p: 1.5 }, 'top_p'],
+    [{}, { top_k: 0 }, 'top_k'],
+    [{}, { top_k: -2 }, 'top_k'],
+    [{ topk_prompt_logprobs: -1 }, {}, 'topk_prompt_logprobs'],
+    [{ topk_prompt_logprobs: 101 }, {}, 'topk_prompt_logprobs'],
+    [{ num_samples: 0 }, {}, 'num_samples'],
+    [{ num_samples: 129 }, {}, 'num_samples'],
+  ];
+  for (const [extra, params, field] of cases) assertBadRequest(await sample(extra, params), field);
+  // The edges are accepted.
+  const ok = await sample({ topk_prompt_logprobs: 100, prompt_logprobs: true }, { temperature: 0, top_k: -1, top_p: 1 });
+  assert.equal(ok.status, 200, JSON.stringify(ok.body));
+  assert.ok(Array.isArray((await result(ok.body['request_id'] as string))['sequences']));
+});
+
+test('concurrent asample submits never acknowledge more than the queue holds, and every acknowledged one runs', async () => {
+  const id = await session();
+  const sampler = (await call('POST', '/api/v1/create_sampling_session', { session_id: id, sampling_session_seq_id: 0, base_model: MODEL, type: 'create_sampling_session' })).body['sampling_session_id'] as string;
+  const services = server.services;
+  assert.equal(services.lane(MODEL).queued.sampling, 0);
+  // All eight check the limit before any is logged: only the queue's two places may be granted.
+  const burst = await Promise.allSettled(Array.from({ length: 8 }, (_, i) => services.submitSample(owner, sampler, i, sampleJob())));
+  const accepted = burst.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+  const refused = burst.flatMap((r) => (r.status === 'rejected' ? [r.reason as { statusCode: number }] : []));
+  assert.equal(accepted.length, 2, `acknowledged ${accepted.length} of 8 with room for 2`);
+  for (const error of refused) assert.equal(error.statusCode, 429);
+  for (const requestId of accepted) assert.ok(Array.isArray((await result(requestId))['sequences']));
+  // A submit whose logging fails gives its place back: (sampler, 0) belongs to another key here.
+  const other = await services.store.keys.create('other');
+  for (let i = 0; i < 3; i++) await assert.rejects(services.submitSample(other.id, sampler, 0, sampleJob()), /another owner/);
+  const after = await services.submitSample(owner, sampler, 100, sampleJob());
+  assert.ok(Array.isArray((await result(after))['sequences']));
+});
+
+test('sampling requests resumed after a restart are all queued, whatever the queue limit', async () => {
+  const dataDir = mkdtempSync(path.join(os.tmpdir(), 'lathe-server-test-'));
+  const store = await openStore(path.join(dataDir, 'lathe.db'));
+  const created = await store.keys.create('resume');
+  const ids: string[] = [];
+  for (let seq = 0; seq < 4; seq++) {
+    const { row } = await store.requests.insert({ owner: created.id, target: 'adhoc:resume', seqId: seq, kind: 'sample', payload: encode(sampleJob()), now: Date.now() });
+    ids.push(row.requestId);
+  }
+  await store.close();
+  const restarted = await createServer({ dataDir, maxQueuedSamples: 1, models: MODELS });
+  try {
+    for (const requestId of ids) {
+      const done = await until(`${requestId} to finish`, async () => {
+        const row = await restarted.services.store.requests.get(requestId, created.id);
+        return row?.status === 'complete' || row?.status === 'failed' ? row : undefined;
+      }, 30_000);
+      assert.equal(done.status, 'complete', JSON.stringify(done.error));
+    }
+  } finally {
+    await restarted.close();
+  }
+});
+
+test('a store failure while recording a result is contained: the lane keeps running that run', async () => {
+  const modelId = await createModel();
+  // seq 2 waits for seq 1; recording anything about seq 2 then fails in the database itself.
+  const second = await forward(modelId, 2, true);
+  assert.equal(second.status, 200, second.body);
+  const db = server.services.store.db;
+  await sql`CREATE TRIGGER refuse_update BEFORE UPDATE ON requests WHEN OLD.request_id = ${sql.lit(second.requestId)} BEGIN SELECT RAISE(ABORT, 'simulated store failure'); END`.execute(db);
+  try {
+    const first = await forward(modelId, 1, true);
+    await result(first.requestId);
+    const third = await forward(modelId, 3, true);
+    assert.equal(third.status, 200, third.body);
+    assert.ok('metrics' in (await result(third.requestId)));
+  } finally {
+    await sql`DROP TRIGGER refuse_update`.execute(db);
+  }
+});
+
+test('a closed worker pool refuses to start workers', async () => {
+  const pool = new WorkerPool({ modelsDir: mkdtempSync(path.join(os.tmpdir(), 'lathe-pool-test-')) });
+  await pool.close();
+  await assert.rejects(pool.client(MODEL), /closed/);
+  assert.equal(pool.has(MODEL), false);
+  assert.deepEqual(await pool.pids(), {});
+});
+
+test('unload_model gets a future of its own, after everything logged, and the model is gone afterwards', async () => {
+  const modelId = await createModel();
+  const id = await session();
+  const sampler = (await call('POST', '/api/v1/create_sampling_session', { session_id: id, sampling_session_seq_id: 0, base_model: MODEL, type: 'create_sampling_session' })).body['sampling_session_id'] as string;
+  // A long sample holds the lane, so seq 1 is still waiting when the unload arrives.
+  const long = await server.services.submitSample(owner, sampler, 0, sampleJob(1200));
+  const step = await forward(modelId, 1, false);
+  assert.equal(step.status, 200, step.body);
+  const unload = await call('POST', '/api/v1/unload_model', { model_id: modelId, type: 'unload_model' });
+  assert.equal(unload.status, 200, JSON.stringify(unload.body));
+  const unloadId = unload.body['request_id'] as string;
+  assert.notEqual(unloadId, step.requestId);
+  assert.ok('metrics' in (await result(step.requestId)));
+  assert.deepEqual(await result(unloadId), { model_id: modelId, type: 'unload_model' });
+  const row = await server.services.store.requests.get(unloadId, owner);
+  assert.equal(row?.kind, 'unload_model');
+  assert.equal(row?.seqId, 2);
+  await result(long);
+  // The adapter is gone: new work on the model is refused at once (seq 2 would be the unload's retry).
+  const after = await forward(modelId, 3, true);
+  assert.equal(after.status, 400, after.body);
+  assert.match(after.body, /unloaded/);
+});
+
+test('a checkpoint loaded after a failed rebuild replaces the lost weights for good', async () => {
+  const modelId = await createModel(5);
+  let seq = 0;
+  const step = async (body: Record<string, unknown>, url: string) => {
+    const r = await call('POST', url, { model_id: modelId, seq_id: ++seq, ...body });
+    assert.equal(r.status, 200, JSON.stringify(r.body));
+    return result(r.body['request_id'] as string);
+  };
+  assert.ok('metrics' in (await result((await forward(modelId, ++seq, false)).requestId)));
+  const a = (await step({ path: 'a', type: 'save_weights' }, '/api/v1/save_weights'))['path'] as string;
+  const b = (await step({ path: 'b', type: 'save_weights' }, '/api/v1/save_weights'))['path'] as string;
+  await step({ path: a, optimizer: false, type: 'load_weights' }, '/api/v1/load_weights');
+  // Deleting `a` makes the run's log impossible to replay once its worker is gone.
+  assert.equal((await call('DELETE', `/api/v1/training_runs/${modelId}/checkpoints/weights/a`)).status, 200);
+  const pid = (await server.services.pool.pids())[MODEL];
+  assert.ok(pid);
+  process.kill(pid, 'SIGKILL');
+  await until('the pool to notice the crash', async () => (server.services.pool.has(MODEL) ? undefined : true));
+  // The rebuild fails, but loading `b` restores the run; the next request must not rebuild again.
+  const loaded = await step({ path: b, optimizer: false, type: 'load_weights' }, '/api/v1/load_weights');
+  assert.equal(loaded['type'], 'load_weights', JSON.stringify(loaded));
+  const next = await result((await forward(modelId, ++seq, true)).requestId);
+  assert.ok('metrics' in next, JSON.stringify(next));
 });

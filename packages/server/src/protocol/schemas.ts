@@ -46,6 +46,12 @@ export const CreateModelBody = Type.Object(
 
 export const ModelIdBody = Type.Object({ model_id: Type.String() }, Open);
 
+/** Longest accepted checkpoint TTL: ten years, in seconds (longer ones overflow dates). */
+export const MAX_TTL_SECONDS = 10 * 365 * 24 * 3600;
+
+/** `ttl_seconds`: a positive whole number of seconds up to {@link MAX_TTL_SECONDS}, or null for none. */
+const TtlSeconds = Type.Union([Type.Null(), Type.Integer({ minimum: 1, maximum: MAX_TTL_SECONDS })]);
+
 /** A JSON tensor (TensorData) or a plain number list; checked in detail by the codec. */
 export const TensorJson = Type.Unknown();
 
@@ -62,6 +68,18 @@ export const ForwardBackwardInputJson = Type.Object(
   },
   Open,
 );
+
+/** The JSON body of `forward_backward` (older SDKs; newer ones send protobuf) and of `forward`. */
+export const ForwardBackwardBody = Type.Object(
+  {
+    model_id: Type.String(),
+    seq_id: Type.Integer({ minimum: 1 }),
+    forward_backward_input: ForwardBackwardInputJson,
+    forward_only: Type.Optional(Type.Boolean()),
+  },
+  Open,
+);
+export const ForwardBody = Type.Object({ model_id: Type.String(), seq_id: Type.Integer({ minimum: 1 }), forward_input: ForwardBackwardInputJson }, Open);
 
 export const AdamParamsSchema = Type.Object(
   {
@@ -82,7 +100,7 @@ export const SaveWeightsBody = Type.Object(
     model_id: Type.String(),
     seq_id: Type.Integer({ minimum: 1 }),
     path: Type.String(),
-    ttl_seconds: Type.Optional(Type.Union([Type.Null(), Type.Integer()])),
+    ttl_seconds: Type.Optional(TtlSeconds),
     overwrite: Type.Optional(Type.Boolean()),
   },
   Open,
@@ -94,7 +112,7 @@ export const SaveWeightsForSamplerBody = Type.Object(
     seq_id: Type.Integer({ minimum: 1 }),
     path: Type.Optional(Type.String()),
     sampling_session_seq_id: Type.Optional(Type.Integer({ minimum: 0 })),
-    ttl_seconds: Type.Optional(Type.Union([Type.Null(), Type.Integer()])),
+    ttl_seconds: Type.Optional(TtlSeconds),
   },
   Open,
 );
@@ -116,14 +134,20 @@ export const CreateSamplingSessionBody = Type.Object(
   Open,
 );
 
+/** The worker's limits (worker/lathe_worker/sampler.py). */
+export const MAX_NUM_SAMPLES = 128;
+export const MAX_TOPK_PROMPT_LOGPROBS = 100;
+
+/** JSON cannot carry NaN or infinities, so a schema-checked number is finite. */
 export const SamplingParamsSchema = Type.Object(
   {
-    max_tokens: Type.Optional(Type.Union([Type.Null(), Type.Integer()])),
+    max_tokens: Type.Optional(Type.Union([Type.Null(), Type.Integer({ minimum: 1 })])),
     seed: Type.Optional(Type.Union([Type.Null(), Type.Integer()])),
     stop: Type.Optional(Type.Union([Type.Null(), Type.String(), Type.Array(Type.String()), Type.Array(Type.Integer())])),
-    temperature: Type.Optional(Type.Number()),
-    top_k: Type.Optional(Type.Integer()),
-    top_p: Type.Optional(Type.Number()),
+    temperature: Type.Optional(Type.Number({ minimum: 0 })),
+    /** -1 turns top-k off. */
+    top_k: Type.Optional(Type.Union([Type.Literal(-1), Type.Integer({ minimum: 1 })])),
+    top_p: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1 })),
   },
   Open,
 );
@@ -134,11 +158,11 @@ export const SampleBody = Type.Object(
     base_model: Type.Optional(Type.String()),
     model_path: Type.Optional(Type.String()),
     seq_id: Type.Optional(Type.Integer({ minimum: 0 })),
-    num_samples: Type.Optional(Type.Integer()),
+    num_samples: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_NUM_SAMPLES })),
     prompt: Type.Unknown(),
     sampling_params: Type.Optional(SamplingParamsSchema),
     prompt_logprobs: Type.Optional(Type.Boolean()),
-    topk_prompt_logprobs: Type.Optional(Type.Integer()),
+    topk_prompt_logprobs: Type.Optional(Type.Integer({ minimum: 0, maximum: MAX_TOPK_PROMPT_LOGPROBS })),
   },
   Open,
 );
@@ -159,12 +183,6 @@ export function paging(query: Static<typeof PagingQuery>, defaultLimit: number):
   return { limit: Math.min(1000, Math.max(1, Number(query.limit ?? defaultLimit))), offset: Number(query.offset ?? 0) };
 }
 
-export const TtlBody = Type.Object({ ttl_seconds: Type.Union([Type.Null(), Type.Integer()]) }, Open);
+export const TtlBody = Type.Object({ ttl_seconds: TtlSeconds }, Open);
 
 export const ProjectBody = Type.Object({ project_id: Type.String() }, Open);
-
-export const UntypedFuture = Type.Object({
-  request_id: Type.String(),
-  model_id: Type.Optional(Type.String()),
-  sample_sequence_ids: Type.Optional(Type.Array(Type.String())),
-});

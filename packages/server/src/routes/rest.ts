@@ -15,7 +15,12 @@ import { owner, type TypedApp } from './context.js';
 
 const ARCHIVE_TTL_MS = 15 * 60 * 1000;
 
-const iso = (ms: number | null | undefined): string | undefined => (ms === null || ms === undefined ? undefined : new Date(ms).toISOString());
+/** ISO time of a stored timestamp; undefined for none, or for one out of the Date range (never throws). */
+const iso = (ms: number | null | undefined): string | undefined => {
+  if (ms === null || ms === undefined) return undefined;
+  const date = new Date(ms);
+  return Number.isNaN(date.getTime()) ? undefined : date.toISOString();
+};
 
 /** The JSON `Checkpoint` of the protocol. */
 export function checkpointJson(c: CheckpointRow): Record<string, unknown> {
@@ -138,7 +143,6 @@ export function restRoutes(app: TypedApp, services: Services, signer: ArchiveSig
     if (action !== 'ttl') throw notFound('route', request.url);
     await ownCheckpoint(request.params.modelId, checkpointId, who);
     const ttl = (request.body as { ttl_seconds: number | null }).ttl_seconds;
-    if (ttl !== null && ttl <= 0) throw badRequest('ttl_seconds must be positive, or null to remove the TTL', 'invalid_ttl');
     await store.checkpoints.setExpiry(request.params.modelId, checkpointId, who, ttl === null ? null : Date.now() + ttl * 1000);
     return {};
   });
@@ -177,7 +181,22 @@ export function restRoutes(app: TypedApp, services: Services, signer: ArchiveSig
     }
     const name = `${grant.checkpointId.replace('/', '-')}.tar`;
     const stream = createTar({ cwd: folder, portable: true }, ['adapter_model.safetensors', 'adapter_config.json']);
-    stream.on('end', () => rmSync(work, { recursive: true, force: true }));
+    // Remove the folder once the download is over however it ends: sent, or the client went away
+    // (then the stream never ends; the response closes and Fastify destroys the stream).
+    let removed = false;
+    const cleanup = (): void => {
+      if (removed) return;
+      removed = true;
+      rmSync(work, { recursive: true, force: true });
+    };
+    stream.once('end', cleanup);
+    stream.once('close', cleanup);
+    reply.raw.once('close', cleanup);
+    if (reply.raw.destroyed) {
+      // The client left while the adapter was being exported.
+      stream.destroy();
+      cleanup();
+    }
     return reply.type('application/x-tar').header('content-disposition', `attachment; filename="${name}"`).send(stream);
   });
 }

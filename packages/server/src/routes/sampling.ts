@@ -88,8 +88,8 @@ export function samplingRoutes(app: TypedApp, services: Services, longPollMs: nu
     const params = body.sampling_params ?? {};
     const maxTokens = params.max_tokens ?? Math.max(1, model.max_context_length - prompt.length);
     checkContext(prompt.length, maxTokens, model);
+    // The schema bounds num_samples, max_tokens, temperature, top_k, top_p and topk_prompt_logprobs.
     const numSamples = body.num_samples ?? 1;
-    if (!Number.isInteger(numSamples) || numSamples < 1 || numSamples > 128) throw badRequest('num_samples must be an integer in [1, 128]', 'invalid_num_samples');
     const stop = params.stop;
     if (Array.isArray(stop)) {
       for (const s of stop) if (typeof s === 'number') checkTokens([s], model, 'sampling_params.stop');

@@ -10,7 +10,8 @@ import { prepareData } from '../protocol/datums.js';
 import { decodeForwardBackwardRequest, modelInputFromJson, ProtoDecodeError, tensorFromJson, type ForwardBackwardRequestMsg, type WireDatum } from '../protocol/proto.js';
 import {
   CreateModelBody,
-  ForwardBackwardInputJson,
+  ForwardBackwardBody,
+  ForwardBody,
   LoadWeightsBody,
   ModelIdBody,
   OptimStepBody,
@@ -22,6 +23,8 @@ import {
 import type { Services } from '../services.js';
 import type { RunRow } from '../store/index.js';
 import { owner, type TypedApp } from './context.js';
+
+const isRecord = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);
 
 const ADAM_KEYS = ['learning_rate', 'beta1', 'beta2', 'eps', 'weight_decay', 'grad_clip_norm'] as const;
 
@@ -85,8 +88,10 @@ export function trainingRoutes(app: TypedApp, services: Services): void {
 
   app.post('/api/v1/unload_model', { schema: { body: ModelIdBody } }, async (request) => {
     const found = await run(request, request.body.model_id);
-    const lane = services.lane(found.baseModel);
-    const seq = lane.expectedSeq(found.modelId) ?? 0;
+    // Unload carries no seq_id of its own: it goes after everything logged for the run (and after
+    // what the lane expects, should old rows have been pruned), so it never aliases another request.
+    const logged = await store.requests.maxSeq(found.modelId);
+    const seq = Math.max(logged === null ? 0 : logged + 1, services.lane(found.baseModel).expectedSeq(found.modelId) ?? 0);
     const requestId = await services.submitTraining(owner(request), found, seq, { kind: 'drop_adapter' }, { kind: 'unload_model' });
     return { request_id: requestId, model_id: found.modelId };
   });
@@ -100,35 +105,49 @@ export function trainingRoutes(app: TypedApp, services: Services): void {
     return { request_id: requestId, model_id: found.modelId };
   }
 
-  function fromJsonInput(body: Record<string, unknown>, inputKey: string, forwardOnly: boolean): ForwardBackwardRequestMsg {
-    const input = body[inputKey] as { data?: unknown[]; loss_fn?: unknown; loss_fn_config?: Record<string, number> | null } | undefined;
-    if (!input || !Array.isArray(input.data) || typeof input.loss_fn !== 'string') {
-      throw badRequest(`${inputKey} with data and loss_fn is required`, 'invalid_request');
+  /**
+   * Reads the JSON form of a forward(_backward) request. The route schema checks JSON bodies; a
+   * body without a JSON content type skips it, so every shape is checked here again.
+   */
+  function fromJsonInput(body: unknown, inputKey: string, forwardOnly: boolean): ForwardBackwardRequestMsg {
+    if (!isRecord(body)) throw badRequest('the request body must be a JSON object', 'invalid_request');
+    if (typeof body['model_id'] !== 'string') throw badRequest('model_id must be a string', 'invalid_request');
+    const input = body[inputKey];
+    if (!isRecord(input)) throw badRequest(`${inputKey} must be an object with data and loss_fn`, 'invalid_request');
+    if (!Array.isArray(input['data'])) throw badRequest(`${inputKey}.data must be a list of datums`, 'invalid_request');
+    if (typeof input['loss_fn'] !== 'string') throw badRequest(`${inputKey}.loss_fn must be a string`, 'invalid_request');
+    const config = input['loss_fn_config'] ?? {};
+    if (!isRecord(config) || !Object.values(config).every((v) => typeof v === 'number')) {
+      throw badRequest(`${inputKey}.loss_fn_config must be an object of numbers`, 'invalid_request');
     }
-    const data: WireDatum[] = input.data.map((d, i) => {
-      const datum = d as { model_input?: unknown; loss_fn_inputs?: Record<string, unknown> };
+    const data: WireDatum[] = input['data'].map((datum: unknown, i) => {
+      const where = `${inputKey}.data[${i}]`;
+      if (!isRecord(datum)) throw badRequest(`${where} must be an object with model_input and loss_fn_inputs`, 'invalid_datum');
+      const lossFnInputs = datum['loss_fn_inputs'] ?? {};
+      if (!isRecord(lossFnInputs)) throw badRequest(`${where}.loss_fn_inputs must be an object`, 'invalid_datum');
       try {
         return {
-          modelInput: modelInputFromJson(datum.model_input),
-          lossFnInputs: Object.fromEntries(Object.entries(datum.loss_fn_inputs ?? {}).map(([k, v]) => [k, tensorFromJson(v, k)])),
+          modelInput: modelInputFromJson(datum['model_input']),
+          lossFnInputs: Object.fromEntries(Object.entries(lossFnInputs).map(([k, v]) => [k, tensorFromJson(v, k)])),
         };
       } catch (error) {
-        if (error instanceof ProtoDecodeError) throw badRequest(`data[${i}]: ${error.message}`, 'invalid_datum');
+        if (error instanceof ProtoDecodeError) throw badRequest(`${where}: ${error.message}`, 'invalid_datum');
         throw error;
       }
     });
     return {
-      modelId: String(body['model_id'] ?? ''),
+      modelId: body['model_id'],
       seqId: Number(body['seq_id']),
       data,
-      lossFn: input.loss_fn,
-      lossFnConfig: input.loss_fn_config ?? {},
+      lossFn: input['loss_fn'],
+      lossFnConfig: config as Record<string, number>,
       forwardOnly: forwardOnly || body['forward_only'] === true,
     };
   }
 
   // Protobuf (SDK >= 0.23, optionally zstd) or the JSON form of older SDKs.
-  app.post('/api/v1/forward_backward', async (request) => {
+  // Only JSON bodies have a schema: a protobuf body is checked by its decoder.
+  app.post('/api/v1/forward_backward', { schema: { body: { content: { 'application/json': { schema: ForwardBackwardBody } } } } }, async (request) => {
     if (request.body instanceof Uint8Array) {
       let msg: ForwardBackwardRequestMsg;
       try {
@@ -139,11 +158,11 @@ export function trainingRoutes(app: TypedApp, services: Services): void {
       }
       return submitForward(request, msg);
     }
-    return submitForward(request, fromJsonInput(request.body as Record<string, unknown>, 'forward_backward_input', false));
+    return submitForward(request, fromJsonInput(request.body, 'forward_backward_input', false));
   });
 
-  app.post('/api/v1/forward', { schema: { body: { type: 'object', properties: { forward_input: ForwardBackwardInputJson } } } }, async (request) =>
-    submitForward(request, fromJsonInput(request.body as Record<string, unknown>, 'forward_input', true)),
+  app.post('/api/v1/forward', { schema: { body: ForwardBody } }, async (request) =>
+    submitForward(request, fromJsonInput(request.body, 'forward_input', true)),
   );
 
   app.post('/api/v1/optim_step', { schema: { body: OptimStepBody } }, async (request) => {
@@ -180,7 +199,6 @@ export function trainingRoutes(app: TypedApp, services: Services): void {
       if (original) return original.requestId;
       throw badRequest(`checkpoint ${formatTinkerPath(found.modelId, kind, name)} already exists; pass overwrite=true to replace it`, 'already_exists');
     }
-    if (ttlSeconds !== undefined && ttlSeconds !== null && ttlSeconds <= 0) throw badRequest('ttl_seconds must be positive', 'invalid_ttl');
     const storagePath = checkpointDir(services.dataDir, found.modelId, kind, name);
     mkdirSync(path.dirname(storagePath), { recursive: true });
     return services.submitTraining(who, found, seqId, { kind: 'save_adapter', path: storagePath, includeOptimizer: kind === 'weights' }, {

@@ -77,6 +77,8 @@ export interface LaneOptions {
   maxQueuedSamples?: number;
   /** Rebuilds a run's adapter in a fresh worker (from its snapshot and the request log). */
   recover: (modelId: string, client: WorkerClient) => Promise<void>;
+  /** Where errors the lane survives are reported (a result that could not be recorded…); default stderr. */
+  logError?: (message: string, error: unknown) => void;
 }
 
 /**
@@ -88,6 +90,8 @@ export interface LaneOptions {
 export class Lane {
   private readonly runs = new Map<string, RunQueue>();
   private readonly samples: SampleJob[] = [];
+  /** Queue places taken by {@link reserveSample} and not yet filled or released. */
+  private reservedSamples = 0;
   private readonly loadedAdapters = new Set<string>();
   private readonly attempts = new Map<string, number>();
   private pumping = false;
@@ -101,11 +105,6 @@ export class Lane {
   /** Starts tracking a new run; its first request must be seq 0 (create). */
   registerRun(modelId: string, nextSeq = 0, needsRecovery = false): void {
     if (!this.runs.has(modelId)) this.runs.set(modelId, { nextSeq, buffered: new Map(), running: false, needsRecovery, lost: null });
-  }
-
-  /** Whether this lane knows the run (it does not after a server restart). */
-  hasRun(modelId: string): boolean {
-    return this.runs.has(modelId);
   }
 
   /** The seq id the run expects next (for rejecting stale ids). */
@@ -128,12 +127,30 @@ export class Lane {
     return { training, sampling: this.samples.length };
   }
 
-  /** Queues a sampling request; false when the queue is full (the caller answers 429). */
-  submitSample(job: SampleJob): boolean {
-    if (this.samples.length >= this.maxQueuedSamples) return false;
+  /**
+   * Takes a place in the sampling queue, synchronously, so concurrent submits cannot overshoot
+   * the limit; false when it is full (the caller answers 429). Fill the place with
+   * {@link submitSample}`(job, true)` or give it back with {@link releaseSample}.
+   */
+  reserveSample(): boolean {
+    if (this.samples.length + this.reservedSamples >= this.maxQueuedSamples) return false;
+    this.reservedSamples++;
+    return true;
+  }
+
+  /** Gives back a place taken by {@link reserveSample} that will not be filled. */
+  releaseSample(): void {
+    if (this.reservedSamples > 0) this.reservedSamples--;
+  }
+
+  /**
+   * Queues a sampling request, always: into the place `reserved` by {@link reserveSample}, or
+   * beyond the limit (requests resumed after a restart were acknowledged already).
+   */
+  submitSample(job: SampleJob, reserved = false): void {
+    if (reserved) this.releaseSample();
     this.samples.push(job);
     this.pump();
-    return true;
   }
 
   /** The worker died: every run's adapter must be rebuilt and sampler adapters reloaded. */
@@ -152,14 +169,43 @@ export class Lane {
     return ready;
   }
 
-  /** Runs batches until nothing is ready. Only one batch is in flight per lane. */
+  /**
+   * Runs batches until nothing is ready. Only one batch is in flight per lane. Job outcomes are
+   * contained in {@link settle}; anything else that escapes is logged, and the lane tries again
+   * a little later rather than spinning on a persistent fault.
+   */
   private pump(): void {
     if (this.pumping) return;
     this.pumping = true;
-    void this.drain().finally(() => {
-      this.pumping = false;
-      if (this.readyTraining().length > 0 || this.samples.length > 0) this.pump();
-    });
+    let failed = false;
+    void this.drain()
+      .catch((error: unknown) => {
+        failed = true;
+        this.logError(`lane ${this.options.baseModel}: scheduling failed`, error);
+      })
+      .finally(() => {
+        this.pumping = false;
+        if (this.readyTraining().length === 0 && this.samples.length === 0) return;
+        if (failed) setTimeout(() => this.pump(), 1000).unref();
+        else this.pump();
+      });
+  }
+
+  private logError(message: string, error: unknown): void {
+    if (this.options.logError) this.options.logError(message, error);
+    else console.error(message, error);
+  }
+
+  /**
+   * Records a job's failure. A store that cannot record it must not stop the lane: the error is
+   * logged and the lane goes on with the next job (that future stays pending).
+   */
+  private async failJob(requestId: string, error: JobError): Promise<void> {
+    try {
+      await this.options.completion.fail(requestId, error);
+    } catch (storeError) {
+      this.logError(`lane ${this.options.baseModel}: could not record the failure of ${requestId}`, storeError);
+    }
   }
 
   private async drain(): Promise<void> {
@@ -199,7 +245,7 @@ export class Lane {
         const run = this.runs.get(job.modelId)!;
         run.running = false;
         if (retry.has(job) && this.retryable(job)) continue; // stays buffered at the same seq
-        if (retry.has(job)) await this.options.completion.fail(job.requestId, { message: 'the worker failed repeatedly while running this request', category: 'server' });
+        if (retry.has(job)) await this.failJob(job.requestId, { message: 'the worker failed repeatedly while running this request', category: 'server' });
         this.attempts.delete(job.requestId);
         run.buffered.delete(job.seqId);
         run.nextSeq = job.seqId + 1;
@@ -226,7 +272,7 @@ export class Lane {
       }
     }
     if (run.lost !== null && job.op.kind !== 'load_adapter') {
-      await this.options.completion.fail(job.requestId, { message: run.lost, category: 'server' });
+      await this.failJob(job.requestId, { message: run.lost, category: 'server' });
       return false;
     }
     return true;
@@ -243,7 +289,7 @@ export class Lane {
       reply = await client.request<{ results: Record<string, unknown>[] }>(kind, { items });
     } catch (error) {
       if (error instanceof WorkerConnectionError) return new Set(jobs);
-      await Promise.all(jobs.map((job) => this.options.completion.fail(job.requestId, asJobError(error))));
+      await Promise.all(jobs.map((job) => this.failJob(job.requestId, asJobError(error))));
       return new Set();
     }
     await Promise.all(jobs.map((job, i) => this.finish(job, reply.results[i] ?? { ok: false, error: { message: 'missing result', category: 'server' } })));
@@ -277,11 +323,16 @@ export class Lane {
     }
     try {
       const reply = await client.request(name, fields);
-      if (op.kind === 'load_adapter') this.runs.get(job.modelId)!.lost = null;
+      if (op.kind === 'load_adapter') {
+        // The loaded weights replace whatever was lost: nothing is left to rebuild.
+        const run = this.runs.get(job.modelId)!;
+        run.lost = null;
+        run.needsRecovery = false;
+      }
       await this.finish(job, { ok: true, ...reply });
     } catch (error) {
       if (error instanceof WorkerConnectionError) return new Set([job]);
-      await this.options.completion.fail(job.requestId, asJobError(error));
+      await this.failJob(job.requestId, asJobError(error));
     }
     return new Set();
   }
@@ -291,7 +342,7 @@ export class Lane {
     try {
       client = await this.options.worker();
     } catch (error) {
-      await Promise.all(jobs.map((job) => this.options.completion.fail(job.requestId, asJobError(error))));
+      await Promise.all(jobs.map((job) => this.failJob(job.requestId, asJobError(error))));
       return;
     }
     const requeue = (failed: SampleJob[], error: unknown): Promise<unknown> =>
@@ -299,7 +350,7 @@ export class Lane {
         failed.map((job) => {
           if (error instanceof WorkerConnectionError && this.retryable(job)) return this.samples.push(job);
           this.attempts.delete(job.requestId);
-          return this.options.completion.fail(job.requestId, asJobError(error));
+          return this.failJob(job.requestId, asJobError(error));
         }),
       );
     const live: SampleJob[] = [];
@@ -333,7 +384,7 @@ export class Lane {
   private async finish(job: TrainingJob | SampleJob, result: Record<string, unknown>): Promise<void> {
     if (result['ok'] !== true) {
       const error = (result['error'] ?? {}) as { message?: string; category?: string };
-      await this.options.completion.fail(job.requestId, {
+      await this.failJob(job.requestId, {
         message: error.message ?? 'the worker failed this request',
         category: error.category === 'user' ? 'user' : 'server',
       });
@@ -342,7 +393,7 @@ export class Lane {
     try {
       await this.options.completion.complete(job.requestId, await job.finalize(result));
     } catch (error) {
-      await this.options.completion.fail(job.requestId, asJobError(error));
+      await this.failJob(job.requestId, asJobError(error));
     }
   }
 }

@@ -36,6 +36,8 @@ export class WorkerPool {
   }
 
   private worker(baseModel: string): Promise<LocalWorker> {
+    // A closed pool starts nothing: a process spawned now would outlive the server.
+    if (this.stopping) return Promise.reject(new Error(`the worker pool is closed; not starting a worker for ${baseModel}`));
     let pending = this.workers.get(baseModel);
     if (!pending) {
       pending = startLocalWorker({ modelsDir: this.options.modelsDir, model: baseModel, ...(this.options.env ? { env: this.options.env } : {}) });
@@ -59,7 +61,7 @@ export class WorkerPool {
     return out;
   }
 
-  /** Stops every worker. */
+  /** Stops every worker; afterwards the pool refuses to start new ones. */
   async close(): Promise<void> {
     this.stopping = true;
     const all = [...this.workers.values()];
