@@ -59,6 +59,16 @@ function signingSecret(dataDir: string): Buffer {
 }
 
 /**
+ * Where a server keeps its database: `databaseUrl` if given, else SQLite at `<dataDir>/lathe.db`.
+ *
+ * @example
+ * const store = await openStore(defaultDatabaseUrl('.lathe')); // .lathe/lathe.db
+ */
+export function defaultDatabaseUrl(dataDir: string, databaseUrl?: string): string {
+  return databaseUrl ?? path.join(dataDir, 'lathe.db');
+}
+
+/**
  * Builds the server (not yet listening).
  *
  * @example
@@ -68,7 +78,7 @@ function signingSecret(dataDir: string): Buffer {
 export async function createServer(options: ServerOptions): Promise<LatheServer> {
   mkdirSync(options.dataDir, { recursive: true });
   const modelsDir = options.modelsDir ?? path.join(options.dataDir, 'models');
-  const store = await openStore(options.databaseUrl ?? path.join(options.dataDir, 'lathe.db'));
+  const store = await openStore(defaultDatabaseUrl(options.dataDir, options.databaseUrl));
   const models = options.models ?? (await listModels(modelsDir));
   let services: Services | undefined;
   const pool = new WorkerPool({ modelsDir, onCrash: (model) => services?.workerCrashed(model) });

@@ -2,5 +2,5 @@
  * @module @lathe/server: the Tinker-compatible HTTP API, scheduler, store and worker pool.
  */
 export * from './worker/index.js';
-export { createServer, type LatheServer, type ServerOptions } from './app.js';
+export { createServer, defaultDatabaseUrl, type LatheServer, type ServerOptions } from './app.js';
 export { openStore, type Store } from './store/index.js';

@@ -2,7 +2,7 @@
  * @module `lathe serve` and `lathe keys`: run the server, manage API keys.
  */
 import path from 'node:path';
-import { createServer, openStore } from '@lathe/server';
+import { createServer, defaultDatabaseUrl, openStore } from '@lathe/server';
 
 /** Where the server keeps its database, checkpoints and models unless told otherwise. */
 export const DEFAULT_DATA_DIR = '.lathe';
@@ -13,9 +13,9 @@ export interface DataOptions {
   databaseUrl?: string;
 }
 
-/** The database location for a data directory. */
+/** The database location for a data directory (the server's own default). */
 export function databaseUrl(options: DataOptions): string {
-  return options.databaseUrl ?? path.join(options.dataDir, 'lathe.db');
+  return defaultDatabaseUrl(options.dataDir, options.databaseUrl);
 }
 
 /** Options for {@link serve}. */
