@@ -122,8 +122,11 @@ export class Services {
     }
     const { row, created } = await this.store.requests.insert({ owner, target: run.modelId, seqId, kind: meta.kind, payload: encode(logged), now });
     if (!created) return row.requestId;
-    // A run this process has not seen (the server restarted) is rebuilt from its log on first use.
-    lane.registerRun(run.modelId, seqId, true);
+    if (lane.expectedSeq(run.modelId) === undefined) {
+      // A run this process has not seen (the server restarted) is rebuilt from its log on first use
+      // and goes on after its last finished request, whichever of the next ones arrives first.
+      lane.registerRun(run.modelId, await this.resumeSeq(run.modelId, seqId), true);
+    }
     const expected = lane.expectedSeq(run.modelId) ?? 0;
     if (seqId < expected) {
       const message = `seq_id ${seqId} of ${run.modelId} is behind the next expected seq_id ${expected}`;
@@ -278,15 +281,22 @@ export class Services {
 
   // ---- restart --------------------------------------------------------------------------------
 
+  /** The seq a run goes on from after a restart: the one after its last finished request (`fallback` if none finished). */
+  private async resumeSeq(modelId: string, fallback: number): Promise<number> {
+    const finished = await this.store.requests.maxSeq(modelId, { finishedOnly: true });
+    return finished === null ? fallback : finished + 1;
+  }
+
   /** Queues again every request the previous server process accepted but did not finish. */
   async resumeInterruptedRequests(): Promise<number> {
     const unfinished = await this.store.requests.unfinished();
     const lost: JobError = { message: 'the server restarted before this request ran and it could not be resumed; submit it again', category: 'server' };
-    // A run resumes at its lowest unfinished seq (rows may have arrived out of order).
+    // A run resumes after its last finished request (its lowest unfinished seq if none finished).
     const firstSeq = new Map<string, number>();
     for (const row of unfinished) {
       if (row.kind !== 'sample' && row.seqId !== null) firstSeq.set(row.target, Math.min(firstSeq.get(row.target) ?? row.seqId, row.seqId));
     }
+    for (const [modelId, lowest] of firstSeq) firstSeq.set(modelId, await this.resumeSeq(modelId, lowest));
     let resumed = 0;
     for (const row of unfinished) {
       try {

@@ -390,3 +390,44 @@ test('a checkpoint loaded after a failed rebuild replaces the lost weights for g
   const next = await result((await forward(modelId, ++seq, true)).requestId);
   assert.ok('metrics' in next, JSON.stringify(next));
 });
+
+test('after a restart a run goes on after its last finished request, whichever next request arrives first', async () => {
+  const dataDir = mkdtempSync(path.join(os.tmpdir(), 'lathe-server-test-'));
+  let current = await createServer({ dataDir, models: MODELS });
+  const { key: restartKey } = await current.services.store.keys.create('restart');
+  const send = async (method: 'POST', url: string, payload: Record<string, unknown> | Buffer, contentType = 'application/json') => {
+    const response = await current.app.inject({ method, url, headers: { 'x-api-key': restartKey, 'content-type': contentType }, payload });
+    return { status: response.statusCode, body: response.json() as Record<string, unknown> };
+  };
+  const done = async (requestId: string) => {
+    for (;;) {
+      const polled = await send('POST', '/api/v1/retrieve_future', { request_id: requestId, allow_metadata_only: true });
+      if (polled.status !== 408) return polled;
+    }
+  };
+  const fwd = (modelId: string, seqId: number) =>
+    send('POST', '/api/v1/forward_backward', Buffer.from(encodeForwardBackwardRequest({
+      modelId, seqId, lossFn: 'cross_entropy', lossFnConfig: {}, forwardOnly: true,
+      data: [{ modelInput: [9707, 1879, 11], lossFnInputs: { target_tokens: { dtype: 'int64', shape: [3], data: BigInt64Array.from([1879n, 11n, 1246n]) } } }],
+    })), 'application/x-protobuf');
+  try {
+    const sessionId = (await send('POST', '/api/v1/create_session', { tags: [], user_metadata: {}, sdk_version: 'test', type: 'create_session' })).body['session_id'];
+    const created = await send('POST', '/api/v1/create_model', { session_id: sessionId, model_seq_id: 0, base_model: MODEL, lora_config: { rank: 4, seed: 1 }, type: 'create_model' });
+    assert.equal(created.status, 200, JSON.stringify(created.body));
+    await done(created.body['request_id'] as string);
+    const modelId = created.body['model_id'] as string;
+    const first = await fwd(modelId, 1);
+    assert.equal((await done(first.body['request_id'] as string)).status, 200);
+    await current.close();
+
+    current = await createServer({ dataDir, models: MODELS });
+    // seq 3 arrives before seq 2 (parallel chunks): it must wait for 2, and 2 must not be "stale".
+    const third = await fwd(modelId, 3);
+    assert.equal(third.status, 200, JSON.stringify(third.body));
+    const second = await fwd(modelId, 2);
+    assert.equal(second.status, 200, JSON.stringify(second.body));
+    for (const r of [second, third]) assert.equal((await done(r.body['request_id'] as string)).status, 200);
+  } finally {
+    await current.close();
+  }
+});

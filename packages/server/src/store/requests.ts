@@ -52,8 +52,8 @@ export interface RequestRepo {
   fail(requestId: string, error: RequestError, now: number): Promise<void>;
   /** The owner's request logged for `(target, seqId)`, if any. */
   findBySeq(target: string, seqId: number, owner: string): Promise<RequestRow | undefined>;
-  /** The highest seq id logged for `target` (any status), or null when none is. */
-  maxSeq(target: string): Promise<number | null>;
+  /** The highest seq id logged for `target` (any status, or only finished ones), or null when none is. */
+  maxSeq(target: string, options?: { finishedOnly?: boolean }): Promise<number | null>;
   /** Completed requests of `target` with `seqId > afterSeq`, in seq order (replay after a crash). */
   completedSince(target: string, afterSeq: number): Promise<RequestRow[]>;
   /** Pending or running requests, oldest first (recovery after a restart). */
@@ -155,8 +155,10 @@ export function createRequestRepo(db: Kysely<Database>): RequestRepo {
       return r === undefined ? undefined : toRow(r);
     },
 
-    async maxSeq(target) {
-      const r = await db.selectFrom('requests').select((eb) => eb.fn.max('seq_id').as('max')).where('target', '=', target).executeTakeFirst();
+    async maxSeq(target, options) {
+      let query = db.selectFrom('requests').select((eb) => eb.fn.max('seq_id').as('max')).where('target', '=', target);
+      if (options?.finishedOnly) query = query.where('status', 'not in', UNFINISHED);
+      const r = await query.executeTakeFirst();
       return r?.max === null || r?.max === undefined ? null : Number(r.max);
     },
 
