@@ -104,6 +104,11 @@ export class WorkerClient {
     }
   }
 
+  /** Whether the connection is gone (every further request fails with a WorkerConnectionError). */
+  get closed(): boolean {
+    return this.closedError !== undefined;
+  }
+
   private fail(error: Error): void {
     this.closedError ??= error;
     for (const waiter of this.pending.values()) waiter.reject(error);

@@ -35,23 +35,41 @@ export class WorkerPool {
     return this.workers.has(baseModel);
   }
 
-  private worker(baseModel: string): Promise<LocalWorker> {
+  private async worker(baseModel: string): Promise<LocalWorker> {
     // A closed pool starts nothing: a process spawned now would outlive the server.
-    if (this.stopping) return Promise.reject(new Error(`the worker pool is closed; not starting a worker for ${baseModel}`));
+    if (this.stopping) throw new Error(`the worker pool is closed; not starting a worker for ${baseModel}`);
+    const current = this.workers.get(baseModel);
+    const live = current && (await current.catch(() => undefined));
+    // The socket can close before the process's exit event arrives: that worker is already dead, and
+    // handing out its client would burn the caller's retries in a few milliseconds.
+    if (current && live?.client.closed) this.retire(baseModel, current, null);
     let pending = this.workers.get(baseModel);
     if (!pending) {
-      pending = startLocalWorker({ modelsDir: this.options.modelsDir, model: baseModel, ...(this.options.env ? { env: this.options.env } : {}) });
-      this.workers.set(baseModel, pending);
-      pending.then(
-        (worker) =>
-          worker.child.once('exit', (code) => {
-            if (this.workers.get(baseModel) === pending) this.workers.delete(baseModel);
-            if (!this.stopping) this.options.onCrash?.(baseModel, code);
-          }),
-        () => this.workers.delete(baseModel),
+      if (this.stopping) throw new Error(`the worker pool is closed; not starting a worker for ${baseModel}`);
+      const started = startLocalWorker({ modelsDir: this.options.modelsDir, model: baseModel, ...(this.options.env ? { env: this.options.env } : {}) });
+      pending = started;
+      this.workers.set(baseModel, started);
+      started.then(
+        (worker) => worker.child.once('exit', (code) => this.retire(baseModel, started, code)),
+        () => {
+          if (this.workers.get(baseModel) === started) this.workers.delete(baseModel);
+        },
       );
     }
     return pending;
+  }
+
+  /**
+   * Forgets a dead worker once, whichever sign of its death comes first (a closed connection or the
+   * process's exit), kills what is left of it, and reports the crash so its adapters get rebuilt.
+   */
+  private retire(baseModel: string, pending: Promise<LocalWorker>, code: number | null): void {
+    if (this.workers.get(baseModel) !== pending) return;
+    this.workers.delete(baseModel);
+    void pending.then((worker) => {
+      if (worker.child.exitCode === null) worker.child.kill('SIGKILL');
+    });
+    if (!this.stopping) this.options.onCrash?.(baseModel, code);
   }
 
   /** Process ids of live workers, by base model (for stats and crash tests). */
