@@ -155,7 +155,11 @@ export class Services {
       case 'optim_step': {
         const steps = (this.optimSteps.get(run.modelId) ?? 0) + 1;
         this.optimSteps.set(run.modelId, steps);
-        if (steps % SNAPSHOT_EVERY === 0) await this.snapshot(run, seqId);
+        if (steps % SNAPSHOT_EVERY === 0) {
+          // The step is applied whatever happens to the snapshot; without it, recovery starts from the
+          // previous one and replays more of the log.
+          await this.snapshot(run, seqId).catch((error: unknown) => console.error(`snapshot of ${run.modelId} at seq ${seqId} failed`, error));
+        }
         return json({ metrics: (reply['metrics'] as Record<string, number>) ?? {}, type: 'optim_step' });
       }
       case 'unload_model':

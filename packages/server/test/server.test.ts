@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
@@ -7,6 +7,7 @@ import { encode } from '@msgpack/msgpack';
 import { sql } from 'kysely';
 import { createServer, type LatheServer } from '../src/index.js';
 import { encodeForwardBackwardRequest } from '../src/protocol/proto.js';
+import { SNAPSHOT_EVERY } from '../src/services.js';
 import { openStore } from '../src/store/index.js';
 import { WorkerPool } from '../src/worker/pool.js';
 import { tokensToWire } from '../src/worker/tensor.js';
@@ -430,5 +431,20 @@ test('after a restart a run goes on after its last finished request, whichever n
     for (const r of [second, third]) assert.equal((await done(r.body['request_id'] as string)).status, 200);
   } finally {
     await current.close();
+  }
+});
+
+test('a snapshot that cannot be written does not fail the optim_step that took it', async () => {
+  const modelId = await createModel(5);
+  // A file where the run's snapshot folder should go: every snapshot of this run fails.
+  mkdirSync(path.join(server.services.dataDir, 'snapshots'), { recursive: true });
+  writeFileSync(path.join(server.services.dataDir, 'snapshots', encodeURIComponent(modelId)), 'in the way');
+  let seq = 0;
+  for (let step = 1; step <= SNAPSHOT_EVERY; step++) {
+    const fb = await forward(modelId, ++seq, false);
+    await result(fb.requestId);
+    const stepped = await call('POST', '/api/v1/optim_step', { model_id: modelId, seq_id: ++seq, adam_params: { learning_rate: 0.01 }, type: 'optim_step' });
+    const done = await result(stepped.body['request_id'] as string);
+    assert.equal(done['type'], 'optim_step', `step ${step}: ${JSON.stringify(done)}`);
   }
 });
