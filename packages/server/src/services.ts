@@ -206,6 +206,8 @@ export class Services {
     writeFileSync(path.join(dir, 'latest.json.tmp'), JSON.stringify({ seq: seqId, path: target }));
     renameSync(path.join(dir, 'latest.json.tmp'), path.join(dir, 'latest.json'));
     if (previous && previous.path !== target) rmSync(previous.path, { recursive: true, force: true });
+    // Recovery starts from here now; the batches logged before it are never replayed again.
+    await this.store.requests.dropPayloads(run.modelId, seqId);
   }
 
   private latestSnapshot(modelId: string): { seq: number; path: string } | undefined {

@@ -461,6 +461,20 @@ for (const lane of lanes) {
       });
     });
 
+    it('requests: dropPayloads forgets finished payloads of one target up to a seq, and nothing else', async () => {
+      await withStore(lane, async (store) => {
+        const batch = Uint8Array.from([1, 2, 3]);
+        const ids = [];
+        for (let seq = 1; seq <= 4; seq++) ids.push((await store.requests.insert({ owner: 'o', target: 't', seqId: seq, kind: 'k', payload: batch, now: seq })).row.requestId);
+        const other = (await store.requests.insert({ owner: 'o', target: 'u', seqId: 1, kind: 'k', payload: batch, now: 1 })).row.requestId;
+        for (const id of [ids[0]!, ids[1]!, other]) await store.requests.complete(id, new Uint8Array(0), 10);
+        await store.requests.dropPayloads('t', 3); // seq 3 is still pending, seq 4 is beyond
+        const payloads = await Promise.all([...ids, other].map(async (id) => (await store.requests.get(id, 'o'))?.payload ?? null));
+        assert.deepEqual(payloads, [null, null, batch, batch, batch]);
+        assert.deepEqual((await store.requests.get(ids[0]!, 'o'))?.status, 'complete', 'the result stays');
+      });
+    });
+
     it('checkpoints: put/replace keeps public, visibility, listing, delete, expiry', async () => {
       await withStore(lane, async (store) => {
         const sid = await newSession(store, 'alice');

@@ -58,6 +58,11 @@ export interface RequestRepo {
   completedSince(target: string, afterSeq: number): Promise<RequestRow[]>;
   /** Pending or running requests, oldest first (recovery after a restart). */
   unfinished(): Promise<RequestRow[]>;
+  /**
+   * Forgets the payloads of `target`'s finished requests up to `throughSeq`: a snapshot taken at
+   * that seq covers them, so replay never reads them again (they hold whole training batches).
+   */
+  dropPayloads(target: string, throughSeq: number): Promise<void>;
   /** Deletes finished requests completed before `completedBefore`; returns how many. */
   prune(completedBefore: number): Promise<number>;
 }
@@ -185,6 +190,16 @@ export function createRequestRepo(db: Kysely<Database>): RequestRepo {
         .orderBy('request_id')
         .execute();
       return rows.map(toRow);
+    },
+
+    async dropPayloads(target, throughSeq) {
+      await db
+        .updateTable('requests')
+        .set({ payload: null })
+        .where('target', '=', target)
+        .where('seq_id', '<=', throughSeq)
+        .where('status', 'not in', UNFINISHED)
+        .execute();
     },
 
     async prune(completedBefore) {
