@@ -448,3 +448,46 @@ test('a snapshot that cannot be written does not fail the optim_step that took i
     assert.equal(done['type'], 'optim_step', `step ${step}: ${JSON.stringify(done)}`);
   }
 });
+
+test('results that the store cannot record are answered from memory, kept in seq order, replayed after a crash, and written once the store works again', async () => {
+  const modelId = await createModel(7);
+  const db = server.services.store.db;
+  const store = server.services.store.requests;
+  // Every write about seq 1 of this run fails in the database itself (as on a full disk).
+  await sql`CREATE TRIGGER refuse_seq1 BEFORE UPDATE ON requests WHEN OLD.target = ${sql.lit(modelId)} AND OLD.seq_id = 1 BEGIN SELECT RAISE(ABORT, 'simulated full disk'); END`.execute(db);
+  let dropped = false;
+  try {
+    const first = await forward(modelId, 1, false);
+    assert.equal(first.status, 200, first.body);
+    // One poll answers with the real result, although the log could not take it.
+    const served = await call('POST', '/api/v1/retrieve_future', { request_id: first.requestId, allow_metadata_only: true });
+    assert.equal(served.status, 200, JSON.stringify(served.body));
+    assert.ok('metrics' in served.body, JSON.stringify(served.body));
+    assert.equal((await store.get(first.requestId, owner))?.status, 'pending');
+    const stepped = await call('POST', '/api/v1/optim_step', { model_id: modelId, seq_id: 2, adam_params: { learning_rate: 0.05 }, type: 'optim_step' });
+    assert.equal((await result(stepped.body['request_id'] as string))['type'], 'optim_step');
+    // seq 2 could be written, but waits behind seq 1: the log holds a prefix of the run.
+    assert.equal((await store.get(stepped.body['request_id'] as string, owner))?.status, 'pending');
+    const lossOf = async (seqId: number) => ((await result((await forward(modelId, seqId, true)).requestId))['metrics'] as Record<string, number>)['loss:sum']!;
+    const before = await lossOf(3);
+    // A crash now: the rebuild must replay the held seq 1 and 2 too, or the weights differ.
+    const pid = (await server.services.pool.pids())[MODEL];
+    assert.ok(pid);
+    process.kill(pid, 'SIGKILL');
+    const after = await lossOf(4);
+    assert.ok(Math.abs(after - before) < 1e-4 * Math.abs(before), `loss ${before} before the crash, ${after} after`);
+    // The store works again: everything held is written, in order, with the results that were served.
+    await sql`DROP TRIGGER refuse_seq1`.execute(db);
+    dropped = true;
+    const recorded = await until('the held results to be written', async () => {
+      const row = await store.findBySeq(modelId, 4, owner);
+      return row?.status === 'complete' ? row : undefined;
+    });
+    assert.ok(recorded);
+    for (let seq = 1; seq <= 4; seq++) assert.equal((await store.findBySeq(modelId, seq, owner))?.status, 'complete', `seq ${seq}`);
+    assert.equal(server.services.completion.pending, 0);
+    assert.deepEqual(await result(first.requestId), served.body);
+  } finally {
+    if (!dropped) await sql`DROP TRIGGER refuse_seq1`.execute(db);
+  }
+});
