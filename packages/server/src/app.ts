@@ -43,7 +43,11 @@ export interface ServerOptions {
   logger?: boolean;
 }
 
-/** A built server; `close()` stops workers and the database. */
+/**
+ * A built server. `close()` stops gracefully: new submits get 503, the worker calls in flight
+ * finish and are recorded, queued requests stay in the log for the next server; then the HTTP
+ * listener, the workers and the database close.
+ */
 export interface LatheServer {
   app: TypedApp;
   services: Services;
@@ -157,6 +161,8 @@ export async function createServer(options: ServerOptions): Promise<LatheServer>
     services,
     async close() {
       clearInterval(housekeeping);
+      // Finish the worker calls in flight while the HTTP side still answers (submits with 503).
+      await services.stop();
       await app.close();
       await pool.close();
       await store.close();

@@ -10,7 +10,7 @@
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { decode, encode } from '@msgpack/msgpack';
-import { badRequest, tooManyRequests } from './http/errors.js';
+import { badRequest, serviceUnavailable, tooManyRequests } from './http/errors.js';
 import type { StoredResult } from './protocol/results.js';
 import { FutureHub } from './scheduler/futures.js';
 import { Lane, type JobError, type SampleJob, type TrainingOp } from './scheduler/lane.js';
@@ -57,6 +57,7 @@ export class Services {
   readonly hub = new FutureHub();
   private readonly lanes = new Map<string, Lane>();
   private readonly optimSteps = new Map<string, number>();
+  private stopping = false;
   /** Where the lanes record outcomes; holds them in memory while the store cannot write. */
   readonly completion: OutcomeRecorder;
 
@@ -126,6 +127,7 @@ export class Services {
    * the original request id without running anything twice.
    */
   async submitTraining(owner: string, run: RunRow, seqId: number, op: TrainingOp, meta: JobMeta): Promise<string> {
+    this.checkAccepting();
     const now = Date.now();
     const lane = this.lane(run.baseModel);
     const logged: LoggedTraining = { op, meta };
@@ -278,6 +280,7 @@ export class Services {
    * place is reserved before the request is logged, so whatever is acknowledged is queued.
    */
   async submitSample(owner: string, samplerId: string, seqId: number | null, job: LoggedSample): Promise<string> {
+    this.checkAccepting();
     const lane = this.lane(job.baseModel);
     if (!lane.reserveSample()) throw tooManyRequests(`sampling queue for ${job.baseModel} is full; retry shortly`);
     let inserted: { row: RequestRow; created: boolean };
@@ -308,7 +311,27 @@ export class Services {
     }, reserved);
   }
 
-  // ---- restart --------------------------------------------------------------------------------
+  // ---- stop and restart -----------------------------------------------------------------------
+
+  /** Refuses new work once {@link stop} has begun: 503, which clients retry (against the next server). */
+  private checkAccepting(): void {
+    if (this.stopping) throw serviceUnavailable('the server is shutting down; retry in a moment');
+  }
+
+  /**
+   * Graceful stop: new submits get 503, the worker calls in flight finish and their outcomes are
+   * recorded, and requests still queued stay unfinished in the request log, where the next server
+   * on the same store resumes them ({@link resumeInterruptedRequests}). Held long polls answer now.
+   */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    await Promise.all([...this.lanes.values()].map((lane) => lane.stop()));
+    const unrecorded = await this.completion.flush();
+    this.completion.close();
+    if (unrecorded > 0) console.error(`${unrecorded} finished requests could not be recorded; they run again when the server restarts`);
+    this.hub.close();
+  }
+
 
   /** The seq a run goes on from after a restart: the one after its last finished request (`fallback` if none finished). */
   private async resumeSeq(modelId: string, fallback: number): Promise<number> {

@@ -491,3 +491,66 @@ test('results that the store cannot record are answered from memory, kept in seq
     if (!dropped) await sql`DROP TRIGGER refuse_seq1`.execute(db);
   }
 });
+
+test('a graceful stop finishes the running worker call, refuses new submits with 503, and the next server runs what was queued', async () => {
+  const dataDir = mkdtempSync(path.join(os.tmpdir(), 'lathe-server-test-'));
+  let current = await createServer({ dataDir, models: MODELS });
+  const { key: stopKey, id: stopOwner } = await current.services.store.keys.create('stop');
+  const send = async (url: string, payload: Record<string, unknown> | Buffer, contentType = 'application/json') => {
+    const response = await current.app.inject({ method: 'POST', url, headers: { 'x-api-key': stopKey, 'content-type': contentType }, payload });
+    return { status: response.statusCode, body: response.json() as Record<string, unknown> };
+  };
+  const done = async (requestId: string) => {
+    for (;;) {
+      const polled = await send('/api/v1/retrieve_future', { request_id: requestId, allow_metadata_only: true });
+      if (polled.status !== 408) return polled;
+    }
+  };
+  const fwdbwd = (modelId: string, seqId: number) =>
+    send('/api/v1/forward_backward', Buffer.from(encodeForwardBackwardRequest({
+      modelId, seqId, lossFn: 'cross_entropy', lossFnConfig: {}, forwardOnly: false,
+      data: [{ modelInput: [9707, 1879, 11], lossFnInputs: { target_tokens: { dtype: 'int64', shape: [3], data: BigInt64Array.from([1879n, 11n, 1246n]) } } }],
+    })), 'application/x-protobuf');
+  try {
+    const sessionId = (await send('/api/v1/create_session', { tags: [], user_metadata: {}, sdk_version: 'test', type: 'create_session' })).body['session_id'] as string;
+    const created = await send('/api/v1/create_model', { session_id: sessionId, model_seq_id: 0, base_model: MODEL, lora_config: { rank: 4, seed: 1 }, type: 'create_model' });
+    assert.equal((await done(created.body['request_id'] as string)).status, 200);
+    const modelId = created.body['model_id'] as string;
+    const sampler = (await send('/api/v1/create_sampling_session', { session_id: sessionId, sampling_session_seq_id: 0, base_model: MODEL, type: 'create_sampling_session' })).body['sampling_session_id'] as string;
+    // A long sample occupies the worker; pipelined training requests queue behind it.
+    const long = await current.services.submitSample(stopOwner, sampler, 0, sampleJob(1200));
+    await until('the sample to start', async () => (current.services.lane(MODEL).queued.sampling === 0 ? true : undefined));
+    const queued: string[] = [];
+    for (let seq = 1; seq <= 4; seq++) {
+      const submitted = await fwdbwd(modelId, seq);
+      assert.equal(submitted.status, 200, JSON.stringify(submitted.body));
+      queued.push(submitted.body['request_id'] as string);
+    }
+    const closing = current.close();
+    const refused = await fwdbwd(modelId, 5);
+    assert.equal(refused.status, 503, JSON.stringify(refused.body));
+    assert.equal((refused.body['error'] as { category: string }).category, 'server');
+    await closing;
+
+    // The running call finished and was recorded; nothing acknowledged was failed.
+    const log = await openStore(path.join(dataDir, 'lathe.db'));
+    try {
+      assert.equal((await log.requests.get(long, stopOwner))?.status, 'complete');
+      for (const requestId of queued) assert.notEqual((await log.requests.get(requestId, stopOwner))?.status, 'failed');
+    } finally {
+      await log.close();
+    }
+
+    current = await createServer({ dataDir, models: MODELS });
+    for (const requestId of [long, ...queued]) {
+      const polled = await done(requestId);
+      assert.equal(polled.status, 200, JSON.stringify(polled.body));
+      assert.ok(!('error' in polled.body), JSON.stringify(polled.body));
+    }
+    const retried = await fwdbwd(modelId, 5);
+    assert.equal(retried.status, 200, JSON.stringify(retried.body));
+    assert.ok('metrics' in (await done(retried.body['request_id'] as string)).body);
+  } finally {
+    await current.close();
+  }
+});
