@@ -4,6 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { encode } from '@msgpack/msgpack';
+import SqliteDatabase from 'better-sqlite3';
 import { sql } from 'kysely';
 import { createServer, type LatheServer } from '../src/index.js';
 import { encodeForwardBackwardRequest } from '../src/protocol/proto.js';
@@ -552,5 +553,37 @@ test('a graceful stop finishes the running worker call, refuses new submits with
     assert.ok('metrics' in (await done(retried.body['request_id'] as string)).body);
   } finally {
     await current.close();
+  }
+});
+
+test('while another process holds the database write lock, /healthz answers and a heartbeat waits for the lock, then succeeds', async () => {
+  // A server of its own: this file's server expires sessions after 300 ms.
+  const dataDir = mkdtempSync(path.join(os.tmpdir(), 'lathe-server-test-'));
+  const locked = await createServer({ dataDir, models: MODELS });
+  try {
+    const { key: lockKey } = await locked.services.store.keys.create('lock');
+    const post = (url: string, payload: Record<string, unknown>) => locked.app.inject({ method: 'POST', url, headers: { 'x-api-key': lockKey }, payload });
+    const id = (await post('/api/v1/create_session', { tags: [], user_metadata: {}, sdk_version: 'test', type: 'create_session' })).json<{ session_id: string }>().session_id;
+    const other = new SqliteDatabase(path.join(dataDir, 'lathe.db'));
+    other.exec('BEGIN EXCLUSIVE');
+    let heartbeat: Promise<{ statusCode: number }> | undefined;
+    let answered = false;
+    try {
+      heartbeat = post('/api/v1/session_heartbeat', { session_id: id, type: 'session_heartbeat' }).then((r) => {
+        answered = true;
+        return r;
+      });
+      await until('the heartbeat to wait for the lock', async () => (locked.services.store.lockWaits > 0 || answered ? true : undefined));
+      // The heartbeat's write waits without blocking the event loop: the health check answers now.
+      const health = await locked.app.inject({ method: 'GET', url: '/api/v1/healthz' });
+      assert.equal(health.statusCode, 200);
+      assert.equal(answered, false, 'the heartbeat cannot have been recorded while the lock is held');
+    } finally {
+      other.exec('COMMIT');
+      other.close();
+    }
+    assert.equal((await heartbeat)?.statusCode, 200);
+  } finally {
+    await locked.close();
   }
 });

@@ -47,12 +47,13 @@ export function isPostgresUrl(url: string): boolean {
  * Opens a Kysely instance for `url`: a `postgres://` / `postgresql://` URL, or a SQLite file
  * path (`:memory:` for an in-memory database; a `sqlite:` prefix is tolerated). Does not migrate.
  */
-export function connect(url: string): { dialect: Dialect; db: Kysely<Database> } {
-  if (isPostgresUrl(url)) return { dialect: 'postgres', db: connectPostgres(url) };
-  return { dialect: 'sqlite', db: connectSqlite(url) };
+export function connect(url: string): { dialect: Dialect; db: Kysely<Database>; lockWaits: () => number } {
+  if (isPostgresUrl(url)) return { dialect: 'postgres', db: connectPostgres(url), lockWaits: () => 0 };
+  const waits = { count: 0 };
+  return { dialect: 'sqlite', db: connectSqlite(url, waits), lockWaits: () => waits.count };
 }
 
-function connectSqlite(url: string): Kysely<Database> {
+function connectSqlite(url: string, waits: { count: number }): Kysely<Database> {
   const path = url.replace(/^sqlite:(\/\/)?/i, '');
   if (path === '') throw new Error('openStore: empty SQLite path');
   const memory = path === ':memory:';
@@ -73,7 +74,7 @@ function connectSqlite(url: string): Kysely<Database> {
     database.close();
     throw err;
   }
-  return new Kysely<Database>({ dialect: new BusyRetrySqliteDialect(withStatementCache(database)) });
+  return new Kysely<Database>({ dialect: new BusyRetrySqliteDialect(withStatementCache(database), waits) });
 }
 
 /** True for SQLite's "another connection holds the lock" errors (SQLITE_BUSY and its extended codes). */
@@ -86,9 +87,12 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
 
 /** Kysely's SQLite dialect with {@link BusyRetryDriver} in place of its driver. */
 class BusyRetrySqliteDialect implements KyselyDialect {
-  constructor(private readonly database: SqliteDatabase.Database) {}
+  constructor(
+    private readonly database: SqliteDatabase.Database,
+    private readonly waits: { count: number },
+  ) {}
   createDriver(): Driver {
-    return new BusyRetryDriver(this.database);
+    return new BusyRetryDriver(this.database, this.waits);
   }
   createQueryCompiler(): SqliteQueryCompiler {
     return new SqliteQueryCompiler();
@@ -113,7 +117,11 @@ class BusyRetryDriver implements Driver {
   /** The connection whose transaction is open on the shared handle, and a promise of its end. */
   private owner: { connection: DatabaseConnection; ended: Promise<void>; end: () => void } | null = null;
 
-  constructor(private readonly database: SqliteDatabase.Database) {}
+  /** `waits.count`: statements waiting for another process's lock right now. */
+  constructor(
+    private readonly database: SqliteDatabase.Database,
+    private readonly waits: { count: number },
+  ) {}
 
   async init(): Promise<void> {}
 
@@ -158,7 +166,8 @@ class BusyRetryDriver implements Driver {
         this.settle(connection);
         if (!isSqliteBusy(error) || Date.now() >= deadline) throw error;
       }
-      await sleep(delay);
+      this.waits.count++;
+      await sleep(delay).finally(() => this.waits.count--);
     }
   }
 
