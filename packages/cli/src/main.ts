@@ -1,6 +1,7 @@
 /**
  * @module The `lathe` command.
  */
+import { DataDirError } from '@lathe/server';
 import { Command, InvalidArgumentError } from 'commander';
 import { runDemo } from './commands/demo.js';
 import { createKey, DEFAULT_DATA_DIR, serve } from './commands/serve.js';
@@ -62,7 +63,16 @@ export function buildProgram(): Command {
   return program;
 }
 
-/** Entry point used by `bin/lathe.js`. */
+/**
+ * Entry point used by `bin/lathe.js`. A data directory that cannot be used is reported in one
+ * line on stderr (no stack trace) with exit code 1.
+ */
 export async function main(argv: string[]): Promise<void> {
-  await buildProgram().parseAsync(argv);
+  try {
+    await buildProgram().parseAsync(argv);
+  } catch (error) {
+    if (!(error instanceof DataDirError)) throw error;
+    console.error(`lathe: ${error.message}`);
+    process.exitCode = 1;
+  }
 }

@@ -2,12 +2,13 @@
  * @module Builds a Lathe server: the Fastify app with every route, over a store and a worker pool.
  */
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import swagger from '@fastify/swagger';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import Fastify, { type FastifyError } from 'fastify';
 import { ArchiveSigner } from './checkpoints/signing.js';
+import { lockDataDir, prepareDataDir, type DataDirError } from './datadir.js';
 import { apiKeyAuth } from './http/auth.js';
 import { HttpError } from './http/errors.js';
 import { decompressZstd, ZstdDecodeError } from './protocol/zstd.js';
@@ -43,7 +44,11 @@ export interface ServerOptions {
   logger?: boolean;
 }
 
-/** A built server; `close()` stops workers and the database. */
+/**
+ * A built server. `close()` stops gracefully: new submits get 503, the worker calls in flight
+ * finish and are recorded, queued requests stay in the log for the next server; then the HTTP
+ * listener, the workers and the database close.
+ */
 export interface LatheServer {
   app: TypedApp;
   services: Services;
@@ -69,14 +74,27 @@ export function defaultDatabaseUrl(dataDir: string, databaseUrl?: string): strin
 }
 
 /**
- * Builds the server (not yet listening).
+ * Builds the server (not yet listening). Takes the data directory's lock until `close()`; throws
+ * a {@link DataDirError} (one sentence) when the directory cannot be created or written, or when
+ * another live server holds it.
  *
  * @example
  * const server = await createServer({ dataDir: '.lathe' });
  * await server.app.listen({ host: '127.0.0.1', port: 8000 });
  */
 export async function createServer(options: ServerOptions): Promise<LatheServer> {
-  mkdirSync(options.dataDir, { recursive: true });
+  prepareDataDir(options.dataDir);
+  // One server per data directory: two would run the same logged requests twice.
+  const unlock = lockDataDir(options.dataDir);
+  try {
+    return await buildServer(options, unlock);
+  } catch (error) {
+    unlock();
+    throw error;
+  }
+}
+
+async function buildServer(options: ServerOptions, unlock: () => void): Promise<LatheServer> {
   const modelsDir = options.modelsDir ?? path.join(options.dataDir, 'models');
   const store = await openStore(defaultDatabaseUrl(options.dataDir, options.databaseUrl));
   const models = options.models ?? (await listModels(modelsDir));
@@ -157,9 +175,12 @@ export async function createServer(options: ServerOptions): Promise<LatheServer>
     services,
     async close() {
       clearInterval(housekeeping);
+      // Finish the worker calls in flight while the HTTP side still answers (submits with 503).
+      await services.stop();
       await app.close();
       await pool.close();
       await store.close();
+      unlock();
     },
   };
 }

@@ -4,3 +4,4 @@
 export * from './worker/index.js';
 export { createServer, defaultDatabaseUrl, type LatheServer, type ServerOptions } from './app.js';
 export { openStore, type Store } from './store/index.js';
+export { DataDirError, LOCK_FILE, lockDataDir, prepareDataDir } from './datadir.js';

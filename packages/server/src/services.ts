@@ -10,10 +10,11 @@
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { decode, encode } from '@msgpack/msgpack';
-import { badRequest, tooManyRequests } from './http/errors.js';
-import { packResult, type StoredResult } from './protocol/results.js';
+import { badRequest, serviceUnavailable, tooManyRequests } from './http/errors.js';
+import type { StoredResult } from './protocol/results.js';
 import { FutureHub } from './scheduler/futures.js';
-import { Lane, type Completion, type JobError, type SampleJob, type TrainingOp } from './scheduler/lane.js';
+import { Lane, type JobError, type SampleJob, type TrainingOp } from './scheduler/lane.js';
+import { OutcomeRecorder, recordWithRetry } from './scheduler/outcomes.js';
 import type { RequestRow, RunRow, Store } from './store/index.js';
 import type { ModelEntry } from './worker/catalogue.js';
 import type { WorkerClient } from './worker/client.js';
@@ -39,6 +40,12 @@ export type JobMeta =
       sampler: { samplerId: string; sessionId: string; baseModel: string } | null;
     };
 
+/** A finished request that changed a run's adapter, as recovery replays it. */
+interface ReplayStep {
+  seqId: number;
+  op: TrainingOp;
+}
+
 interface LoggedTraining {
   op: TrainingOp;
   meta: JobMeta;
@@ -50,7 +57,9 @@ export class Services {
   readonly hub = new FutureHub();
   private readonly lanes = new Map<string, Lane>();
   private readonly optimSteps = new Map<string, number>();
-  readonly completion: Completion;
+  private stopping = false;
+  /** Where the lanes record outcomes; holds them in memory while the store cannot write. */
+  readonly completion: OutcomeRecorder;
 
   constructor(
     readonly store: Store,
@@ -59,16 +68,23 @@ export class Services {
     readonly dataDir: string,
     private readonly maxQueuedSamples?: number,
   ) {
-    this.completion = {
-      complete: async (requestId, result) => {
-        await this.store.requests.complete(requestId, packResult(result as StoredResult), Date.now());
-        this.hub.notify(requestId);
-      },
-      fail: async (requestId, error) => {
-        await this.store.requests.fail(requestId, error, Date.now());
-        this.hub.notify(requestId);
-      },
-    };
+    this.completion = new OutcomeRecorder({
+      requests: store.requests,
+      notify: (requestId) => this.hub.notify(requestId),
+      logError: (message, error) => console.error(message, error),
+    });
+  }
+
+  /**
+   * `row` as its future should answer: with the outcome held in memory if the request finished
+   * but the store could not record it yet.
+   */
+  settled(row: RequestRow): RequestRow {
+    const held = row.status === 'pending' || row.status === 'running' ? this.completion.held(row.requestId) : undefined;
+    if (!held) return row;
+    return held.status === 'complete'
+      ? { ...row, status: 'complete', result: held.result, error: null }
+      : { ...row, status: 'failed', result: null, error: held.error };
   }
 
   /** The catalogue entry of a base model, or a 400 naming what this server serves. */
@@ -111,6 +127,7 @@ export class Services {
    * the original request id without running anything twice.
    */
   async submitTraining(owner: string, run: RunRow, seqId: number, op: TrainingOp, meta: JobMeta): Promise<string> {
+    this.checkAccepting();
     const now = Date.now();
     const lane = this.lane(run.baseModel);
     const logged: LoggedTraining = { op, meta };
@@ -139,6 +156,8 @@ export class Services {
   }
 
   private enqueueTraining(requestId: string, owner: string, run: RunRow, seqId: number, logged: LoggedTraining): void {
+    // A run's outcomes reach the log in seq order, even while some are held in memory.
+    this.completion.track(requestId, run.modelId, { seqId, op: logged.op } satisfies ReplayStep);
     this.lane(run.baseModel).submitTraining({ requestId, modelId: run.modelId, seqId, op: logged.op, finalize: (reply) => this.finalizeTraining(owner, run, seqId, logged.meta, reply) });
   }
 
@@ -147,7 +166,7 @@ export class Services {
     const json = (value: unknown): StoredResult => ({ kind: 'json', value });
     switch (meta.kind) {
       case 'create_model':
-        await this.store.runs.setState(run.modelId, 'ready');
+        await recordWithRetry(() => this.store.runs.setState(run.modelId, 'ready'));
         return json({ model_id: run.modelId, type: 'create_model' });
       case 'forward':
       case 'forward_backward':
@@ -163,13 +182,13 @@ export class Services {
         return json({ metrics: (reply['metrics'] as Record<string, number>) ?? {}, type: 'optim_step' });
       }
       case 'unload_model':
-        await this.store.runs.setState(run.modelId, 'unloaded');
+        await recordWithRetry(() => this.store.runs.setState(run.modelId, 'unloaded'));
         return json({ model_id: run.modelId, type: 'unload_model' });
       case 'load_weights':
         return json({ path: meta.path, model_id: run.modelId, type: 'load_weights' });
       case 'save': {
         const now = Date.now();
-        await this.store.checkpoints.put({
+        await recordWithRetry(() => this.store.checkpoints.put({
           modelId: run.modelId,
           checkpointId: meta.checkpointId,
           owner,
@@ -180,11 +199,12 @@ export class Services {
           expiresAt: meta.ttlSeconds ? now + meta.ttlSeconds * 1000 : null,
           ephemeral: meta.ephemeral,
           now,
-        });
+        }));
         this.lane(run.baseModel).forgetAdapter(samplerAdapter(meta.tinkerPath));
-        if (meta.sampler) {
-          await this.store.samplers.create({ ...meta.sampler, owner, modelPath: meta.tinkerPath, now });
-          return json({ sampling_session_id: meta.sampler.samplerId, type: 'save_weights_for_sampler' });
+        const sampler = meta.sampler;
+        if (sampler) {
+          await recordWithRetry(() => this.store.samplers.create({ ...sampler, owner, modelPath: meta.tinkerPath, now }));
+          return json({ sampling_session_id: sampler.samplerId, type: 'save_weights_for_sampler' });
         }
         return json({ path: meta.tinkerPath, type: meta.checkpointType === 'training' ? 'save_weights' : 'save_weights_for_sampler' });
       }
@@ -219,8 +239,13 @@ export class Services {
   private async recover(modelId: string, client: WorkerClient): Promise<void> {
     const snapshot = this.latestSnapshot(modelId);
     if (snapshot) await client.request('load_adapter', { adapter: modelId, path: snapshot.path, include_optimizer: true });
-    for (const row of await this.store.requests.completedSince(modelId, snapshot?.seq ?? -1)) {
-      const { op } = decode(row.payload!) as LoggedTraining;
+    // The log holds a prefix of the run's finished requests; the rest is held in memory. Read the
+    // memory first: an outcome written meanwhile is then in one of the two (or both, once).
+    const held = this.completion.heldFor(modelId).flatMap((h) => (h.outcome.status === 'complete' ? [h.context as ReplayStep] : []));
+    const steps: ReplayStep[] = (await this.store.requests.completedSince(modelId, snapshot?.seq ?? -1)).map((row) => ({ seqId: row.seqId!, op: (decode(row.payload!) as LoggedTraining).op }));
+    const logged = new Set(steps.map((step) => step.seqId));
+    steps.push(...held.filter((step) => step.seqId > (snapshot?.seq ?? -1) && !logged.has(step.seqId)));
+    for (const { seqId, op } of steps) {
       switch (op.kind) {
         case 'create_adapter':
           await client.request('create_adapter', { adapter: modelId, lora: op.lora });
@@ -229,7 +254,7 @@ export class Services {
           const reply = await client.request<{ results: { ok: boolean; error?: { message: string } }[] }>('forward_backward', {
             items: [{ adapter: modelId, loss_fn: op.lossFn, loss_fn_config: op.lossFnConfig, data: op.data }],
           });
-          if (!reply.results[0]?.ok) throw new Error(`replaying seq ${row.seqId} failed: ${reply.results[0]?.error?.message}`);
+          if (!reply.results[0]?.ok) throw new Error(`replaying seq ${seqId} failed: ${reply.results[0]?.error?.message}`);
           break;
         }
         case 'optim_step':
@@ -255,6 +280,7 @@ export class Services {
    * place is reserved before the request is logged, so whatever is acknowledged is queued.
    */
   async submitSample(owner: string, samplerId: string, seqId: number | null, job: LoggedSample): Promise<string> {
+    this.checkAccepting();
     const lane = this.lane(job.baseModel);
     if (!lane.reserveSample()) throw tooManyRequests(`sampling queue for ${job.baseModel} is full; retry shortly`);
     let inserted: { row: RequestRow; created: boolean };
@@ -285,7 +311,27 @@ export class Services {
     }, reserved);
   }
 
-  // ---- restart --------------------------------------------------------------------------------
+  // ---- stop and restart -----------------------------------------------------------------------
+
+  /** Refuses new work once {@link stop} has begun: 503, which clients retry (against the next server). */
+  private checkAccepting(): void {
+    if (this.stopping) throw serviceUnavailable('the server is shutting down; retry in a moment');
+  }
+
+  /**
+   * Graceful stop: new submits get 503, the worker calls in flight finish and their outcomes are
+   * recorded, and requests still queued stay unfinished in the request log, where the next server
+   * on the same store resumes them ({@link resumeInterruptedRequests}). Held long polls answer now.
+   */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    await Promise.all([...this.lanes.values()].map((lane) => lane.stop()));
+    const unrecorded = await this.completion.flush();
+    this.completion.close();
+    if (unrecorded > 0) console.error(`${unrecorded} finished requests could not be recorded; they run again when the server restarts`);
+    this.hub.close();
+  }
+
 
   /** The seq a run goes on from after a restart: the one after its last finished request (`fallback` if none finished). */
   private async resumeSeq(modelId: string, fallback: number): Promise<number> {

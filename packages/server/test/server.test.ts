@@ -4,6 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { encode } from '@msgpack/msgpack';
+import SqliteDatabase from 'better-sqlite3';
 import { sql } from 'kysely';
 import { createServer, type LatheServer } from '../src/index.js';
 import { encodeForwardBackwardRequest } from '../src/protocol/proto.js';
@@ -446,5 +447,143 @@ test('a snapshot that cannot be written does not fail the optim_step that took i
     const stepped = await call('POST', '/api/v1/optim_step', { model_id: modelId, seq_id: ++seq, adam_params: { learning_rate: 0.01 }, type: 'optim_step' });
     const done = await result(stepped.body['request_id'] as string);
     assert.equal(done['type'], 'optim_step', `step ${step}: ${JSON.stringify(done)}`);
+  }
+});
+
+test('results that the store cannot record are answered from memory, kept in seq order, replayed after a crash, and written once the store works again', async () => {
+  const modelId = await createModel(7);
+  const db = server.services.store.db;
+  const store = server.services.store.requests;
+  // Every write about seq 1 of this run fails in the database itself (as on a full disk).
+  await sql`CREATE TRIGGER refuse_seq1 BEFORE UPDATE ON requests WHEN OLD.target = ${sql.lit(modelId)} AND OLD.seq_id = 1 BEGIN SELECT RAISE(ABORT, 'simulated full disk'); END`.execute(db);
+  let dropped = false;
+  try {
+    const first = await forward(modelId, 1, false);
+    assert.equal(first.status, 200, first.body);
+    // One poll answers with the real result, although the log could not take it.
+    const served = await call('POST', '/api/v1/retrieve_future', { request_id: first.requestId, allow_metadata_only: true });
+    assert.equal(served.status, 200, JSON.stringify(served.body));
+    assert.ok('metrics' in served.body, JSON.stringify(served.body));
+    assert.equal((await store.get(first.requestId, owner))?.status, 'pending');
+    const stepped = await call('POST', '/api/v1/optim_step', { model_id: modelId, seq_id: 2, adam_params: { learning_rate: 0.05 }, type: 'optim_step' });
+    assert.equal((await result(stepped.body['request_id'] as string))['type'], 'optim_step');
+    // seq 2 could be written, but waits behind seq 1: the log holds a prefix of the run.
+    assert.equal((await store.get(stepped.body['request_id'] as string, owner))?.status, 'pending');
+    const lossOf = async (seqId: number) => ((await result((await forward(modelId, seqId, true)).requestId))['metrics'] as Record<string, number>)['loss:sum']!;
+    const before = await lossOf(3);
+    // A crash now: the rebuild must replay the held seq 1 and 2 too, or the weights differ.
+    const pid = (await server.services.pool.pids())[MODEL];
+    assert.ok(pid);
+    process.kill(pid, 'SIGKILL');
+    const after = await lossOf(4);
+    assert.ok(Math.abs(after - before) < 1e-4 * Math.abs(before), `loss ${before} before the crash, ${after} after`);
+    // The store works again: everything held is written, in order, with the results that were served.
+    await sql`DROP TRIGGER refuse_seq1`.execute(db);
+    dropped = true;
+    const recorded = await until('the held results to be written', async () => {
+      const row = await store.findBySeq(modelId, 4, owner);
+      return row?.status === 'complete' ? row : undefined;
+    });
+    assert.ok(recorded);
+    for (let seq = 1; seq <= 4; seq++) assert.equal((await store.findBySeq(modelId, seq, owner))?.status, 'complete', `seq ${seq}`);
+    assert.equal(server.services.completion.pending, 0);
+    assert.deepEqual(await result(first.requestId), served.body);
+  } finally {
+    if (!dropped) await sql`DROP TRIGGER refuse_seq1`.execute(db);
+  }
+});
+
+test('a graceful stop finishes the running worker call, refuses new submits with 503, and the next server runs what was queued', async () => {
+  const dataDir = mkdtempSync(path.join(os.tmpdir(), 'lathe-server-test-'));
+  let current = await createServer({ dataDir, models: MODELS });
+  const { key: stopKey, id: stopOwner } = await current.services.store.keys.create('stop');
+  const send = async (url: string, payload: Record<string, unknown> | Buffer, contentType = 'application/json') => {
+    const response = await current.app.inject({ method: 'POST', url, headers: { 'x-api-key': stopKey, 'content-type': contentType }, payload });
+    return { status: response.statusCode, body: response.json() as Record<string, unknown> };
+  };
+  const done = async (requestId: string) => {
+    for (;;) {
+      const polled = await send('/api/v1/retrieve_future', { request_id: requestId, allow_metadata_only: true });
+      if (polled.status !== 408) return polled;
+    }
+  };
+  const fwdbwd = (modelId: string, seqId: number) =>
+    send('/api/v1/forward_backward', Buffer.from(encodeForwardBackwardRequest({
+      modelId, seqId, lossFn: 'cross_entropy', lossFnConfig: {}, forwardOnly: false,
+      data: [{ modelInput: [9707, 1879, 11], lossFnInputs: { target_tokens: { dtype: 'int64', shape: [3], data: BigInt64Array.from([1879n, 11n, 1246n]) } } }],
+    })), 'application/x-protobuf');
+  try {
+    const sessionId = (await send('/api/v1/create_session', { tags: [], user_metadata: {}, sdk_version: 'test', type: 'create_session' })).body['session_id'] as string;
+    const created = await send('/api/v1/create_model', { session_id: sessionId, model_seq_id: 0, base_model: MODEL, lora_config: { rank: 4, seed: 1 }, type: 'create_model' });
+    assert.equal((await done(created.body['request_id'] as string)).status, 200);
+    const modelId = created.body['model_id'] as string;
+    const sampler = (await send('/api/v1/create_sampling_session', { session_id: sessionId, sampling_session_seq_id: 0, base_model: MODEL, type: 'create_sampling_session' })).body['sampling_session_id'] as string;
+    // A long sample occupies the worker; pipelined training requests queue behind it.
+    const long = await current.services.submitSample(stopOwner, sampler, 0, sampleJob(1200));
+    await until('the sample to start', async () => (current.services.lane(MODEL).queued.sampling === 0 ? true : undefined));
+    const queued: string[] = [];
+    for (let seq = 1; seq <= 4; seq++) {
+      const submitted = await fwdbwd(modelId, seq);
+      assert.equal(submitted.status, 200, JSON.stringify(submitted.body));
+      queued.push(submitted.body['request_id'] as string);
+    }
+    const closing = current.close();
+    const refused = await fwdbwd(modelId, 5);
+    assert.equal(refused.status, 503, JSON.stringify(refused.body));
+    assert.equal((refused.body['error'] as { category: string }).category, 'server');
+    await closing;
+
+    // The running call finished and was recorded; nothing acknowledged was failed.
+    const log = await openStore(path.join(dataDir, 'lathe.db'));
+    try {
+      assert.equal((await log.requests.get(long, stopOwner))?.status, 'complete');
+      for (const requestId of queued) assert.notEqual((await log.requests.get(requestId, stopOwner))?.status, 'failed');
+    } finally {
+      await log.close();
+    }
+
+    current = await createServer({ dataDir, models: MODELS });
+    for (const requestId of [long, ...queued]) {
+      const polled = await done(requestId);
+      assert.equal(polled.status, 200, JSON.stringify(polled.body));
+      assert.ok(!('error' in polled.body), JSON.stringify(polled.body));
+    }
+    const retried = await fwdbwd(modelId, 5);
+    assert.equal(retried.status, 200, JSON.stringify(retried.body));
+    assert.ok('metrics' in (await done(retried.body['request_id'] as string)).body);
+  } finally {
+    await current.close();
+  }
+});
+
+test('while another process holds the database write lock, /healthz answers and a heartbeat waits for the lock, then succeeds', async () => {
+  // A server of its own: this file's server expires sessions after 300 ms.
+  const dataDir = mkdtempSync(path.join(os.tmpdir(), 'lathe-server-test-'));
+  const locked = await createServer({ dataDir, models: MODELS });
+  try {
+    const { key: lockKey } = await locked.services.store.keys.create('lock');
+    const post = (url: string, payload: Record<string, unknown>) => locked.app.inject({ method: 'POST', url, headers: { 'x-api-key': lockKey }, payload });
+    const id = (await post('/api/v1/create_session', { tags: [], user_metadata: {}, sdk_version: 'test', type: 'create_session' })).json<{ session_id: string }>().session_id;
+    const other = new SqliteDatabase(path.join(dataDir, 'lathe.db'));
+    other.exec('BEGIN EXCLUSIVE');
+    let heartbeat: Promise<{ statusCode: number }> | undefined;
+    let answered = false;
+    try {
+      heartbeat = post('/api/v1/session_heartbeat', { session_id: id, type: 'session_heartbeat' }).then((r) => {
+        answered = true;
+        return r;
+      });
+      await until('the heartbeat to wait for the lock', async () => (locked.services.store.lockWaits > 0 || answered ? true : undefined));
+      // The heartbeat's write waits without blocking the event loop: the health check answers now.
+      const health = await locked.app.inject({ method: 'GET', url: '/api/v1/healthz' });
+      assert.equal(health.statusCode, 200);
+      assert.equal(answered, false, 'the heartbeat cannot have been recorded while the lock is held');
+    } finally {
+      other.exec('COMMIT');
+      other.close();
+    }
+    assert.equal((await heartbeat)?.statusCode, 200);
+  } finally {
+    await locked.close();
   }
 });

@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { sql } from 'kysely';
+import SqliteDatabase from 'better-sqlite3';
 import pg from 'pg';
 import { hashKey, MIGRATIONS, openStore, StoreConflictError, type RunRow, type Store } from '../src/store/index.js';
 
@@ -597,18 +598,74 @@ for (const lane of lanes) {
     });
 
     if (lane.name === 'sqlite') {
-      it('sqlite: WAL journal, foreign keys on, busy timeout', async () => {
+      it('sqlite: WAL journal, foreign keys on, no synchronous busy wait', async () => {
         await withStore(lane, async (store) => {
           const journal = await sql<{ journal_mode: string }>`pragma journal_mode`.execute(store.db);
           assert.equal(journal.rows[0]?.journal_mode, 'wal');
           const fk = await sql<{ foreign_keys: number }>`pragma foreign_keys`.execute(store.db);
           assert.equal(fk.rows[0]?.foreign_keys, 1);
+          // SQLite's own busy wait would block the event loop; the driver waits asynchronously instead.
           const busy = await sql<{ timeout: number }>`pragma busy_timeout`.execute(store.db);
-          assert.ok((busy.rows[0]?.timeout ?? 0) > 0);
+          assert.equal(busy.rows[0]?.timeout, 0);
         });
         const mem = await openStore(':memory:');
         assert.equal((await mem.keys.list()).length, 0);
         await mem.close();
+      });
+
+      it('sqlite: while another process holds the write lock, reads and timers go on and a write waits for the lock', async () => {
+        await withStore(lane, async (store, url) => {
+          const created = await store.keys.create('before');
+          const other = new SqliteDatabase(url);
+          other.exec('BEGIN EXCLUSIVE');
+          let written = false;
+          const write = store.keys.create('during').then((key) => {
+            written = true;
+            return key;
+          });
+          try {
+            // The event loop is free (a timer fires), and reads answer under WAL, while the write waits.
+            await new Promise((resolve) => setTimeout(resolve, 20));
+            assert.deepEqual(await store.keys.authenticate(created.key), { id: created.id, name: 'before' });
+            assert.equal(written, false);
+          } finally {
+            other.exec('COMMIT');
+            other.close();
+          }
+          const during = await write;
+          assert.deepEqual(await store.keys.authenticate(during.key), { id: during.id, name: 'during' });
+        });
+      });
+
+      it('sqlite: a transaction waits for the lock asynchronously and other statements never land inside it', async () => {
+        await withStore(lane, async (store, url) => {
+          const other = new SqliteDatabase(url);
+          other.exec('BEGIN EXCLUSIVE');
+          let inside!: () => void;
+          const entered = new Promise<void>((resolve) => (inside = resolve));
+          let leave!: () => void;
+          const gate = new Promise<void>((resolve) => (leave = resolve));
+          const transaction = store.db.transaction().execute(async (tx) => {
+            await tx.insertInto('api_keys').values({ id: 'k1', name: 'in-tx', key_hash: 'h1', created_at: 1, revoked_at: null }).execute();
+            inside();
+            await gate;
+            throw new Error('roll back');
+          });
+          try {
+            // BEGIN waits for the other process without holding anything: reads go on.
+            assert.equal((await store.keys.list()).length, 0);
+          } finally {
+            other.exec('COMMIT');
+            other.close();
+          }
+          await entered;
+          // Sent while the transaction is open: it must wait for it, not run inside it.
+          const outside = store.keys.create('outside');
+          leave();
+          await assert.rejects(transaction, /roll back/);
+          await outside;
+          assert.deepEqual((await store.keys.list()).map((k) => k.name), ['outside']);
+        });
       });
     }
   });

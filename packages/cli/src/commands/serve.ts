@@ -2,7 +2,7 @@
  * @module `lathe serve` and `lathe keys`: run the server, manage API keys.
  */
 import path from 'node:path';
-import { createServer, defaultDatabaseUrl, openStore } from '@lathe/server';
+import { createServer, defaultDatabaseUrl, openStore, prepareDataDir } from '@lathe/server';
 
 /** Where the server keeps its database, checkpoints and models unless told otherwise. */
 export const DEFAULT_DATA_DIR = '.lathe';
@@ -27,7 +27,9 @@ export interface ServeOptions extends DataOptions {
 }
 
 /**
- * Starts the server and resolves once it listens; stops on SIGINT/SIGTERM.
+ * Starts the server and resolves once it listens. SIGINT/SIGTERM stop it gracefully (the worker
+ * calls in flight finish, queued requests wait in the log for the next start) and exit 0; a
+ * second signal exits at once.
  *
  * @example
  * await serve({ host: '127.0.0.1', port: 8000, dataDir: '.lathe', log: console.log });
@@ -38,19 +40,32 @@ export async function serve(options: ServeOptions): Promise<void> {
     ...(options.databaseUrl ? { databaseUrl: options.databaseUrl } : {}),
     ...(options.modelsDir ? { modelsDir: path.resolve(options.modelsDir) } : {}),
   });
+  let stopping = false;
+  const stop = (signal: NodeJS.Signals): void => {
+    if (stopping) {
+      options.log(`${signal} again: exiting without waiting`);
+      process.exit(1);
+    }
+    stopping = true;
+    options.log(`${signal}: stopping (finishing the worker calls in flight; send ${signal} again to exit at once)`);
+    server.close().then(
+      () => process.exit(0),
+      (error: unknown) => {
+        console.error('lathe: the server did not stop cleanly:', error);
+        process.exit(1);
+      },
+    );
+  };
+  // Before the first line: whoever reads "listening on" may signal at once.
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
   const address = await server.app.listen({ host: options.host, port: options.port });
   options.log(`listening on ${address}`);
-  const stop = (): void => {
-    void server.close().then(() => process.exit(0));
-  };
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
 }
 
 /** Creates an API key; returns the key (shown once, stored hashed). */
 export async function createKey(options: DataOptions & { name: string }): Promise<string> {
-  const { mkdirSync } = await import('node:fs');
-  mkdirSync(options.dataDir, { recursive: true });
+  prepareDataDir(options.dataDir);
   const store = await openStore(databaseUrl(options));
   try {
     return (await store.keys.create(options.name)).key;

@@ -32,3 +32,6 @@ export const gone = (message: string): HttpError => new HttpError(410, 'gone', m
 /** 429: back off and retry. */
 export const tooManyRequests = (message: string, retryAfterSeconds = 1): HttpError =>
   new HttpError(429, 'too_many_requests', message, 'user', { 'retry-after': String(retryAfterSeconds) });
+/** 503: the server is stopping (or cannot take work now); the request may be retried, here or on the next server. */
+export const serviceUnavailable = (message: string, retryAfterSeconds = 1): HttpError =>
+  new HttpError(503, 'unavailable', message, 'server', { 'retry-after': String(retryAfterSeconds) });

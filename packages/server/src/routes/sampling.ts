@@ -128,14 +128,18 @@ export function samplingRoutes(app: TypedApp, services: Services, longPollMs: nu
     const abort = new AbortController();
     reply.raw.once('close', () => abort.abort(DONE));
     const woken = services.hub.wait(requestId, longPollMs, abort.signal);
-    let row = await store.requests.get(requestId, who);
+    const read = async () => {
+      const found = await store.requests.get(requestId, who);
+      return found && services.settled(found);
+    };
+    let row = await read();
     if (!row) {
       abort.abort(DONE);
       throw gone(`future ${requestId} is unknown or expired`);
     }
     if (row.status === 'pending' || row.status === 'running') {
       await woken;
-      row = await store.requests.get(requestId, who);
+      row = await read();
     } else {
       abort.abort(DONE);
     }

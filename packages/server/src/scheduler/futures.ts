@@ -13,9 +13,11 @@
  */
 export class FutureHub {
   private readonly waiters = new Map<string, Set<(done: boolean) => void>>();
+  private closed = false;
 
-  /** Resolves `true` when `notify(requestId)` is called, `false` after `timeoutMs` or on abort. */
+  /** Resolves `true` when `notify(requestId)` is called, `false` after `timeoutMs`, on abort or once closed. */
   wait(requestId: string, timeoutMs: number, signal?: AbortSignal): Promise<boolean> {
+    if (this.closed) return Promise.resolve(false);
     return new Promise((resolve) => {
       let set = this.waiters.get(requestId);
       if (!set) {
@@ -42,6 +44,12 @@ export class FutureHub {
     const set = this.waiters.get(requestId);
     if (!set) return;
     for (const finish of [...set]) finish(true);
+  }
+
+  /** Answers every waiter now (`false`) and every later wait at once: a stopping server holds no polls. */
+  close(): void {
+    this.closed = true;
+    for (const set of [...this.waiters.values()]) for (const finish of [...set]) finish(false);
   }
 
   /** Number of requests with at least one waiter (for stats). */

@@ -95,6 +95,10 @@ export class Lane {
   private readonly loadedAdapters = new Set<string>();
   private readonly attempts = new Map<string, number>();
   private pumping = false;
+  /** Set by {@link stop}: no new batch starts. */
+  private stopping = false;
+  /** The pump's run (batches until nothing is ready), settled when it is done. */
+  private pumped: Promise<void> = Promise.resolve();
   private preferSampling = false;
   readonly maxQueuedSamples: number;
 
@@ -175,10 +179,10 @@ export class Lane {
    * a little later rather than spinning on a persistent fault.
    */
   private pump(): void {
-    if (this.pumping) return;
+    if (this.pumping || this.stopping) return;
     this.pumping = true;
     let failed = false;
-    void this.drain()
+    this.pumped = this.drain()
       .catch((error: unknown) => {
         failed = true;
         this.logError(`lane ${this.options.baseModel}: scheduling failed`, error);
@@ -208,8 +212,18 @@ export class Lane {
     }
   }
 
+  /**
+   * Starts no further batch and resolves once the one in flight has finished and its outcomes are
+   * recorded. What is still queued stays unfinished in the request log for the next server.
+   */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    await this.pumped;
+  }
+
   private async drain(): Promise<void> {
     for (;;) {
+      if (this.stopping) return;
       const training = this.readyTraining();
       const sampling = this.samples.length > 0;
       if (training.length === 0 && !sampling) return;

@@ -41,6 +41,8 @@ export interface Store {
   requests: RequestRepo;
   checkpoints: CheckpointRepo;
   samplers: SamplerRepo;
+  /** Statements waiting (asynchronously) for a lock another process holds; always 0 on PostgreSQL. */
+  readonly lockWaits: number;
   /** Closes the connection(s). The store must not be used afterwards. */
   close(): Promise<void>;
 }
@@ -48,14 +50,14 @@ export interface Store {
 /**
  * Opens (and migrates) a store. `url` is a `postgres://` / `postgresql://` URL, or a SQLite
  * file path (parent directories are created) or `:memory:`. Migrations are idempotent and
- * tracked in `schema_migrations`. SQLite runs in WAL mode with foreign keys on and a busy
- * timeout; PostgreSQL returns int8 columns as JS numbers (per-pool parser).
+ * tracked in `schema_migrations`. SQLite runs in WAL mode with foreign keys on, and waits
+ * for other processes' locks asynchronously (see `SQLITE_BUSY_WAIT_MS`); PostgreSQL returns int8 columns as JS numbers (per-pool parser).
  *
  * @example
  * const store = await openStore(process.env.LATHE_DATABASE_URL ?? 'data/lathe.db');
  */
 export async function openStore(url: string): Promise<Store> {
-  const { dialect, db } = connect(url);
+  const { dialect, db, lockWaits } = connect(url);
   try {
     await migrate(db, dialect);
   } catch (err) {
@@ -72,6 +74,9 @@ export async function openStore(url: string): Promise<Store> {
     requests: createRequestRepo(db),
     checkpoints: createCheckpointRepo(db),
     samplers: createSamplerRepo(db),
+    get lockWaits() {
+      return lockWaits();
+    },
     close() {
       closed ??= db.destroy();
       return closed;
