@@ -3,7 +3,7 @@
  */
 import { Command, InvalidArgumentError } from 'commander';
 import { runDemo } from './commands/demo.js';
-import { createKey, DEFAULT_DATA_DIR, serve } from './commands/serve.js';
+import { createKey, DEFAULT_DATA_DIR, KeyNotFoundError, listKeys, revokeKey, serve } from './commands/serve.js';
 
 /**
  * A commander option parser for whole numbers in `[min, max]`: it rejects `abc`, `1.5`, `12abc`
@@ -58,6 +58,28 @@ export function buildProgram(): Command {
     .option('--database-url <url>', 'postgres://... when the server uses PostgreSQL')
     .action(async (opts: { name: string; dataDir: string; databaseUrl?: string }) => {
       console.log(await createKey(opts));
+    });
+  keys
+    .command('list')
+    .description('list API keys: name, prefix, created, revoked (never the secret)')
+    .option('--data-dir <dir>', 'the server data directory', DEFAULT_DATA_DIR)
+    .option('--database-url <url>', 'postgres://... when the server uses PostgreSQL')
+    .action(async (opts: { dataDir: string; databaseUrl?: string }) => {
+      console.log(await listKeys(opts));
+    });
+  keys
+    .command('revoke')
+    .description('revoke an API key by name or prefix; every server refuses it within a second')
+    .argument('<name-or-prefix>', 'the key\'s name, its prefix (tml-XXXXXXXX) or the key itself')
+    .option('--data-dir <dir>', 'the server data directory', DEFAULT_DATA_DIR)
+    .option('--database-url <url>', 'postgres://... when the server uses PostgreSQL')
+    .action(async (ref: string, opts: { dataDir: string; databaseUrl?: string }, command: Command) => {
+      try {
+        console.log(await revokeKey({ ...opts, ref }));
+      } catch (error) {
+        if (error instanceof KeyNotFoundError) command.error(`error: ${error.message}`);
+        throw error;
+      }
     });
   return program;
 }

@@ -6,10 +6,11 @@ import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node
 import path from 'node:path';
 import swagger from '@fastify/swagger';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
-import Fastify, { type FastifyError } from 'fastify';
+import Fastify, { type FastifyError, type FastifyRequest } from 'fastify';
 import { ArchiveSigner } from './checkpoints/signing.js';
 import { apiKeyAuth } from './http/auth.js';
 import { HttpError } from './http/errors.js';
+import { useJsonBodies } from './http/json.js';
 import { decompressZstd, ZstdDecodeError } from './protocol/zstd.js';
 import { restRoutes } from './routes/rest.js';
 import { DEFAULT_LONG_POLL_MS, samplingRoutes } from './routes/sampling.js';
@@ -35,10 +36,14 @@ export interface ServerOptions {
   longPollMs?: number;
   /** Sessions without a heartbeat for this long are finished (ms). */
   sessionTimeoutMs?: number;
-  /** Largest accepted request body (bytes, after decompression). */
+  /** Largest accepted request body (bytes). */
   bodyLimitBytes?: number;
+  /** Largest accepted protobuf body (bytes), after zstd decompression; default 64 MiB. */
+  maxProtobufBytes?: number;
   /** Sampling requests queued per base model before `asample` answers 429. */
   maxQueuedSamples?: number;
+  /** The clock of time-based caches (API-key lookups); default `Date.now`. Tests inject one. */
+  clock?: () => number;
   /** Log requests (pino). */
   logger?: boolean;
 }
@@ -51,6 +56,9 @@ export interface LatheServer {
 }
 
 const DEFAULT_BODY_LIMIT = 256 * 1024 * 1024;
+// The SDK sends at most ~5 MB per forward_backward chunk (fwdbwd_max_chunk_bytes_count), so this
+// leaves ample room while bounding what a small zstd body may expand to.
+const DEFAULT_PROTOBUF_LIMIT = 64 * 1024 * 1024;
 
 function signingSecret(dataDir: string): Buffer {
   const file = path.join(dataDir, 'archive-signing.key');
@@ -95,16 +103,19 @@ export async function createServer(options: ServerOptions): Promise<LatheServer>
     ajv: { customOptions: { coerceTypes: false } },
   }).withTypeProvider<TypeBoxTypeProvider>();
 
-  // Protobuf bodies arrive raw, possibly zstd-compressed (only forward_backward uses them).
-  app.addContentTypeParser('application/x-protobuf', { parseAs: 'buffer', bodyLimit }, (request, body, done) => {
+  // Protobuf bodies arrive raw, possibly zstd-compressed (only forward_backward uses them). A zstd
+  // body is decoded a step at a time (other requests are served meanwhile) and capped once decoded.
+  const protobufLimit = options.maxProtobufBytes ?? DEFAULT_PROTOBUF_LIMIT;
+  app.addContentTypeParser('application/x-protobuf', { parseAs: 'buffer', bodyLimit: protobufLimit }, async (request: FastifyRequest, body: Buffer) => {
+    if (request.headers['content-encoding'] !== 'zstd') return new Uint8Array(body);
     try {
-      const encoding = request.headers['content-encoding'];
-      done(null, encoding === 'zstd' ? decompressZstd(body as Buffer, bodyLimit) : new Uint8Array(body as Buffer));
+      return await decompressZstd(body, protobufLimit);
     } catch (error) {
       const tooLarge = error instanceof ZstdDecodeError && error.code === 'limit_exceeded';
-      done(new HttpError(tooLarge ? 413 : 400, tooLarge ? 'payload_too_large' : 'invalid_body', (error as Error).message), undefined);
+      throw new HttpError(tooLarge ? 413 : 400, tooLarge ? 'payload_too_large' : 'invalid_body', (error as Error).message);
     }
   });
+  useJsonBodies(app, bodyLimit);
 
   app.setErrorHandler((error: FastifyError | HttpError, request, reply) => {
     if (error instanceof HttpError) {
@@ -116,7 +127,8 @@ export async function createServer(options: ServerOptions): Promise<LatheServer>
     }
     const status = error.statusCode ?? 500;
     if (status === 413 || error.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
-      return reply.code(413).send(new HttpError(413, 'payload_too_large', `request body exceeds ${bodyLimit} bytes`).toBody());
+      const limit = request.headers['content-type']?.startsWith('application/x-protobuf') ? protobufLimit : bodyLimit;
+      return reply.code(413).send(new HttpError(413, 'payload_too_large', `request body exceeds ${limit} bytes`).toBody());
     }
     if (error.validation || (status >= 400 && status < 500)) {
       return reply.code(status === 500 ? 400 : status).send(new HttpError(status === 500 ? 400 : status, 'bad_request', error.message).toBody());
@@ -129,7 +141,7 @@ export async function createServer(options: ServerOptions): Promise<LatheServer>
   await app.register(swagger, {
     openapi: { info: { title: 'Lathe API (Tinker-compatible)', version: '0.1.0' } },
   });
-  app.addHook('onRequest', apiKeyAuth(store.keys));
+  app.addHook('onRequest', apiKeyAuth(store.keys, options.clock));
 
   serviceRoutes(app, services);
   trainingRoutes(app, services);
