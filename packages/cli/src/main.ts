@@ -1,6 +1,8 @@
 /**
  * @module The `lathe` command.
  */
+import path from 'node:path';
+import { parseAlias } from '@lathe/server';
 import { Command, InvalidArgumentError } from 'commander';
 import { runDemo } from './commands/demo.js';
 import { createKey, DEFAULT_DATA_DIR, KeyNotFoundError, listKeys, revokeKey, serve } from './commands/serve.js';
@@ -25,6 +27,18 @@ export function parseInteger(name: string, range: { min?: number; max?: number }
   };
 }
 
+/** Accumulates `--model-alias NAME=PATH` values; a relative folder path is taken from the current directory. */
+function collectAlias(value: string, previous: Record<string, string>): Record<string, string> {
+  let name: string;
+  let target: string;
+  try {
+    [name, target] = parseAlias(value);
+  } catch (error) {
+    throw new InvalidArgumentError(`--model-alias: ${(error as Error).message}`);
+  }
+  return { ...previous, [name]: target.startsWith('.') ? path.resolve(target) : target };
+}
+
 /** Builds the command tree (exported for tests). */
 export function buildProgram(): Command {
   const program = new Command('lathe').description('Lathe: self-hostable LoRA fine-tuning, Tinker-compatible').version('0.1.0');
@@ -46,7 +60,13 @@ export function buildProgram(): Command {
     .option('--data-dir <dir>', 'database, checkpoints and models', DEFAULT_DATA_DIR)
     .option('--database-url <url>', 'postgres://... to use PostgreSQL instead of SQLite')
     .option('--models-dir <dir>', 'where models are found (default <data-dir>/models)')
-    .action(async (opts: { host: string; port: number; dataDir: string; databaseUrl?: string; modelsDir?: string }) => {
+    .option(
+      '--model-alias <name=path>',
+      'serve a model folder (or another model) under this name, e.g. Qwen/Qwen3-8B=/srv/qwen3-8b; repeatable (also: <data-dir>/models.json)',
+      collectAlias,
+      {},
+    )
+    .action(async (opts: { host: string; port: number; dataDir: string; databaseUrl?: string; modelsDir?: string; modelAlias: Record<string, string> }) => {
       await serve({ ...opts, log: (line) => console.log(line) });
     });
   const keys = program.command('keys').description('manage API keys');

@@ -3,6 +3,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import swagger from '@fastify/swagger';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
@@ -11,6 +12,7 @@ import { ArchiveSigner } from './checkpoints/signing.js';
 import { apiKeyAuth } from './http/auth.js';
 import { HttpError } from './http/errors.js';
 import { useJsonBodies } from './http/json.js';
+import { pathRedactor } from './http/redact.js';
 import { decompressZstd, ZstdDecodeError } from './protocol/zstd.js';
 import { restRoutes } from './routes/rest.js';
 import { DEFAULT_LONG_POLL_MS, samplingRoutes } from './routes/sampling.js';
@@ -19,7 +21,8 @@ import { trainingRoutes } from './routes/training.js';
 import type { TypedApp } from './routes/context.js';
 import { Services } from './services.js';
 import { openStore, StoreConflictError } from './store/index.js';
-import { listModels, type ModelEntry } from './worker/catalogue.js';
+import { ModelCatalogue, readModelsConfig, scanModels, type ModelEntry } from './worker/catalogue.js';
+import { REPO_ROOT } from './worker/process.js';
 import { WorkerPool } from './worker/pool.js';
 
 /** Options for {@link createServer}. */
@@ -30,8 +33,13 @@ export interface ServerOptions {
   databaseUrl?: string;
   /** Where models are found and tiny models are written; default `<dataDir>/models`. */
   modelsDir?: string;
-  /** The model catalogue; default: ask the worker's registry. */
+  /** A fixed model catalogue (no scanning); default: ask the worker's registry, and again for unknown names. */
   models?: ModelEntry[];
+  /**
+   * Model names served from a folder or another model (`{'Qwen/Qwen3-8B': '/srv/qwen3-8b'}`), on top
+   * of those in `<dataDir>/models.json` (`{"aliases": {...}}`).
+   */
+  modelAliases?: Record<string, string>;
   /** How long `retrieve_future` holds a poll (ms). */
   longPollMs?: number;
   /** Sessions without a heartbeat for this long are finished (ms). */
@@ -87,10 +95,19 @@ export async function createServer(options: ServerOptions): Promise<LatheServer>
   mkdirSync(options.dataDir, { recursive: true });
   const modelsDir = options.modelsDir ?? path.join(options.dataDir, 'models');
   const store = await openStore(defaultDatabaseUrl(options.dataDir, options.databaseUrl));
-  const models = options.models ?? (await listModels(modelsDir));
+  const aliases = { ...readModelsConfig(options.dataDir), ...options.modelAliases };
+  const catalogue = options.models ? ModelCatalogue.fixed(options.models) : await ModelCatalogue.open({ scan: (describe) => scanModels(modelsDir, describe), aliases });
+  const redact = pathRedactor([
+    ...Object.entries(aliases).map(([name, target]) => ({ path: target, label: `<model ${name}>` })),
+    { path: modelsDir, label: '<models-dir>' },
+    { path: options.dataDir, label: '<data-dir>' },
+    { path: REPO_ROOT, label: '<lathe>' },
+    { path: os.tmpdir(), label: '<tmp>' },
+    { path: os.homedir(), label: '~' },
+  ]);
   let services: Services | undefined;
-  const pool = new WorkerPool({ modelsDir, onCrash: (model) => services?.workerCrashed(model) });
-  services = new Services(store, pool, models, options.dataDir, options.maxQueuedSamples);
+  const pool = new WorkerPool({ modelsDir, source: (model) => catalogue.source(model), onCrash: (model) => services?.workerCrashed(model) });
+  services = new Services(store, pool, catalogue, options.dataDir, options.maxQueuedSamples, redact);
   await services.resumeInterruptedRequests();
   const bodyLimit = options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT;
 
@@ -119,7 +136,9 @@ export async function createServer(options: ServerOptions): Promise<LatheServer>
 
   app.setErrorHandler((error: FastifyError | HttpError, request, reply) => {
     if (error instanceof HttpError) {
-      return reply.code(error.statusCode).headers(error.headers).send(error.toBody());
+      const body = error.toBody();
+      body.error.message = redact(body.error.message);
+      return reply.code(error.statusCode).headers(error.headers).send(body);
     }
     if (error instanceof StoreConflictError) {
       // Another key's id: answer exactly as for an unknown one.
@@ -131,10 +150,10 @@ export async function createServer(options: ServerOptions): Promise<LatheServer>
       return reply.code(413).send(new HttpError(413, 'payload_too_large', `request body exceeds ${limit} bytes`).toBody());
     }
     if (error.validation || (status >= 400 && status < 500)) {
-      return reply.code(status === 500 ? 400 : status).send(new HttpError(status === 500 ? 400 : status, 'bad_request', error.message).toBody());
+      return reply.code(status === 500 ? 400 : status).send(new HttpError(status === 500 ? 400 : status, 'bad_request', redact(error.message)).toBody());
     }
     request.log.error(error);
-    return reply.code(500).send(new HttpError(500, 'internal_error', `internal error: ${error.message}`).toBody());
+    return reply.code(500).send(new HttpError(500, 'internal_error', `internal error: ${redact(error.message)}`).toBody());
   });
   app.setNotFoundHandler((request, reply) => reply.code(404).send(new HttpError(404, 'not_found', `no route ${request.method} ${request.url}`).toBody()));
 

@@ -15,7 +15,7 @@ import { packResult, type StoredResult } from './protocol/results.js';
 import { FutureHub } from './scheduler/futures.js';
 import { Lane, type Completion, type JobError, type SampleJob, type TrainingOp } from './scheduler/lane.js';
 import type { RequestRow, RunRow, Store } from './store/index.js';
-import type { ModelEntry } from './worker/catalogue.js';
+import type { ModelCatalogue, ModelEntry } from './worker/catalogue.js';
 import type { WorkerClient } from './worker/client.js';
 import type { WorkerPool } from './worker/pool.js';
 import type { WireTensor } from './worker/tensor.js';
@@ -55,9 +55,11 @@ export class Services {
   constructor(
     readonly store: Store,
     readonly pool: WorkerPool,
-    readonly models: ModelEntry[],
+    readonly catalogue: ModelCatalogue,
     readonly dataDir: string,
     private readonly maxQueuedSamples?: number,
+    /** Rewrites error messages before clients see them (hides server paths). */
+    private readonly redact: (message: string) => string = (message) => message,
   ) {
     this.completion = {
       complete: async (requestId, result) => {
@@ -65,15 +67,26 @@ export class Services {
         this.hub.notify(requestId);
       },
       fail: async (requestId, error) => {
-        await this.store.requests.fail(requestId, error, Date.now());
+        await this.store.requests.fail(requestId, { ...error, message: this.redact(error.message) }, Date.now());
         this.hub.notify(requestId);
       },
     };
   }
 
+  /** Every model this server serves (as of the catalogue's last scan). */
+  get models(): readonly ModelEntry[] {
+    return this.catalogue.entries;
+  }
+
+  /** {@link model}, after looking for a model added since the last scan (or named by folder path). */
+  async knownModel(baseModel: string): Promise<ModelEntry> {
+    await this.catalogue.lookup(baseModel);
+    return this.model(baseModel);
+  }
+
   /** The catalogue entry of a base model, or a 400 naming what this server serves. */
   model(baseModel: string): ModelEntry {
-    const entry = this.models.find((m) => m.model_name === baseModel);
+    const entry = this.catalogue.find(baseModel);
     if (!entry) {
       throw badRequest(
         `unknown base model ${JSON.stringify(baseModel)}; this server serves: ${this.models.map((m) => m.model_name).join(', ')}`,

@@ -23,6 +23,8 @@ export interface ServeOptions extends DataOptions {
   host: string;
   port: number;
   modelsDir?: string;
+  /** Model name → folder path (or other model) it is served from. */
+  modelAlias?: Record<string, string>;
   log: (line: string) => void;
 }
 
@@ -37,6 +39,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     dataDir: path.resolve(options.dataDir),
     ...(options.databaseUrl ? { databaseUrl: options.databaseUrl } : {}),
     ...(options.modelsDir ? { modelsDir: path.resolve(options.modelsDir) } : {}),
+    ...(options.modelAlias ? { modelAliases: options.modelAlias } : {}),
   });
   const address = await server.app.listen({ host: options.host, port: options.port });
   options.log(`listening on ${address}`);

@@ -68,9 +68,12 @@ export function serviceRoutes(app: TypedApp, services: Services): void {
     return { type: 'finish_session', session_id: request.params.sessionId };
   });
 
-  app.get('/api/v1/get_server_capabilities', async () => ({
-    supported_models: services.models.map((m) => ({ model_name: m.model_name, max_context_length: m.max_context_length, trainable: true, sampleable: true })),
-  }));
+  app.get('/api/v1/get_server_capabilities', async () => {
+    await services.catalogue.refresh(); // lists models added since start
+    return {
+      supported_models: services.models.map((m) => ({ model_name: m.model_name, max_context_length: m.max_context_length, trainable: true, sampleable: true })),
+    };
+  });
 
   app.get('/api/v1/healthz', async () => ({ status: 'ok' }));
 
