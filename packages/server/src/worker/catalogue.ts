@@ -43,11 +43,6 @@ export async function scanModels(modelsDir: string, describe: string[] = []): Pr
   return JSON.parse(stdout) as ScanResult;
 }
 
-/** The models of {@link scanModels} alone. */
-export async function listModels(modelsDir: string): Promise<ModelEntry[]> {
-  return (await scanModels(modelsDir)).models;
-}
-
 /**
  * Model aliases from `<dataDir>/models.json` (`{"aliases": {"Qwen/Qwen3-8B": "/srv/qwen3-8b"}}`);
  * relative folder paths are taken from the data directory. None when the file is absent.
