@@ -16,6 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = ["node", str(REPO / "packages" / "cli" / "bin" / "lathe.js")]
+# The server serves the built-in tiny Qwen3 under this name too (`lathe serve --model-alias`).
+ALIAS = "Qwen/Qwen3-8B"
 
 
 class ServerProcess:
@@ -28,14 +30,17 @@ class ServerProcess:
         return ["--data-dir", str(self.data_dir)] + (["--database-url", self.database_url] if self.database_url else [])
 
     def create_key(self, name: str) -> str:
-        out = subprocess.run([*CLI, "keys", "create", "--name", name, *self.db_args()], check=True, capture_output=True, text=True)
-        lines = out.stdout.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("tml-"), out.stdout
+        lines = self.keys_command("create", "--name", name).strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("tml-"), lines
         return lines[0]
+
+    def keys_command(self, *args: str) -> str:
+        """`lathe keys ARGS` on this server's database (a process of its own); its stdout."""
+        return subprocess.run([*CLI, "keys", *args, *self.db_args()], check=True, capture_output=True, text=True).stdout
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [*CLI, "serve", "--port", "0", "--models-dir", str(self.models_dir), *self.db_args()],
+            [*CLI, "serve", "--port", "0", "--models-dir", str(self.models_dir), "--model-alias", f"{ALIAS}=lathe/tiny-qwen3", *self.db_args()],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         for line in self.proc.stdout:

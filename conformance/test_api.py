@@ -5,11 +5,14 @@ from __future__ import annotations
 import io
 import tarfile
 import threading
+import time
 
 import httpx
 import numpy as np
 import pytest
+import zstandard
 
+from conftest import ALIAS
 from wire import SDK_VERSION, RequestFailed, WireClient, datum_proto, pb, sdk_headers, sft_datum
 
 MODEL = "lathe/tiny-qwen3"
@@ -36,6 +39,12 @@ def test_start_up_sequence_and_service_endpoints(server):
     c = WireClient(server.url, server.keys[0])
     config = c.ok(c.post("client/config", {"sdk_version": SDK_VERSION}))
     assert config["pjwt_auth_enabled"] is False and config["proto_write_fwdbwd"] is True
+    # Every flag of the SDK's ClientConfigResponse is set; the SDK uses plain httpx, not pyqwest.
+    assert config["use_pyqwest_transport"] is False and config["sample_use_retrieve_futures"] is False
+    assert config["proto_compress_fwdbwd"] is True and config["create_model_via_load_weights"] is False
+    assert {"sample_dispatch_bytes_semaphore_size", "inflight_response_bytes_semaphore_size", "fwdbwd_dispatch_bytes_semaphore_size",
+            "billing_exception_max_pause_duration_sec", "sample_no_retries", "sample_enable_stuck_detection", "sample_max_concurrent_requests",
+            "credential_default_source", "parallel_fwdbwd_chunks", "fwdbwd_max_chunk_len", "fwdbwd_max_chunk_bytes_count"} <= set(config)
     assert c.ok(c.post("client/dynamic_config", {"sdk_version": SDK_VERSION}))["refresh_interval_sec"] >= 10
     session = c.ok(c.post("create_session", {"tags": ["t"], "user_metadata": {"a": 1}, "sdk_version": SDK_VERSION, "type": "create_session"}))
     assert session["type"] == "create_session" and session["session_id"]
@@ -44,12 +53,13 @@ def test_start_up_sequence_and_service_endpoints(server):
     caps = c.ok(c.http.get("api/v1/get_server_capabilities"))
     names = {m["model_name"]: m for m in caps["supported_models"]}
     assert names[MODEL]["max_context_length"] == CONTEXT and "lathe/tiny-llama3" in names
+    assert names[ALIAS]["max_context_length"] == CONTEXT  # lathe serve --model-alias Qwen/Qwen3-8B=lathe/tiny-qwen3
     telemetry = {"events": [{"event": "SESSION_START", "event_id": "e", "event_session_index": 0, "severity": "INFO", "timestamp": "2026-11-29T00:00:00Z"}],
                  "platform": "linux", "sdk_version": SDK_VERSION, "session_id": session["session_id"], "process_uuid": "p"}
     assert c.ok(c.post("telemetry", telemetry)) == {"status": "accepted"}
     assert httpx.get(f"{server.url}/api/v1/healthz").json() == {"status": "ok"}
-    # finish → later heartbeats are 410 (SDK >= 0.26 stops its loop on it)
-    c.ok(c.post(f"sessions/{session['session_id']}/finish", {}))
+    # finish (no body, as ServiceClient.close() sends it) → later heartbeats are 410 (SDK >= 0.26 stops its loop on it)
+    assert c.ok(c.bodyless("POST", f"sessions/{session['session_id']}/finish"))["session_id"] == session["session_id"]
     error_of(c.post("session_heartbeat", {"session_id": session["session_id"], "type": "session_heartbeat"}), 410)
 
 
@@ -70,6 +80,21 @@ def test_authentication_and_ownership(server):
     forged.data.append(sft_datum(DATASET[0]))
     error_of(bob.http.post("api/v1/forward_backward", content=forged.SerializeToString(), headers={"Content-Type": "application/x-protobuf"}), 404)
     alice.retrieve(request_id, "Forward", proto=True)
+
+
+def test_keys_list_and_revoke_from_another_process(server):
+    key = server.create_key("carol")
+    c = WireClient(server.url, key)
+    c.start()
+    listed = server.keys_command("list")
+    assert "carol" in listed and key[:12] in listed and key not in listed
+    assert server.keys_command("revoke", key[:12]).strip() == f"revoked carol ({key[:12]})"
+    # The server caches a key for at most a second: it is refused within that.
+    deadline = time.monotonic() + 10
+    while (status := c.http.get("api/v1/sessions").status_code) == 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert status == 401
+    assert [line.split()[-1] != "-" for line in server.keys_command("list").splitlines() if line.startswith("carol ")] == [True]
 
 
 def test_sft_end_to_end_with_checkpoints_sampling_and_exact_resume(server):
@@ -190,6 +215,17 @@ def test_bad_input_gets_clear_4xx_errors(server):
     error_of(c.post("retrieve_future", {"request_id": "no-such-future", "allow_metadata_only": True}), 410)
     big = c.http.post("api/v1/telemetry", content=b"{" + b" " * (300 * 1024 * 1024) + b"}", headers={"Content-Type": "application/json"})
     assert big.status_code == 413
+    # A zstd bomb (a few KiB that would decode to 65 MiB) is refused, naming the decoded-size limit.
+    bomb = zstandard.ZstdCompressor().compress(bytes(65 * 1024 * 1024))
+    assert len(bomb) < 64 * 1024
+    refused = error_of(c.http.post("api/v1/forward_backward", content=bomb, headers={**headers, "Content-Encoding": "zstd"}), 413)
+    assert str(64 * 1024 * 1024) in refused["message"]
+    # JSON nested 10,000 levels deep is a 400 naming the field.
+    nested = "1"
+    for _ in range(10_000):
+        nested = '{"a":' + nested + "}"
+    deep = c.http.post("api/v1/create_session", content=f'{{"tags":[],"sdk_version":"{SDK_VERSION}","user_metadata":{nested}}}')
+    assert error_of(deep, 400)["message"].startswith("user_metadata.a.a")
     # After all that, the run still trains.
     assert c.retrieve(run.submit_forward_backward([sft_datum(DATASET[0])]), "ForwardBackward", proto=True)["metrics"]["loss:sum"] > 0
 
@@ -232,17 +268,18 @@ def test_rest_runs_checkpoints_archive_and_sessions(server):
         assert set(tar.getnames()) == {"adapter_model.safetensors", "adapter_config.json"}
     assert httpx.get(archive["url"][:-3] + "xyz").status_code == 410  # tampered signature
 
-    base = f"api/v1/training_runs/{run.model_id}/checkpoints/weights/ckpt"
-    assert c.http.post(f"{base}/publish").status_code == 200
-    assert c.http.post(f"{base}/publish").status_code == 200  # idempotent
+    # Publish, unpublish and delete carry no body, with the SDK's Content-Type: application/json.
+    base = f"training_runs/{run.model_id}/checkpoints/weights/ckpt"
+    c.ok(c.bodyless("POST", f"{base}/publish"))
+    c.ok(c.bodyless("POST", f"{base}/publish"))  # idempotent
     bob = client(server, 1)
     assert bob.ok(bob.post("weights_info", {"tinker_path": state}))["lora_rank"] == 4  # public: visible to others
-    assert c.http.delete(f"{base}/publish").status_code == 200
+    c.ok(c.bodyless("DELETE", f"{base}/publish"))
     error_of(bob.post("weights_info", {"tinker_path": state}), 404)
-    assert c.http.put(f"{base}/ttl", json={"ttl_seconds": None}).status_code == 200
-    error_of(c.http.put(f"{base}/ttl", json={"ttl_seconds": 0}), 400)
-    assert c.http.delete(base).status_code == 200
-    error_of(c.http.delete(base), 404)
+    assert c.http.put(f"api/v1/{base}/ttl", json={"ttl_seconds": None}).status_code == 200
+    error_of(c.http.put(f"api/v1/{base}/ttl", json={"ttl_seconds": 0}), 400)
+    c.ok(c.bodyless("DELETE", base))
+    error_of(c.bodyless("DELETE", base), 404)
     assert {ck["checkpoint_id"] for ck in c.ok(c.http.get("api/v1/checkpoints"))["checkpoints"]} >= {"sampler_weights/for-sampling"}
 
     sessions = c.ok(c.http.get("api/v1/sessions"))["sessions"]

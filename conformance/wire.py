@@ -38,7 +38,11 @@ pb = load_proto()
 
 
 def sdk_headers(api_key: str) -> dict[str, str]:
+    # Stainless's default headers: Content-Type is JSON on every request, even a DELETE or POST
+    # that carries no body.
     return {
+        "Accept": "application/json",
+        "Content-Type": "application/json",
         "X-API-Key": api_key,
         "User-Agent": f"AsyncTinker/Python {SDK_VERSION}",
         "X-Stainless-Package-Version": SDK_VERSION,
@@ -138,6 +142,11 @@ class WireClient:
         headers = {"X-Idempotency-Key": f"stainless-python-retry-{uuid.uuid4()}"}
         headers.update(kw.pop("headers", {}))
         return self.http.post(f"api/v1/{path}", json=body, headers=headers, **kw)
+
+    def bodyless(self, method: str, path: str) -> httpx.Response:
+        """A call without a body, as the SDK makes it (DELETE checkpoint, publish, finish session):
+        Content-Type: application/json and nothing else."""
+        return self.http.request(method, f"api/v1/{path}", headers={"X-Idempotency-Key": f"stainless-python-retry-{uuid.uuid4()}"})
 
     def ok(self, response: httpx.Response) -> Any:
         assert response.status_code == 200, (response.status_code, response.text)

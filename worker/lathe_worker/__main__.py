@@ -32,13 +32,17 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--models-dir", default=os.environ.get("LATHE_MODELS_DIR", ".lathe/models"))
     parser.add_argument("--model", help="load this model at start-up")
+    parser.add_argument("--describe", action="append", default=[], metavar="NAME_OR_PATH",
+                        help="with --list-models: also list this model (a name or folder path), named as given")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
     parser.add_argument("--max-batch-tokens", type=int, default=16384)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s lathe-worker %(levelname)s %(message)s")
     if args.list_models:
-        print(json.dumps(ModelRegistry(Path(args.models_dir)).catalogue()))
+        registry = ModelRegistry(Path(args.models_dir))
+        roots = [str(registry.models_dir.resolve()), str(registry.hf_cache)]
+        print(json.dumps({"models": registry.catalogue(args.describe), "roots": roots}))
         return
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)

@@ -160,6 +160,21 @@ def test_registry_lookup(tmp_path):
         assert str(place) in msg
 
 
+def test_registry_hub_layout_in_models_dir_and_described_folders(tmp_path):
+    models, hf = tmp_path / "models", tmp_path / "hf"
+    model = small()
+    snap = models / "models--org--copied" / "snapshots" / "rev1"
+    save_model(model, snap)
+    save_model(model, tmp_path / "elsewhere")
+    reg = ModelRegistry(models, hf_cache=hf)
+    assert reg.resolve("org/copied") == snap
+    assert "org/copied" in reg.list_local()
+    # Extra names are described as given; ones that are not models are left out.
+    names = [e["model_name"] for e in reg.catalogue([str(tmp_path / "elsewhere"), str(tmp_path / "nothing"), "org/copied"])]
+    assert names.count("org/copied") == 1 and str(tmp_path / "elsewhere") in names
+    assert str(tmp_path / "nothing") not in names
+
+
 def test_default_hf_cache(monkeypatch, tmp_path):
     from lathe_worker.models.registry import default_hf_cache
 

@@ -1,10 +1,11 @@
 /**
  * @module The `lathe` command.
  */
-import { DataDirError } from '@lathe/server';
+import path from 'node:path';
+import { DataDirError, parseAlias } from '@lathe/server';
 import { Command, InvalidArgumentError } from 'commander';
 import { runDemo } from './commands/demo.js';
-import { createKey, DEFAULT_DATA_DIR, serve } from './commands/serve.js';
+import { createKey, DEFAULT_DATA_DIR, KeyNotFoundError, listKeys, revokeKey, serve } from './commands/serve.js';
 
 /**
  * A commander option parser for whole numbers in `[min, max]`: it rejects `abc`, `1.5`, `12abc`
@@ -24,6 +25,18 @@ export function parseInteger(name: string, range: { min?: number; max?: number }
     if (!Number.isSafeInteger(n) || n < min || n > max) throw new InvalidArgumentError(`${name} must be ${expected}, got ${JSON.stringify(value)}`);
     return n;
   };
+}
+
+/** Accumulates `--model-alias NAME=PATH` values; a relative folder path is taken from the current directory. */
+function collectAlias(value: string, previous: Record<string, string>): Record<string, string> {
+  let name: string;
+  let target: string;
+  try {
+    [name, target] = parseAlias(value);
+  } catch (error) {
+    throw new InvalidArgumentError(`--model-alias: ${(error as Error).message}`);
+  }
+  return { ...previous, [name]: target.startsWith('.') ? path.resolve(target) : target };
 }
 
 /** Builds the command tree (exported for tests). */
@@ -47,7 +60,13 @@ export function buildProgram(): Command {
     .option('--data-dir <dir>', 'database, checkpoints and models', DEFAULT_DATA_DIR)
     .option('--database-url <url>', 'postgres://... to use PostgreSQL instead of SQLite')
     .option('--models-dir <dir>', 'where models are found (default <data-dir>/models)')
-    .action(async (opts: { host: string; port: number; dataDir: string; databaseUrl?: string; modelsDir?: string }) => {
+    .option(
+      '--model-alias <name=path>',
+      'serve a model folder (or another model) under this name, e.g. Qwen/Qwen3-8B=/srv/qwen3-8b; repeatable (also: <data-dir>/models.json)',
+      collectAlias,
+      {},
+    )
+    .action(async (opts: { host: string; port: number; dataDir: string; databaseUrl?: string; modelsDir?: string; modelAlias: Record<string, string> }) => {
       await serve({ ...opts, log: (line) => console.log(line) });
     });
   const keys = program.command('keys').description('manage API keys');
@@ -59,6 +78,28 @@ export function buildProgram(): Command {
     .option('--database-url <url>', 'postgres://... when the server uses PostgreSQL')
     .action(async (opts: { name: string; dataDir: string; databaseUrl?: string }) => {
       console.log(await createKey(opts));
+    });
+  keys
+    .command('list')
+    .description('list API keys: name, prefix, created, revoked (never the secret)')
+    .option('--data-dir <dir>', 'the server data directory', DEFAULT_DATA_DIR)
+    .option('--database-url <url>', 'postgres://... when the server uses PostgreSQL')
+    .action(async (opts: { dataDir: string; databaseUrl?: string }) => {
+      console.log(await listKeys(opts));
+    });
+  keys
+    .command('revoke')
+    .description('revoke an API key by name or prefix; every server refuses it within a second')
+    .argument('<name-or-prefix>', 'the key\'s name, its prefix (tml-XXXXXXXX) or the key itself')
+    .option('--data-dir <dir>', 'the server data directory', DEFAULT_DATA_DIR)
+    .option('--database-url <url>', 'postgres://... when the server uses PostgreSQL')
+    .action(async (ref: string, opts: { dataDir: string; databaseUrl?: string }, command: Command) => {
+      try {
+        console.log(await revokeKey({ ...opts, ref }));
+      } catch (error) {
+        if (error instanceof KeyNotFoundError) command.error(`error: ${error.message}`);
+        throw error;
+      }
     });
   return program;
 }

@@ -55,3 +55,14 @@ describe('the lathe command', () => {
     });
   }
 });
+
+test('lathe serve --model-alias without NAME=PATH is a usage error naming the option', async () => {
+  const { root, stderr } = program();
+  const error = await root.parseAsync(['node', 'lathe', 'serve', '--model-alias', 'just-a-name']).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  assert.ok(error instanceof CommanderError, String(error));
+  assert.equal(error.code, 'commander.invalidArgument');
+  assert.match(stderr.join(''), /--model-alias: expected NAME=PATH, got "just-a-name"/);
+});

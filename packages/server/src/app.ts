@@ -3,14 +3,17 @@
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import swagger from '@fastify/swagger';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
-import Fastify, { type FastifyError } from 'fastify';
+import Fastify, { type FastifyError, type FastifyRequest } from 'fastify';
 import { ArchiveSigner } from './checkpoints/signing.js';
 import { lockDataDir, prepareDataDir, type DataDirError } from './datadir.js';
 import { apiKeyAuth } from './http/auth.js';
 import { HttpError } from './http/errors.js';
+import { useJsonBodies } from './http/json.js';
+import { pathRedactor } from './http/redact.js';
 import { decompressZstd, ZstdDecodeError } from './protocol/zstd.js';
 import { restRoutes } from './routes/rest.js';
 import { DEFAULT_LONG_POLL_MS, samplingRoutes } from './routes/sampling.js';
@@ -19,7 +22,8 @@ import { trainingRoutes } from './routes/training.js';
 import type { TypedApp } from './routes/context.js';
 import { Services } from './services.js';
 import { openStore, StoreConflictError } from './store/index.js';
-import { listModels, type ModelEntry } from './worker/catalogue.js';
+import { ModelCatalogue, readModelsConfig, scanModels, type ModelEntry } from './worker/catalogue.js';
+import { REPO_ROOT } from './worker/process.js';
 import { WorkerPool } from './worker/pool.js';
 
 /** Options for {@link createServer}. */
@@ -30,16 +34,25 @@ export interface ServerOptions {
   databaseUrl?: string;
   /** Where models are found and tiny models are written; default `<dataDir>/models`. */
   modelsDir?: string;
-  /** The model catalogue; default: ask the worker's registry. */
+  /** A fixed model catalogue (no scanning); default: ask the worker's registry, and again for unknown names. */
   models?: ModelEntry[];
+  /**
+   * Model names served from a folder or another model (`{'Qwen/Qwen3-8B': '/srv/qwen3-8b'}`), on top
+   * of those in `<dataDir>/models.json` (`{"aliases": {...}}`).
+   */
+  modelAliases?: Record<string, string>;
   /** How long `retrieve_future` holds a poll (ms). */
   longPollMs?: number;
   /** Sessions without a heartbeat for this long are finished (ms). */
   sessionTimeoutMs?: number;
-  /** Largest accepted request body (bytes, after decompression). */
+  /** Largest accepted request body (bytes). */
   bodyLimitBytes?: number;
+  /** Largest accepted protobuf body (bytes), after zstd decompression; default 64 MiB. */
+  maxProtobufBytes?: number;
   /** Sampling requests queued per base model before `asample` answers 429. */
   maxQueuedSamples?: number;
+  /** The clock of time-based caches (API-key lookups); default `Date.now`. Tests inject one. */
+  clock?: () => number;
   /** Log requests (pino). */
   logger?: boolean;
 }
@@ -56,6 +69,9 @@ export interface LatheServer {
 }
 
 const DEFAULT_BODY_LIMIT = 256 * 1024 * 1024;
+// The SDK sends at most ~5 MB per forward_backward chunk (fwdbwd_max_chunk_bytes_count), so this
+// leaves ample room while bounding what a small zstd body may expand to.
+const DEFAULT_PROTOBUF_LIMIT = 64 * 1024 * 1024;
 
 function signingSecret(dataDir: string): Buffer {
   const file = path.join(dataDir, 'archive-signing.key');
@@ -97,10 +113,19 @@ export async function createServer(options: ServerOptions): Promise<LatheServer>
 async function buildServer(options: ServerOptions, unlock: () => void): Promise<LatheServer> {
   const modelsDir = options.modelsDir ?? path.join(options.dataDir, 'models');
   const store = await openStore(defaultDatabaseUrl(options.dataDir, options.databaseUrl));
-  const models = options.models ?? (await listModels(modelsDir));
+  const aliases = { ...readModelsConfig(options.dataDir), ...options.modelAliases };
+  const catalogue = options.models ? ModelCatalogue.fixed(options.models) : await ModelCatalogue.open({ scan: (describe) => scanModels(modelsDir, describe), aliases });
+  const redact = pathRedactor([
+    ...Object.entries(aliases).map(([name, target]) => ({ path: target, label: `<model ${name}>` })),
+    { path: modelsDir, label: '<models-dir>' },
+    { path: options.dataDir, label: '<data-dir>' },
+    { path: REPO_ROOT, label: '<lathe>' },
+    { path: os.tmpdir(), label: '<tmp>' },
+    { path: os.homedir(), label: '~' },
+  ]);
   let services: Services | undefined;
-  const pool = new WorkerPool({ modelsDir, onCrash: (model) => services?.workerCrashed(model) });
-  services = new Services(store, pool, models, options.dataDir, options.maxQueuedSamples);
+  const pool = new WorkerPool({ modelsDir, source: (model) => catalogue.source(model), onCrash: (model) => services?.workerCrashed(model) });
+  services = new Services(store, pool, catalogue, options.dataDir, options.maxQueuedSamples, redact);
   await services.resumeInterruptedRequests();
   const bodyLimit = options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT;
 
@@ -113,20 +138,25 @@ async function buildServer(options: ServerOptions, unlock: () => void): Promise<
     ajv: { customOptions: { coerceTypes: false } },
   }).withTypeProvider<TypeBoxTypeProvider>();
 
-  // Protobuf bodies arrive raw, possibly zstd-compressed (only forward_backward uses them).
-  app.addContentTypeParser('application/x-protobuf', { parseAs: 'buffer', bodyLimit }, (request, body, done) => {
+  // Protobuf bodies arrive raw, possibly zstd-compressed (only forward_backward uses them). A zstd
+  // body is decoded a step at a time (other requests are served meanwhile) and capped once decoded.
+  const protobufLimit = options.maxProtobufBytes ?? DEFAULT_PROTOBUF_LIMIT;
+  app.addContentTypeParser('application/x-protobuf', { parseAs: 'buffer', bodyLimit: protobufLimit }, async (request: FastifyRequest, body: Buffer) => {
+    if (request.headers['content-encoding'] !== 'zstd') return new Uint8Array(body);
     try {
-      const encoding = request.headers['content-encoding'];
-      done(null, encoding === 'zstd' ? decompressZstd(body as Buffer, bodyLimit) : new Uint8Array(body as Buffer));
+      return await decompressZstd(body, protobufLimit);
     } catch (error) {
       const tooLarge = error instanceof ZstdDecodeError && error.code === 'limit_exceeded';
-      done(new HttpError(tooLarge ? 413 : 400, tooLarge ? 'payload_too_large' : 'invalid_body', (error as Error).message), undefined);
+      throw new HttpError(tooLarge ? 413 : 400, tooLarge ? 'payload_too_large' : 'invalid_body', (error as Error).message);
     }
   });
+  useJsonBodies(app, bodyLimit);
 
   app.setErrorHandler((error: FastifyError | HttpError, request, reply) => {
     if (error instanceof HttpError) {
-      return reply.code(error.statusCode).headers(error.headers).send(error.toBody());
+      const body = error.toBody();
+      body.error.message = redact(body.error.message);
+      return reply.code(error.statusCode).headers(error.headers).send(body);
     }
     if (error instanceof StoreConflictError) {
       // Another key's id: answer exactly as for an unknown one.
@@ -134,20 +164,21 @@ async function buildServer(options: ServerOptions, unlock: () => void): Promise<
     }
     const status = error.statusCode ?? 500;
     if (status === 413 || error.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
-      return reply.code(413).send(new HttpError(413, 'payload_too_large', `request body exceeds ${bodyLimit} bytes`).toBody());
+      const limit = request.headers['content-type']?.startsWith('application/x-protobuf') ? protobufLimit : bodyLimit;
+      return reply.code(413).send(new HttpError(413, 'payload_too_large', `request body exceeds ${limit} bytes`).toBody());
     }
     if (error.validation || (status >= 400 && status < 500)) {
-      return reply.code(status === 500 ? 400 : status).send(new HttpError(status === 500 ? 400 : status, 'bad_request', error.message).toBody());
+      return reply.code(status === 500 ? 400 : status).send(new HttpError(status === 500 ? 400 : status, 'bad_request', redact(error.message)).toBody());
     }
     request.log.error(error);
-    return reply.code(500).send(new HttpError(500, 'internal_error', `internal error: ${error.message}`).toBody());
+    return reply.code(500).send(new HttpError(500, 'internal_error', `internal error: ${redact(error.message)}`).toBody());
   });
   app.setNotFoundHandler((request, reply) => reply.code(404).send(new HttpError(404, 'not_found', `no route ${request.method} ${request.url}`).toBody()));
 
   await app.register(swagger, {
     openapi: { info: { title: 'Lathe API (Tinker-compatible)', version: '0.1.0' } },
   });
-  app.addHook('onRequest', apiKeyAuth(store.keys));
+  app.addHook('onRequest', apiKeyAuth(store.keys, options.clock));
 
   serviceRoutes(app, services);
   trainingRoutes(app, services);

@@ -16,7 +16,7 @@ import { FutureHub } from './scheduler/futures.js';
 import { Lane, type JobError, type SampleJob, type TrainingOp } from './scheduler/lane.js';
 import { OutcomeRecorder, recordWithRetry } from './scheduler/outcomes.js';
 import type { RequestRow, RunRow, Store } from './store/index.js';
-import type { ModelEntry } from './worker/catalogue.js';
+import type { ModelCatalogue, ModelEntry } from './worker/catalogue.js';
 import type { WorkerClient } from './worker/client.js';
 import type { WorkerPool } from './worker/pool.js';
 import type { WireTensor } from './worker/tensor.js';
@@ -64,14 +64,17 @@ export class Services {
   constructor(
     readonly store: Store,
     readonly pool: WorkerPool,
-    readonly models: ModelEntry[],
+    readonly catalogue: ModelCatalogue,
     readonly dataDir: string,
     private readonly maxQueuedSamples?: number,
+    /** Rewrites error messages before clients see them (hides server paths). */
+    private readonly redact: (message: string) => string = (message) => message,
   ) {
     this.completion = new OutcomeRecorder({
       requests: store.requests,
       notify: (requestId) => this.hub.notify(requestId),
       logError: (message, error) => console.error(message, error),
+      redact,
     });
   }
 
@@ -87,9 +90,20 @@ export class Services {
       : { ...row, status: 'failed', result: null, error: held.error };
   }
 
+  /** Every model this server serves (as of the catalogue's last scan). */
+  get models(): readonly ModelEntry[] {
+    return this.catalogue.entries;
+  }
+
+  /** {@link model}, after looking for a model added since the last scan (or named by folder path). */
+  async knownModel(baseModel: string): Promise<ModelEntry> {
+    await this.catalogue.lookup(baseModel);
+    return this.model(baseModel);
+  }
+
   /** The catalogue entry of a base model, or a 400 naming what this server serves. */
   model(baseModel: string): ModelEntry {
-    const entry = this.models.find((m) => m.model_name === baseModel);
+    const entry = this.catalogue.find(baseModel);
     if (!entry) {
       throw badRequest(
         `unknown base model ${JSON.stringify(baseModel)}; this server serves: ${this.models.map((m) => m.model_name).join(', ')}`,

@@ -185,6 +185,9 @@ for (const lane of lanes) {
         const raw = await store.db.selectFrom('api_keys').selectAll().where('id', '=', k.id).executeTakeFirstOrThrow();
         assert.equal(raw.key_hash, hashKey(k.key));
         assert.match(raw.key_hash, /^[0-9a-f]{64}$/);
+        // Only the key's first 8 random characters are kept in clear, to tell keys apart in listings.
+        assert.equal(raw.prefix, k.key.slice(4, 12));
+        assert.equal((await store.keys.list()).find((x) => x.id === k.id)?.prefix, k.key.slice(0, 12));
         for (const row of await store.db.selectFrom('api_keys').selectAll().execute()) {
           for (const value of Object.values(row)) assert.ok(!String(value).includes('tml-'), 'no column holds a key');
         }

@@ -1,6 +1,7 @@
 """Model name -> local folder. Looks, in order, at the built-in tiny models, `--models-dir`
-(`org__name` or `org/name`), the Hugging Face hub cache (`models--org--name/snapshots/<rev>/`) and
-finally a plain folder path. Never downloads anything."""
+(`org__name`, `org/name`, or the hub layout `models--org--name/snapshots/<rev>/`), the Hugging Face
+hub cache (`models--org--name/snapshots/<rev>/`) and finally a plain folder path. Never downloads
+anything."""
 
 from __future__ import annotations
 
@@ -58,11 +59,13 @@ class ModelRegistry:
                 looked.append(str(cand))
                 if _is_model_dir(cand):
                     return cand
-            repo_dir = self.hf_cache / ("models--" + name.replace("/", "--"))
-            looked.append(f"{repo_dir}/snapshots/*")
-            snap = _hf_snapshot(repo_dir) if repo_dir.is_dir() else None
-            if snap is not None:
-                return snap
+            # The hub cache layout, in the HF cache or copied into models_dir as it is.
+            for hub in (self.models_dir, self.hf_cache):
+                repo_dir = hub / ("models--" + name.replace("/", "--"))
+                looked.append(f"{repo_dir}/snapshots/*")
+                snap = _hf_snapshot(repo_dir) if repo_dir.is_dir() else None
+                if snap is not None:
+                    return snap
         plain = Path(name).expanduser()
         looked.append(f"folder {plain}")
         if _is_model_dir(plain):
@@ -78,18 +81,23 @@ class ModelRegistry:
                     continue
                 if _is_model_dir(p):
                     names.add(p.name.replace("__", "/", 1))
+                elif p.name.startswith("models--"):
+                    pass  # the hub layout, listed below
                 elif p.is_dir():
                     names.update(f"{p.name}/{q.name}" for q in p.iterdir() if _is_model_dir(q))
-        if self.hf_cache.is_dir():
-            for p in self.hf_cache.glob("models--*"):
-                if _hf_snapshot(p) is not None:
-                    names.add(p.name.removeprefix("models--").replace("--", "/", 1))
+        for hub in (self.models_dir, self.hf_cache):
+            if hub.is_dir():
+                for p in hub.glob("models--*"):
+                    if _hf_snapshot(p) is not None:
+                        names.add(p.name.removeprefix("models--").replace("--", "/", 1))
         return sorted(names)
 
-    def catalogue(self) -> list[dict[str, object]]:
-        """Every loadable model with its context length, read from config.json (no weights loaded)."""
+    def catalogue(self, extra: list[str] | tuple[str, ...] = ()) -> list[dict[str, object]]:
+        """Every loadable model with its context length, read from config.json (no weights loaded),
+        plus each of `extra` (names or folder paths) that resolves to a supported model."""
         entries = []
-        for name in self.list_local():
+        local = self.list_local()
+        for name in local + [e for e in dict.fromkeys(extra) if e not in local]:
             if name in TINY_MODELS:
                 config = TINY_MODELS[name]
             else:

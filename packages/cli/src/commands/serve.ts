@@ -1,8 +1,8 @@
 /**
- * @module `lathe serve` and `lathe keys`: run the server, manage API keys.
+ * @module `lathe serve` and `lathe keys`: run the server, manage API keys (create, list, revoke).
  */
 import path from 'node:path';
-import { createServer, defaultDatabaseUrl, openStore, prepareDataDir } from '@lathe/server';
+import { createServer, defaultDatabaseUrl, openStore, prepareDataDir, type Store } from '@lathe/server';
 
 /** Where the server keeps its database, checkpoints and models unless told otherwise. */
 export const DEFAULT_DATA_DIR = '.lathe';
@@ -23,6 +23,8 @@ export interface ServeOptions extends DataOptions {
   host: string;
   port: number;
   modelsDir?: string;
+  /** Model name → folder path (or other model) it is served from. */
+  modelAlias?: Record<string, string>;
   log: (line: string) => void;
 }
 
@@ -39,6 +41,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     dataDir: path.resolve(options.dataDir),
     ...(options.databaseUrl ? { databaseUrl: options.databaseUrl } : {}),
     ...(options.modelsDir ? { modelsDir: path.resolve(options.modelsDir) } : {}),
+    ...(options.modelAlias ? { modelAliases: options.modelAlias } : {}),
   });
   let stopping = false;
   const stop = (signal: NodeJS.Signals): void => {
@@ -63,13 +66,63 @@ export async function serve(options: ServeOptions): Promise<void> {
   options.log(`listening on ${address}`);
 }
 
-/** Creates an API key; returns the key (shown once, stored hashed). */
-export async function createKey(options: DataOptions & { name: string }): Promise<string> {
+/** Opens the server's store (creating the data directory if needed), runs `use`, closes it. */
+async function withStore<T>(options: DataOptions, use: (store: Store) => Promise<T>): Promise<T> {
   prepareDataDir(options.dataDir);
   const store = await openStore(databaseUrl(options));
   try {
-    return (await store.keys.create(options.name)).key;
+    return await use(store);
   } finally {
     await store.close();
   }
+}
+
+/** Creates an API key; returns the key (shown once, stored hashed). */
+export async function createKey(options: DataOptions & { name: string }): Promise<string> {
+  return withStore(options, async (store) => (await store.keys.create(options.name)).key);
+}
+
+/** ISO time of epoch milliseconds, or `-`. */
+const when = (ms: number | null): string => (ms === null ? '-' : new Date(ms).toISOString());
+
+/**
+ * The keys as a table (name, prefix, created, revoked), oldest first; never a secret.
+ *
+ * @example
+ * console.log(await listKeys({ dataDir: '.lathe' }));
+ * // NAME   PREFIX        CREATED                   REVOKED
+ * // alice  tml-3kQ9xZa1  2026-01-05T10:00:00.000Z  -
+ */
+export async function listKeys(options: DataOptions): Promise<string> {
+  const keys = await withStore(options, (store) => store.keys.list());
+  const rows = [['NAME', 'PREFIX', 'CREATED', 'REVOKED'], ...keys.map((k) => [k.name, k.prefix ?? k.id, when(k.createdAt), when(k.revokedAt)])];
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  return rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join('  ')).join('\n');
+}
+
+/** `lathe keys revoke` named no single active key. */
+export class KeyNotFoundError extends Error {
+  override name = 'KeyNotFoundError';
+}
+
+/**
+ * Revokes the one active key that `ref` names (its name, prefix or id); servers refuse it within a
+ * second, whichever process revoked it. Returns a line saying which key was revoked.
+ *
+ * @throws {KeyNotFoundError} when no active key, or more than one, matches.
+ * @example
+ * await revokeKey({ dataDir: '.lathe', ref: 'alice' }); // 'revoked alice (tml-3kQ9xZa1)'
+ */
+export async function revokeKey(options: DataOptions & { ref: string }): Promise<string> {
+  return withStore(options, async (store) => {
+    const matches = await store.keys.match(options.ref);
+    if (matches.length === 0) throw new KeyNotFoundError(`no active API key is named ${JSON.stringify(options.ref)} or has that prefix (see lathe keys list)`);
+    if (matches.length > 1) {
+      const which = matches.map((k) => `${k.name} (${k.prefix ?? k.id})`).join(', ');
+      throw new KeyNotFoundError(`${JSON.stringify(options.ref)} names ${matches.length} active keys: ${which}; revoke one by its prefix`);
+    }
+    const key = matches[0]!;
+    await store.keys.revoke(key.id);
+    return `revoked ${key.name} (${key.prefix ?? key.id})`;
+  });
 }

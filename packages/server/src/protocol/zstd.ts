@@ -7,6 +7,7 @@
  * and so is a window the decoder would have to allocate that is larger than it could ever need.
  * While decoding, it stops as soon as the output passes the limit.
  */
+import diagnostics from 'node:diagnostics_channel';
 import { Decompress } from 'fzstd';
 
 /** Why a body could not be decompressed: over the size limit (HTTP 413) or not valid zstd (HTTP 400). */
@@ -33,17 +34,30 @@ export class ZstdDecodeError extends Error {
 const MIN_WINDOW_ALLOWANCE = 8 << 20;
 const ZSTD_MAGIC = 0xfd2fb528;
 const MAX_BLOCK = 128 << 10;
+/** Blocks decoded per step (each outputs at most 128 KiB). */
+const BLOCKS_PER_STEP = 8;
+
+/** Decoding yields to the event loop after about this much output, so other requests keep being served. */
+const YIELD_EVERY_BYTES = 1 << 20;
 
 /**
- * Decompresses a zstd body (one or more frames), refusing output above `maxBytes`.
+ * Publishes `{ decoded }` (bytes so far) each time decoding yields to the event loop; for
+ * monitoring, and for tests that check a big body does not hold up other requests.
+ */
+export const zstdProgress = diagnostics.channel('lathe:zstd:progress');
+
+/**
+ * Decompresses a zstd body (one or more frames), refusing output above `maxBytes`. Decoding runs
+ * a few blocks at a time (at most 128 KiB of output each) and yields to the event loop after about
+ * every MiB of output, so a large or hostile body cannot stall other requests for long.
  *
  * @throws {ZstdDecodeError} `limit_exceeded` when the declared or actual size passes `maxBytes` (or a
  * frame's window exceeds `max(maxBytes, 8 MiB)`); `invalid_data` when the body is not valid zstd.
  * @example
- * const raw = request.headers['content-encoding'] === 'zstd' ? decompressZstd(body, 64 << 20) : body;
+ * const raw = request.headers['content-encoding'] === 'zstd' ? await decompressZstd(body, 64 << 20) : body;
  */
-export function decompressZstd(body: Uint8Array, maxBytes: number): Uint8Array {
-  scanFrames(body, maxBytes);
+export async function decompressZstd(body: Uint8Array, maxBytes: number): Promise<Uint8Array> {
+  const boundaries = scanFrames(body, maxBytes);
   const parts: Uint8Array[] = [];
   let total = 0;
   const stream = new Decompress((chunk) => {
@@ -52,8 +66,22 @@ export function decompressZstd(body: Uint8Array, maxBytes: number): Uint8Array {
     // fzstd may reuse its block buffer after the callback returns, so keep a copy.
     if (chunk.length > 0) parts.push(chunk.slice());
   });
+  let pushed = 0;
+  let sinceYield = 0;
   try {
-    stream.push(body, true);
+    for (let i = 0; i < boundaries.length; i++) {
+      const before = total;
+      const end = boundaries[i]!;
+      stream.push(body.subarray(pushed, end), i === boundaries.length - 1);
+      // Work done: output written plus input parsed (a body of empty blocks outputs nothing).
+      sinceYield += total - before + (end - pushed);
+      pushed = end;
+      if (sinceYield >= YIELD_EVERY_BYTES && i < boundaries.length - 1) {
+        sinceYield = 0;
+        if (zstdProgress.hasSubscribers) zstdProgress.publish({ decoded: total });
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+    }
   } catch (e) {
     if (e instanceof ZstdDecodeError) throw e;
     throw new ZstdDecodeError('invalid_data', `invalid zstd body: ${(e as Error).message}`);
@@ -68,8 +96,13 @@ export function decompressZstd(body: Uint8Array, maxBytes: number): Uint8Array {
   return out;
 }
 
-/** Walks frame and block headers (RFC 8878 §3.1), checking structure, declared sizes and windows. */
-function scanFrames(body: Uint8Array, maxBytes: number): void {
+/**
+ * Walks frame and block headers (RFC 8878 §3.1), checking structure, declared sizes and windows.
+ * Returns where each block (with its frame's header or checksum) ends: the points decoding may pause at.
+ */
+function scanFrames(body: Uint8Array, maxBytes: number): number[] {
+  const ends: number[] = [];
+  let blocks = 0;
   const invalid = (why: string): ZstdDecodeError => new ZstdDecodeError('invalid_data', `invalid zstd body: ${why}`);
   const view = new DataView(body.buffer, body.byteOffset, body.byteLength);
   if (body.length === 0) throw invalid('empty body');
@@ -83,6 +116,7 @@ function scanFrames(body: Uint8Array, maxBytes: number): void {
       // Skippable frame: magic, 4-byte length, payload.
       pos += 8 + view.getUint32(pos + 4, true);
       if (pos > body.length) throw invalid('truncated skippable frame');
+      ends.push(pos);
       continue;
     }
     if (magic !== ZSTD_MAGIC) throw invalid(frames === 0 ? 'not a zstd frame (bad magic number)' : 'trailing bytes after the last frame');
@@ -132,10 +166,13 @@ function scanFrames(body: Uint8Array, maxBytes: number): void {
       at += type === 1 ? 1 : size;
       if (at > body.length) throw invalid('truncated block');
       if (last) break;
+      if (++blocks % BLOCKS_PER_STEP === 0) ends.push(at);
     }
     at += hasChecksum * 4;
     if (at > body.length) throw invalid('truncated checksum');
+    ends.push(at);
     pos = at;
   }
   if (frames === 0) throw invalid('no zstd frame');
+  return ends;
 }

@@ -41,7 +41,7 @@ export function samplingRoutes(app: TypedApp, services: Services, longPollMs: nu
     if (body.model_path) {
       await samplerFromCheckpoint(who, body.session_id, samplerId, body.model_path);
     } else if (body.base_model) {
-      services.model(body.base_model);
+      await services.knownModel(body.base_model);
       await store.samplers.create({ samplerId, owner: who, sessionId: body.session_id, baseModel: body.base_model, modelPath: null, now: Date.now() });
     } else {
       throw badRequest('create_sampling_session needs base_model or model_path', 'invalid_request');
@@ -65,7 +65,7 @@ export function samplingRoutes(app: TypedApp, services: Services, longPollMs: nu
     // Ad-hoc targets are per key, so one caller's seq ids never collide with another's.
     if (body.model_path) return samplerFromCheckpoint(who, 'adhoc', `adhoc:${who}:${body.model_path}`, body.model_path, false);
     if (body.base_model) {
-      services.model(body.base_model);
+      await services.knownModel(body.base_model);
       return { samplerId: `adhoc:${who}:${body.base_model}`, owner: who, sessionId: 'adhoc', baseModel: body.base_model, modelPath: null, createdAt: 0 };
     }
     throw badRequest('asample needs sampling_session_id, base_model or model_path', 'invalid_request');
@@ -75,7 +75,7 @@ export function samplingRoutes(app: TypedApp, services: Services, longPollMs: nu
     const body = request.body;
     const who = owner(request);
     const sampler = await resolveSampler(who, body);
-    const model = services.model(sampler.baseModel);
+    const model = await services.knownModel(sampler.baseModel);
     let prompt: number[];
     try {
       prompt = modelInputFromJson(body.prompt);

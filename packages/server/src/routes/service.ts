@@ -7,18 +7,31 @@ import { CreateSessionBody, ProjectBody, SdkVersionBody, SessionIdBody, Telemetr
 import type { Services } from '../services.js';
 import { owner, type TypedApp } from './context.js';
 
-/** The flags that steer the official SDK (§4.1.1): protobuf for fwd/bwd, zstd accepted. */
+/**
+ * Every flag of the official SDK's `ClientConfigResponse` (§4.1.1), set to what Lathe supports:
+ * protobuf fwd/bwd, zstd accepted, no JWT exchange, no `retrieve_futures` poller, and the plain
+ * httpx transport (`use_pyqwest_transport: false`), which is what Lathe is tested with. Unknown
+ * flags are ignored by the SDK, so sending all of them is safe for older versions.
+ */
 export const CLIENT_CONFIG = {
   pjwt_auth_enabled: false,
   credential_default_source: 'api_key',
+  sample_dispatch_bytes_semaphore_size: 10 * 1024 * 1024,
+  inflight_response_bytes_semaphore_size: 50 * 1024 * 1024,
   proto_compress_fwdbwd: true,
   proto_write_fwdbwd: true,
   fwd_via_fwdbwd: true,
-  create_model_via_load_weights: false,
-  sample_use_retrieve_futures: false,
   parallel_fwdbwd_chunks: true,
   fwdbwd_max_chunk_len: 1024,
   fwdbwd_max_chunk_bytes_count: 5_000_000,
+  fwdbwd_dispatch_bytes_semaphore_size: 50_000_000,
+  billing_exception_max_pause_duration_sec: 3600,
+  sample_no_retries: false,
+  sample_enable_stuck_detection: true,
+  sample_max_concurrent_requests: 2000,
+  use_pyqwest_transport: false,
+  create_model_via_load_weights: false,
+  sample_use_retrieve_futures: false,
 } as const;
 
 export function serviceRoutes(app: TypedApp, services: Services): void {
@@ -55,9 +68,12 @@ export function serviceRoutes(app: TypedApp, services: Services): void {
     return { type: 'finish_session', session_id: request.params.sessionId };
   });
 
-  app.get('/api/v1/get_server_capabilities', async () => ({
-    supported_models: services.models.map((m) => ({ model_name: m.model_name, max_context_length: m.max_context_length, trainable: true, sampleable: true })),
-  }));
+  app.get('/api/v1/get_server_capabilities', async () => {
+    await services.catalogue.refresh(); // lists models added since start
+    return {
+      supported_models: services.models.map((m) => ({ model_name: m.model_name, max_context_length: m.max_context_length, trainable: true, sampleable: true })),
+    };
+  });
 
   app.get('/api/v1/healthz', async () => ({ status: 'ok' }));
 

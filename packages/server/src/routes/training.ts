@@ -54,7 +54,7 @@ export function trainingRoutes(app: TypedApp, services: Services): void {
     const who = owner(request);
     const session = await store.sessions.get(body.session_id, who);
     if (!session) throw notFound('session', body.session_id);
-    services.model(body.base_model);
+    await services.knownModel(body.base_model);
     const lora = checkLoraConfig(body.lora_config);
     const modelId = `${body.session_id}:train:${body.model_seq_id}`;
     const existing = await store.runs.get(modelId, who);
@@ -99,7 +99,7 @@ export function trainingRoutes(app: TypedApp, services: Services): void {
   async function submitForward(request: { owner: string | null }, msg: ForwardBackwardRequestMsg): Promise<{ request_id: string; model_id: string }> {
     if (!Number.isInteger(msg.seqId) || msg.seqId < 1) throw badRequest('seq_id must be an integer >= 1', 'invalid_seq_id');
     const found = await run(request, msg.modelId);
-    const data = prepareData(msg.lossFn, msg.data, services.model(found.baseModel));
+    const data = prepareData(msg.lossFn, msg.data, await services.knownModel(found.baseModel));
     const kind = msg.forwardOnly ? 'forward' : 'forward_backward';
     const requestId = await services.submitTraining(owner(request as never), found, msg.seqId, { kind, lossFn: msg.lossFn, lossFnConfig: msg.lossFnConfig, data }, { kind });
     return { request_id: requestId, model_id: found.modelId };

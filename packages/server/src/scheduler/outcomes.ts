@@ -27,6 +27,8 @@ export interface OutcomeRecorderOptions {
   maxRetryMs?: number;
   now?: () => number;
   logError?: (message: string, error: unknown) => void;
+  /** Rewrites failure messages before they are stored for clients (hides server paths). */
+  redact?: (message: string) => string;
 }
 
 interface Tracked {
@@ -73,7 +75,8 @@ export class OutcomeRecorder implements Completion {
   }
 
   fail(requestId: string, error: JobError): Promise<void> {
-    return this.record(requestId, { status: 'failed', error });
+    const message = this.options.redact ? this.options.redact(error.message) : error.message;
+    return this.record(requestId, { status: 'failed', error: { ...error, message } });
   }
 
   /** The outcome of `requestId` if it is only in memory (the store has not taken it yet). */

@@ -23,7 +23,7 @@ import { createSessionRepo, type SessionRepo } from './sessions.js';
 
 export type { CheckpointRepo, CheckpointRow } from './checkpoints.js';
 export { StoreConflictError, type Dialect } from './db.js';
-export { hashKey, type CreatedKey, type KeyInfo, type KeyRepo } from './keys.js';
+export { hashKey, KEY_PREFIX_LENGTH, type CreatedKey, type KeyInfo, type KeyRepo } from './keys.js';
 export { MIGRATIONS, migrate, type Migration } from './migrations.js';
 export type { RequestError, RequestRepo, RequestRow, RequestStatus } from './requests.js';
 export type { LoraConfig, RunRepo, RunRow, RunState } from './runs.js';

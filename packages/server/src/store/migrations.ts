@@ -133,6 +133,14 @@ export const MIGRATIONS: readonly Migration[] = [
       await db.schema.createIndex('samplers_session').on('samplers').column('session_id').execute();
     },
   },
+  {
+    version: 2,
+    name: 'api_key_prefix',
+    async up(db: AnyDb) {
+      // The first characters of a key, kept so `lathe keys list` can tell keys apart (older keys: null).
+      await db.schema.alterTable('api_keys').addColumn('prefix', 'text').execute();
+    },
+  },
 ];
 
 /** Arbitrary constant key for the PostgreSQL advisory lock that serialises migrators. */

@@ -21,6 +21,8 @@ export interface ApiKeysTable {
   id: string;
   name: string;
   key_hash: string;
+  /** The 8 characters after the key's `tml-` (null for keys made before they were recorded). */
+  prefix: string | null;
   created_at: number;
   revoked_at: number | null;
 }

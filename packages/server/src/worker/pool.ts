@@ -10,6 +10,8 @@ export interface WorkerPoolOptions {
   modelsDir: string;
   /** Extra environment for worker processes. */
   env?: NodeJS.ProcessEnv;
+  /** What a worker loads for a base model (a folder for an alias); default the name itself. */
+  source?: (baseModel: string) => string;
   /** Called when a worker exits without being asked to (its in-memory adapters are gone). */
   onCrash?: (baseModel: string, code: number | null) => void;
 }
@@ -46,7 +48,7 @@ export class WorkerPool {
     let pending = this.workers.get(baseModel);
     if (!pending) {
       if (this.stopping) throw new Error(`the worker pool is closed; not starting a worker for ${baseModel}`);
-      const started = startLocalWorker({ modelsDir: this.options.modelsDir, model: baseModel, ...(this.options.env ? { env: this.options.env } : {}) });
+      const started = startLocalWorker({ modelsDir: this.options.modelsDir, model: this.options.source?.(baseModel) ?? baseModel, ...(this.options.env ? { env: this.options.env } : {}) });
       pending = started;
       this.workers.set(baseModel, started);
       started.then(
