@@ -77,6 +77,23 @@ def test_same_seed_same_output_whatever_shares_the_batch(engine):
     assert [s["tokens"] for s in other["sequences"]] != [s["tokens"] for s in alone["sequences"]]
 
 
+@pytest.mark.parametrize("seed", [5, 2**40 + 17, 2**63 - 3, 2**64 - 1])
+def test_every_bit_of_the_seed_counts(engine, seed):
+    """Seeds are 64-bit on the wire; s and s + 2**32 must not collide (the CPU generator keeps only 32
+    bits of its seed). The small model is peaked (about 0.3 nats a token), so a request draws 4
+    sequences of 32 tokens: two seeds giving all four alike by chance is a ~1e-8 event."""
+    prompt = random_tokens(5, 11)
+
+    def draw(s: int) -> list[list[int]]:
+        result = engine.sample([request("a", prompt, n=4, max_tokens=32, temperature=1.0, seed=s)])[0]
+        return [seq["tokens"] for seq in result["sequences"]]
+
+    first = draw(seed)
+    assert draw(seed) == first
+    for other in (seed ^ (1 << 32), seed ^ (1 << 62), seed - 1):
+        assert draw(other) != first, other
+
+
 def test_stop_token_is_included_and_ends_the_sequence(engine):
     prompt = random_tokens(5, 10)
     free = engine.sample([request("a", prompt, max_tokens=10, temperature=0)])[0]["sequences"][0]["tokens"]
