@@ -108,6 +108,8 @@ def test_bad_requests_get_error_replies_and_the_worker_keeps_serving(unix_worker
     for code, reply in cases.items():
         assert reply["ok"] is False and reply["error"]["code"] == code, reply
         assert reply["error"]["category"] == "user" and reply["error"]["message"]
+    bad_naming = conn.call("export_peft", adapter="a", path=str(model_folder.parent / "x"), naming="hf")
+    assert bad_naming["ok"] is False and bad_naming["error"]["code"] == "invalid_field" and "naming" in bad_naming["error"]["message"]
 
     # Per-item errors inside one batch; the good items of other adapters still train.
     nan_weights = datum(random_tokens(6, 1))
