@@ -10,6 +10,7 @@ from lathe_worker.lora import LoraConfig
 from lathe_worker.sampler import SampleRequest, SamplingParams
 
 from small_model import make_engine, random_tokens, sft_item, write_small_model
+from tolerance import assert_close_rel
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def test_sampler_logprobs_equal_training_logprobs(engine):
     for adapter, prompt, result in zip(["a", "b", None], prompts, results):
         for seq in result["sequences"]:
             expected = forward_logprobs(engine, adapter, prompt + seq["tokens"])[len(prompt) - 1 :]
-            torch.testing.assert_close(torch.tensor(seq["logprobs"]), expected, atol=1e-4, rtol=0)
+            assert_close_rel(torch.tensor(seq["logprobs"]), expected, rel=1e-5)
 
 
 def test_same_seed_same_output_whatever_shares_the_batch(engine):
@@ -120,7 +121,7 @@ def test_prompt_logprobs_and_topk(engine):
     result = engine.sample([req])[0]
     expected = forward_logprobs(engine, "a", prompt)
     assert result["prompt_logprobs"][0] is None
-    torch.testing.assert_close(torch.tensor(result["prompt_logprobs"][1:]), expected, atol=1e-4, rtol=0)
+    assert_close_rel(torch.tensor(result["prompt_logprobs"][1:]), expected, rel=1e-5)
     topk = result["topk_prompt_logprobs"]
     assert topk[0] is None and len(topk) == len(prompt)
     for position, entries in enumerate(topk[1:], start=1):
