@@ -656,7 +656,8 @@ describe('service, session and REST', () => {
     assert.equal(server.to('create_session').length, 1);
     assert.deepEqual(server.to('create_session')[0]!.body, { tags: ['t'], user_metadata: { a: 'b' }, sdk_version: '0.25.0+lathe.ts.0.1.0', type: 'create_session', project_id: 'p' });
     assert.equal(service.sessionId, 'S');
-    await new Promise((r) => setTimeout(r, 200));
+    // Wait for beats rather than for a fixed time: a loaded machine may run the 30 ms timer late.
+    for (let waited = 0; server.to('session_heartbeat').length < 2 && waited < 10_000; waited += 10) await new Promise((r) => setTimeout(r, 10));
     assert.ok(server.to('session_heartbeat').length >= 2, `${server.to('session_heartbeat').length} heartbeats`);
     assert.deepEqual(server.to('session_heartbeat')[0]!.body, { session_id: 'S', type: 'session_heartbeat' });
     await service.close();
