@@ -284,6 +284,13 @@ describe('checkpoints, sampling and REST', () => {
       other.sequences.map((s) => s.tokens),
       first.sequences.map((s) => s.tokens),
     );
+    // The whole seed reaches the generator: one 2^32 apart is another draw (JSON, msgpack and the
+    // worker keep every bit below 2^53).
+    const high = await sampler.sample({ ...args, samplingParams: { ...args.samplingParams, seed: 1234 + 2 ** 32 } });
+    assert.notDeepEqual(
+      high.sequences.map((s) => s.tokens),
+      first.sequences.map((s) => s.tokens),
+    );
 
     const withPrompt = await sampler.sample({ prompt, numSamples: 1, samplingParams: { maxTokens: 2, seed: 1 }, includePromptLogprobs: true, topkPromptLogprobs: 3 });
     assert.equal(withPrompt.promptLogprobs?.length, 3);
