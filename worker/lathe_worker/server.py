@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import threading
+import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -47,7 +48,7 @@ def watch_parent(parent_pid: int, poll_seconds: float = PARENT_POLL_SECONDS) -> 
 
     def watch() -> None:
         while os.getppid() == parent_pid:
-            threading.Event().wait(poll_seconds)
+            time.sleep(poll_seconds)
         exit_now(f"parent process {parent_pid} is gone")
 
     thread = threading.Thread(target=watch, name="parent-watch", daemon=True)
