@@ -1,6 +1,8 @@
-"""`python -m lathe_worker --socket PATH | --port N [--models-dir DIR] [--model NAME]`"""
+"""`python -m lathe_worker --socket PATH | --port N [--models-dir DIR] [--model NAME] [--owned | --no-owned]`"""
 
 from __future__ import annotations
+
+import os
 
 if __name__ == "__main__":
     # Before torch is imported: glibc reads its malloc settings at process start (see malloc_env.py).
@@ -8,11 +10,13 @@ if __name__ == "__main__":
 
     reexec_with_malloc_tuning()
 
+# Taken before the slow imports below, so that a parent that dies while they run is still noticed.
+PARENT_PID = os.getppid()
+
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
-import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
@@ -20,7 +24,7 @@ import torch  # noqa: E402
 from .engine import Engine  # noqa: E402
 from .handlers import Handlers  # noqa: E402
 from .models.registry import ModelRegistry  # noqa: E402
-from .server import serve  # noqa: E402
+from .server import exit_now, serve, watch_parent  # noqa: E402
 
 
 def main() -> None:
@@ -37,6 +41,11 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
     parser.add_argument("--max-batch-tokens", type=int, default=16384)
+    parser.add_argument(
+        "--owned", action=argparse.BooleanOptionalAction, default=None,
+        help="exit as soon as the parent process dies or the last server connection closes "
+             "(default: on with --socket, where the server spawned this worker; off with --port)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s lathe-worker %(levelname)s %(message)s")
     if args.list_models:
@@ -44,13 +53,19 @@ def main() -> None:
         roots = [str(registry.models_dir.resolve()), str(registry.hf_cache)]
         print(json.dumps({"models": registry.catalogue(args.describe), "roots": roots}))
         return
+    owned = args.socket is not None if args.owned is None else args.owned
+    if owned:
+        watch_parent(PARENT_PID)  # before loading the model, which can take minutes
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     engine = Engine(ModelRegistry(Path(args.models_dir)), device=device, dtype=dtype, max_batch_tokens=args.max_batch_tokens)
     if args.model:
         engine.load_model(args.model)
     token = os.environ.get("LATHE_WORKER_TOKEN") or None
-    asyncio.run(serve(Handlers(engine), args.socket, args.host, args.port, token))
+    reason = asyncio.run(serve(Handlers(engine), args.socket, args.host, args.port, token, exit_on_disconnect=owned))
+    if reason != "shutdown":
+        # Ops may still be queued on the compute thread; nobody is left to read their replies.
+        exit_now(reason)
 
 
 if __name__ == "__main__":

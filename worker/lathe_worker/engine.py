@@ -367,8 +367,9 @@ class Engine:
         self.adapters[adapter_id] = slot  # only once everything loaded: a bad checkpoint leaves the old slot
         return {"adapter": adapter_id, "lora": checkpoint.lora_config_to_wire(adapter.config)}
 
-    def export_peft(self, adapter_id: str | None, path: Path, source: Path | None = None) -> dict[str, Any]:
-        """Export a live adapter slot, or a saved checkpoint folder (`source`), as a PEFT folder."""
+    def export_peft(self, adapter_id: str | None, path: Path, source: Path | None = None, naming: str = "tinker") -> dict[str, Any]:
+        """Export a live adapter slot, or a saved checkpoint folder (`source`), as a PEFT-style folder
+        with Tinker's archive names ("tinker") or PEFT's ("peft"); see `peft_export`."""
         model = self._require_model()
         if source is not None:
             adapter, _ = checkpoint.load(source, model, self.model_name, self.device)
@@ -376,7 +377,7 @@ class Engine:
             adapter = self._slot(adapter_id).adapter
         else:
             raise UserError("missing_field", "export_peft needs adapter or source")
-        export_peft(adapter, self.model_name or "", model.config, path)
+        export_peft(adapter, self.model_name or "", model.config, path, naming)
         return {"path": str(path)}
 
     def stats(self) -> dict[str, Any]:

@@ -168,7 +168,8 @@ class Handlers:
                 _adapter_id(r), _path(r), bool(r.get("include_optimizer", False))
             ),
             "export_peft": lambda r: engine.export_peft(
-                _adapter_id(r, optional=True), _path(r), Path(r["source"]) if isinstance(r.get("source"), str) else None
+                _adapter_id(r, optional=True), _path(r), Path(r["source"]) if isinstance(r.get("source"), str) else None,
+                _field(r, "naming", str) if "naming" in r else "tinker",
             ),
             "stats": lambda r: engine.stats(),
             "shutdown": lambda r: {},  # the server stops after replying

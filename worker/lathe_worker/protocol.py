@@ -18,7 +18,8 @@ Ops (fields beyond `op`/`id`):
   -> `{results: [{ok, sequences: [{tokens, logprobs, stop_reason}], prompt_logprobs?, topk_prompt_logprobs?}]}`
 - `save_adapter {adapter, path, include_optimizer}` / `snapshot {adapter, path}` (always with optimizer)
 - `load_adapter {adapter, path, include_optimizer}` -> `{adapter, lora}`
-- `export_peft {adapter | source, path}` (source: a checkpoint folder)
+- `export_peft {adapter | source, path, naming?}` (source: a checkpoint folder; naming: "tinker", the
+  default, with Tinker's archive names, or "peft" for `peft.PeftModel`; see `peft_export.py`)
 - `stats` -> `{model, device, dtype, adapters: [...], ops: {...}}`
 - `shutdown`
 """

@@ -12,6 +12,7 @@ RL losses need.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -113,13 +114,24 @@ class _Row:
     stop_reason: str | None = None
 
 
+def row_seed(seed: int, sample_index: int) -> int:
+    """The generator seed of one sample of a seeded request: a hash of the whole seed (any size) and
+    the sample index. Hashing matters because the CPU generator (mt19937) keeps only the low 32 bits
+    of what `manual_seed` gets, so seeds that differ only above bit 31 would otherwise draw alike.
+
+    >>> row_seed(7, 0) != row_seed(7 + 2**32, 0)
+    True
+    """
+    digest = hashlib.blake2b(f"{seed}:{sample_index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # < 2**63, which every device's generator accepts
+
+
 def _row_generator(seed: int | None, sample_index: int, device: torch.device) -> torch.Generator:
     generator = torch.Generator(device=device)
     if seed is None:
         generator.seed()
     else:
-        # Distinct, reproducible streams per sample of one seeded request.
-        generator.manual_seed((seed * 1_000_003 + sample_index) % (2**63))
+        generator.manual_seed(row_seed(seed, sample_index))  # distinct, reproducible streams per sample
     return generator
 
 

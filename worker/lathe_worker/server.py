@@ -1,12 +1,20 @@
 """The socket server: reads frames from any number of connections and runs their ops one at a
 time, in arrival order, on a single compute thread (the accelerator is one shared resource), while
-the event loop keeps reading so that requests queue instead of blocking senders."""
+the event loop keeps reading so that requests queue instead of blocking senders.
+
+An owned worker (one the server spawned) must not outlive its server, or it would sit on the model's
+memory forever: it exits when its last authenticated connection closes (`exit_on_disconnect`) and when
+its parent process dies (`watch_parent`)."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
 import logging
+import os
+import sys
+import threading
+import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -17,13 +25,51 @@ from .protocol import HEADER, MAX_FRAME_BYTES, error_reply, pack_frame, unpack_b
 
 log = logging.getLogger("lathe_worker")
 
+PARENT_POLL_SECONDS = 0.25
+
+
+def exit_now(reason: str) -> None:
+    """Leave at once, without waiting for ops still queued on the compute thread (nobody is left to
+    read their replies) or for interpreter clean-up."""
+    log.warning("exiting: %s", reason)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(0)
+
+
+def watch_parent(parent_pid: int, poll_seconds: float = PARENT_POLL_SECONDS) -> threading.Thread:
+    """Exit the process once its parent `parent_pid` is gone (the process is re-parented, so
+    `getppid()` changes), even while the compute thread is busy. Polling rather than Linux's
+    PR_SET_PDEATHSIG: that signal fires when the parent *thread* that spawned us ends, which would
+    kill a worker started from a short-lived thread, and it does not exist on macOS."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_seconds)
+        exit_now(f"parent process {parent_pid} is gone")
+
+    thread = threading.Thread(target=watch, name="parent-watch", daemon=True)
+    thread.start()
+    return thread
+
 
 class WorkerServer:
-    def __init__(self, handlers: Handlers, token: str | None = None) -> None:
+    def __init__(self, handlers: Handlers, token: str | None = None, exit_on_disconnect: bool = False) -> None:
         self.handlers = handlers
         self.token = token
+        self.exit_on_disconnect = exit_on_disconnect
         self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         self.stopped = asyncio.Event()
+        self.stop_reason = "shutdown"
+        self.connected = 0  # authenticated connections now open
+
+    def stop(self, reason: str) -> None:
+        if not self.stopped.is_set():
+            self.stop_reason = reason
+            self.stopped.set()
 
     def run_op(self, request: dict[str, Any]) -> dict[str, Any]:
         request_id = request.get("id")
@@ -39,6 +85,8 @@ class WorkerServer:
         loop = asyncio.get_running_loop()
         write_lock = asyncio.Lock()
         authenticated = self.token is None
+        if authenticated:
+            self.connected += 1
         pending: set[asyncio.Task[None]] = set()
 
         async def send(message: dict[str, Any]) -> None:
@@ -50,7 +98,7 @@ class WorkerServer:
             reply = await loop.run_in_executor(self.compute, self.run_op, request)
             await send(reply)
             if request.get("op") == "shutdown":
-                self.stopped.set()
+                self.stop("shutdown")
 
         try:
             while True:
@@ -72,6 +120,7 @@ class WorkerServer:
                         await send(error_reply(request.get("id"), {"code": "unauthorized", "message": "send hello with the worker token first", "category": "user"}))
                         break
                     authenticated = True
+                    self.connected += 1
                 # Ops are queued on the single compute thread in arrival order.
                 task = asyncio.ensure_future(execute(request))
                 pending.add(task)
@@ -79,13 +128,21 @@ class WorkerServer:
         except (asyncio.IncompleteReadError, ConnectionResetError):
             pass
         finally:
+            if authenticated:
+                self.connected -= 1
+                if self.exit_on_disconnect and self.connected == 0:
+                    self.stop("the server closed its connection")
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
             writer.close()
 
 
-async def serve(handlers: Handlers, socket_path: str | None, host: str, port: int | None, token: str | None) -> None:
-    server_state = WorkerServer(handlers, token)
+async def serve(
+    handlers: Handlers, socket_path: str | None, host: str, port: int | None, token: str | None,
+    exit_on_disconnect: bool = False,
+) -> str:
+    """Serve until stopped; returns why ("shutdown" for the shutdown op)."""
+    server_state = WorkerServer(handlers, token, exit_on_disconnect)
     if socket_path:
         server = await asyncio.start_unix_server(server_state.serve_connection, path=socket_path, limit=1 << 20)
         where = f"unix:{socket_path}"
@@ -94,5 +151,6 @@ async def serve(handlers: Handlers, socket_path: str | None, host: str, port: in
         where = "tcp:%s:%d" % server.sockets[0].getsockname()[:2]
     # The parent process waits for this exact line before connecting.
     print(f"lathe-worker listening on {where}", flush=True)
-    async with server:
-        await server_state.stopped.wait()
+    await server_state.stopped.wait()
+    server.close()  # not wait_closed(): that would wait for connections still draining queued ops
+    return server_state.stop_reason

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 
 from lathe_worker.frozen_matmul import FrozenMatmul, onednn_available
 
+from tolerance import assert_close_rel
+
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN linear ops")
 
 
@@ -29,10 +31,10 @@ def test_values_and_input_gradient_match_f_linear_in_float32(shape):
     got.backward(gy)
     want.backward(gy)
     assert got.shape == want.shape and got.dtype == torch.float32
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(got_x.grad, want_x.grad, atol=1e-5, rtol=1e-5)
+    assert_close_rel(got, want, rel=1e-5)
+    assert_close_rel(got_x.grad, want_x.grad, rel=1e-5)
     with torch.no_grad():
-        torch.testing.assert_close(matmul(x, w), want.detach(), atol=1e-5, rtol=1e-5)
+        assert_close_rel(matmul(x, w), want.detach(), rel=1e-5)
 
 
 @needs_onednn
@@ -53,7 +55,7 @@ def test_repacks_when_the_weight_changes_in_place():
     with torch.no_grad():
         w.copy_(_weight(32, 16, seed=7))
     after = matmul(x, w)
-    torch.testing.assert_close(after, F.linear(x, w), atol=1e-5, rtol=1e-5)
+    assert_close_rel(after, F.linear(x, w), rel=1e-5)
     assert not torch.allclose(before, after)
 
 

@@ -13,6 +13,8 @@ from torch import nn
 
 from lathe_worker.logprobs import target_logprobs, topk_logprobs
 
+from tolerance import assert_close_rel
+
 N, D, V, R = 37, 16, 101, 4
 
 
@@ -55,9 +57,9 @@ def test_values_and_grads_match_naive(shape, chunk):
         assert head.weight.grad is None
     (ref, *ref_grads), (got, *got_grads) = results
     assert got.shape == targets.shape and got.dtype == torch.float32
-    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    assert_close_rel(got, ref, rel=1e-5)
     for a, b in zip(got_grads, ref_grads):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        assert_close_rel(a, b, rel=1e-5)
 
 
 def test_no_grad_and_bf16():
@@ -68,7 +70,7 @@ def test_no_grad_and_bf16():
         got = target_logprobs(hidden, head, targets, chunk_tokens=8)
         ref = _naive(hidden, head, targets)
     assert not got.requires_grad
-    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    assert_close_rel(got, ref, rel=1e-5)
     hb = hidden.bfloat16().requires_grad_()
     out = target_logprobs(hb, head, targets, chunk_tokens=8)
     assert out.dtype == torch.float32
@@ -94,7 +96,7 @@ def test_topk_matches_full_log_softmax():
     ref = torch.log_softmax(head(hidden).float(), -1).topk(5, dim=-1)
     assert values.dtype == torch.float32 and ids.dtype == torch.int64 and values.shape == (N, 5)
     assert not values.requires_grad
-    torch.testing.assert_close(values, ref.values.detach(), atol=1e-5, rtol=1e-5)
+    assert_close_rel(values, ref.values.detach(), rel=1e-5)
     assert torch.equal(ids, ref.indices)
 
 
@@ -139,9 +141,9 @@ def test_without_recompute_values_grads_and_saved_logits(chunk):
         kept = sum(s for s in saved if s % V == 0 and s >= V)
         assert (kept >= n * V) == (not recompute)
     for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        assert_close_rel(a, b, rel=1e-5)
     ref = _naive(torch.randn(n, D, generator=torch.Generator().manual_seed(3)), head, targets)
-    torch.testing.assert_close(grads[1][0], ref.detach(), atol=1e-5, rtol=1e-5)
+    assert_close_rel(grads[1][0], ref.detach(), rel=1e-5)
 
 
 def test_fast_logsumexp_matches_torch():

@@ -1,14 +1,16 @@
-"""PEFT export: the exported folder, loaded by `peft.PeftModel` onto the transformers model of the same
-base folder, gives the same logits as our model with the adapter."""
+"""PEFT export: the "peft" folder, loaded by `peft.PeftModel` onto the transformers model of the same
+base folder, gives the same logits as our model with the adapter; the "tinker" folder (the archive)
+merged into the base by the Tinker cookbook's rule does too."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 from peft import PeftModel
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from lathe_worker.errors import UserError
@@ -16,6 +18,8 @@ from lathe_worker.lora import LoraAdapter, LoraBatch, LoraConfig
 from lathe_worker.models import ModelConfig, Transformer, causal_padding_mask, load_model, save_model
 from lathe_worker.models.tiny import init_weights
 from lathe_worker.peft_export import export_peft
+
+from tolerance import assert_close_rel
 
 V = 89
 
@@ -57,7 +61,7 @@ def test_peft_logits_match(tmp_path, arch, attn, mlp, unembed):
     folder = base_folder(tmp_path, arch)
     ours = load_model(folder)
     adapter = random_adapter(ours, LoraConfig(rank=8, seed=1, train_attn=attn, train_mlp=mlp, train_unembed=unembed))
-    export_peft(adapter, "org/base-model", ours.config, tmp_path / "peft")
+    export_peft(adapter, "org/base-model", ours.config, tmp_path / "peft", naming="peft")
 
     cfg = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "LORA" and cfg["task_type"] == "CAUSAL_LM" and cfg["r"] == 8
@@ -80,8 +84,64 @@ def test_peft_logits_match(tmp_path, arch, attn, mlp, unembed):
         got = ours.lm_head_logits(ours(ids, pos, causal_padding_mask(torch.tensor([7, 7]), 7),
                                        lora=LoraBatch.single(adapter, 2)), adapter)
         plain = ours.lm_head_logits(ours(ids, pos, causal_padding_mask(torch.tensor([7, 7]), 7)))
-    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+    assert_close_rel(got, ref, rel=1e-5)
     assert (got - plain).abs().max() > 0.05  # the adapter matters, so the comparison means something
+
+
+def cookbook_merge(base_state: dict[str, torch.Tensor], folder) -> dict[str, torch.Tensor]:
+    """The merge of the Tinker cookbook (`weights.build_hf_model`), as we read it: keys lose their
+    `base_model.model.` prefix, `model.unembed_tokens` becomes `lm_head` when the base has an
+    `lm_head.weight` and `model.embed_tokens` when it does not (tied embeddings), and each target
+    weight gains (lora_alpha / r) * B @ A. A key that names no base weight is an error."""
+    config = json.loads((folder / "adapter_config.json").read_text())
+    tensors = load_file(folder / "adapter_model.safetensors")
+    head = "lm_head" if "lm_head.weight" in base_state else "model.embed_tokens"
+    merged = {k: v.clone() for k, v in base_state.items()}
+    for name, a in tensors.items():
+        if not name.endswith(".lora_A.weight"):
+            continue
+        b = tensors[name.replace(".lora_A.", ".lora_B.")]
+        stem = name.removesuffix(".lora_A.weight").removeprefix("base_model.model.").replace("model.unembed_tokens", head)
+        target = f"{stem}.weight"
+        if target not in merged:
+            raise KeyError(f"adapter weight {name} maps to {target}, which the base does not have")
+        merged[target] += (config["lora_alpha"] / config["r"]) * (b.double() @ a.double()).float()
+    return merged
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])  # untied, tied embeddings
+def test_archive_merged_by_the_cookbook_rule_matches_the_engine(tmp_path, arch):
+    folder = base_folder(tmp_path, arch)
+    ours = load_model(folder)
+    adapter = random_adapter(ours, LoraConfig(rank=8, seed=3))
+    export_peft(adapter, "org/base-model", ours.config, tmp_path / "archive")
+    keys = load_file(tmp_path / "archive" / "adapter_model.safetensors")
+    assert {"base_model.model.model.unembed_tokens.lora_A.weight", "base_model.model.model.unembed_tokens.lora_B.weight"} <= set(keys)
+    assert not any("lm_head" in k for k in keys)
+    assert "unembed_tokens" in json.loads((tmp_path / "archive" / "adapter_config.json").read_text())["target_modules"]
+
+    base_state = load_file(folder / "model.safetensors")
+    assert ("lm_head.weight" in base_state) == (arch == "llama")
+    (tmp_path / "merged").mkdir()
+    shutil.copy(folder / "config.json", tmp_path / "merged" / "config.json")
+    save_file(cookbook_merge(base_state, tmp_path / "archive"), tmp_path / "merged" / "model.safetensors")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32, attn_implementation="eager").eval()
+
+    ids = torch.randint(0, V, (2, 7))
+    pos = torch.arange(7)[None].expand(2, 7)
+    with torch.no_grad():
+        got = ours.lm_head_logits(ours(ids, pos, causal_padding_mask(torch.tensor([7, 7]), 7),
+                                       lora=LoraBatch.single(adapter, 2)), adapter)
+        plain = ours.lm_head_logits(ours(ids, pos, causal_padding_mask(torch.tensor([7, 7]), 7)))
+        assert (got - plain).abs().max() > 0.05  # the adapter matters
+        if arch == "qwen3":
+            # Tied: the cookbook adds the LM head's delta to the one shared matrix, so the input
+            # embeddings move too; our LoRA acts on the output side only. With the input embeddings
+            # put back, the merged model is ours.
+            assert (merged(input_ids=ids, position_ids=pos).logits - got).abs().max() > 1e-3
+            merged.model.embed_tokens.weight = torch.nn.Parameter(base_state["model.embed_tokens.weight"].clone())
+        ref = merged(input_ids=ids, position_ids=pos).logits
+    assert_close_rel(got, ref, rel=1e-5)
 
 
 def test_partial_layers_refused(tmp_path):

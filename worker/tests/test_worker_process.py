@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import msgpack
@@ -106,6 +108,8 @@ def test_bad_requests_get_error_replies_and_the_worker_keeps_serving(unix_worker
     for code, reply in cases.items():
         assert reply["ok"] is False and reply["error"]["code"] == code, reply
         assert reply["error"]["category"] == "user" and reply["error"]["message"]
+    bad_naming = conn.call("export_peft", adapter="a", path=str(model_folder.parent / "x"), naming="hf")
+    assert bad_naming["ok"] is False and bad_naming["error"]["code"] == "invalid_field" and "naming" in bad_naming["error"]["message"]
 
     # Per-item errors inside one batch; the good items of other adapters still train.
     nan_weights = datum(random_tokens(6, 1))
@@ -160,6 +164,79 @@ def test_tcp_worker_requires_its_token(model_folder, tmp_path):
         right = Connection(socket.create_connection((host, int(port))))
         assert right.call("hello", token="s3cret")["ok"]
         assert right.call("stats")["ok"]
+        # A TCP worker is not owned by one server: it outlives a closed connection, for the next one.
+        right.sock.close()
+        again = Connection(socket.create_connection((host, int(port))))
+        assert again.call("hello", token="s3cret")["ok"] and again.call("stats")["ok"]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def wait_for_eof(sock: socket.socket, timeout_s: float = 60) -> None:
+    """Block until the peer's end of `sock` is closed, which happens when the worker process exits."""
+    sock.settimeout(timeout_s)
+    try:
+        while sock.recv(1 << 16):
+            pass
+    except ConnectionResetError:
+        pass  # also a closed peer
+
+
+def process_gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie left for a re-parented reaper."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+
+def test_worker_exits_when_its_parent_dies(tmp_path):
+    """The server is killed -9 (no shutdown, no clean close): its worker must not linger. The test,
+    not the parent, holds the worker's connection, so only the parent's death can end it."""
+    socket_path = str(tmp_path / "w.sock")
+    parent = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent("""
+            import subprocess, sys, time
+            worker = subprocess.Popen([sys.executable, "-m", "lathe_worker", *sys.argv[1:]], stderr=subprocess.DEVNULL)
+            print(worker.pid, flush=True)
+            time.sleep(3600)
+        """), "--socket", socket_path, "--models-dir", str(tmp_path / "models")],
+        cwd=WORKER_DIR, stdout=subprocess.PIPE, text=True,
+    )
+    worker_pid = None
+    try:
+        worker_pid = int(parent.stdout.readline())
+        assert "lathe-worker listening on" in parent.stdout.readline()  # the worker shares the pipe
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(socket_path)
+        assert Connection(sock).call("hello")["ok"]
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        wait_for_eof(sock)
+        assert process_gone(worker_pid)
+    finally:
+        parent.kill()
+        parent.wait()
+        if worker_pid is not None and not process_gone(worker_pid):
+            os.kill(worker_pid, signal.SIGKILL)
+
+
+def test_spawned_worker_exits_when_its_server_connection_closes(tmp_path):
+    proc, _ = start_worker(["--socket", str(tmp_path / "w.sock"), "--models-dir", str(tmp_path / "models")])
+    try:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(str(tmp_path / "w.sock"))
+        assert Connection(sock).call("hello")["ok"]
+        sock.close()
+        assert proc.wait(timeout=60) == 0
     finally:
         proc.kill()
         proc.wait()

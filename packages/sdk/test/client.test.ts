@@ -32,6 +32,13 @@ function client(server: FakeServer, options: ClientOptions = {}): ServiceClient 
   return new ServiceClient({ ...FAST, fetch: server.fetch, ...options });
 }
 
+/** A `sleep` for {@link ClientOptions} that records each requested delay and returns at once: tests
+ * check the waits the SDK asks for, not how long the machine took. */
+function recordingSleep(): { waits: number[]; sleep: NonNullable<ClientOptions['sleep']> } {
+  const waits: number[] = [];
+  return { waits, sleep: async (ms) => void waits.push(ms) };
+}
+
 const datum = (...tokens: number[]): Datum => ({
   modelInput: ModelInput.fromInts(tokens.slice(0, -1)),
   lossFnInputs: { target_tokens: tokens.slice(1), weights: tokens.slice(1).map(() => 1) },
@@ -85,23 +92,22 @@ describe('retries', () => {
     const server = new FakeServer();
     failFirst(server, 'create_session', 1, () => json({ error: { message: 'slow down' } }, 429, { 'retry-after': '0.3' }));
     failFirst(server, 'client/config', 1, () => json({}, 429, { 'retry-after-ms': '150' }));
-    const started = Date.now();
-    await client(server, { initialRetryDelayMs: 1 }).createSamplingClient({ baseModel: 'm' });
-    const elapsed = Date.now() - started;
-    assert.ok(elapsed >= 440, `waited ${elapsed} ms for 150 + 300 ms of Retry-After`);
+    const { waits, sleep } = recordingSleep();
+    await client(server, { initialRetryDelayMs: 1, sleep }).createSamplingClient({ baseModel: 'm' });
+    assert.deepEqual(waits.toSorted((a, b) => a - b), [150, 300], 'Retry-After: 0.3 s and retry-after-ms: 150');
     const sessions = server.to('create_session');
     assert.equal(sessions.length, 2);
     assert.ok(sessions[0]!.headers.get('x-idempotency-key'));
     assert.equal(sessions[0]!.headers.get('x-idempotency-key'), sessions[1]!.headers.get('x-idempotency-key'));
-    assert.ok(sessions[1]!.at - sessions[0]!.at >= 290);
   });
 
   test('a Retry-After over 60 s is ignored in favour of the backoff', async () => {
     const server = new FakeServer();
     failFirst(server, 'client/config', 1, () => json({}, 429, { 'retry-after': '3600' }));
-    const started = Date.now();
-    await client(server).createSamplingClient({ baseModel: 'm' });
-    assert.ok(Date.now() - started < 1000);
+    const { waits, sleep } = recordingSleep();
+    await client(server, { sleep }).createSamplingClient({ baseModel: 'm' });
+    assert.equal(waits.length, 1);
+    assert.ok(waits[0]! <= FAST.initialRetryDelayMs!, `the first backoff, not 3600 s: ${waits[0]} ms`);
   });
 
   test('5xx then success; persistent 5xx ends in InternalServerError with the server message intact', async () => {
@@ -161,20 +167,19 @@ describe('timeouts and abort', () => {
     const server = new FakeServer();
     failFirst(server, 'get_server_capabilities', 1, (init) => hang(init?.signal ?? undefined));
     server.handlers.push((c) => (c.path === 'get_server_capabilities' ? json({ supported_models: [] }) : undefined));
-    const started = Date.now();
     const caps = await client(server, { timeoutMs: 200 }).getServerCapabilities();
     assert.deepEqual(caps, { supportedModels: [] });
-    assert.ok(Date.now() - started >= 190);
+    const [first] = server.to('get_server_capabilities');
+    assert.ok(first!.signal?.aborted && first!.signal.reason instanceof APITimeoutError, 'the hanging attempt was ended by its timeout');
     assert.equal(server.to('get_server_capabilities').length, 2);
 
     const stuck = new FakeServer();
     stuck.handlers.push((c) => hang(c.signal));
-    const t0 = Date.now();
     const error = await client(stuck, { timeoutMs: 5000 })
       .getServerCapabilities({ timeoutMs: 150, maxRetries: 0 })
       .catch((e: unknown) => e);
     assert.ok(error instanceof APITimeoutError, String(error));
-    assert.ok(Date.now() - t0 < 1000, 'the per-call timeout wins over the client default');
+    assert.match(error.message, /after 150 ms/, 'the per-call timeout wins over the client default');
   });
 
   test('a body that never finishes also times out; a fetch that ignores its signal cannot hang the SDK', async () => {
@@ -217,7 +222,8 @@ describe('timeouts and abort', () => {
 describe('futures', () => {
   test('408 and try_again keep polling (with iteration headers); a fast "not yet" does not spin', async () => {
     const server = new FakeServer();
-    const service = client(server);
+    const { waits, sleep } = recordingSleep();
+    const service = client(server, { sleep });
     const training = await service.createLoraTrainingClient({ baseModel: 'm' });
     let polls = 0;
     server.handlers.push((c) => {
@@ -227,7 +233,6 @@ describe('futures', () => {
       if (polls <= 6) return json({ type: 'try_again', request_id: 'req-2' });
       return undefined;
     });
-    const started = Date.now();
     const out = await training.optimStep({ learningRate: 1e-3 });
     assert.deepEqual(out, { metrics: { 'step:sum': 1 } });
     const calls = server.to('retrieve_future').filter((c) => c.body.request_id === 'req-2');
@@ -238,7 +243,7 @@ describe('futures', () => {
     assert.equal(calls[0]!.headers.get('x-tinker-request-type'), 'OptimStep');
     assert.equal(calls[0]!.body.allow_metadata_only, true);
     // Six immediate "not yet" answers cost a short, growing pause each (10 ms · 1.5^k), not a hot loop.
-    assert.ok(Date.now() - started >= 100, `${Date.now() - started} ms`);
+    assert.deepEqual(waits, [0, 1, 2, 3, 4, 5].map((k) => 10 * 1.5 ** k));
   });
 
   test('complete_metadata asks again for the payload', async () => {
@@ -285,19 +290,21 @@ describe('futures', () => {
 
   test('429 while polling backs off longer each time, up to maxRetryDelayMs', async () => {
     const server = new FakeServer();
-    const training = await client(server, { initialRetryDelayMs: 20, maxRetryDelayMs: 80 }).createLoraTrainingClient({ baseModel: 'm' });
+    const { waits, sleep } = recordingSleep();
+    const training = await client(server, { initialRetryDelayMs: 20, maxRetryDelayMs: 80, sleep }).createLoraTrainingClient({ baseModel: 'm' });
     let n = 0;
     server.handlers.push((c) => {
       if (c.path !== 'retrieve_future' || c.body.request_id !== 'req-2') return undefined;
       return ++n <= 8 ? json({ error: { message: 'slow down' } }, 429) : undefined;
     });
     await training.optimStep({});
-    const at = server.to('retrieve_future').filter((c) => c.body.request_id === 'req-2').map((c) => c.at);
-    assert.equal(at.length, 9);
-    const gaps = at.slice(1).map((t, i) => t - at[i]!);
-    // Backoff 20 · 2^k ms (less up to 25 % jitter), capped at 80: 20, 40, 80, 80, …
-    assert.ok(gaps[2]! >= 55 && gaps[7]! >= 55, `the backoff grows: ${gaps.join(', ')} ms`);
-    assert.ok(gaps[7]! < 1000, `the backoff is capped (uncapped it would be 2560 ms): ${gaps.join(', ')} ms`);
+    assert.equal(server.to('retrieve_future').filter((c) => c.body.request_id === 'req-2').length, 9);
+    // Backoff 20 · 2^k ms (less up to 25 % jitter), capped at 80: 20, 40, 80, 80, … (uncapped the last would be 2560).
+    assert.equal(waits.length, 8);
+    waits.forEach((ms, k) => {
+      const full = Math.min(20 * 2 ** k, 80);
+      assert.ok(ms > 0.75 * full - 1e-9 && ms <= full, `wait ${k}: ${ms} ms, expected (0.75..1] · ${full}: ${waits.join(', ')}`);
+    });
   });
 
   test('poll 400s have their own budget and do not use up the 5xx retries', async () => {
@@ -602,6 +609,7 @@ describe('service, session and REST', () => {
 
   test('a request URL that cannot be built is an InvalidArgumentError at once, not a retried connection error', async () => {
     let fetches = 0;
+    const { waits, sleep } = recordingSleep();
     const transport = new Transport({
       baseUrl: 'no-scheme/',
       apiKey: 'k',
@@ -614,11 +622,11 @@ describe('service, session and REST', () => {
       initialRetryDelayMs: 1000,
       maxRetryDelayMs: 1000,
       defaultHeaders: {},
+      sleep,
     });
-    const started = Date.now();
     await assert.rejects(transport.send({ method: 'GET', path: 'api/v1/healthz' }), invalid(/no-scheme/));
     assert.equal(fetches, 0);
-    assert.ok(Date.now() - started < 500, 'not retried');
+    assert.deepEqual(waits, [], 'not retried');
   });
 
   test('bad input is an InvalidArgumentError, and rejects (never throws synchronously) from async methods', async () => {
@@ -648,7 +656,8 @@ describe('service, session and REST', () => {
     assert.equal(server.to('create_session').length, 1);
     assert.deepEqual(server.to('create_session')[0]!.body, { tags: ['t'], user_metadata: { a: 'b' }, sdk_version: '0.25.0+lathe.ts.0.1.0', type: 'create_session', project_id: 'p' });
     assert.equal(service.sessionId, 'S');
-    await new Promise((r) => setTimeout(r, 200));
+    // Wait for beats rather than for a fixed time: a loaded machine may run the 30 ms timer late.
+    for (let waited = 0; server.to('session_heartbeat').length < 2 && waited < 10_000; waited += 10) await new Promise((r) => setTimeout(r, 10));
     assert.ok(server.to('session_heartbeat').length >= 2, `${server.to('session_heartbeat').length} heartbeats`);
     assert.deepEqual(server.to('session_heartbeat')[0]!.body, { session_id: 'S', type: 'session_heartbeat' });
     await service.close();

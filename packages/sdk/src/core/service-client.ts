@@ -50,6 +50,15 @@ export interface ClientOptions {
   tags?: string[];
   /** Stored with the session (default `TINKER_PROJECT_ID`). */
   projectId?: string;
+  /**
+   * How retries and future polls wait `ms` (default: a timer that rejects with `APIUserAbortError`
+   * when `signal` fires). Tests inject one that records the delays instead of waiting.
+   *
+   * @example
+   * const waits: number[] = [];
+   * new ServiceClient({ sleep: async (ms) => void waits.push(ms) });
+   */
+  sleep?: (ms: number, signal?: AbortSignal) => Promise<void>;
 }
 
 /**
@@ -165,6 +174,7 @@ export class ServiceClient {
       initialRetryDelayMs: options.initialRetryDelayMs ?? 500,
       maxRetryDelayMs: options.maxRetryDelayMs ?? 10_000,
       defaultHeaders: { 'x-lathe-sdk': `typescript/${SDK_VERSION}`, ...options.defaultHeaders },
+      sleep: options.sleep,
     });
     const session = new Session(transport, {
       sdkVersion: WIRE_SDK_VERSION,

@@ -7,7 +7,7 @@
 import { APIConnectionError, APIError, APIResponseValidationError, FutureExpiredError, RequestFailedError, type RequestErrorCategory } from '../core/errors.js';
 import type { ForwardBackwardOutput, SampleResponse } from '../core/types.js';
 import { decodeForwardBackwardOutput, decodeSampleResponse, ProtobufDecodeError } from './protobuf.js';
-import { backoffMs, errorBody, responseJson, retryAfterMs, sleep, type Transport } from './transport.js';
+import { backoffMs, errorBody, responseJson, retryAfterMs, type Transport } from './transport.js';
 import { forwardBackwardOutputFromJson, forwardBackwardOutputFromProto, sampleResponseFromJson, sampleResponseFromProto } from './wire.js';
 
 /** What a future's result is. */
@@ -79,7 +79,7 @@ export async function retrieveFuture<K extends ResultKind>(transport: Transport,
       });
     } catch (error) {
       if (error instanceof APIConnectionError && failures < maxRetries) {
-        await sleep(backoffMs(failures++, initialRetryDelayMs, maxRetryDelayMs), options.signal);
+        await transport.wait(backoffMs(failures++, initialRetryDelayMs, maxRetryDelayMs), options.signal);
         continue;
       }
       throw error;
@@ -87,7 +87,7 @@ export async function retrieveFuture<K extends ResultKind>(transport: Transport,
 
     const tryAgain = async (): Promise<void> => {
       // A server that answers "not yet" without holding the poll would make us spin: back off a little.
-      if (Date.now() - sentAt < HELD_MS) await sleep(Math.min(10 * 1.5 ** quickTryAgains++, 250), options.signal);
+      if (Date.now() - sentAt < HELD_MS) await transport.wait(Math.min(10 * 1.5 ** quickTryAgains++, 250), options.signal);
       else quickTryAgains = 0;
     };
 
@@ -99,17 +99,17 @@ export async function retrieveFuture<K extends ResultKind>(transport: Transport,
     if (res.status === 410) throw new FutureExpiredError(requestId, errorBody(res), res.headers);
     if (res.status === 429) {
       const attempt = Math.min(rateLimited++, MAX_BACKOFF_EXPONENT);
-      await sleep(retryAfterMs(res.headers) ?? backoffMs(attempt, initialRetryDelayMs, maxRetryDelayMs), options.signal);
+      await transport.wait(retryAfterMs(res.headers) ?? backoffMs(attempt, initialRetryDelayMs, maxRetryDelayMs), options.signal);
       continue;
     }
     if (res.status === 400) {
       if (badRequests >= MAX_BAD_REQUESTS) throw APIError.generate(res.status, errorBody(res), res.headers);
-      await sleep(retryAfterMs(res.headers) ?? backoffMs(badRequests++, initialRetryDelayMs, maxRetryDelayMs), options.signal);
+      await transport.wait(retryAfterMs(res.headers) ?? backoffMs(badRequests++, initialRetryDelayMs, maxRetryDelayMs), options.signal);
       continue;
     }
     if (res.status >= 500) {
       if (failures >= maxRetries) throw APIError.generate(res.status, errorBody(res), res.headers);
-      await sleep(retryAfterMs(res.headers) ?? backoffMs(failures++, initialRetryDelayMs, maxRetryDelayMs), options.signal);
+      await transport.wait(retryAfterMs(res.headers) ?? backoffMs(failures++, initialRetryDelayMs, maxRetryDelayMs), options.signal);
       continue;
     }
     failures = badRequests = rateLimited = 0;

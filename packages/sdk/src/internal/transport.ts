@@ -18,6 +18,8 @@ export interface TransportConfig {
   initialRetryDelayMs: number;
   maxRetryDelayMs: number;
   defaultHeaders: Record<string, string>;
+  /** How retries and polls wait (default {@link sleep}); tests inject one that records the delays. */
+  sleep?: ((ms: number, signal?: AbortSignal) => Promise<void>) | undefined;
 }
 
 /** One logical request (retried as a whole). */
@@ -148,6 +150,11 @@ export function isRetryableStatus(status: number, headers: Headers): boolean {
 export class Transport {
   constructor(readonly config: TransportConfig) {}
 
+  /** Waits `ms` with the configured sleep, rejecting with {@link APIUserAbortError} if `signal` fires. */
+  wait(ms: number, signal?: AbortSignal): Promise<void> {
+    return (this.config.sleep ?? sleep)(ms, signal);
+  }
+
   /**
    * The absolute URL of `path` with `query`.
    *
@@ -181,7 +188,7 @@ export class Transport {
         res = await this.attempt(req, attempt, idempotencyKey);
       } catch (error) {
         if (error instanceof APIConnectionError && attempt < maxRetries) {
-          await sleep(backoffMs(attempt, this.config.initialRetryDelayMs, this.config.maxRetryDelayMs), req.signal);
+          await this.wait(backoffMs(attempt, this.config.initialRetryDelayMs, this.config.maxRetryDelayMs), req.signal);
           continue;
         }
         throw error;
@@ -190,7 +197,7 @@ export class Transport {
       if (req.redirect === 'manual' && res.status >= 300 && res.status < 400) return res;
       if (attempt < maxRetries && isRetryableStatus(res.status, res.headers)) {
         const wait = retryAfterMs(res.headers) ?? backoffMs(attempt, this.config.initialRetryDelayMs, this.config.maxRetryDelayMs);
-        await sleep(wait, req.signal);
+        await this.wait(wait, req.signal);
         continue;
       }
       throw APIError.generate(res.status, errorBody(res), res.headers);
