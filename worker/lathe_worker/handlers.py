@@ -15,7 +15,7 @@ import torch
 from .engine import Datum, Engine, WorkItem
 from .errors import UserError
 from .lora import LoraConfig
-from .optim import AdamParams
+from .optim import optim_params_from_wire, optimizer_config_from_wire
 from .protocol import decode_tensor, encode_tensor
 from .sampler import SampleRequest, SamplingParams
 
@@ -156,16 +156,15 @@ class Handlers:
             "drop_adapter": lambda r: engine.drop_adapter(_adapter_id(r)),
             "forward_backward": lambda r: self.forward(r, backward=True),
             "forward": lambda r: self.forward(r, backward=False),
-            "optim_step": lambda r: engine.optim_step(
-                _adapter_id(r), AdamParams.from_wire(_field(r, "adam_params", dict))
-            ),
+            "optim_step": lambda r: engine.optim_step(_adapter_id(r), optim_params_from_wire(r)),
             "sample": self.sample,
             "save_adapter": lambda r: engine.save_adapter(
                 _adapter_id(r), _path(r), bool(r.get("include_optimizer", True))
             ),
             "snapshot": lambda r: engine.save_adapter(_adapter_id(r), _path(r), include_optimizer=True),
             "load_adapter": lambda r: engine.load_adapter(
-                _adapter_id(r), _path(r), bool(r.get("include_optimizer", False))
+                _adapter_id(r), _path(r), bool(r.get("include_optimizer", False)),
+                optimizer_config_from_wire(r["optimizer"]) if r.get("optimizer") is not None else None,
             ),
             "export_peft": lambda r: engine.export_peft(
                 _adapter_id(r, optional=True), _path(r), Path(r["source"]) if isinstance(r.get("source"), str) else None
@@ -193,7 +192,7 @@ class Handlers:
             config = LoraConfig(**{k: v for k, v in lora.items() if v is not None})
         except TypeError as exc:
             raise UserError("invalid_field", f"lora: {exc}") from None
-        return self.engine.create_adapter(_adapter_id(request), config)
+        return self.engine.create_adapter(_adapter_id(request), config, optimizer_config_from_wire(request.get("optimizer")))
 
     def forward(self, request: dict[str, Any], backward: bool) -> dict[str, Any]:
         return _per_item(
