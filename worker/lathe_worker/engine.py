@@ -338,6 +338,7 @@ class Engine:
                 request.params.validate(model.config.vocab_size)
                 # Without max_tokens it decodes until the context is full, so one new token must fit.
                 self.validate_tokens(request.prompt, "prompt", extra_len=request.params.max_tokens or 1)
+                request.validate_extras(model.config.vocab_size)
                 if request.params.stop_strings and self.decode is None:
                     raise UserError(
                         "stop_strings_unsupported",

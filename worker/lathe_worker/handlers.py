@@ -97,6 +97,11 @@ def parse_sample_request(raw: Any, index: int) -> SampleRequest:
         params=SamplingParams.from_wire(raw.get("sampling_params")),
         prompt_logprobs=bool(raw.get("prompt_logprobs", False)),
         topk_prompt_logprobs=raw.get("topk_prompt_logprobs", 0) or 0,
+        topk_sample_logprobs=raw.get("topk_sample_logprobs", 0) or 0,
+        prompt_alt_tokens_k=raw.get("prompt_alt_tokens_k", 0) or 0,
+        target_prompt_logprobs=(None if raw.get("target_prompt_logprobs") is None else
+                                _tokens(raw["target_prompt_logprobs"], f"{where}target_prompt_logprobs")),
+        prompt_logprobs_last_n=raw.get("prompt_logprobs_last_n"),
     )
     request.validate_counts()
     return request
@@ -138,10 +143,17 @@ def _encode_sample(result: dict[str, Any]) -> dict[str, Any]:
             "tokens": encode_tensor(torch.tensor(seq["tokens"], dtype=torch.int64)),
             "logprobs": encode_tensor(torch.tensor(seq["logprobs"], dtype=torch.float32)),
             "stop_reason": seq["stop_reason"],
+            **({"topk_logprobs": {k: encode_tensor(v) for k, v in seq["topk_logprobs"].items()}}
+               if "topk_logprobs" in seq else {}),
         }
         for seq in result["sequences"]
     ]
-    return {**result, "sequences": sequences}
+    encoded: dict[str, Any] = {**result, "sequences": sequences}
+    if "target_prompt_logprobs" in result:
+        encoded["target_prompt_logprobs"] = encode_tensor(result["target_prompt_logprobs"])
+    if "prompt_alt_tokens" in result:
+        encoded["prompt_alt_tokens"] = {k: encode_tensor(v) for k, v in result["prompt_alt_tokens"].items()}
+    return encoded
 
 
 class Handlers:
