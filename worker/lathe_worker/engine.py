@@ -378,7 +378,7 @@ class Engine:
         if include_optimizer and saved is not None:
             if config is not None and config != saved.config:
                 raise UserError("optimizer_mismatch", f"optimizer: checkpoint {path} holds {saved.config['type']} "
-                                f"optimizer state, which cannot be loaded into a {config['type']} adapter")
+                                f"optimizer state, which cannot be loaded into an adapter that uses {config['type']}")
             config = saved.config
         slot = AdapterSlot.fresh(adapter, config)
         if include_optimizer and saved is not None:

@@ -171,7 +171,7 @@ def test_optimizer_kind_on_load(folder, tmp_path):
 
     # AdamW state into a Dimuon adapter: a new slot asked to be Dimuon, or an existing Dimuon slot.
     for target, requested in (("new", DIMUON), ("dimuon", None)):
-        with pytest.raises(UserError, match=r"adamw optimizer state, which cannot be loaded into a dimuon adapter") as e:
+        with pytest.raises(UserError, match=r"holds adamw optimizer state, which cannot be loaded into an adapter that uses dimuon") as e:
             engine.load_adapter(target, tmp_path / "adam", include_optimizer=True, optimizer=requested)
         assert e.value.code == "optimizer_mismatch" and "optimizer: " in e.value.message
     assert "new" not in engine.adapters and engine.adapters["dimuon"].optimizer.kind == "dimuon"
