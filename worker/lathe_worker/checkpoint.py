@@ -1,5 +1,6 @@
 """Adapter checkpoints: a folder with `adapter.safetensors` (LoRA A/B by module path, the LoRA config
-and base model in its metadata) and, when saved with optimizer state, `optimizer.safetensors`.
+and base model in its metadata) and, when saved with optimizer state, `optimizer.safetensors` (its
+metadata names the optimizer, e.g. `{"type": "dimuon", "version": 1}`; none means AdamW).
 
 Writes go to a temporary sibling folder that is renamed into place, so a crash mid-save never
 leaves a half-written checkpoint under the final name.
@@ -12,7 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -21,11 +22,16 @@ from safetensors.torch import load_file, save_file
 from .errors import UserError
 from .lora import LoraAdapter, LoraConfig
 from .models.transformer import Transformer
-from .optim import AdapterOptimizer
+from .optim import SlotOptimizer, config_from_metadata, state_metadata
 
 ADAPTER_FILE = "adapter.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 FORMAT_VERSION = "1"
+
+
+class SavedOptimizer(NamedTuple):
+    config: dict[str, Any]  # which optimizer the state belongs to (`optimizer_config_from_wire` form)
+    state: dict[str, torch.Tensor]  # `SlotOptimizer.state_dict()` layout
 
 
 def lora_config_to_wire(config: LoraConfig) -> dict[str, Any]:
@@ -38,7 +44,7 @@ def lora_config_to_wire(config: LoraConfig) -> dict[str, Any]:
     }
 
 
-def save(path: Path, adapter: LoraAdapter, optimizer: AdapterOptimizer | None, base_model: str | None) -> int:
+def save(path: Path, adapter: LoraAdapter, optimizer: SlotOptimizer | None, base_model: str | None) -> int:
     """Write the checkpoint folder at `path` (replacing any old one); returns its size in bytes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,7 +63,8 @@ def save(path: Path, adapter: LoraAdapter, optimizer: AdapterOptimizer | None, b
         save_file(tensors, str(tmp / ADAPTER_FILE), metadata=metadata)
         if optimizer is not None:
             state = {k: v.detach().contiguous().cpu() for k, v in optimizer.state_dict().items()}
-            save_file(state, str(tmp / OPTIMIZER_FILE), metadata={"format_version": FORMAT_VERSION})
+            save_file(state, str(tmp / OPTIMIZER_FILE),
+                      metadata={"format_version": FORMAT_VERSION, **state_metadata(optimizer)})
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -69,7 +76,7 @@ def save(path: Path, adapter: LoraAdapter, optimizer: AdapterOptimizer | None, b
 
 def load(
     path: Path, model: Transformer, base_model: str | None, device: torch.device
-) -> tuple[LoraAdapter, dict[str, torch.Tensor] | None]:
+) -> tuple[LoraAdapter, SavedOptimizer | None]:
     """Rebuild the adapter saved at `path`; also return its optimizer state if it has one."""
     path = Path(path)
     adapter_file = path / ADAPTER_FILE
@@ -112,8 +119,12 @@ def load(
                     )
                 param.copy_(value)
     optimizer_file = path / OPTIMIZER_FILE
+    if not optimizer_file.is_file():
+        return adapter, None
     try:
-        optimizer_state = load_file(str(optimizer_file), device="cpu") if optimizer_file.is_file() else None
+        with safe_open(str(optimizer_file), framework="pt") as f:
+            optimizer_metadata = f.metadata() or {}
+        optimizer_state = load_file(str(optimizer_file), device="cpu")
     except (SafetensorError, OSError) as exc:
         raise UserError("checkpoint_corrupt", f"cannot read {optimizer_file}: {exc}") from None
-    return adapter, optimizer_state
+    return adapter, SavedOptimizer(config_from_metadata(optimizer_metadata), optimizer_state)

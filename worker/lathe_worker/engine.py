@@ -21,7 +21,7 @@ from .losses import compute_loss, validate_loss_inputs
 from .models.loading import load_model
 from .models.registry import ModelRegistry
 from .models.transformer import Transformer
-from .optim import AdamParams, AdapterOptimizer
+from .optim import ADAMW, AdamParams, DimuonParams, SlotOptimizer, make_optimizer
 from .peft_export import export_peft
 from .sampler import SampleRequest, sample_batch
 
@@ -29,14 +29,15 @@ from .sampler import SampleRequest, sample_batch
 @dataclass
 class AdapterSlot:
     adapter: LoraAdapter
-    optimizer: AdapterOptimizer
+    optimizer: SlotOptimizer
     pending_grad: bool = False  # forward_backward ran since the last optim_step
     steps: int = 0
 
     @classmethod
-    def fresh(cls, adapter: LoraAdapter) -> AdapterSlot:
-        """A slot for `adapter` with a new optimizer."""
-        return cls(adapter=adapter, optimizer=AdapterOptimizer(list(adapter.parameters())))
+    def fresh(cls, adapter: LoraAdapter, optimizer: dict[str, Any] | None = None) -> AdapterSlot:
+        """A slot for `adapter` with a new optimizer of the kind `optimizer` names (default AdamW)."""
+        config = optimizer or {"type": ADAMW}
+        return cls(adapter=adapter, optimizer=make_optimizer(config, list(adapter.parameters()), adapter.config.rank))
 
 
 @dataclass
@@ -103,14 +104,16 @@ class Engine:
             "num_params": sum(p.numel() for p in model.parameters()),
         }
 
-    def create_adapter(self, adapter_id: str, config: LoraConfig) -> dict[str, Any]:
+    def create_adapter(self, adapter_id: str, config: LoraConfig, optimizer: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A new adapter slot; `optimizer` is a validated optimizer config (`optimizer_config_from_wire`)."""
         model = self._require_model()
         if adapter_id in self.adapters:
             raise UserError("adapter_exists", f"adapter {adapter_id!r} already exists")
         config.validate()
         adapter = LoraAdapter.create(model, config, device=self.device)
-        self.adapters[adapter_id] = AdapterSlot.fresh(adapter)
-        return {"adapter": adapter_id, "num_params": sum(p.numel() for p in adapter.parameters())}
+        slot = self.adapters[adapter_id] = AdapterSlot.fresh(adapter, optimizer)
+        return {"adapter": adapter_id, "num_params": sum(p.numel() for p in adapter.parameters()),
+                "optimizer": slot.optimizer.config}
 
     def drop_adapter(self, adapter_id: str) -> dict[str, Any]:
         self._slot(adapter_id)
@@ -316,7 +319,7 @@ class Engine:
             return self.head_logits_budget
         return 512 << 20 if self.device.type == "cpu" else 2 << 30
 
-    def optim_step(self, adapter_id: str, params: AdamParams) -> dict[str, Any]:
+    def optim_step(self, adapter_id: str, params: AdamParams | DimuonParams) -> dict[str, Any]:
         slot = self._slot(adapter_id)
         metrics = slot.optimizer.step(params)
         slot.pending_grad = False
@@ -335,6 +338,7 @@ class Engine:
                 request.params.validate(model.config.vocab_size)
                 # Without max_tokens it decodes until the context is full, so one new token must fit.
                 self.validate_tokens(request.prompt, "prompt", extra_len=request.params.max_tokens or 1)
+                request.validate_extras(model.config.vocab_size)
                 if request.params.stop_strings and self.decode is None:
                     raise UserError(
                         "stop_strings_unsupported",
@@ -355,17 +359,33 @@ class Engine:
         size = checkpoint.save(path, slot.adapter, slot.optimizer if include_optimizer else None, self.model_name)
         return {"adapter": adapter_id, "path": str(path), "bytes": size}
 
-    def load_adapter(self, adapter_id: str, path: Path, include_optimizer: bool) -> dict[str, Any]:
-        """Load into a new slot, or replace an existing slot's weights (and optimizer state)."""
+    def load_adapter(self, adapter_id: str, path: Path, include_optimizer: bool,
+                     optimizer: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Load into a new slot, or replace an existing slot's weights (and optimizer state).
+
+        The slot's optimizer kind is `optimizer` if given, else the existing slot's, else (with
+        `include_optimizer`) the saved state's, else AdamW. As in Tinker, neither a restored optimizer
+        state nor an existing slot can change kind: a mismatch is a user error."""
         model = self._require_model()
-        adapter, optimizer_state = checkpoint.load(path, model, self.model_name, self.device)
-        if include_optimizer and optimizer_state is None:
+        adapter, saved = checkpoint.load(path, model, self.model_name, self.device)
+        if include_optimizer and saved is None:
             raise UserError("no_optimizer_state", f"checkpoint {path} was saved without optimizer state")
-        slot = AdapterSlot.fresh(adapter)
-        if include_optimizer and optimizer_state is not None:
-            slot.optimizer.load_state_dict(optimizer_state)
+        existing = self.adapters.get(adapter_id)
+        config = optimizer or (existing.optimizer.config if existing else None)
+        if existing is not None and config != existing.optimizer.config:
+            raise UserError("optimizer_mismatch", f"optimizer: adapter {adapter_id!r} uses the "
+                            f"{existing.optimizer.kind} optimizer, which cannot change; got {config}")
+        if include_optimizer and saved is not None:
+            if config is not None and config != saved.config:
+                raise UserError("optimizer_mismatch", f"optimizer: checkpoint {path} holds {saved.config['type']} "
+                                f"optimizer state, which cannot be loaded into an adapter that uses {config['type']}")
+            config = saved.config
+        slot = AdapterSlot.fresh(adapter, config)
+        if include_optimizer and saved is not None:
+            slot.optimizer.load_state_dict(saved.state)
         self.adapters[adapter_id] = slot  # only once everything loaded: a bad checkpoint leaves the old slot
-        return {"adapter": adapter_id, "lora": checkpoint.lora_config_to_wire(adapter.config)}
+        return {"adapter": adapter_id, "lora": checkpoint.lora_config_to_wire(adapter.config),
+                "optimizer": slot.optimizer.config}
 
     def export_peft(self, adapter_id: str | None, path: Path, source: Path | None = None, naming: str = "tinker") -> dict[str, Any]:
         """Export a live adapter slot, or a saved checkpoint folder (`source`), as a PEFT-style folder
@@ -393,6 +413,7 @@ class Engine:
                     "num_params": sum(p.numel() for p in slot.adapter.parameters()),
                     "pending_grad": slot.pending_grad,
                     "steps": slot.steps,
+                    "optimizer": slot.optimizer.config,
                 }
                 for name, slot in self.adapters.items()
             ],

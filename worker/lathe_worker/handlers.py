@@ -15,7 +15,7 @@ import torch
 from .engine import Datum, Engine, WorkItem
 from .errors import UserError
 from .lora import LoraConfig
-from .optim import AdamParams
+from .optim import optim_params_from_wire, optimizer_config_from_wire
 from .protocol import decode_tensor, encode_tensor
 from .sampler import SampleRequest, SamplingParams
 
@@ -97,6 +97,11 @@ def parse_sample_request(raw: Any, index: int) -> SampleRequest:
         params=SamplingParams.from_wire(raw.get("sampling_params")),
         prompt_logprobs=bool(raw.get("prompt_logprobs", False)),
         topk_prompt_logprobs=raw.get("topk_prompt_logprobs", 0) or 0,
+        topk_sample_logprobs=raw.get("topk_sample_logprobs", 0) or 0,
+        prompt_alt_tokens_k=raw.get("prompt_alt_tokens_k", 0) or 0,
+        target_prompt_logprobs=(None if raw.get("target_prompt_logprobs") is None else
+                                _tokens(raw["target_prompt_logprobs"], f"{where}target_prompt_logprobs")),
+        prompt_logprobs_last_n=raw.get("prompt_logprobs_last_n"),
     )
     request.validate_counts()
     return request
@@ -138,10 +143,17 @@ def _encode_sample(result: dict[str, Any]) -> dict[str, Any]:
             "tokens": encode_tensor(torch.tensor(seq["tokens"], dtype=torch.int64)),
             "logprobs": encode_tensor(torch.tensor(seq["logprobs"], dtype=torch.float32)),
             "stop_reason": seq["stop_reason"],
+            **({"topk_logprobs": {k: encode_tensor(v) for k, v in seq["topk_logprobs"].items()}}
+               if "topk_logprobs" in seq else {}),
         }
         for seq in result["sequences"]
     ]
-    return {**result, "sequences": sequences}
+    encoded: dict[str, Any] = {**result, "sequences": sequences}
+    if "target_prompt_logprobs" in result:
+        encoded["target_prompt_logprobs"] = encode_tensor(result["target_prompt_logprobs"])
+    if "prompt_alt_tokens" in result:
+        encoded["prompt_alt_tokens"] = {k: encode_tensor(v) for k, v in result["prompt_alt_tokens"].items()}
+    return encoded
 
 
 class Handlers:
@@ -156,16 +168,15 @@ class Handlers:
             "drop_adapter": lambda r: engine.drop_adapter(_adapter_id(r)),
             "forward_backward": lambda r: self.forward(r, backward=True),
             "forward": lambda r: self.forward(r, backward=False),
-            "optim_step": lambda r: engine.optim_step(
-                _adapter_id(r), AdamParams.from_wire(_field(r, "adam_params", dict))
-            ),
+            "optim_step": lambda r: engine.optim_step(_adapter_id(r), optim_params_from_wire(r)),
             "sample": self.sample,
             "save_adapter": lambda r: engine.save_adapter(
                 _adapter_id(r), _path(r), bool(r.get("include_optimizer", True))
             ),
             "snapshot": lambda r: engine.save_adapter(_adapter_id(r), _path(r), include_optimizer=True),
             "load_adapter": lambda r: engine.load_adapter(
-                _adapter_id(r), _path(r), bool(r.get("include_optimizer", False))
+                _adapter_id(r), _path(r), bool(r.get("include_optimizer", False)),
+                optimizer_config_from_wire(r["optimizer"]) if r.get("optimizer") is not None else None,
             ),
             "export_peft": lambda r: engine.export_peft(
                 _adapter_id(r, optional=True), _path(r), Path(r["source"]) if isinstance(r.get("source"), str) else None,
@@ -194,7 +205,7 @@ class Handlers:
             config = LoraConfig(**{k: v for k, v in lora.items() if v is not None})
         except TypeError as exc:
             raise UserError("invalid_field", f"lora: {exc}") from None
-        return self.engine.create_adapter(_adapter_id(request), config)
+        return self.engine.create_adapter(_adapter_id(request), config, optimizer_config_from_wire(request.get("optimizer")))
 
     def forward(self, request: dict[str, Any], backward: bool) -> dict[str, Any]:
         return _per_item(

@@ -10,6 +10,7 @@ N × V logits fit a memory budget pass `recompute=False` and save the second hea
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Callable
 
 import torch
@@ -120,17 +121,32 @@ def target_logprobs(hidden: Tensor, head: Head, targets: Tensor, chunk_tokens: i
 
 
 @torch.no_grad()
+def log_softmax_chunks(hidden: Tensor, head: Head, start: int = 0, chunk_tokens: int = 1024) -> Iterator[tuple[int, Tensor]]:
+    """One no-grad LM-head pass over rows `start:` of hidden [N, D], `chunk_tokens` rows at a time: yields
+    (first row of the chunk, float32 log_softmax(head(rows)) [rows, V]). At most one chunk's logits are
+    alive at once, so a caller deriving several per-row outputs (top-k, gathers, draws) pays for one pass.
+
+    >>> for s, lp in log_softmax_chunks(h, head, chunk_tokens=256): ...  # doctest: +SKIP
+    """
+    if hidden.dim() != 2 or chunk_tokens < 1:
+        raise ValueError(f"bad arguments: hidden {tuple(hidden.shape)}, chunk_tokens={chunk_tokens}")
+    for s in range(start, hidden.shape[0], chunk_tokens):
+        yield s, torch.log_softmax(head(hidden[s : s + chunk_tokens]), dim=-1, dtype=torch.float32)
+
+
+def topk_rows(logprobs: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Each row's k largest entries of logprobs [N, V]: (values [N, k], ids int64 [N, k]), descending."""
+    top = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
+    return top.values, top.indices.to(torch.int64)
+
+
+@torch.no_grad()
 def topk_logprobs(hidden: Tensor, head: Head, k: int, chunk_tokens: int = 1024) -> tuple[Tensor, Tensor]:
     """Top-k log-probs per row (for prompt top-k logprobs): (values [N, k] float32, ids [N, k] int64),
     sorted by descending log-prob."""
-    if hidden.dim() != 2 or chunk_tokens < 1 or k < 1:
-        raise ValueError(f"bad arguments: hidden {tuple(hidden.shape)}, k={k}, chunk_tokens={chunk_tokens}")
-    values, ids = [], []
-    for s in range(0, hidden.shape[0], chunk_tokens):
-        logprobs = torch.log_softmax(head(hidden[s : s + chunk_tokens]), dim=-1, dtype=torch.float32)
-        top = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
-        values.append(top.values)
-        ids.append(top.indices)
-    if not values:
+    if k < 1:
+        raise ValueError(f"bad arguments: k={k}")
+    parts = [topk_rows(lp, k) for _, lp in log_softmax_chunks(hidden, head, chunk_tokens=chunk_tokens)]
+    if not parts:
         return hidden.new_zeros((0, k), dtype=torch.float32), torch.zeros((0, k), dtype=torch.int64, device=hidden.device)
-    return torch.cat(values), torch.cat(ids).to(torch.int64)
+    return torch.cat([v for v, _ in parts]), torch.cat([i for _, i in parts])

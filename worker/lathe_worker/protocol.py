@@ -8,19 +8,22 @@ as JSON-style number lists (small lists are still accepted for hand-written requ
 Ops (fields beyond `op`/`id`):
 - `hello` -> `{protocol, model, pid}`
 - `load_model {model}` -> `{model, architecture, vocab_size, max_context_length, ...}`
-- `create_adapter {adapter, lora: {rank, seed, train_attn, train_mlp, train_unembed}}` -> `{adapter, num_params}`
+- `create_adapter {adapter, lora: {rank, seed, train_attn, train_mlp, train_unembed}, optimizer?}`
+  -> `{adapter, num_params, optimizer}`; optimizer `{"type": "adamw"}` (default) or `{"type": "dimuon", "version": 1}`
 - `drop_adapter {adapter}`
 - `forward_backward` / `forward {items: [{adapter, loss_fn, loss_fn_config?, data: [{tokens, loss_fn_inputs}]}]}`
   -> `{results: [{ok, loss_fn_outputs: [{logprobs}], metrics} | {ok: False, error}]}`; one bad item
   never fails the others.
-- `optim_step {adapter, adam_params}` -> `{metrics}`
-- `sample {items: [{adapter?, prompt, num_samples, sampling_params, prompt_logprobs?, topk_prompt_logprobs?}]}`
-  -> `{results: [{ok, sequences: [{tokens, logprobs, stop_reason}], prompt_logprobs?, topk_prompt_logprobs?}]}`
+- `optim_step {adapter, adam_params | optimizer_params: {type: "dimuon", learning_rate, ...}}` -> `{metrics}`
+- `sample {items: [{adapter?, prompt, num_samples, sampling_params, prompt_logprobs?, topk_prompt_logprobs?,
+  topk_sample_logprobs?, prompt_alt_tokens_k?, target_prompt_logprobs?, prompt_logprobs_last_n?}]}`
+  -> `{results: [{ok, sequences: [{tokens, logprobs, stop_reason, topk_logprobs?}], prompt_logprobs?,
+  topk_prompt_logprobs?, target_prompt_logprobs?, prompt_alt_tokens?}]}` (README.md: "Sampling extras")
 - `save_adapter {adapter, path, include_optimizer}` / `snapshot {adapter, path}` (always with optimizer)
-- `load_adapter {adapter, path, include_optimizer}` -> `{adapter, lora}`
+- `load_adapter {adapter, path, include_optimizer, optimizer?}` -> `{adapter, lora, optimizer}`
 - `export_peft {adapter | source, path, naming?}` (source: a checkpoint folder; naming: "tinker", the
   default, with Tinker's archive names, or "peft" for `peft.PeftModel`; see `peft_export.py`)
-- `stats` -> `{model, device, dtype, adapters: [...], ops: {...}}`
+- `stats` -> `{model, device, dtype, adapters: [{adapter, rank, num_params, pending_grad, steps, optimizer}], ops: {...}}`
 - `shutdown`
 """
 

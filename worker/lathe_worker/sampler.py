@@ -8,6 +8,17 @@ shares the batch.
 Reported logprobs are the model's own (temperature 1, no top-k/top-p) log-probabilities of the
 chosen tokens: the same numbers a training forward pass gives, which is what importance-sampling
 RL losses need.
+
+Sampling extras (Tinker SDK >= 0.29) come from the passes decoding makes anyway, and every logprob
+in them is of that same temperature-1, unfiltered distribution:
+- `topk_sample_logprobs`: per sampled token, the top-k (id, logprob) of the step's distribution;
+- `prompt_alt_tokens_k`: per prompt position after the first, k draws with replacement at the
+  request's temperature (no top-k/top-p, as the SDK documents), from the generator of the request's
+  first sample, taken before decoding;
+- `target_prompt_logprobs`: logprobs of named ids at prompt positions (NaN for -1 cells);
+- `prompt_logprobs_last_n`: prompt (top-k) logprobs for the last n positions only.
+All prompt-side outputs share one chunked LM-head pass over only the rows some output needs
+(`logprobs.log_softmax_chunks`).
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ import torch
 from torch import Tensor
 
 from .errors import UserError
-from .logprobs import logsumexp, target_logprobs, topk_logprobs
+from .logprobs import log_softmax_chunks, logsumexp, topk_rows
 from .lora import LoraAdapter, LoraBatch
 from .models.transformer import KVCache, Transformer, causal_padding_mask
 
@@ -89,6 +100,10 @@ class SampleRequest:
     params: SamplingParams
     prompt_logprobs: bool = False
     topk_prompt_logprobs: int = 0
+    topk_sample_logprobs: int = 0  # top-k (id, logprob) at every sampled position
+    prompt_alt_tokens_k: int = 0  # draws per prompt position after the first
+    target_prompt_logprobs: torch.Tensor | None = None  # int64 [len(prompt) - 1, K] ids to score; -1 = none
+    prompt_logprobs_last_n: int | None = None  # prompt (top-k) logprobs only for the last n positions
     adapter: LoraAdapter | None = None  # resolved by the engine
 
     def validate_counts(self) -> None:
@@ -100,6 +115,33 @@ class SampleRequest:
                 "invalid_topk_prompt_logprobs",
                 f"topk_prompt_logprobs must be in [0, {MAX_TOPK_PROMPT_LOGPROBS}], got {k!r}",
             )
+
+    def validate_extras(self, vocab_size: int) -> None:
+        """The sampling extras, against the (already validated, 1-D) prompt and the vocabulary."""
+        for name in ("topk_sample_logprobs", "prompt_alt_tokens_k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOPK_PROMPT_LOGPROBS:
+                raise UserError(f"invalid_{name}", f"{name} must be in [0, {MAX_TOPK_PROMPT_LOGPROBS}], got {value!r}")
+        n = self.prompt_logprobs_last_n
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise UserError("invalid_prompt_logprobs_last_n", f"prompt_logprobs_last_n must be an integer >= 0, got {n!r}")
+        targets = self.target_prompt_logprobs
+        if targets is None:
+            return
+
+        def bad(message: str) -> UserError:
+            return UserError("invalid_target_prompt_logprobs", f"target_prompt_logprobs: {message}")
+
+        rows = self.prompt.numel() - 1
+        if targets.dim() != 2 or targets.shape[0] != rows:
+            raise bad(f"must have shape [len(prompt) - 1, K] = [{rows}, K], got {list(targets.shape)}")
+        if not 1 <= targets.shape[1] <= MAX_TOPK_PROMPT_LOGPROBS:
+            raise bad(f"K (ids per position) must be in [1, {MAX_TOPK_PROMPT_LOGPROBS}], got {targets.shape[1]}")
+        if not bool((targets >= 0).any()):
+            raise bad("names no token id (every cell is -1)")
+        low, high = int(targets.min()), int(targets.max())
+        if low < -1 or high >= vocab_size:
+            raise bad(f"token id {low if low < -1 else high} is outside the vocabulary [0, {vocab_size}) (-1 = no request)")
 
 
 @dataclass
@@ -203,6 +245,14 @@ class _Chooser:
         return (z - noise.log_()).argmax(-1)
 
 
+def draw_tokens(logprobs: Tensor, k: int, temperature: float, generator: torch.Generator) -> Tensor:
+    """k draws with replacement per row of logprobs [N, V] from softmax(logprobs / temperature) -> int64
+    [N, k]; below GREEDY_BELOW_TEMPERATURE every draw is the argmax (the temperature -> 0 limit)."""
+    if temperature < GREEDY_BELOW_TEMPERATURE:
+        return logprobs.argmax(-1, keepdim=True).expand(-1, k).contiguous()
+    return torch.multinomial(torch.softmax(logprobs / temperature, dim=-1), k, replacement=True, generator=generator)
+
+
 def _stop_string_hit(tokens: list[int], stops: list[str], decode: Callable[[list[int]], str]) -> bool:
     text = decode(tokens)
     return any(s in text for s in stops)
@@ -241,6 +291,9 @@ def sample_batch(
     positions = (torch.arange(width).expand(batch, width) - pad[:, None]).clamp(min=0)
     params = [requests[row.request].params for row in rows]
     choose = _Chooser(params, [row.generator for row in rows], model.config.vocab_size, device)
+    # topk_sample_logprobs: every step's top-k of all rows ([B, k] values and ids), widest k of the batch.
+    sample_k = max(request.topk_sample_logprobs for request in requests)
+    step_topk: list[tuple[Tensor, Tensor]] = []
 
     with torch.no_grad():
         cache = KVCache(model.config, batch, width + steps, dtype=dtype, device=device)
@@ -258,6 +311,8 @@ def sample_batch(
             # One LM-head matmul for all rows; each adapter's lm_head LoRA is added on its own rows.
             logits = model.lm_head_logits(last, lora=lora).float()
             tokens, chosen = choose(logits)
+            if sample_k:
+                step_topk.append(tuple(t.cpu() for t in topk_rows(torch.log_softmax(logits, dim=-1), sample_k)))
             token_list, logprob_list = tokens.tolist(), chosen.tolist()  # one device sync per step
             for i, row in enumerate(rows):
                 if row.stop_reason is not None:
@@ -283,31 +338,98 @@ def sample_batch(
             "logprobs": row.logprobs,
             "stop_reason": row.stop_reason or "length",
         }
+    if sample_k:
+        _attach_sample_topk(requests, rows, results, step_topk)
     return results
+
+
+def _attach_sample_topk(requests: list[SampleRequest], rows: list[_Row], results: list[dict[str, Any]],
+                        step_topk: list[tuple[Tensor, Tensor]]) -> None:
+    """Give each sequence that asked for it `topk_logprobs`: {token_ids int64 [N, k], logprobs float32 [N, k]}
+    for its N sampled tokens. A row's token j was chosen at step j, so its rows are the first N steps."""
+    values = torch.stack([v for v, _ in step_topk])  # [steps, B, k_max]
+    ids = torch.stack([i for _, i in step_topk])
+    for i, row in enumerate(rows):
+        k = requests[row.request].topk_sample_logprobs
+        if k:
+            n = len(row.tokens)
+            results[row.request]["sequences"][row.sample_index]["topk_logprobs"] = {
+                "token_ids": ids[:n, i, :k].contiguous(), "logprobs": values[:n, i, :k].contiguous()}
 
 
 def _prompt_outputs(
     model: Transformer, requests: list[SampleRequest], rows: list[_Row], hidden: torch.Tensor, width: int
 ) -> list[dict[str, Any]]:
-    """Per-request result skeletons, with prompt logprobs computed from the prefill pass."""
+    """Per-request result skeletons, with the prompt-side outputs computed from the prefill pass."""
     results: list[dict[str, Any]] = []
     first_row = {}
     for i, row in enumerate(rows):
         first_row.setdefault(row.request, i)
     for r, request in enumerate(requests):
         result: dict[str, Any] = {"sequences": [None] * request.num_samples}
-        if request.prompt_logprobs or request.topk_prompt_logprobs:
-            i = first_row[r]
-            n = request.prompt.numel()
-            prefix_hidden = hidden[i, width - n : width - 1]  # position t predicts prompt[t + 1]
-            head = lambda h, a=request.adapter: model.lm_head_logits(h, a)  # noqa: E731
-            if request.prompt_logprobs:
-                lps = target_logprobs(prefix_hidden, head, request.prompt[1:].to(hidden.device)) if n > 1 else torch.empty(0)
-                result["prompt_logprobs"] = [None] + lps.float().tolist()  # one transfer, not one per value
-            if request.topk_prompt_logprobs:
-                values, ids = topk_logprobs(prefix_hidden, head, request.topk_prompt_logprobs) if n > 1 else (torch.empty(0, 0), torch.empty(0, 0))
-                result["topk_prompt_logprobs"] = [None] + [
-                    list(zip(id_row, value_row)) for id_row, value_row in zip(ids.tolist(), values.float().tolist())
-                ]
+        i = first_row[r]
+        n = request.prompt.numel()
+        prefix_hidden = hidden[i, width - n : width - 1]  # position t predicts prompt[t + 1]
+        head = lambda h, a=request.adapter: model.lm_head_logits(h, a)  # noqa: E731
+        result.update(_prompt_scores(request, prefix_hidden, head, rows[i].generator))
         results.append(result)
     return results
+
+
+def _prompt_scores(request: SampleRequest, hidden: Tensor, head: Callable[[Tensor], Tensor],
+                   generator: torch.Generator) -> dict[str, Any]:
+    """prompt_logprobs, topk_prompt_logprobs, target_prompt_logprobs and prompt_alt_tokens as requested, from
+    one chunked LM-head pass over hidden [P - 1, D] (row t scores prompt position t + 1) that starts at the
+    first row any of them needs."""
+    m = hidden.shape[0]
+    device = hidden.device
+    per_position = bool(request.prompt_logprobs or request.topk_prompt_logprobs)
+    last_n = request.prompt_logprobs_last_n
+    pl_start = m if not per_position else max(0, m - last_n) if last_n is not None else 0
+    targets = request.target_prompt_logprobs
+    if targets is not None:
+        targets = targets.to(device)
+        t_start = int((targets >= 0).any(-1).int().argmax())  # rows before the first named id are not scored
+    else:
+        t_start = m
+    alt_k = request.prompt_alt_tokens_k
+    next_tokens = request.prompt[1:].to(device)
+    pl, topv, topi, scored, alt_ids, alt_lps = [], [], [], [], [], []
+    for s, lp in log_softmax_chunks(hidden, head, start=min(pl_start, t_start, 0 if alt_k else m)):
+        e = s + lp.shape[0]
+        if e > pl_start:
+            part = lp[max(pl_start - s, 0) :]
+            if request.prompt_logprobs:
+                pl.append(part.gather(1, next_tokens[max(s, pl_start) : e, None])[:, 0])
+            if request.topk_prompt_logprobs:
+                values, ids = topk_rows(part, request.topk_prompt_logprobs)
+                topv.append(values)
+                topi.append(ids)
+        if targets is not None and e > t_start:
+            ids = targets[max(s, t_start) : e]
+            got = lp[max(t_start - s, 0) :].gather(1, ids.clamp(min=0))
+            scored.append(got.masked_fill_(ids < 0, math.nan))
+        if alt_k:
+            drawn = draw_tokens(lp, alt_k, request.params.temperature, generator)
+            alt_ids.append(drawn)
+            alt_lps.append(lp.gather(1, drawn))
+
+    def cat(parts: list[Tensor], width: int, dtype: torch.dtype) -> Tensor:
+        return torch.cat(parts).cpu() if parts else torch.empty((0, width), dtype=dtype)
+
+    out: dict[str, Any] = {}
+    skipped = [None] * (1 + pl_start)  # position 0 has no context; positions before the last n are not computed
+    if request.prompt_logprobs:
+        out["prompt_logprobs"] = skipped + (torch.cat(pl).tolist() if pl else [])  # one transfer, not one per value
+    if request.topk_prompt_logprobs:
+        k = request.topk_prompt_logprobs
+        values, ids = cat(topv, k, torch.float32), cat(topi, k, torch.int64)
+        out["topk_prompt_logprobs"] = skipped + [list(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
+    if targets is not None:
+        full = torch.full(tuple(targets.shape), math.nan, dtype=torch.float32)
+        full[t_start:] = cat(scored, targets.shape[1], torch.float32)
+        out["target_prompt_logprobs"] = full
+    if alt_k:
+        out["prompt_alt_tokens"] = {"tokens": cat(alt_ids, alt_k, torch.int64),
+                                    "logprobs": cat(alt_lps, alt_k, torch.float32)}
+    return out

@@ -7,7 +7,7 @@ import torch
 
 from lathe_worker.errors import UserError
 from lathe_worker.lora import LoraConfig
-from lathe_worker.optim import AdamParams
+from lathe_worker.optim import AdamParams, DimuonParams
 
 from small_model import make_engine, random_tokens, sft_item, write_small_model
 
@@ -19,12 +19,12 @@ def folder(tmp_path_factory):
     return write_small_model(tmp_path_factory.mktemp("small") / "model")
 
 
-def train(engine, adapter, steps, seed=0):
+def train(engine, adapter, steps, seed=0, params=AdamParams(learning_rate=1e-2, grad_clip_norm=1.0)):
     losses = []
     for step in range(steps):
         item = sft_item(adapter, random_tokens(12, seed + step))
         losses.append(engine.forward_backward([item], backward=True)[0]["metrics"]["loss:sum"])
-        engine.optim_step(adapter, AdamParams(learning_rate=1e-2, grad_clip_norm=1.0))
+        engine.optim_step(adapter, params)
     return losses
 
 
@@ -120,3 +120,84 @@ def test_damaged_checkpoints_are_user_errors_and_leave_the_slot_alone(folder, tm
         assert code is None or info.value.code == code, (name, info.value)
         after = [p.detach() for p in engine.adapters["a"].adapter.parameters()]
         assert all(torch.equal(x, y) for x, y in zip(before, after)), name  # the live slot is untouched
+
+
+DIMUON = {"type": "dimuon", "version": 1}
+DIMUON_STEP = DimuonParams(learning_rate=2e-2, grad_clip_norm=1.0)
+
+
+def test_dimuon_adapter_trains(folder):
+    engine = make_engine(folder)
+    reply = engine.create_adapter("d", LoraConfig(rank=8, seed=2), optimizer=DIMUON)
+    assert reply["optimizer"] == DIMUON
+    assert [a["optimizer"] for a in engine.stats()["adapters"]] == [DIMUON]
+    tokens = random_tokens(16, 40)
+    losses = []
+    for _ in range(8):  # one fixed batch: an SFT loop must drive its loss down
+        losses.append(engine.forward_backward([sft_item("d", tokens)], backward=True)[0]["metrics"]["loss:sum"])
+        metrics = engine.optim_step("d", DIMUON_STEP)["metrics"]
+        assert metrics["grad_norm:mean"] > 0
+    assert losses[-1] < 0.7 * losses[0], losses
+    with pytest.raises(UserError, match="adam_params: this adapter uses the dimuon optimizer") as info:
+        engine.optim_step("d", AdamParams())
+    assert info.value.code == "optimizer_mismatch"
+
+
+def test_dimuon_resume_with_optimizer_matches_an_uninterrupted_run(folder, tmp_path):
+    straight = make_engine(folder)
+    straight.create_adapter("a", LoraConfig(rank=8, seed=3), optimizer=DIMUON)
+    expected = train(straight, "a", 3, params=DIMUON_STEP) + train(straight, "a", 3, seed=3, params=DIMUON_STEP)
+
+    first = make_engine(folder)
+    first.create_adapter("a", LoraConfig(rank=8, seed=3), optimizer=DIMUON)
+    losses = train(first, "a", 3, params=DIMUON_STEP)
+    first.save_adapter("a", tmp_path / "ckpt", include_optimizer=True)
+
+    second = make_engine(folder)
+    info = second.load_adapter("resumed", tmp_path / "ckpt", include_optimizer=True)  # the kind comes from the file
+    assert info["optimizer"] == DIMUON
+    losses += train(second, "resumed", 3, seed=3, params=DIMUON_STEP)
+    assert losses == pytest.approx(expected, rel=1e-5)
+    for p, q in zip(straight.adapters["a"].adapter.parameters(), second.adapters["resumed"].adapter.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
+
+
+def test_optimizer_kind_on_load(folder, tmp_path):
+    engine = make_engine(folder)
+    engine.create_adapter("adam", LoraConfig(rank=4))
+    engine.create_adapter("dimuon", LoraConfig(rank=4), optimizer=DIMUON)
+    train(engine, "adam", 1)
+    train(engine, "dimuon", 1, params=DIMUON_STEP)
+    engine.save_adapter("adam", tmp_path / "adam", include_optimizer=True)
+    engine.save_adapter("dimuon", tmp_path / "dimuon", include_optimizer=True)
+
+    # AdamW state into a Dimuon adapter: a new slot asked to be Dimuon, or an existing Dimuon slot.
+    for target, requested in (("new", DIMUON), ("dimuon", None)):
+        with pytest.raises(UserError, match=r"holds adamw optimizer state, which cannot be loaded into an adapter that uses dimuon") as e:
+            engine.load_adapter(target, tmp_path / "adam", include_optimizer=True, optimizer=requested)
+        assert e.value.code == "optimizer_mismatch" and "optimizer: " in e.value.message
+    assert "new" not in engine.adapters and engine.adapters["dimuon"].optimizer.kind == "dimuon"
+    # An existing slot keeps its kind, even for a weights-only load.
+    with pytest.raises(UserError, match="adapter 'adam' uses the adamw optimizer, which cannot change"):
+        engine.load_adapter("adam", tmp_path / "dimuon", include_optimizer=False, optimizer=DIMUON)
+    assert engine.load_adapter("adam", tmp_path / "dimuon", include_optimizer=False)["optimizer"] == {"type": "adamw"}
+    # Weights only into a new slot: the requested kind with fresh state, AdamW by default.
+    assert engine.load_adapter("fresh", tmp_path / "adam", include_optimizer=False, optimizer=DIMUON)["optimizer"] == DIMUON
+    assert engine.adapters["fresh"].optimizer.state_dict() == {}
+    train(engine, "fresh", 1, params=DIMUON_STEP)
+    assert engine.load_adapter("plain", tmp_path / "dimuon", include_optimizer=False)["optimizer"] == {"type": "adamw"}
+
+
+def test_optimizer_state_saved_before_dimuon_loads_as_adamw(folder, tmp_path):
+    """A state file without the optimizer entry (written before Dimuon existed) is AdamW's."""
+    from safetensors.torch import load_file, save_file
+
+    engine = make_engine(folder)
+    engine.create_adapter("a", LoraConfig(rank=4))
+    train(engine, "a", 1)
+    engine.save_adapter("a", tmp_path / "old", include_optimizer=True)
+    file = tmp_path / "old" / "optimizer.safetensors"
+    save_file(load_file(str(file)), str(file), metadata={"format_version": "1"})
+    assert engine.load_adapter("b", tmp_path / "old", include_optimizer=True)["optimizer"] == {"type": "adamw"}
+    with pytest.raises(UserError, match="adamw optimizer state"):
+        engine.load_adapter("c", tmp_path / "old", include_optimizer=True, optimizer=DIMUON)

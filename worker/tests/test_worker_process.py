@@ -144,12 +144,42 @@ def test_bad_requests_get_error_replies_and_the_worker_keeps_serving(unix_worker
     bad_adam = conn.call("optim_step", adapter="b", adam_params={"learning_rate": float("nan")})
     assert bad_adam["ok"] is False and "learning_rate" in bad_adam["error"]["message"]
 
+    # Dimuon over the wire: chosen at creation, reported back, stepped with optimizer_params only.
+    dimuon = {"type": "dimuon", "version": 1}
+    assert conn.call("create_adapter", adapter="d", lora={"rank": 4}, optimizer={"type": "dimuon"})["optimizer"] == dimuon
+    assert conn.call("forward_backward", items=[{"adapter": "d", "loss_fn": "cross_entropy", "data": [datum(random_tokens(9, 4))]}])["ok"]
+    wrong = conn.call("optim_step", adapter="d", adam_params={"learning_rate": 1e-3})
+    assert wrong["ok"] is False and wrong["error"]["category"] == "user" and wrong["error"]["message"].startswith("adam_params:")
+    step = conn.call("optim_step", adapter="d", optimizer_params={"type": "dimuon", "learning_rate": 1e-2, "beta1": 0.9})
+    assert step["ok"] and step["metrics"]["grad_norm:mean"] > 0, step
+    unknown = conn.call("create_adapter", adapter="e", lora={"rank": 4}, optimizer={"type": "lion"})
+    assert unknown["ok"] is False and "optimizer.type" in unknown["error"]["message"]
+
     sample = conn.call("sample", items=[{"adapter": "b", "prompt": encode_tensor(torch.tensor([1, 2, 3])), "num_samples": 2, "sampling_params": {"max_tokens": 4, "seed": 1}}])
     seqs = sample["results"][0]["sequences"]
     assert len(seqs) == 2 and seqs[0]["tokens"]["shape"] == [4] and seqs[0]["stop_reason"] == "length"
 
+    # Sampling extras over the wire: every new output is a tensor.
+    targets = torch.tensor([[-1, -1], [7, -1], [8, 9]])
+    extras = conn.call("sample", items=[
+        {"adapter": "b", "prompt": encode_tensor(torch.tensor([1, 2, 3, 4])), "num_samples": 2,
+         "sampling_params": {"max_tokens": 3, "seed": 1}, "topk_sample_logprobs": 2, "prompt_alt_tokens_k": 3,
+         "target_prompt_logprobs": encode_tensor(targets), "prompt_logprobs": True, "prompt_logprobs_last_n": 2},
+        {"adapter": "b", "prompt": encode_tensor(torch.tensor([1, 2, 3])), "sampling_params": {"max_tokens": 1},
+         "target_prompt_logprobs": encode_tensor(torch.tensor([[0.5], [1.0]]))},
+    ])["results"]
+    got = extras[0]
+    assert got["ok"], got
+    assert [(s["topk_logprobs"]["token_ids"]["dtype"], s["topk_logprobs"]["token_ids"]["shape"],
+             s["topk_logprobs"]["logprobs"]["shape"]) for s in got["sequences"]] == [("int64", [3, 2], [3, 2])] * 2
+    assert (got["target_prompt_logprobs"]["dtype"], got["target_prompt_logprobs"]["shape"]) == ("float32", [3, 2])
+    assert {k: (v["dtype"], v["shape"]) for k, v in got["prompt_alt_tokens"].items()} == \
+        {"tokens": ("int64", [3, 3]), "logprobs": ("float32", [3, 3])}
+    assert got["prompt_logprobs"][:2] == [None, None] and None not in got["prompt_logprobs"][2:]
+    assert extras[1]["ok"] is False and "target_prompt_logprobs" in extras[1]["error"]["message"]
+
     stats = conn.call("stats")
-    assert {a["adapter"] for a in stats["adapters"]} == {"a", "b"}
+    assert {a["adapter"]: a["optimizer"] for a in stats["adapters"]} == {"a": {"type": "adamw"}, "b": {"type": "adamw"}, "d": dimuon}
     assert conn.call("shutdown")["ok"]
     assert proc.wait(timeout=30) == 0
 
