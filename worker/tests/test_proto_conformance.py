@@ -36,11 +36,11 @@ const ops = JSON.parse(Buffer.concat(chunks).toString());
 const tensor = (t) => ({ dtype: t.dtype, shape: t.shape, data: t.dtype === 'int64' ? BigInt64Array.from(t.data, (v) => BigInt(v)) : Float32Array.from(t.data) });
 const tensors = (o) => Object.fromEntries(Object.entries(o).map(([k, t]) => [k, tensor(t)]));
 const hex = (b) => Buffer.from(b).toString('hex');
-const run = (op) => {
+const run = async (op) => {
   switch (op.op) {
     case 'decode_request': {
       let body = Uint8Array.from(Buffer.from(op.hex, 'hex'));
-      if (op.zstd) body = decompressZstd(body, 1 << 20);
+      if (op.zstd) body = await decompressZstd(body, 1 << 20);
       return proto.decodeForwardBackwardRequest(body);
     }
     case 'encode_request':
@@ -52,9 +52,10 @@ const run = (op) => {
   }
   throw new Error('unknown op ' + op.op);
 };
-const results = ops.map((op) => {
-  try { return { ok: run(op) }; } catch (e) { return { error: { name: e.name, message: e.message } }; }
-});
+const results = [];
+for (const op of ops) {
+  try { results.push({ ok: await run(op) }); } catch (e) { results.push({ error: { name: e.name, message: e.message } }); }
+}
 const replacer = (_k, v) => typeof v === 'bigint' ? v.toString() : ArrayBuffer.isView(v) ? Array.from(v, (x) => typeof x === 'bigint' ? x.toString() : x) : v;
 process.stdout.write(JSON.stringify(results, replacer));
 """
