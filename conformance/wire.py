@@ -111,8 +111,8 @@ def decode_sample(body: bytes) -> dict[str, Any]:
     topk = None
     if msg.HasField("topk_prompt_logprobs"):
         t = msg.topk_prompt_logprobs
-        ids = np.frombuffer(t.token_ids, dtype="<i4").reshape(t.prompt_length, t.k)
-        lps = np.frombuffer(t.logprobs, dtype="<f4").reshape(t.prompt_length, t.k)
+        ids = np.frombuffer(t.token_ids, dtype="<i4").reshape(t.length, t.k)
+        lps = np.frombuffer(t.logprobs, dtype="<f4").reshape(t.length, t.k)
         topk = []
         for row_ids, row_lps in zip(ids, lps):
             if row_ids[0] == 0 and row_lps[0] == -99999.0:

@@ -309,8 +309,8 @@ def sdk_decode_sample(pb, body: bytes):
     topk = None
     if r.HasField("topk_prompt_logprobs"):
         t = r.topk_prompt_logprobs
-        ids = np.frombuffer(t.token_ids, dtype="<i4").reshape(t.prompt_length, t.k)
-        lps = np.frombuffer(t.logprobs, dtype="<f4").reshape(t.prompt_length, t.k)
+        ids = np.frombuffer(t.token_ids, dtype="<i4").reshape(t.length, t.k)
+        lps = np.frombuffer(t.logprobs, dtype="<f4").reshape(t.length, t.k)
         topk = []
         for row_ids, row_lps in zip(ids.tolist(), lps.tolist()):
             cells = list(zip(row_ids, row_lps))
@@ -345,7 +345,7 @@ def test_ts_sample_response_reads_as_the_sdk_does(pb):
     assert topk == response["topkPromptLogprobs"]
     assert cached == 16
     raw = pb.SampleResponse.FromString(bytes.fromhex(full["ok"]))
-    assert (raw.topk_prompt_logprobs.k, raw.topk_prompt_logprobs.prompt_length) == (2, 3)
+    assert (raw.topk_prompt_logprobs.k, raw.topk_prompt_logprobs.length) == (2, 3)
     assert not raw.sequences[1].HasField("logprobs")
 
     sequences, prompt, topk, cached = sdk_decode_sample(pb, bytes.fromhex(minimal["ok"]))

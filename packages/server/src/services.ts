@@ -11,10 +11,12 @@ import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync 
 import path from 'node:path';
 import { decode, encode } from '@msgpack/msgpack';
 import { badRequest, serviceUnavailable, tooManyRequests } from './http/errors.js';
-import type { StoredResult } from './protocol/results.js';
+import type { CsrIndex } from './protocol/proto.js';
+import { sampleResult, type StoredResult } from './protocol/results.js';
 import { FutureHub } from './scheduler/futures.js';
 import { Lane, type JobError, type SampleJob, type TrainingOp } from './scheduler/lane.js';
 import { OutcomeRecorder, recordWithRetry } from './scheduler/outcomes.js';
+import { SessionFutures } from './scheduler/session-futures.js';
 import type { RequestRow, RunRow, Store } from './store/index.js';
 import type { ModelCatalogue, ModelEntry } from './worker/catalogue.js';
 import type { WorkerClient } from './worker/client.js';
@@ -50,11 +52,17 @@ interface LoggedTraining {
   op: TrainingOp;
   meta: JobMeta;
 }
-type LoggedSample = Omit<SampleJob, 'requestId' | 'finalize'> & { baseModel: string };
+type LoggedSample = Omit<SampleJob, 'requestId' | 'finalize'> & {
+  baseModel: string;
+  /** The CSR index of a sparse `target_prompt_logprobs` request: the result is sent in that layout. */
+  targetCsr?: CsrIndex;
+};
 
 /** Everything a route needs. */
 export class Services {
   readonly hub = new FutureHub();
+  /** Sampling completions per session clone, for `retrieve_futures`. */
+  readonly sessionFutures = new SessionFutures();
   private readonly lanes = new Map<string, Lane>();
   private readonly optimSteps = new Map<string, number>();
   private stopping = false;
@@ -72,7 +80,10 @@ export class Services {
   ) {
     this.completion = new OutcomeRecorder({
       requests: store.requests,
-      notify: (requestId) => this.hub.notify(requestId),
+      notify: (requestId, status) => {
+        this.hub.notify(requestId);
+        this.sessionFutures.settled(requestId, status);
+      },
       logError: (message, error) => console.error(message, error),
       redact,
     });
@@ -304,25 +315,35 @@ export class Services {
       lane.releaseSample();
       throw error;
     }
-    if (inserted.created) this.enqueueSample(inserted.row.requestId, job, true);
+    if (inserted.created) this.enqueueSample(inserted.row.requestId, samplerId, seqId, job, true);
     else lane.releaseSample();
     return inserted.row.requestId;
   }
 
   /** Queues a logged sampling request, into a place `reserved` by the caller or beyond the limit. */
-  private enqueueSample(requestId: string, job: LoggedSample, reserved: boolean): void {
+  private enqueueSample(requestId: string, samplerId: string, seqId: number | null, job: LoggedSample, reserved: boolean): void {
+    this.sessionFutures.watch(requestId, samplerId, seqId);
     this.lane(job.baseModel).submitSample({
       requestId,
       adapter: job.adapter,
       load: job.load,
       item: job.item,
-      finalize: async (reply): Promise<StoredResult> => ({
-        kind: 'sample',
-        sequences: reply['sequences'] as { tokens: WireTensor; logprobs: WireTensor; stop_reason: 'stop' | 'length' }[],
-        ...(reply['prompt_logprobs'] ? { prompt_logprobs: reply['prompt_logprobs'] as (number | null)[] } : {}),
-        ...(reply['topk_prompt_logprobs'] ? { topk_prompt_logprobs: reply['topk_prompt_logprobs'] as ([number, number][] | null)[] } : {}),
-      }),
+      finalize: async (reply): Promise<StoredResult> => sampleResult(reply, job.targetCsr),
     }, reserved);
+  }
+
+  /**
+   * Cancels a sampling request that is still queued (`cancel_future`): it leaves its lane's queue
+   * and its future fails with a user error. One already running, or finished, is left alone.
+   * Returns whether it was cancelled.
+   */
+  async cancelSample(requestId: string): Promise<boolean> {
+    for (const lane of this.lanes.values()) {
+      if (!lane.cancelSample(requestId)) continue;
+      await this.completion.fail(requestId, { message: 'the request was cancelled by the client (cancel_future) before it ran', category: 'user' });
+      return true;
+    }
+    return false;
   }
 
   // ---- stop and restart -----------------------------------------------------------------------
@@ -368,7 +389,7 @@ export class Services {
       try {
         if (row.kind === 'sample') {
           // Acknowledged before the restart: queued whatever the limit.
-          this.enqueueSample(row.requestId, decode(row.payload!) as LoggedSample, false);
+          this.enqueueSample(row.requestId, row.target, row.seqId, decode(row.payload!) as LoggedSample, false);
         } else {
           const run = await this.store.runs.get(row.target, row.owner);
           if (!run || row.seqId === null || !row.payload) throw new Error('not resumable');

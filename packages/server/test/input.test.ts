@@ -196,6 +196,9 @@ test('client/config sets every flag the SDK reads to what Lathe supports, with t
     sample_max_concurrent_requests: 2000,
     use_pyqwest_transport: false,
     create_model_via_load_weights: false,
-    sample_use_retrieve_futures: false,
+    sample_use_retrieve_futures: true,
+    sample_join_sampling_session: true,
   });
+  const dynamic = await server.app.inject({ method: 'POST', url: '/api/v1/client/dynamic_config', headers: { 'x-api-key': key }, payload: { sdk_version: '0.32.0' } });
+  assert.deepEqual(dynamic.json(), { refresh_interval_sec: 300, sample_cancel_enabled: true, sample_cancel_max_batch_size: 64 });
 });

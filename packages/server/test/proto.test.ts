@@ -246,7 +246,7 @@ test('SampleResponse round-trips: NaN prompt logprobs ↔ null, top-k padding an
   const lps = new Float32Array(new Uint8Array(pb['prompt_logprobs']).buffer);
   assert.ok(Number.isNaN(lps[0]));
   const topk = pb['topk_prompt_logprobs'];
-  assert.deepEqual([topk.k, topk.prompt_length], [3, 3]);
+  assert.deepEqual([topk.k, topk.length], [3, 3]);
   assert.deepEqual(Array.from(new Int32Array(new Uint8Array(topk.token_ids).buffer)), [0, 0, 0, 3, 9, 0, 4, 0, 0]);
   assert.deepEqual(Array.from(new Float32Array(new Uint8Array(topk.logprobs).buffer)), [-99999, -99999, -99999, -0.5, -1.25, -3, -0.75, -99999, -99999]);
   assert.equal(pb['sequences'][1].stop_reason, 1);
@@ -264,7 +264,7 @@ test('SampleResponse: not-requested fields stay null; empty logprobs read as nul
   const cases: [Uint8Array, RegExp][] = [
     [raw('SampleResponse', { sequences: [{ stop_reason: 7 }] }), /unknown stop_reason 7/],
     [raw('SampleResponse', { sequences: [{ tokens: bytes(Int32Array.of(1, 2)), logprobs: bytes(Float32Array.of(1)) }] }), /1 logprobs for 2 tokens/],
-    [raw('SampleResponse', { topk_prompt_logprobs: { token_ids: bytes(Int32Array.of(1)), logprobs: bytes(Float32Array.of(1)), k: 2, prompt_length: 1 } }), /for 1 x 2/],
+    [raw('SampleResponse', { topk_prompt_logprobs: { token_ids: bytes(Int32Array.of(1)), logprobs: bytes(Float32Array.of(1)), k: 2, length: 1 } }), /for 1 x 2/],
     [raw('SampleResponse', { prompt_logprobs: Uint8Array.of(1, 2) }), /prompt_logprobs: 2 bytes/],
   ];
   for (const [body, message] of cases) {

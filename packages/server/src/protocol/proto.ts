@@ -20,6 +20,19 @@ export interface TensorData {
   data: Float32Array | BigInt64Array;
 }
 
+/** The CSR structure of a 2-D tensor: `crow` (rows + 1 offsets into `col`) and one column per stored value. */
+export interface CsrIndex {
+  crow: number[];
+  col: number[];
+}
+
+/**
+ * A 2-D tensor in the layout it travels in: dense (`csr` absent), or sparse CSR, where `data`
+ * holds one value per stored cell and `shape` is the dense shape. Sampling answers
+ * `target_prompt_logprobs` in the layout the request used.
+ */
+export type LaidOutTensor = TensorData & { csr?: CsrIndex };
+
 /** One training example: `modelInput` is the concatenation of its `encoded_text` chunks. */
 export interface WireDatum {
   modelInput: number[];
@@ -42,11 +55,16 @@ export interface ForwardBackwardOutputMsg {
   metrics: Record<string, number>;
 }
 
+/** Per position, `[tokenId, logprob]` pairs (`null` for a row with none). */
+export type TopkRows = ([number, number][] | null)[];
+
 /** One sampled completion. */
 export interface SampledSequenceMsg {
   stopReason: 'stop' | 'length';
   tokens: number[];
   logprobs: number[] | null;
+  /** Per sampled token, the top-k of its step's distribution (`topk_sample_logprobs`); absent when not requested. */
+  topkLogprobs?: TopkRows;
 }
 
 /** The result of an asample future. */
@@ -55,8 +73,12 @@ export interface SampleResponseMsg {
   /** Per prompt position; `null` where not computed (position 0). `null` overall when not requested. */
   promptLogprobs: (number | null)[] | null;
   /** Per prompt position, `[tokenId, logprob]` pairs (or `null`). `null` overall when not requested. */
-  topkPromptLogprobs: ([number, number][] | null)[] | null;
+  topkPromptLogprobs: TopkRows | null;
   promptCacheHitTokens: number;
+  /** float32 [len(prompt) - 1, K] in the request's layout (NaN for unrequested dense cells); absent when not requested. */
+  targetPromptLogprobs?: LaidOutTensor;
+  /** `prompt_alt_tokens_k` draws per prompt position after the first; absent when not requested. */
+  promptAltTokens?: { tokens: TensorData; logprobs: TensorData };
 }
 
 /**
@@ -131,11 +153,19 @@ interface PbForwardBackwardOutput {
   loss_fn_outputs?: { type_tag?: string; fields?: Record<string, PbBatchedTensor | null>; num_datums?: Int64 }[];
   metrics?: Record<string, number>;
 }
+interface PbTopk {
+  token_ids?: Bytes;
+  logprobs?: Bytes;
+  k?: number;
+  length?: number;
+}
 interface PbSampleResponse {
-  sequences?: { stop_reason?: number; tokens?: Bytes; logprobs?: Bytes }[];
+  sequences?: { stop_reason?: number; tokens?: Bytes; logprobs?: Bytes; topk_sampled_logprobs?: PbTopk | null }[];
   prompt_logprobs?: Bytes;
-  topk_prompt_logprobs?: { token_ids?: Bytes; logprobs?: Bytes; k?: number; prompt_length?: number } | null;
+  topk_prompt_logprobs?: PbTopk | null;
   prompt_cache_hit_tokens?: number;
+  target_prompt_logprobs?: PbTensor | null;
+  prompt_alt_tokens?: { tokens?: PbTensor | null; logprobs?: PbTensor | null } | null;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -262,20 +292,13 @@ function denseTensor(values: Float32Array | BigInt64Array, shape: number[] | und
   return { dtype, shape, data: values };
 }
 
-/** Densifies a 2-D CSR tensor. Duplicate (row, col) entries are summed, as torch's `to_dense()` does. */
-function densifyCsr(
-  values: Float32Array | BigInt64Array,
-  crow: readonly number[],
-  col: readonly number[],
-  shape: number[] | undefined,
-  what: string,
-): TensorData {
+/** Checks a 2-D CSR structure against its dense shape and its number of stored values. */
+function checkCsr(nnz: number, crow: readonly number[], col: readonly number[], shape: number[] | undefined, what: string): [number, number] {
   if (shape === undefined || shape.length !== 2) {
     throw new ProtoDecodeError(`${what}: a sparse CSR tensor needs its 2-D dense shape, got ${shape?.length ? formatShape(shape) : 'none'}`);
   }
   checkShape(shape, what);
   const [rows, cols] = shape as [number, number];
-  const nnz = values.length;
   if (rows * cols > MAX_DENSE_ELEMENTS) {
     throw new ProtoDecodeError(`${what}: sparse shape ${formatShape(shape)} densifies to ${rows * cols} elements, above the limit of ${MAX_DENSE_ELEMENTS}`);
   }
@@ -288,43 +311,112 @@ function densifyCsr(
     if (crow[r + 1]! < crow[r]!) throw new ProtoDecodeError(`${what}: crow_indices must be non-decreasing (row ${r})`);
   }
   if (crow[rows] !== nnz) throw new ProtoDecodeError(`${what}: crow_indices ends at ${crow[rows]} but there are ${nnz} values`);
+  col.forEach((c, j) => {
+    if (c < 0 || c >= cols) throw new ProtoDecodeError(`${what}: col_indices[${j}] = ${c} is outside [0, ${cols})`);
+  });
+  return [rows, cols];
+}
+
+/** Densifies a 2-D CSR tensor. Duplicate (row, col) entries are summed, as torch's `to_dense()` does. */
+function densifyCsr(
+  values: Float32Array | BigInt64Array,
+  crow: readonly number[],
+  col: readonly number[],
+  shape: number[] | undefined,
+  what: string,
+): TensorData {
+  const [rows, cols] = checkCsr(values.length, crow, col, shape, what);
   const size = rows * cols;
   const out = values instanceof BigInt64Array ? new BigInt64Array(size) : new Float32Array(size);
   for (let r = 0; r < rows; r++) {
     for (let j = crow[r]!; j < crow[r + 1]!; j++) {
       const c = col[j]!;
-      if (c < 0 || c >= cols) throw new ProtoDecodeError(`${what}: col_indices[${j}] = ${c} is outside [0, ${cols})`);
       if (out instanceof BigInt64Array) out[r * cols + c]! += (values as BigInt64Array)[j]!;
       else out[r * cols + c]! += (values as Float32Array)[j]!;
     }
   }
-  return { dtype: out instanceof BigInt64Array ? 'int64' : 'float32', shape, data: out };
+  return { dtype: out instanceof BigInt64Array ? 'int64' : 'float32', shape: shape!, data: out };
 }
 
-function tensorFromProto(t: PbTensor | null, what: string): TensorData {
+/**
+ * The dense form of an int64 tensor in either layout, with `fill` in the cells a CSR tensor does
+ * not store (the sum rule of {@link densifyCsr} would make 0, a real token id, out of nothing).
+ *
+ * @throws {ProtoDecodeError} when a CSR tensor stores one cell twice.
+ * @example
+ * denseIds({ dtype: 'int64', shape: [2, 2], data: BigInt64Array.of(7n), csr: { crow: [0, 1, 1], col: [1] } }, -1n, 't');
+ * // int64 [2, 2]: [-1, 7, -1, -1]
+ */
+export function denseIds(t: LaidOutTensor, fill: bigint, what: string): TensorData {
+  if (!t.csr || !(t.data instanceof BigInt64Array)) return t;
+  const { crow, col }: CsrIndex = t.csr;
+  const values: BigInt64Array = t.data;
+  const [rows, cols] = t.shape as [number, number];
+  const out = new BigInt64Array(rows * cols).fill(fill);
+  const seen = new Uint8Array(rows * cols);
+  for (let r = 0; r < rows; r++) {
+    for (let j: number = crow[r]!; j < crow[r + 1]!; j++) {
+      const cell = r * cols + col[j]!;
+      if (seen[cell]) throw new ProtoDecodeError(`${what}: cell [${r}, ${col[j]}] is stored twice`);
+      seen[cell] = 1;
+      out[cell] = values[j]!;
+    }
+  }
+  return { dtype: 'int64', shape: t.shape, data: out };
+}
+
+/**
+ * Picks the cells of a dense float32 [rows, cols] tensor that a CSR index stores, in its order;
+ * without an index, the dense tensor itself.
+ *
+ * @example
+ * inLayout({ dtype: 'float32', shape: [1, 2], data: Float32Array.of(NaN, -1.5) }, { crow: [0, 1], col: [1] }).data; // [-1.5]
+ */
+export function inLayout(dense: TensorData, csr: CsrIndex | undefined): LaidOutTensor {
+  if (!csr) return dense;
+  const cols = dense.shape[1] ?? 0;
+  const values = new Float32Array(csr.col.length);
+  for (let r = 0; r + 1 < csr.crow.length; r++) {
+    for (let j = csr.crow[r]!; j < csr.crow[r + 1]!; j++) values[j] = Number(dense.data[r * cols + csr.col[j]!]);
+  }
+  return { dtype: 'float32', shape: dense.shape, data: values, csr };
+}
+
+/** A protobuf `Tensor` in the layout it came in (CSR values stay sparse). */
+function laidOutTensorFromProto(t: PbTensor | null, what: string): LaidOutTensor {
   const tensor = t ?? {};
   const shape = (tensor.shape ?? []).map((d, i) => int64(d, `${what}: shape[${i}]`));
   if (tensor.encoding === 'sparse_csr') {
-    const csr = tensor.sparse_csr ?? {};
-    const values = readValues(csr.values, tensor.dtype, `${what} (sparse values)`);
-    const crow = readIndices(csr.crow_indices, `${what}: crow_indices`);
-    const col = readIndices(csr.col_indices, `${what}: col_indices`);
-    return densifyCsr(values, crow, col, shape, what);
+    const sparse = tensor.sparse_csr ?? {};
+    const values = readValues(sparse.values, tensor.dtype, `${what} (sparse values)`);
+    const csr = { crow: readIndices(sparse.crow_indices, `${what}: crow_indices`), col: readIndices(sparse.col_indices, `${what}: col_indices`) };
+    checkCsr(values.length, csr.crow, csr.col, shape, what);
+    return { dtype: values instanceof BigInt64Array ? 'int64' : 'float32', shape, data: values, csr };
   }
   // No encoding at all is an empty dense tensor (proto3 cannot tell the two apart otherwise).
   return denseTensor(readValues(tensor.dense, tensor.dtype, what), shape, what);
 }
 
-function tensorToProto(t: TensorData, what: string): { dense: Uint8Array; dtype: number; shape: number[] } {
+function tensorFromProto(t: PbTensor | null, what: string): TensorData {
+  const tensor = laidOutTensorFromProto(t, what);
+  return tensor.csr ? densifyCsr(tensor.data, tensor.csr.crow, tensor.csr.col, tensor.shape, what) : tensor;
+}
+
+function tensorToProto(t: LaidOutTensor, what: string): PbTensor {
   checkTensor(t, what);
-  return { dense: bytesOf(t.data), dtype: t.dtype === 'int64' ? DTYPE.INT64 : DTYPE.FLOAT32, shape: t.shape };
+  const dtype = t.dtype === 'int64' ? DTYPE.INT64 : DTYPE.FLOAT32;
+  if (t.csr) {
+    const indices = (values: number[]): Uint8Array => bytesOf(BigInt64Array.from(values, (v) => BigInt(v)));
+    return { sparse_csr: { values: bytesOf(t.data), crow_indices: indices(t.csr.crow), col_indices: indices(t.csr.col) }, dtype, shape: t.shape };
+  }
+  return { dense: bytesOf(t.data), dtype, shape: t.shape };
 }
 
 /** Encoder-side sanity check (a programming error, so a plain TypeError). */
-function checkTensor(t: TensorData, what: string): void {
+function checkTensor(t: LaidOutTensor, what: string): void {
   const ok = t.dtype === 'int64' ? t.data instanceof BigInt64Array : t.dtype === 'float32' && t.data instanceof Float32Array;
   if (!ok) throw new TypeError(`${what}: dtype ${String(t.dtype)} does not match its ${t.data.constructor.name} data`);
-  if (product(t.shape) !== t.data.length) {
+  if (t.csr ? t.csr.col.length !== t.data.length : product(t.shape) !== t.data.length) {
     throw new TypeError(`${what}: shape ${formatShape(t.shape)} does not match ${t.data.length} values`);
   }
 }
@@ -548,9 +640,41 @@ export function decodeForwardBackwardOutput(body: Uint8Array): ForwardBackwardOu
 
 const STOP_REASONS = ['stop', 'length'] as const;
 
+/** Top-k rows as a `TopkLogprobs` message, padded to the widest row with `(0, -99999.0)` (K >= 1). */
+function encodeTopk(rows: TopkRows, what: string): PbTopk {
+  const k = Math.max(1, ...rows.map((row) => row?.length ?? 0));
+  const ids = new Int32Array(rows.length * k);
+  const lps = new Float32Array(rows.length * k).fill(TOPK_PAD_LOGPROB);
+  rows.forEach((row, i) =>
+    row?.forEach(([id, lp], j) => {
+      ids.set(int32Tokens([id], `${what}[${i}][${j}]`), i * k + j);
+      lps[i * k + j] = lp;
+    }),
+  );
+  return { token_ids: bytesOf(ids), logprobs: bytesOf(lps), k, length: rows.length };
+}
+
+/** A `TopkLogprobs` message as rows: a row starting with the padding cell is `null`, trailing padding is trimmed. */
+function decodeTopk(topk: PbTopk, what: string): TopkRows {
+  const [n, k] = [topk.length ?? 0, topk.k ?? 0];
+  const ids = readInt32(topk.token_ids, `${what}.token_ids`);
+  const lps = readFloat32(topk.logprobs, `${what}.logprobs`);
+  if (ids.length !== n * k || lps.length !== n * k) {
+    throw new ProtoDecodeError(`${what}: ${ids.length} token ids and ${lps.length} logprobs for ${n} x ${k}`);
+  }
+  const isPad = (c: number): boolean => ids[c] === 0 && lps[c] === TOPK_PAD_LOGPROB;
+  return Array.from({ length: n }, (_, i) => {
+    if (k === 0 || isPad(i * k)) return null;
+    let len = k;
+    while (len > 0 && isPad(i * k + len - 1)) len--;
+    return Array.from({ length: len }, (_, j): [number, number] => [ids[i * k + j]!, lps[i * k + j]!]);
+  });
+}
+
 /**
- * Encodes an asample result. Null prompt logprobs become NaN; top-k rows are padded to the longest
- * row with `(0, -99999.0)` and a null row is all padding (K is at least 1 so such rows exist).
+ * Encodes an asample result. Null prompt logprobs become NaN; top-k rows (prompt and sampled) are
+ * padded to the longest row with `(0, -99999.0)` and a null row is all padding (K is at least 1 so
+ * such rows exist). `targetPromptLogprobs` keeps its layout (dense or CSR).
  *
  * @example
  * encodeSampleResponse({
@@ -559,20 +683,6 @@ const STOP_REASONS = ['stop', 'length'] as const;
  * });
  */
 export function encodeSampleResponse(r: SampleResponseMsg): Uint8Array {
-  let topk: PbSampleResponse['topk_prompt_logprobs'];
-  if (r.topkPromptLogprobs !== null) {
-    const rows = r.topkPromptLogprobs;
-    const k = Math.max(1, ...rows.map((row) => row?.length ?? 0));
-    const ids = new Int32Array(rows.length * k);
-    const lps = new Float32Array(rows.length * k).fill(TOPK_PAD_LOGPROB);
-    rows.forEach((row, i) =>
-      row?.forEach(([id, lp], j) => {
-        ids.set(int32Tokens([id], `topkPromptLogprobs[${i}][${j}]`), i * k + j);
-        lps[i * k + j] = lp;
-      }),
-    );
-    topk = { token_ids: bytesOf(ids), logprobs: bytesOf(lps), k, prompt_length: rows.length };
-  }
   return SampleResponseType.encode({
     sequences: r.sequences.map((s, i) => {
       if (s.logprobs !== null && s.logprobs.length !== s.tokens.length) {
@@ -582,17 +692,23 @@ export function encodeSampleResponse(r: SampleResponseMsg): Uint8Array {
         stop_reason: s.stopReason === 'length' ? 1 : undefined,
         tokens: s.tokens.length ? bytesOf(int32Tokens(s.tokens, `sequences[${i}].tokens`)) : undefined,
         logprobs: s.logprobs === null ? undefined : bytesOf(Float32Array.from(s.logprobs)),
+        topk_sampled_logprobs: s.topkLogprobs ? encodeTopk(s.topkLogprobs, `sequences[${i}].topkLogprobs`) : undefined,
       };
     }),
     prompt_logprobs: r.promptLogprobs === null ? undefined : bytesOf(Float32Array.from(r.promptLogprobs, (v) => v ?? NaN)),
-    topk_prompt_logprobs: topk,
+    topk_prompt_logprobs: r.topkPromptLogprobs === null ? undefined : encodeTopk(r.topkPromptLogprobs, 'topkPromptLogprobs'),
     prompt_cache_hit_tokens: r.promptCacheHitTokens || undefined,
+    target_prompt_logprobs: r.targetPromptLogprobs ? tensorToProto(r.targetPromptLogprobs, 'targetPromptLogprobs') : undefined,
+    prompt_alt_tokens: r.promptAltTokens
+      ? { tokens: tensorToProto(r.promptAltTokens.tokens, 'promptAltTokens.tokens'), logprobs: tensorToProto(r.promptAltTokens.logprobs, 'promptAltTokens.logprobs') }
+      : undefined,
   }).finish();
 }
 
 /**
  * Decodes an asample result with the SDK's rules: empty sequence logprobs are `null`, NaN prompt
- * logprobs are `null`, a top-k row starting with the padding cell is `null` and trailing padding is trimmed.
+ * logprobs are `null`, a top-k row starting with the padding cell is `null` and trailing padding is
+ * trimmed. Fields added after SDK 0.25 are set only when present; a CSR tensor stays CSR.
  *
  * @throws {ProtoDecodeError} on an unknown stop reason or inconsistent array sizes.
  * @example
@@ -609,28 +725,20 @@ export function decodeSampleResponse(body: Uint8Array): SampleResponseMsg {
     if (lps.length > 0 && lps.length !== tokens.length) {
       throw new ProtoDecodeError(`sequences[${i}]: ${lps.length} logprobs for ${tokens.length} tokens`);
     }
-    return { stopReason, tokens, logprobs: lps.length > 0 ? Array.from(lps) : null };
+    const seq: SampledSequenceMsg = { stopReason, tokens, logprobs: lps.length > 0 ? Array.from(lps) : null };
+    if (s.topk_sampled_logprobs != null) seq.topkLogprobs = decodeTopk(s.topk_sampled_logprobs, `sequences[${i}].topk_sampled_logprobs`);
+    return seq;
   });
   const promptLogprobs =
     msg.prompt_logprobs == null ? null : Array.from(readFloat32(msg.prompt_logprobs, 'prompt_logprobs'), (v) => (Number.isNaN(v) ? null : v));
-  let topkPromptLogprobs: SampleResponseMsg['topkPromptLogprobs'] = null;
-  const topk = msg.topk_prompt_logprobs;
-  if (topk != null) {
-    const [n, k] = [topk.prompt_length ?? 0, topk.k ?? 0];
-    const ids = readInt32(topk.token_ids, 'topk_prompt_logprobs.token_ids');
-    const lps = readFloat32(topk.logprobs, 'topk_prompt_logprobs.logprobs');
-    if (ids.length !== n * k || lps.length !== n * k) {
-      throw new ProtoDecodeError(`topk_prompt_logprobs: ${ids.length} token ids and ${lps.length} logprobs for ${n} x ${k}`);
-    }
-    const isPad = (c: number): boolean => ids[c] === 0 && lps[c] === TOPK_PAD_LOGPROB;
-    topkPromptLogprobs = Array.from({ length: n }, (_, i) => {
-      if (k === 0 || isPad(i * k)) return null;
-      let len = k;
-      while (len > 0 && isPad(i * k + len - 1)) len--;
-      return Array.from({ length: len }, (_, j): [number, number] => [ids[i * k + j]!, lps[i * k + j]!]);
-    });
+  const topkPromptLogprobs = msg.topk_prompt_logprobs == null ? null : decodeTopk(msg.topk_prompt_logprobs, 'topk_prompt_logprobs');
+  const out: SampleResponseMsg = { sequences, promptLogprobs, topkPromptLogprobs, promptCacheHitTokens: msg.prompt_cache_hit_tokens ?? 0 };
+  if (msg.target_prompt_logprobs != null) out.targetPromptLogprobs = laidOutTensorFromProto(msg.target_prompt_logprobs, 'target_prompt_logprobs');
+  const alt = msg.prompt_alt_tokens;
+  if (alt != null) {
+    out.promptAltTokens = { tokens: tensorFromProto(alt.tokens ?? null, 'prompt_alt_tokens.tokens'), logprobs: tensorFromProto(alt.logprobs ?? null, 'prompt_alt_tokens.logprobs') };
   }
-  return { sequences, promptLogprobs, topkPromptLogprobs, promptCacheHitTokens: msg.prompt_cache_hit_tokens ?? 0 };
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -684,6 +792,25 @@ function flattenNested(value: unknown[], what: string): { flat: unknown[]; shape
   return { flat, shape };
 }
 
+/** A JSON tensor (TensorData or a nested number list) in the layout it came in. */
+function laidOutTensorFromJson(value: unknown, what: string, listDtype: TensorData['dtype']): LaidOutTensor {
+  if (Array.isArray(value)) {
+    const { flat, shape } = flattenNested(value, what);
+    return denseTensor(numbersToValues(flat, listDtype, what), shape, what);
+  }
+  if (!isRecord(value)) throw new ProtoDecodeError(`${what} must be a TensorData object or a list of numbers`);
+  const { data, dtype, shape, sparse_crow_indices: crow, sparse_col_indices: col } = value;
+  if (dtype !== 'int64' && dtype !== 'float32') throw new ProtoDecodeError(`${what}: unknown dtype ${JSON.stringify(dtype)} (expected "int64" or "float32")`);
+  if (!Array.isArray(data)) throw new ProtoDecodeError(`${what}.data must be a flat list of numbers`);
+  const values = numbersToValues(data, dtype, what);
+  const dims = shape == null ? undefined : indexList(shape, `${what}.shape`);
+  if (crow == null && col == null) return denseTensor(values, dims, what);
+  if (crow == null || col == null) throw new ProtoDecodeError(`${what}: sparse_crow_indices and sparse_col_indices must be given together`);
+  const csr = { crow: indexList(crow, `${what}.sparse_crow_indices`), col: indexList(col, `${what}.sparse_col_indices`) };
+  checkCsr(values.length, csr.crow, csr.col, dims, what);
+  return { dtype, shape: dims!, data: values, csr };
+}
+
 /**
  * Reads one `loss_fn_inputs` value from a JSON body: Tinker's `TensorData`
  * (`{data, dtype, shape?, sparse_crow_indices?, sparse_col_indices?}`) or a plain (nested) number
@@ -696,19 +823,22 @@ function flattenNested(value: unknown[], what: string): { flat: unknown[]; shape
  */
 export function tensorFromJson(value: unknown, key: string): TensorData {
   const what = `loss_fn_inputs['${key}']`;
-  if (Array.isArray(value)) {
-    const { flat, shape } = flattenNested(value, what);
-    return denseTensor(numbersToValues(flat, dtypeForKey(key), what), shape, what);
-  }
-  if (!isRecord(value)) throw new ProtoDecodeError(`${what} must be a TensorData object or a list of numbers`);
-  const { data, dtype, shape, sparse_crow_indices: crow, sparse_col_indices: col } = value;
-  if (dtype !== 'int64' && dtype !== 'float32') throw new ProtoDecodeError(`${what}: unknown dtype ${JSON.stringify(dtype)} (expected "int64" or "float32")`);
-  if (!Array.isArray(data)) throw new ProtoDecodeError(`${what}.data must be a flat list of numbers`);
-  const values = numbersToValues(data, dtype, what);
-  const dims = shape == null ? undefined : indexList(shape, `${what}.shape`);
-  if (crow == null && col == null) return denseTensor(values, dims, what);
-  if (crow == null || col == null) throw new ProtoDecodeError(`${what}: sparse_crow_indices and sparse_col_indices must be given together`);
-  return densifyCsr(values, indexList(crow, `${what}.sparse_crow_indices`), indexList(col, `${what}.sparse_col_indices`), dims, what);
+  const t = laidOutTensorFromJson(value, what, dtypeForKey(key));
+  return t.csr ? densifyCsr(t.data, t.csr.crow, t.csr.col, t.shape, what) : t;
+}
+
+/**
+ * Reads a JSON int64 token-id tensor (`TensorData`, dense or CSR, or a nested list) keeping its
+ * layout, e.g. `asample`'s `target_prompt_logprobs`. `what` names the field in errors.
+ *
+ * @throws {ProtoDecodeError} on a malformed tensor or a dtype other than int64.
+ * @example
+ * idsFromJson({ data: [5], dtype: 'int64', shape: [2, 1], sparse_crow_indices: [0, 0, 1], sparse_col_indices: [0] }, 'target_prompt_logprobs');
+ */
+export function idsFromJson(value: unknown, what: string): LaidOutTensor {
+  const t = laidOutTensorFromJson(value, what, 'int64');
+  if (t.dtype !== 'int64') throw new ProtoDecodeError(`${what}: dtype must be "int64" (token ids), got "${t.dtype}"`);
+  return t;
 }
 
 /**

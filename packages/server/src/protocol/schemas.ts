@@ -163,10 +163,40 @@ export const SampleBody = Type.Object(
     sampling_params: Type.Optional(SamplingParamsSchema),
     prompt_logprobs: Type.Optional(Type.Boolean()),
     topk_prompt_logprobs: Type.Optional(Type.Integer({ minimum: 0, maximum: MAX_TOPK_PROMPT_LOGPROBS })),
+    // Sampling extras (docs/protocol.md §5.1); 0 / null = off.
+    topk_sample_logprobs: Type.Optional(Type.Union([Type.Null(), Type.Integer({ minimum: 0, maximum: MAX_TOPK_PROMPT_LOGPROBS })])),
+    prompt_alt_tokens_k: Type.Optional(Type.Union([Type.Null(), Type.Integer({ minimum: 0, maximum: MAX_TOPK_PROMPT_LOGPROBS })])),
+    /** int64 TensorData [len(prompt) - 1, K], dense or CSR; checked in detail by the route. */
+    target_prompt_logprobs: Type.Optional(Type.Unknown()),
+    prompt_logprobs_last_n: Type.Optional(Type.Union([Type.Null(), Type.Integer({ minimum: 0 })])),
+    /** Accepted and ignored: no result field exists for it. */
+    record_stability_info: Type.Optional(Type.Union([Type.Null(), Type.Boolean()])),
   },
   Open,
 );
 export type SampleBodyWire = Static<typeof SampleBody>;
+
+/** `retrieve_futures`: the completions of one sampling session's clone after a cursor. */
+export const RetrieveFuturesBody = Type.Object(
+  {
+    target: Type.Object(
+      {
+        type: Type.Literal('sampling_session'),
+        sampling_session_id: Type.String(),
+        cloned_sampler_id: Type.Optional(Type.Integer({ minimum: 0, maximum: 9_000_000 })),
+      },
+      Open,
+    ),
+    prev_cursor: Type.Optional(Type.Integer({ minimum: 0 })),
+    /** Seconds to hold the poll at most (the server's own limit applies too). */
+    timeout: Type.Optional(Type.Union([Type.Null(), Type.Number({ minimum: 0 })])),
+  },
+  Open,
+);
+
+export const CancelFutureBody = Type.Object({ request_id: Type.String() }, Open);
+
+export const JoinSamplingSessionBody = Type.Object({ sampling_session_id: Type.String() }, Open);
 
 export const RetrieveFutureBody = Type.Object({ request_id: Type.String(), allow_metadata_only: Type.Optional(Type.Boolean()) }, Open);
 

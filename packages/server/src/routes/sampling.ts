@@ -5,12 +5,23 @@
 import { badRequest, gone, notFound } from '../http/errors.js';
 import { parseTinkerPath } from '../checkpoints/paths.js';
 import { checkContext, checkTokens } from '../protocol/datums.js';
-import { modelInputFromJson, ProtoDecodeError } from '../protocol/proto.js';
+import { denseIds, idsFromJson, modelInputFromJson, ProtoDecodeError, type CsrIndex } from '../protocol/proto.js';
 import { renderResult, unpackResult } from '../protocol/results.js';
-import { CreateSamplingSessionBody, RetrieveFutureBody, SampleBody, type SampleBodyWire } from '../protocol/schemas.js';
+import {
+  CancelFutureBody,
+  CreateSamplingSessionBody,
+  JoinSamplingSessionBody,
+  MAX_TOPK_PROMPT_LOGPROBS,
+  RetrieveFutureBody,
+  RetrieveFuturesBody,
+  SampleBody,
+  type SampleBodyWire,
+} from '../protocol/schemas.js';
+import { CLONE_SEQ_SPAN, cloneKey, type FutureCompletion } from '../scheduler/session-futures.js';
 import { samplerAdapter, type Services } from '../services.js';
 import type { SamplerRow } from '../store/index.js';
-import { tokensToWire } from '../worker/tensor.js';
+import type { ModelEntry } from '../worker/catalogue.js';
+import { toWire, tokensToWire } from '../worker/tensor.js';
 import { owner, type TypedApp } from './context.js';
 
 /** A preallocated abort reason: `abort()` without one builds a DOMException with a stack each time. */
@@ -18,6 +29,46 @@ const DONE = new Error('long poll finished');
 
 /** How long `retrieve_future` holds a poll before answering 408 try_again (the SDK waits 45 s). */
 export const DEFAULT_LONG_POLL_MS = 30_000;
+
+/**
+ * The sampling extras of an `asample` body (docs/protocol.md §5.1) as worker item fields, checked
+ * against the prompt and the model (the worker's rules, worker/README.md), so a bad one is a 400
+ * naming the field at submit. A CSR `target_prompt_logprobs` travels dense with -1 in the cells
+ * it leaves out; its index comes back as `targetCsr` for answering in the same layout.
+ *
+ * @example
+ * sampleExtras({ prompt_alt_tokens_k: 2 }, [1, 2, 3], model); // { fields: { prompt_alt_tokens_k: 2 } }
+ */
+export function sampleExtras(body: SampleBodyWire, prompt: readonly number[], model: ModelEntry): { fields: Record<string, unknown>; targetCsr?: CsrIndex } {
+  const fields: Record<string, unknown> = {};
+  if (body.topk_sample_logprobs) fields['topk_sample_logprobs'] = body.topk_sample_logprobs;
+  if (body.prompt_alt_tokens_k) fields['prompt_alt_tokens_k'] = body.prompt_alt_tokens_k;
+  if (body.prompt_logprobs_last_n !== undefined && body.prompt_logprobs_last_n !== null) fields['prompt_logprobs_last_n'] = body.prompt_logprobs_last_n;
+  const raw = body.target_prompt_logprobs;
+  if (raw === undefined || raw === null) return { fields };
+  const what = 'target_prompt_logprobs';
+  const bad = (message: string) => badRequest(`${what}: ${message}`, 'invalid_target_prompt_logprobs');
+  let ids;
+  try {
+    const laidOut = idsFromJson(raw, what);
+    if (laidOut.shape.length !== 2) throw bad(`must be 2-D, [len(prompt) - 1, K], got shape [${laidOut.shape.join(', ')}]`);
+    const [rows, k] = laidOut.shape as [number, number];
+    if (rows !== prompt.length - 1) throw bad(`must have len(prompt) - 1 = ${prompt.length - 1} rows, got ${rows}`);
+    if (k < 1 || k > MAX_TOPK_PROMPT_LOGPROBS) throw bad(`K (ids per position) must be in [1, ${MAX_TOPK_PROMPT_LOGPROBS}], got ${k}`);
+    ids = { dense: denseIds(laidOut, -1n, what), csr: laidOut.csr };
+  } catch (error) {
+    if (error instanceof ProtoDecodeError) throw badRequest(error.message, 'invalid_target_prompt_logprobs');
+    throw error;
+  }
+  let named = false;
+  for (const id of ids.dense.data as BigInt64Array) {
+    if (id < -1n || id >= BigInt(model.vocab_size)) throw bad(`token id ${id} is outside the vocabulary [0, ${model.vocab_size}) of ${model.model_name} (-1 = no request)`);
+    if (id >= 0n) named = true;
+  }
+  if (!named) throw bad('names no token id (every cell is -1)');
+  fields[what] = toWire(ids.dense.data as BigInt64Array, ids.dense.shape);
+  return ids.csr ? { fields, targetCsr: ids.csr } : { fields };
+}
 
 export function samplingRoutes(app: TypedApp, services: Services, longPollMs: number): void {
   const { store } = services;
@@ -94,6 +145,7 @@ export function samplingRoutes(app: TypedApp, services: Services, longPollMs: nu
     if (Array.isArray(stop)) {
       for (const s of stop) if (typeof s === 'number') checkTokens([s], model, 'sampling_params.stop');
     }
+    const extras = sampleExtras(body, prompt, model);
     const seed = params.seed === null || params.seed === undefined ? undefined : ((params.seed % 2 ** 53) + 2 ** 53) % 2 ** 53;
     const item = {
       prompt: tokensToWire(prompt),
@@ -108,6 +160,7 @@ export function samplingRoutes(app: TypedApp, services: Services, longPollMs: nu
       },
       prompt_logprobs: body.prompt_logprobs ?? false,
       topk_prompt_logprobs: body.topk_prompt_logprobs ?? 0,
+      ...extras.fields,
     };
     const checkpoint = sampler.modelPath ? await store.checkpoints.byTinkerPath(sampler.modelPath, who) : undefined;
     if (sampler.modelPath && !checkpoint) throw notFound('checkpoint', sampler.modelPath);
@@ -116,8 +169,62 @@ export function samplingRoutes(app: TypedApp, services: Services, longPollMs: nu
       adapter: checkpoint && sampler.modelPath ? samplerAdapter(sampler.modelPath) : null,
       load: checkpoint ? { path: checkpoint.storagePath } : null,
       item,
+      ...(extras.targetCsr ? { targetCsr: extras.targetCsr } : {}),
     });
     return { request_id: requestId, sample_sequence_ids: Array.from({ length: numSamples }, (_, i) => `${requestId}:${i}`) };
+  });
+
+  /**
+   * The SDK's per-session completion poller (docs/protocol.md §5.5): finished and failed samples of
+   * one session clone after `prev_cursor`, held up to the long-poll time while there are none.
+   * The payloads are still fetched with `retrieve_future`.
+   */
+  app.post('/api/v1/retrieve_futures', { schema: { body: RetrieveFuturesBody } }, async (request, reply) => {
+    const body = request.body;
+    const who = owner(request);
+    const samplerId = body.target.sampling_session_id;
+    if (!(await store.samplers.get(samplerId, who))) throw notFound('sampling session', samplerId);
+    const clone = body.target.cloned_sampler_id ?? 0;
+    const key = cloneKey(samplerId, clone);
+    const log = services.sessionFutures;
+    const prev = body.prev_cursor ?? 0;
+    const abort = new AbortController();
+    reply.raw.once('close', () => abort.abort(DONE));
+    let { completions, cursor } = log.since(key, prev);
+    if (log.stale(prev)) {
+      // A first poll, or a cursor from before this process or older than the log: the store knows the rest.
+      const seen = new Set(completions.map((c) => c.request_id));
+      const stored = await store.requests.finishedIn(samplerId, clone * CLONE_SEQ_SPAN, (clone + 1) * CLONE_SEQ_SPAN);
+      const older: FutureCompletion[] = stored.filter((r) => !seen.has(r.requestId)).map((r) => ({ state: r.status === 'complete' ? 'finished' : 'failed', request_id: r.requestId }));
+      completions = [...older, ...completions];
+    }
+    const holdMs = body.timeout ? Math.min(longPollMs, body.timeout * 1000) : longPollMs;
+    if (completions.length === 0 && holdMs > 0) {
+      // since() and wait() run without an await between them, so no completion falls in between.
+      const next = log.since(key, cursor);
+      if (next.completions.length === 0) await log.wait(key, holdMs, abort.signal);
+      ({ completions, cursor } = log.since(key, cursor));
+    }
+    abort.abort(DONE);
+    return { completions, cursor };
+  });
+
+  /** Cancels a queued sample (docs/protocol.md §5.7); one that is running or finished is left alone. */
+  app.post('/api/v1/cancel_future', { schema: { body: CancelFutureBody } }, async (request) => {
+    const requestId = request.body.request_id;
+    const row = await store.requests.get(requestId, owner(request));
+    if (!row) throw notFound('future', requestId);
+    if (row.kind !== 'sample') throw badRequest(`request_id ${JSON.stringify(requestId)} is a ${row.kind} request; only sampling requests can be cancelled`, 'not_cancellable');
+    const cancelled = await services.cancelSample(requestId);
+    return { type: 'cancel_future', request_id: requestId, cancelled };
+  });
+
+  /** A new client of a sampling session (an unpickled SDK SamplingClient) gets its own seq block. */
+  app.post('/api/v1/join_sampling_session', { schema: { body: JoinSamplingSessionBody } }, async (request) => {
+    const samplerId = request.body.sampling_session_id;
+    const counter = await store.samplers.joinClient(samplerId, owner(request));
+    if (counter === undefined) throw notFound('sampling session', samplerId);
+    return { type: 'join_sampling_session', client_counter: counter };
   });
 
   app.post('/api/v1/retrieve_future', { schema: { body: RetrieveFutureBody } }, async (request, reply) => {

@@ -8,10 +8,11 @@ import type { Services } from '../services.js';
 import { owner, type TypedApp } from './context.js';
 
 /**
- * Every flag of the official SDK's `ClientConfigResponse` (§4.1.1), set to what Lathe supports:
- * protobuf fwd/bwd, zstd accepted, no JWT exchange, no `retrieve_futures` poller, and the plain
- * httpx transport (`use_pyqwest_transport: false`), which is what Lathe is tested with. Unknown
- * flags are ignored by the SDK, so sending all of them is safe for older versions.
+ * Every flag of the official SDK's `ClientConfigResponse` (§4.1.1; docs/protocol.md §2.1), set to
+ * what Lathe supports: protobuf fwd/bwd, zstd accepted, no JWT exchange, the per-session
+ * `retrieve_futures` poller and `join_sampling_session` (SDK >= 0.26 / 0.32), and the plain httpx
+ * transport (`use_pyqwest_transport: false`), which is what Lathe is tested with. Unknown flags
+ * are ignored by the SDK, so sending all of them is safe for older versions.
  */
 export const CLIENT_CONFIG = {
   pjwt_auth_enabled: false,
@@ -31,17 +32,22 @@ export const CLIENT_CONFIG = {
   sample_max_concurrent_requests: 2000,
   use_pyqwest_transport: false,
   create_model_via_load_weights: false,
-  sample_use_retrieve_futures: false,
+  sample_use_retrieve_futures: true,
+  sample_join_sampling_session: true,
+} as const;
+
+/** `ClientDynamicConfigResponse` (docs/protocol.md §2.2): abandoned samples are cancelled with `cancel_future`. */
+export const DYNAMIC_CONFIG = {
+  refresh_interval_sec: 300,
+  sample_cancel_enabled: true,
+  sample_cancel_max_batch_size: 64,
 } as const;
 
 export function serviceRoutes(app: TypedApp, services: Services): void {
   const { store } = services;
 
   app.post('/api/v1/client/config', { schema: { body: SdkVersionBody } }, async () => CLIENT_CONFIG);
-  app.post('/api/v1/client/dynamic_config', { schema: { body: SdkVersionBody } }, async () => ({
-    refresh_interval_sec: 300,
-    sample_cancel_enabled: false,
-  }));
+  app.post('/api/v1/client/dynamic_config', { schema: { body: SdkVersionBody } }, async () => DYNAMIC_CONFIG);
 
   app.post('/api/v1/create_session', { schema: { body: CreateSessionBody } }, async (request) => {
     const body = request.body;

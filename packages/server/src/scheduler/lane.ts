@@ -157,6 +157,15 @@ export class Lane {
     this.pump();
   }
 
+  /** Takes a sampling request out of the queue if it has not started; false if it is not queued here. */
+  cancelSample(requestId: string): boolean {
+    const i = this.samples.findIndex((job) => job.requestId === requestId);
+    if (i < 0) return false;
+    this.samples.splice(i, 1);
+    this.attempts.delete(requestId);
+    return true;
+  }
+
   /** The worker died: every run's adapter must be rebuilt and sampler adapters reloaded. */
   workerLost(): void {
     for (const run of this.runs.values()) run.needsRecovery = true;

@@ -21,7 +21,7 @@ export type Outcome = { status: 'complete'; result: Uint8Array } | { status: 'fa
 export interface OutcomeRecorderOptions {
   requests: Pick<RequestRepo, 'complete' | 'fail'>;
   /** Wakes the request's waiters (once its outcome is known, written or held). */
-  notify: (requestId: string) => void;
+  notify: (requestId: string, status: Outcome['status']) => void;
   /** First wait before writing a held outcome again (ms); it doubles up to `maxRetryMs`. */
   firstRetryMs?: number;
   maxRetryMs?: number;
@@ -128,13 +128,13 @@ export class OutcomeRecorder implements Completion {
       this.schedule(tracked.key, this.firstRetryMs);
       return;
     }
-    this.options.notify(requestId);
+    this.options.notify(requestId, outcome.status);
   }
 
   private hold(requestId: string, outcome: Outcome, tracked: Tracked): void {
     // The first outcome wins, as in the log.
     if (!this.heldOutcomes.has(requestId)) this.heldOutcomes.set(requestId, { ...outcome, ...tracked });
-    this.options.notify(requestId);
+    this.options.notify(requestId, this.heldOutcomes.get(requestId)!.status);
   }
 
   private write(requestId: string, outcome: Outcome): Promise<void> {

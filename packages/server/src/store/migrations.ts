@@ -141,6 +141,14 @@ export const MIGRATIONS: readonly Migration[] = [
       await db.schema.alterTable('api_keys').addColumn('prefix', 'text').execute();
     },
   },
+  {
+    version: 3,
+    name: 'sampler_client_counter',
+    async up(db: AnyDb) {
+      // The last `client_counter` handed out by join_sampling_session (the original client is 0).
+      await db.schema.alterTable('samplers').addColumn('client_counter', 'integer', (c) => c.notNull().defaultTo(0)).execute();
+    },
+  },
 ];
 
 /** Arbitrary constant key for the PostgreSQL advisory lock that serialises migrators. */

@@ -54,6 +54,11 @@ export interface RequestRepo {
   findBySeq(target: string, seqId: number, owner: string): Promise<RequestRow | undefined>;
   /** The highest seq id logged for `target` (any status, or only finished ones), or null when none is. */
   maxSeq(target: string, options?: { finishedOnly?: boolean }): Promise<number | null>;
+  /**
+   * Finished requests of `target` with `seqFrom <= seqId < seqTo` (and those without a seq id when
+   * `seqFrom` is 0), in completion order: ids and status only (`retrieve_futures`).
+   */
+  finishedIn(target: string, seqFrom: number, seqTo: number): Promise<{ requestId: string; status: 'complete' | 'failed' }[]>;
   /** Completed requests of `target` with `seqId > afterSeq`, in seq order (replay after a crash). */
   completedSince(target: string, afterSeq: number): Promise<RequestRow[]>;
   /** Pending or running requests, oldest first (recovery after a restart). */
@@ -165,6 +170,22 @@ export function createRequestRepo(db: Kysely<Database>): RequestRepo {
       if (options?.finishedOnly) query = query.where('status', 'not in', UNFINISHED);
       const r = await query.executeTakeFirst();
       return r?.max === null || r?.max === undefined ? null : Number(r.max);
+    },
+
+    async finishedIn(target, seqFrom, seqTo) {
+      const rows = await db
+        .selectFrom('requests')
+        .select(['request_id', 'status'])
+        .where('target', '=', target)
+        .where('status', 'in', FINISHED)
+        .where((eb) => {
+          const inRange = eb.and([eb('seq_id', '>=', seqFrom), eb('seq_id', '<', seqTo)]);
+          return seqFrom === 0 ? eb.or([inRange, eb('seq_id', 'is', null)]) : inRange;
+        })
+        .orderBy('completed_at')
+        .orderBy('request_id')
+        .execute();
+      return rows.map((r) => ({ requestId: r.request_id, status: r.status as 'complete' | 'failed' }));
     },
 
     async completedSince(target, afterSeq) {

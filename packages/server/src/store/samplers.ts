@@ -29,6 +29,11 @@ export interface SamplerRepo {
   get(samplerId: string, owner: string): Promise<SamplerRow | undefined>;
   /** Sampler ids of a session, oldest first (caller checks session ownership). */
   listForSession(sessionId: string): Promise<string[]>;
+  /**
+   * Hands out the owner's sampler's next client counter (1, 2, …; the original client is 0),
+   * atomically, so concurrent joins get distinct numbers; undefined for an unknown sampler.
+   */
+  joinClient(samplerId: string, owner: string): Promise<number | undefined>;
 }
 
 function toRow(r: Selectable<SamplersTable>): SamplerRow {
@@ -65,6 +70,17 @@ export function createSamplerRepo(db: Kysely<Database>): SamplerRepo {
     async listForSession(sessionId) {
       const rows = await db.selectFrom('samplers').select('sampler_id').where('session_id', '=', sessionId).orderBy('created_at').orderBy('sampler_id').execute();
       return rows.map((r) => r.sampler_id);
+    },
+
+    async joinClient(samplerId, owner) {
+      const r = await db
+        .updateTable('samplers')
+        .set((eb) => ({ client_counter: eb('client_counter', '+', 1) }))
+        .where('sampler_id', '=', samplerId)
+        .where('owner', '=', owner)
+        .returning('client_counter')
+        .executeTakeFirst();
+      return r === undefined ? undefined : Number(r.client_counter);
     },
   };
 }

@@ -12,6 +12,8 @@
  * - JSON values are TEXT holding JSON, parsed by the repositories;
  * - binary payloads are BLOB (SQLite) / BYTEA (PostgreSQL), read back as `Uint8Array`.
  */
+import type { Generated } from 'kysely';
+
 
 /** 0 or 1: booleans are stored as integers in both dialects. */
 export type Bit = 0 | 1;
@@ -98,6 +100,8 @@ export interface SamplersTable {
   base_model: string;
   model_path: string | null;
   created_at: number;
+  /** The last client counter handed out by `join_sampling_session` (migration 3). */
+  client_counter: Generated<number>;
 }
 
 /** `schema_migrations`: one row per applied migration. */
