@@ -40,7 +40,7 @@ def test_start_up_sequence_and_service_endpoints(server):
     config = c.ok(c.post("client/config", {"sdk_version": SDK_VERSION}))
     assert config["pjwt_auth_enabled"] is False and config["proto_write_fwdbwd"] is True
     # Every flag of the SDK's ClientConfigResponse is set; the SDK uses plain httpx, not pyqwest.
-    assert config["use_pyqwest_transport"] is False and config["sample_use_retrieve_futures"] is False
+    assert config["use_pyqwest_transport"] is False and config["sample_use_retrieve_futures"] is True
     assert config["proto_compress_fwdbwd"] is True and config["create_model_via_load_weights"] is False
     assert {"sample_dispatch_bytes_semaphore_size", "inflight_response_bytes_semaphore_size", "fwdbwd_dispatch_bytes_semaphore_size",
             "billing_exception_max_pause_duration_sec", "sample_no_retries", "sample_enable_stuck_detection", "sample_max_concurrent_requests",

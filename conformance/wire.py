@@ -94,32 +94,58 @@ def decode_fwdbwd(body: bytes) -> dict[str, Any]:
     return {"loss_fn_outputs": outputs, "metrics": dict(msg.metrics)}
 
 
+def topk_rows(t) -> list:
+    """A TopkLogprobs message as rows of (id, logprob); a row starting with padding is None, trailing padding trimmed."""
+    ids = np.frombuffer(t.token_ids, dtype="<i4").reshape(t.length, t.k)
+    lps = np.frombuffer(t.logprobs, dtype="<f4").reshape(t.length, t.k)
+    rows: list = []
+    for row_ids, row_lps in zip(ids, lps):
+        if row_ids[0] == 0 and row_lps[0] == -99999.0:
+            rows.append(None)
+        else:
+            rows.append([(int(a), float(b)) for a, b in zip(row_ids, row_lps) if not (a == 0 and b == -99999.0)])
+    return rows
+
+
+_NP_DTYPE = {pb.DTYPE_FLOAT32: "<f4", pb.DTYPE_INT64: "<i8", pb.DTYPE_INT32: "<i4"}
+
+
+def decode_tensor(t) -> dict[str, Any]:
+    """A Tensor message: {"dtype", "shape", "dense": ndarray} or, when sparse, {"values", "crow", "col"} (not densified)."""
+    out: dict[str, Any] = {"dtype": t.dtype, "shape": list(t.shape)}
+    if t.WhichOneof("encoding") == "sparse_csr":
+        out["values"] = np.frombuffer(t.sparse_csr.values, dtype=_NP_DTYPE[t.dtype])
+        out["crow"] = np.frombuffer(t.sparse_csr.crow_indices, dtype="<i8").tolist()
+        out["col"] = np.frombuffer(t.sparse_csr.col_indices, dtype="<i8").tolist()
+    else:
+        out["dense"] = np.frombuffer(t.dense, dtype=_NP_DTYPE[t.dtype]).reshape(out["shape"])
+    return out
+
+
 def decode_sample(body: bytes) -> dict[str, Any]:
+    """SampleResponse by the SDK's rules; the fields added in 0.32 appear only when the server sent them."""
     msg = pb.SampleResponse()
     msg.ParseFromString(body)
-    sequences = [
-        {
+    sequences = []
+    for s in msg.sequences:
+        seq = {
             "stop_reason": "stop" if s.stop_reason == pb.STOP_REASON_STOP else "length",
             "tokens": np.frombuffer(s.tokens, dtype="<i4").tolist(),
             "logprobs": np.frombuffer(s.logprobs, dtype="<f4").tolist() if s.logprobs else None,
         }
-        for s in msg.sequences
-    ]
+        if s.HasField("topk_sampled_logprobs"):
+            seq["topk_logprobs"] = topk_rows(s.topk_sampled_logprobs)
+        sequences.append(seq)
     prompt = None
     if msg.HasField("prompt_logprobs"):
         prompt = [None if np.isnan(v) else float(v) for v in np.frombuffer(msg.prompt_logprobs, dtype="<f4")]
-    topk = None
-    if msg.HasField("topk_prompt_logprobs"):
-        t = msg.topk_prompt_logprobs
-        ids = np.frombuffer(t.token_ids, dtype="<i4").reshape(t.length, t.k)
-        lps = np.frombuffer(t.logprobs, dtype="<f4").reshape(t.length, t.k)
-        topk = []
-        for row_ids, row_lps in zip(ids, lps):
-            if row_ids[0] == 0 and row_lps[0] == -99999.0:
-                topk.append(None)
-            else:
-                topk.append([(int(a), float(b)) for a, b in zip(row_ids, row_lps) if not (a == 0 and b == -99999.0)])
-    return {"sequences": sequences, "prompt_logprobs": prompt, "topk_prompt_logprobs": topk}
+    topk = topk_rows(msg.topk_prompt_logprobs) if msg.HasField("topk_prompt_logprobs") else None
+    out = {"sequences": sequences, "prompt_logprobs": prompt, "topk_prompt_logprobs": topk}
+    if msg.HasField("target_prompt_logprobs"):
+        out["target_prompt_logprobs"] = decode_tensor(msg.target_prompt_logprobs)
+    if msg.HasField("prompt_alt_tokens"):
+        out["prompt_alt_tokens"] = {"tokens": decode_tensor(msg.prompt_alt_tokens.tokens), "logprobs": decode_tensor(msg.prompt_alt_tokens.logprobs)}
+    return out
 
 
 class RequestFailed(Exception):

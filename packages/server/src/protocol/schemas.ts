@@ -154,14 +154,15 @@ export const SamplingParamsSchema = Type.Object(
 
 export const SampleBody = Type.Object(
   {
-    sampling_session_id: Type.Optional(Type.String()),
-    base_model: Type.Optional(Type.String()),
-    model_path: Type.Optional(Type.String()),
-    seq_id: Type.Optional(Type.Integer({ minimum: 0 })),
+    // The SDK leaves out unset optional keys; other clients may send them as null.
+    sampling_session_id: Type.Optional(Type.Union([Type.Null(), Type.String()])),
+    base_model: Type.Optional(Type.Union([Type.Null(), Type.String()])),
+    model_path: Type.Optional(Type.Union([Type.Null(), Type.String()])),
+    seq_id: Type.Optional(Type.Union([Type.Null(), Type.Integer({ minimum: 0 })])),
     num_samples: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_NUM_SAMPLES })),
     prompt: Type.Unknown(),
     sampling_params: Type.Optional(SamplingParamsSchema),
-    prompt_logprobs: Type.Optional(Type.Boolean()),
+    prompt_logprobs: Type.Optional(Type.Union([Type.Null(), Type.Boolean()])),
     topk_prompt_logprobs: Type.Optional(Type.Integer({ minimum: 0, maximum: MAX_TOPK_PROMPT_LOGPROBS })),
     // Sampling extras (docs/protocol.md §5.1); 0 / null = off.
     topk_sample_logprobs: Type.Optional(Type.Union([Type.Null(), Type.Integer({ minimum: 0, maximum: MAX_TOPK_PROMPT_LOGPROBS })])),
