@@ -70,6 +70,7 @@ export {
   type OptimStepResponse,
   type SampleArgs,
   type SampledSequence,
+  type PromptAltTokens,
   type SampleResponse,
   type SamplingParams,
   type SaveWeightsResponse,

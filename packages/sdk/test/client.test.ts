@@ -535,6 +535,8 @@ describe('sampling', () => {
       seq_id: 0,
       prompt_logprobs: false,
       topk_prompt_logprobs: 0,
+      topk_sample_logprobs: 0,
+      prompt_alt_tokens_k: 0,
       type: 'sample',
     });
     assert.deepEqual(res.sequences, [
@@ -543,6 +545,25 @@ describe('sampling', () => {
     ]);
     await sampler.sample({ prompt: ModelInput.fromInts([1]) });
     assert.equal(server.to('asample').at(-1)!.body.seq_id, 1);
+  });
+
+  test('asample sends the sampling extras as the Python SDK does, refusing a target tensor it would refuse', async () => {
+    const server = new FakeServer();
+    const sampler = await client(server).createSamplingClient({ baseModel: 'm' });
+    const targets = TensorData.int64([-1, 5, 7, -1], [2, 2]);
+    await sampler.sample({ prompt: ModelInput.fromInts([1, 2, 3]), topkSampleLogprobs: 2, targetPromptLogprobs: targets });
+    const body = server.to('asample').at(-1)!.body;
+    assert.deepEqual([body.topk_sample_logprobs, body.prompt_alt_tokens_k], [2, 0]);
+    assert.deepEqual(body.target_prompt_logprobs, { data: [-1, 5, 7, -1], dtype: 'int64', shape: [2, 2] });
+    const refused = [
+      { targetPromptLogprobs: TensorData.float32([1, 2], [2, 1]) as unknown as TensorData<'int64'> },
+      { targetPromptLogprobs: TensorData.int64([1, 2]) },
+      { promptAltTokensK: -1 },
+      { topkSampleLogprobs: 1.5 },
+    ];
+    for (const extra of refused) await assert.rejects(sampler.sample({ prompt: ModelInput.fromInts([1, 2, 3]), ...extra }), InvalidArgumentError);
+    // Draws asked for but not returned (a server that predates them) fail rather than go missing, as in the Python SDK.
+    await assert.rejects(sampler.sample({ prompt: ModelInput.fromInts([1, 2, 3]), promptAltTokensK: 2 }), /promptAltTokensK=2 .* no prompt_alt_tokens/);
   });
 
   test('an expired sample future is resubmitted with a new seq_id', async () => {

@@ -314,6 +314,51 @@ describe('checkpoints, sampling and REST', () => {
     assert.ok(maxAbsDiff(baseLogprobs.slice(1) as number[], fromSampler.slice(1) as number[]) > 1e-2, 'the base model is not the tuned one');
   });
 
+  test('sampling extras: sampled top-k, target prompt logprobs and alternative prompt tokens agree with the plain logprobs', async () => {
+    const sampler = await service.createSamplingClient({ baseModel: MODEL });
+    const tokens = DATASET[1]!.slice(0, 6);
+    const prompt = ModelInput.fromInts(tokens);
+    const greedy = { maxTokens: 3, temperature: 0 };
+    const plain = await sampler.sample({ prompt, samplingParams: greedy, includePromptLogprobs: true, topkPromptLogprobs: 2 });
+    // Column 0: the real next token; column 1: nothing, except the top-1 id at position 2.
+    const top = plain.topkPromptLogprobs!;
+    const ids = tokens.slice(1).flatMap((next, i) => [next, i === 1 ? top[2]![0]![0] : -1]);
+    const res = await sampler.sample({
+      prompt,
+      samplingParams: greedy,
+      topkSampleLogprobs: 2,
+      promptAltTokensK: 3,
+      targetPromptLogprobs: TensorData.int64(ids, [5, 2]),
+    });
+    const close = (a: number, b: number) => relDiff(a, b) < 1e-3;
+    const target = res.targetPromptLogprobs!;
+    assert.deepEqual(target.shape, [5, 2]);
+    for (let i = 0; i < 5; i++) {
+      assert.ok(close(target.data[i * 2]!, plain.promptLogprobs![i + 1]!), `position ${i + 1}`);
+      if (i === 1) assert.ok(close(target.data[i * 2 + 1]!, top[2]![0]![1]));
+      else assert.ok(Number.isNaN(target.data[i * 2 + 1]!));
+    }
+    // Greedy draws and greedy tokens are the top-1 choice, with its logprob.
+    const alt = res.promptAltTokens!;
+    assert.deepEqual([alt.tokens.shape, alt.logprobs.shape], [[5, 3], [5, 3]]);
+    for (let i = 0; i < 5; i++) {
+      const [bestId, bestLp] = top[i + 1]![0]!;
+      assert.deepEqual(Array.from(alt.tokens.data.subarray(i * 3, i * 3 + 3), Number), [bestId, bestId, bestId]);
+      assert.ok(close(alt.logprobs.data[i * 3]!, bestLp));
+    }
+    const [seq] = res.sequences;
+    assert.deepEqual(seq!.tokens, plain.sequences[0]!.tokens);
+    assert.equal(seq!.topkLogprobs?.length, 3);
+    seq!.topkLogprobs!.forEach((row, j) => {
+      assert.equal(row?.[0]?.[0], seq!.tokens[j]);
+      assert.ok(close(row![0]![1], seq!.logprobs![j]!) && row![0]![1] >= row![1]![1]);
+    });
+    // Not asked for, not there.
+    assert.equal(plain.targetPromptLogprobs, undefined);
+    assert.equal(plain.sequences[0]!.topkLogprobs, undefined);
+    await assert.rejects(sampler.sample({ prompt, targetPromptLogprobs: TensorData.int64([5, 6], [2, 1]) }), (e: unknown) => e instanceof BadRequestError && /target_prompt_logprobs/.test(e.message));
+  });
+
   test('REST: the run, its checkpoints, TTL, publish, archive, sessions, samplers, delete', async () => {
     const rest = service.createRestClient();
     const { trainingRuns, cursor } = await rest.listTrainingRuns({ limit: 100 });

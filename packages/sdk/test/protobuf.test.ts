@@ -240,6 +240,29 @@ describe('SampleResponse: server encoder → SDK decoder', () => {
     assert.deepEqual(empty.promptLogprobs, []);
   });
 
+  test('SDK 0.32 fields: sampled top-k, target prompt logprobs (dense, and CSR densified with NaN), alternative prompt tokens', () => {
+    const base = { promptLogprobs: null, topkPromptLogprobs: null, promptCacheHitTokens: 0 };
+    const out = decodeSampleResponse(
+      encodeSampleResponse({
+        ...base,
+        sequences: [{ stopReason: 'length', tokens: [4, 5], logprobs: [-0.5, -1], topkLogprobs: [[[4, -0.5], [9, -2]], [[5, -1], [3, -1.5]]] }],
+        targetPromptLogprobs: f32([2, 2], NaN, -1.25, -2.5, NaN),
+        promptAltTokens: { tokens: { dtype: 'int64', shape: [2, 1], data: BigInt64Array.of(11n, 12n) }, logprobs: f32([2, 1], -0.75, -3) },
+      }),
+    );
+    assert.deepEqual(out.sequences[0]?.topkLogprobs, [[[4, -0.5], [9, -2]], [[5, -1], [3, -1.5]]]);
+    assert.deepEqual(out.targetPromptLogprobs?.shape, [2, 2]);
+    assert.deepEqual(Array.from(out.targetPromptLogprobs!.data as Float32Array), [NaN, -1.25, -2.5, NaN]);
+    assert.deepEqual(out.promptAltTokens?.tokens, { dtype: 'int64', shape: [2, 1], data: BigInt64Array.of(11n, 12n) });
+    assert.deepEqual(Array.from(out.promptAltTokens!.logprobs.data as Float32Array), [-0.75, -3]);
+    const sparse = decodeSampleResponse(
+      encodeSampleResponse({ ...base, sequences: [], targetPromptLogprobs: { ...f32([2, 3], -0.5, -4), csr: { crow: [0, 1, 2], col: [2, 0] } } }),
+    );
+    assert.deepEqual(Array.from(sparse.targetPromptLogprobs!.data as Float32Array), [NaN, NaN, -0.5, -4, NaN, NaN]);
+    const badCsr = raw('SampleResponse', { target_prompt_logprobs: { sparse_csr: { values: bytes(Float32Array.of(1)), crow_indices: bytes(BigInt64Array.of(0n, 1n)), col_indices: bytes(BigInt64Array.of(5n)) }, dtype: 1, shape: [1, 2] } });
+    assert.throws(() => decodeSampleResponse(badCsr), /target_prompt_logprobs: sparse cell 0 is outside the shape/);
+  });
+
   test('an unknown stop reason is an error', () => {
     assert.throws(() => decodeSampleResponse(raw('SampleResponse', { sequences: [{ stop_reason: 7 }] })), /stop_reason 7/);
   });

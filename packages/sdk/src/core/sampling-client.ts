@@ -8,7 +8,7 @@ import type { ModelInput, SampleArgs, SampleResponse } from './types.js';
 import { withOptions, type ClientContext } from '../internal/context.js';
 import { retrieveFuture } from '../internal/futures.js';
 import { responseJson } from '../internal/transport.js';
-import { modelInputToJson, requireString, samplingParamsToJson } from '../internal/wire.js';
+import { modelInputToJson, requireString, sampleExtrasToJson, samplingParamsToJson } from '../internal/wire.js';
 
 /**
  * What to sample from: saved sampler weights (`tinker://…/sampler_weights/…`, or any checkpoint
@@ -74,7 +74,9 @@ export class SamplingClient {
 
   /**
    * Generates `numSamples` continuations of `prompt`, with each token's logprob, and optionally
-   * the prompt's logprobs (`includePromptLogprobs`) and top-k alternatives (`topkPromptLogprobs`).
+   * the prompt's logprobs (`includePromptLogprobs`) and top-k alternatives (`topkPromptLogprobs`),
+   * each sampled token's top-k (`topkSampleLogprobs`), the logprobs of chosen ids at prompt
+   * positions (`targetPromptLogprobs`) and alternative tokens drawn there (`promptAltTokensK`).
    * Sampling with a `seed` is reproducible.
    *
    * @example
@@ -101,6 +103,10 @@ export class SamplingClient {
         try {
           const result = await retrieveFuture(this.#ctx.transport, requestId, { kind: 'sample', requestType: 'Sample', pollTimeoutMs: this.#ctx.pollTimeoutMs, signal: options?.signal });
           if (sequenceIds && sequenceIds.length === result.sequences.length) result.sequences.forEach((s, i) => (s.sequenceId = sequenceIds[i]!));
+          if (args.promptAltTokensK && !result.promptAltTokens) {
+            // A server that predates the draws ignores the request key (the Python SDK raises too).
+            throw new LatheError(`promptAltTokensK=${args.promptAltTokensK} was requested but the server returned no prompt_alt_tokens; it may predate this feature`);
+          }
           return result;
         } catch (error) {
           // An expired future is resubmitted as a new request (new seq_id), as the Python SDK does.
@@ -115,6 +121,7 @@ export class SamplingClient {
   }
 
   async #submit(args: SampleArgs, numSamples: number, options: RequestOptions | undefined): Promise<{ requestId: string; sequenceIds: string[] | undefined }> {
+    const extras = sampleExtrasToJson(args); // checked before a seq_id is taken
     const body = {
       num_samples: numSamples,
       prompt: modelInputToJson(args.prompt),
@@ -123,6 +130,7 @@ export class SamplingClient {
       seq_id: this.#seq++,
       prompt_logprobs: args.includePromptLogprobs ?? false,
       topk_prompt_logprobs: args.topkPromptLogprobs ?? 0,
+      ...extras,
       type: 'sample',
     };
     const res = await this.#ctx.transport.send(

@@ -334,6 +334,11 @@ export interface SampledSequence {
   logprobs: number[] | null;
   /** The server's id for this sequence (`sample_sequence_ids`), when it sends one. */
   sequenceId?: string;
+  /**
+   * Per sampled token, the top-k `[tokenId, logprob]` pairs of its step's distribution, best first
+   * (`topkSampleLogprobs`); absent unless requested.
+   */
+  topkLogprobs?: ([number, number][] | null)[];
 }
 
 /**
@@ -351,6 +356,29 @@ export interface SampleResponse {
   /** Per prompt position, the top-k `[tokenId, logprob]` pairs, when requested. */
   topkPromptLogprobs: ([number, number][] | null)[] | null;
   promptCacheHitTokens: number;
+  /**
+   * The logprobs of the token ids named by `targetPromptLogprobs`: float32 `[prompt length - 1, K]`,
+   * cell `[i, j]` scored at prompt position `i + 1`, NaN where the id was -1. Absent unless requested.
+   */
+  targetPromptLogprobs?: TensorData<'float32'>;
+  /**
+   * `promptAltTokensK` tokens drawn at every prompt position after the first (`[prompt length - 1, k]`),
+   * with their logprobs. Absent unless requested.
+   */
+  promptAltTokens?: PromptAltTokens;
+}
+
+/**
+ * Tokens drawn (with replacement, at the request's temperature) from the model's next-token
+ * distribution at each prompt position after the first: row `i` is position `i + 1`.
+ *
+ * @example
+ * const { tokens, logprobs } = res.promptAltTokens!;
+ * tokens.shape; // [promptLength - 1, k]
+ */
+export interface PromptAltTokens {
+  tokens: TensorData<'int64'>;
+  logprobs: TensorData<'float32'>;
 }
 
 /**
@@ -368,6 +396,15 @@ export interface SampleArgs {
   includePromptLogprobs?: boolean;
   /** Also return the top-k alternatives at every prompt position. */
   topkPromptLogprobs?: number;
+  /** Also return the top-k alternatives of every sampled token (`SampledSequence.topkLogprobs`), k <= 100. */
+  topkSampleLogprobs?: number;
+  /**
+   * Token ids whose logprobs to return at each prompt position: int64 `[prompt length - 1, K]`
+   * (K <= 100), cell `[i, j]` scored at position `i + 1`, -1 for none (`SampleResponse.targetPromptLogprobs`).
+   */
+  targetPromptLogprobs?: TensorData<'int64'>;
+  /** Draw this many alternative tokens at every prompt position after the first (`SampleResponse.promptAltTokens`), k <= 100. */
+  promptAltTokensK?: number;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -55,12 +55,18 @@ export interface PbForwardBackwardOutput {
   metrics: Record<string, number>;
 }
 
-/** A decoded `SampleResponse`. */
+/** Top-k rows: per position, `[tokenId, logprob]` pairs (`null` for a row with none). */
+export type PbTopkRows = ([number, number][] | null)[];
+
+/** A decoded `SampleResponse`; the fields added in SDK 0.32 are set only when present. */
 export interface PbSampleResponse {
-  sequences: { stopReason: 'stop' | 'length'; tokens: number[]; logprobs: number[] | null }[];
+  sequences: { stopReason: 'stop' | 'length'; tokens: number[]; logprobs: number[] | null; topkLogprobs?: PbTopkRows }[];
   promptLogprobs: (number | null)[] | null;
-  topkPromptLogprobs: ([number, number][] | null)[] | null;
+  topkPromptLogprobs: PbTopkRows | null;
   promptCacheHitTokens: number;
+  /** Dense (a CSR answer is densified with NaN). */
+  targetPromptLogprobs?: PbTensorOut;
+  promptAltTokens?: { tokens: PbTensorOut; logprobs: PbTensorOut };
 }
 
 /** A protobuf body that could not be decoded. */
@@ -505,9 +511,96 @@ export function decodeForwardBackwardOutput(body: Uint8Array): PbForwardBackward
 /** The top-k padding cell: token id 0 with this logprob. */
 const TOPK_PAD = -99999.0;
 
+/** A `TopkLogprobs` message as rows: a row starting with the padding cell is `null`, trailing padding is trimmed. */
+function readTopk(bytes: Uint8Array, what: string): PbTopkRows {
+  const t = new Reader(bytes, 'TopkLogprobs');
+  let ids: Uint8Array = EMPTY;
+  let lpBytes: Uint8Array = EMPTY;
+  let k = 0;
+  let n = 0;
+  while (!t.done) {
+    const [f, w] = t.tag();
+    if (f === 1 && w === 2) ids = t.bytes();
+    else if (f === 2 && w === 2) lpBytes = t.bytes();
+    else if (f === 3 && w === 0) k = t.varint();
+    else if (f === 4 && w === 0) n = t.varint();
+    else t.skip(w);
+  }
+  const idArr = readInt32s(ids, `${what}.token_ids`);
+  const lpArr = readFloat32s(lpBytes, `${what}.logprobs`);
+  if (idArr.length !== n * k || lpArr.length !== n * k) throw new ProtobufDecodeError(`${what}: ${idArr.length} ids and ${lpArr.length} logprobs for ${n} x ${k}`);
+  const isPad = (c: number): boolean => idArr[c] === 0 && lpArr[c] === TOPK_PAD;
+  return Array.from({ length: n }, (_, i) => {
+    if (k === 0 || isPad(i * k)) return null;
+    let len = k;
+    while (len > 0 && isPad(i * k + len - 1)) len--;
+    return Array.from({ length: len }, (_, j): [number, number] => [idArr[i * k + j]!, lpArr[i * k + j]!]);
+  });
+}
+
+/**
+ * A `Tensor` message, dense. A sparse CSR one is densified with NaN (float32: "not requested") or
+ * -1 (int64: "no token") in the cells it does not store.
+ */
+function readTensor(bytes: Uint8Array, what: string): PbTensorOut {
+  const r = new Reader(bytes, 'Tensor');
+  let dense: Uint8Array | undefined;
+  let csr: { values: Uint8Array; crow: Uint8Array; col: Uint8Array } | undefined;
+  let dtype = 0;
+  const shape: number[] = [];
+  while (!r.done) {
+    const [f, w] = r.tag();
+    if (f === 1 && w === 2) dense = r.bytes();
+    else if (f === 2 && w === 2) {
+      const c = new Reader(r.bytes(), 'SparseCsr');
+      csr = { values: EMPTY, crow: EMPTY, col: EMPTY };
+      while (!c.done) {
+        const [cf, cw] = c.tag();
+        if (cf === 1 && cw === 2) csr.values = c.bytes();
+        else if (cf === 2 && cw === 2) csr.crow = c.bytes();
+        else if (cf === 3 && cw === 2) csr.col = c.bytes();
+        else c.skip(cw);
+      }
+    } else if (f === 3 && w === 0) dtype = r.varint();
+    else if (f === 4) r.repeatedVarint(w, shape);
+    else r.skip(w);
+  }
+  const size = shape.reduce((a, b) => a * b, 1);
+  if (!csr) {
+    const data = batchedValues(dense ?? EMPTY, dtype, what);
+    if (data.length !== size) throw new ProtobufDecodeError(`${what}: ${data.length} values for shape [${shape.join(', ')}]`);
+    return { dtype: data instanceof BigInt64Array ? 'int64' : 'float32', shape, data };
+  }
+  const values = batchedValues(csr.values, dtype, `${what} (sparse values)`);
+  const crow = Array.from(readInt64s(csr.crow, `${what}.crow_indices`), Number);
+  const col = Array.from(readInt64s(csr.col, `${what}.col_indices`), Number);
+  const [rows, cols] = shape as [number, number];
+  if (shape.length !== 2 || crow.length !== rows + 1 || col.length !== values.length || crow[rows] !== values.length) {
+    throw new ProtobufDecodeError(`${what}: a sparse CSR tensor of shape [${shape.join(', ')}] with ${crow.length} row offsets, ${col.length} columns and ${values.length} values`);
+  }
+  // The flat dense cell of each stored value.
+  const cells = new Array<number>(values.length);
+  for (let i = 0; i < rows; i++) {
+    for (let j = crow[i]!; j < crow[i + 1]!; j++) {
+      if (!(j >= 0 && j < values.length && col[j]! >= 0 && col[j]! < cols)) throw new ProtobufDecodeError(`${what}: sparse cell ${j} is outside the shape`);
+      cells[j] = i * cols + col[j]!;
+    }
+  }
+  if (values instanceof BigInt64Array) {
+    const out = new BigInt64Array(size).fill(-1n);
+    cells.forEach((cell, j) => (out[cell] = values[j]!));
+    return { dtype: 'int64', shape, data: out };
+  }
+  const out = new Float32Array(size).fill(NaN);
+  cells.forEach((cell, j) => (out[cell] = values[j]!));
+  return { dtype: 'float32', shape, data: out };
+}
+
 /**
  * Decodes a `SampleResponse`: empty sequence logprobs are `null`, NaN prompt logprobs are `null`,
- * a top-k row that starts with the padding cell is `null` and trailing padding is trimmed.
+ * a top-k row that starts with the padding cell is `null` and trailing padding is trimmed. The
+ * SDK 0.32 fields (sampled top-k, target prompt logprobs, alternative prompt tokens) are set only
+ * when the server sent them.
  *
  * @example
  * decodeSampleResponse(bytes).sequences[0]?.tokens;
@@ -523,11 +616,13 @@ export function decodeSampleResponse(body: Uint8Array): PbSampleResponse {
       let stop = 0;
       let tokens: Uint8Array = EMPTY;
       let logprobs: Uint8Array = EMPTY;
+      let topk: PbTopkRows | undefined;
       while (!s.done) {
         const [f, w] = s.tag();
         if (f === 1 && w === 0) stop = s.varint();
         else if (f === 2 && w === 2) tokens = s.bytes();
         else if (f === 3 && w === 2) logprobs = s.bytes();
+        else if (f === 4 && w === 2) topk = readTopk(s.bytes(), `sequences[${i}].topk_sampled_logprobs`);
         else s.skip(w);
       }
       const stopReason = stop === 0 ? 'stop' : stop === 1 ? 'length' : undefined;
@@ -535,35 +630,26 @@ export function decodeSampleResponse(body: Uint8Array): PbSampleResponse {
       const tokenList = Array.from(readInt32s(tokens, `sequences[${i}].tokens`));
       const lps = readFloat32s(logprobs, `sequences[${i}].logprobs`);
       if (lps.length > 0 && lps.length !== tokenList.length) throw new ProtobufDecodeError(`sequences[${i}]: ${lps.length} logprobs for ${tokenList.length} tokens`);
-      out.sequences.push({ stopReason, tokens: tokenList, logprobs: lps.length > 0 ? Array.from(lps) : null });
+      out.sequences.push({ stopReason, tokens: tokenList, logprobs: lps.length > 0 ? Array.from(lps) : null, ...(topk ? { topkLogprobs: topk } : {}) });
     } else if (field === 2 && wt === 2) {
       out.promptLogprobs = Array.from(readFloat32s(r.bytes(), 'prompt_logprobs'), (v) => (Number.isNaN(v) ? null : v));
     } else if (field === 3 && wt === 2) {
-      const t = new Reader(r.bytes(), 'TopkPromptLogprobs');
-      let ids: Uint8Array = EMPTY;
-      let lpBytes: Uint8Array = EMPTY;
-      let k = 0;
-      let n = 0;
-      while (!t.done) {
-        const [f, w] = t.tag();
-        if (f === 1 && w === 2) ids = t.bytes();
-        else if (f === 2 && w === 2) lpBytes = t.bytes();
-        else if (f === 3 && w === 0) k = t.varint();
-        else if (f === 4 && w === 0) n = t.varint();
-        else t.skip(w);
-      }
-      const idArr = readInt32s(ids, 'topk_prompt_logprobs.token_ids');
-      const lpArr = readFloat32s(lpBytes, 'topk_prompt_logprobs.logprobs');
-      if (idArr.length !== n * k || lpArr.length !== n * k) throw new ProtobufDecodeError(`topk_prompt_logprobs: ${idArr.length} ids and ${lpArr.length} logprobs for ${n} x ${k}`);
-      const isPad = (c: number): boolean => idArr[c] === 0 && lpArr[c] === TOPK_PAD;
-      out.topkPromptLogprobs = Array.from({ length: n }, (_, i) => {
-        if (k === 0 || isPad(i * k)) return null;
-        let len = k;
-        while (len > 0 && isPad(i * k + len - 1)) len--;
-        return Array.from({ length: len }, (_, j): [number, number] => [idArr[i * k + j]!, lpArr[i * k + j]!]);
-      });
+      out.topkPromptLogprobs = readTopk(r.bytes(), 'topk_prompt_logprobs');
     } else if (field === 4 && wt === 0) {
       out.promptCacheHitTokens = r.varint();
+    } else if (field === 5 && wt === 2) {
+      out.targetPromptLogprobs = readTensor(r.bytes(), 'target_prompt_logprobs');
+    } else if (field === 6 && wt === 2) {
+      const a = new Reader(r.bytes(), 'PromptAltTokens');
+      const alt: { tokens?: PbTensorOut; logprobs?: PbTensorOut } = {};
+      while (!a.done) {
+        const [f, w] = a.tag();
+        if (f === 1 && w === 2) alt.tokens = readTensor(a.bytes(), 'prompt_alt_tokens.tokens');
+        else if (f === 2 && w === 2) alt.logprobs = readTensor(a.bytes(), 'prompt_alt_tokens.logprobs');
+        else a.skip(w);
+      }
+      if (!alt.tokens || !alt.logprobs) throw new ProtobufDecodeError('prompt_alt_tokens: needs both tokens and logprobs');
+      out.promptAltTokens = { tokens: alt.tokens, logprobs: alt.logprobs };
     } else r.skip(wt);
   }
   return out;

@@ -19,7 +19,7 @@ import type {
   TrainingRun,
   WeightsInfoResponse,
 } from '../core/types.js';
-import type { PbChunkIn, PbDatumIn, PbForwardBackwardOutput, PbSampleResponse } from './protobuf.js';
+import type { PbChunkIn, PbDatumIn, PbForwardBackwardOutput, PbSampleResponse, PbTensorOut } from './protobuf.js';
 
 type Json = Record<string, unknown>;
 
@@ -148,18 +148,36 @@ export function forwardBackwardOutputFromJson(body: unknown): ForwardBackwardOut
 
 /** A decoded protobuf sample result as the public type. */
 export function sampleResponseFromProto(pb: PbSampleResponse): SampleResponse {
+  const floats = (t: PbTensorOut, what: string): TensorData<'float32'> => {
+    if (t.dtype !== 'float32') throw new APIResponseValidationError(`sample result: ${what} is ${t.dtype}, expected float32`);
+    return TensorData.float32(t.data, t.shape);
+  };
   return {
-    sequences: pb.sequences.map((s) => ({ stopReason: s.stopReason, tokens: s.tokens, logprobs: s.logprobs })),
+    sequences: pb.sequences.map((s) => ({ stopReason: s.stopReason, tokens: s.tokens, logprobs: s.logprobs, ...(s.topkLogprobs ? { topkLogprobs: s.topkLogprobs } : {}) })),
     promptLogprobs: pb.promptLogprobs,
     topkPromptLogprobs: pb.topkPromptLogprobs,
     promptCacheHitTokens: pb.promptCacheHitTokens,
+    ...(pb.targetPromptLogprobs ? { targetPromptLogprobs: floats(pb.targetPromptLogprobs, 'target_prompt_logprobs') } : {}),
+    ...(pb.promptAltTokens
+      ? { promptAltTokens: { tokens: TensorData.int64(pb.promptAltTokens.tokens.data, pb.promptAltTokens.tokens.shape), logprobs: floats(pb.promptAltTokens.logprobs, 'prompt_alt_tokens.logprobs') } }
+      : {}),
   };
+}
+
+/** A dense JSON `TensorData` of a sample result (null, JSON's stand-in for NaN, read back as NaN). */
+function resultTensorFromJson<D extends 'int64' | 'float32'>(value: unknown, dtype: D, what: string): TensorData<D> {
+  const t = obj(value);
+  if (!Array.isArray(t['data']) || !Array.isArray(t['shape'])) throw new APIResponseValidationError(`sample result: ${what} is not a TensorData`);
+  if (t['sparse_crow_indices'] != null) throw new APIResponseValidationError(`sample result: ${what} is sparse; this SDK sends and expects dense tensors`);
+  const values = (t['data'] as (number | null)[]).map((v) => v ?? NaN);
+  return TensorData.from(values, dtype, t['shape'] as number[]);
 }
 
 /** The JSON form of a sample result (older servers), as the public type. */
 export function sampleResponseFromJson(body: unknown): SampleResponse {
   const b = obj(body);
   const sequences = Array.isArray(b['sequences']) ? (b['sequences'] as unknown[]) : [];
+  const alt = b['prompt_alt_tokens'] == null ? undefined : obj(b['prompt_alt_tokens']);
   return {
     sequences: sequences.map((s) => {
       const seq = obj(s);
@@ -167,12 +185,42 @@ export function sampleResponseFromJson(body: unknown): SampleResponse {
         stopReason: seq['stop_reason'] === 'length' ? 'length' : 'stop',
         tokens: Array.isArray(seq['tokens']) ? (seq['tokens'] as number[]) : [],
         logprobs: Array.isArray(seq['logprobs']) ? (seq['logprobs'] as number[]) : null,
+        ...(Array.isArray(seq['topk_logprobs']) ? { topkLogprobs: seq['topk_logprobs'] as ([number, number][] | null)[] } : {}),
       };
     }),
     promptLogprobs: Array.isArray(b['prompt_logprobs']) ? (b['prompt_logprobs'] as (number | null)[]) : null,
     topkPromptLogprobs: Array.isArray(b['topk_prompt_logprobs']) ? (b['topk_prompt_logprobs'] as ([number, number][] | null)[]) : null,
     promptCacheHitTokens: num(b['prompt_cache_hit_tokens']) ?? 0,
+    ...(b['target_prompt_logprobs'] != null ? { targetPromptLogprobs: resultTensorFromJson(b['target_prompt_logprobs'], 'float32', 'target_prompt_logprobs') } : {}),
+    ...(alt
+      ? { promptAltTokens: { tokens: resultTensorFromJson(alt['tokens'], 'int64', 'prompt_alt_tokens.tokens'), logprobs: resultTensorFromJson(alt['logprobs'], 'float32', 'prompt_alt_tokens.logprobs') } }
+      : {}),
   };
+}
+
+/**
+ * The sampling extras of `SampleArgs` as `asample` body keys (docs/protocol.md §5.1); a
+ * `targetPromptLogprobs` tensor must be int64 and 2-D, as the Python SDK checks before sending.
+ *
+ * @throws {InvalidArgumentError} on a negative count or a tensor of another dtype or rank.
+ * @example
+ * sampleExtrasToJson({ topkSampleLogprobs: 2 }); // { topk_sample_logprobs: 2, prompt_alt_tokens_k: 0 }
+ */
+export function sampleExtrasToJson(args: { topkSampleLogprobs?: number | undefined; promptAltTokensK?: number | undefined; targetPromptLogprobs?: TensorData | undefined }): Json {
+  const count = (value: number | undefined, name: string): number => {
+    const n = value ?? 0;
+    if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`${name} must be a whole number >= 0, got ${n}`);
+    return n;
+  };
+  const body: Json = { topk_sample_logprobs: count(args.topkSampleLogprobs, 'topkSampleLogprobs'), prompt_alt_tokens_k: count(args.promptAltTokensK, 'promptAltTokensK') };
+  const t = args.targetPromptLogprobs;
+  if (t !== undefined) {
+    if (t.dtype !== 'int64' || t.shape.length !== 2) {
+      throw new InvalidArgumentError(`targetPromptLogprobs must be an int64 tensor of shape [prompt length - 1, K], got ${t.dtype} [${t.shape.join(', ')}]`);
+    }
+    body['target_prompt_logprobs'] = { data: Array.from(t.data, Number), dtype: 'int64', shape: [...t.shape] };
+  }
+  return body;
 }
 
 export function getInfoFromJson(body: unknown): GetInfoResponse {
