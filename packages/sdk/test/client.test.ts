@@ -561,9 +561,9 @@ describe('sampling', () => {
       { promptAltTokensK: -1 },
       { topkSampleLogprobs: 1.5 },
     ];
-    for (const extra of refused) await assert.rejects(sampler.sample({ prompt: ModelInput.fromInts([1, 2, 3]), ...extra }), InvalidArgumentError);
+    for (const extra of refused) await assert.rejects(async () => sampler.sample({ prompt: ModelInput.fromInts([1, 2, 3]), ...extra }), InvalidArgumentError);
     // Draws asked for but not returned (a server that predates them) fail rather than go missing, as in the Python SDK.
-    await assert.rejects(sampler.sample({ prompt: ModelInput.fromInts([1, 2, 3]), promptAltTokensK: 2 }), /promptAltTokensK=2 .* no prompt_alt_tokens/);
+    await assert.rejects(async () => sampler.sample({ prompt: ModelInput.fromInts([1, 2, 3]), promptAltTokensK: 2 }), /promptAltTokensK=2 .* no prompt_alt_tokens/);
   });
 
   test('an expired sample future is resubmitted with a new seq_id', async () => {

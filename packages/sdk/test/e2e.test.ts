@@ -356,7 +356,7 @@ describe('checkpoints, sampling and REST', () => {
     // Not asked for, not there.
     assert.equal(plain.targetPromptLogprobs, undefined);
     assert.equal(plain.sequences[0]!.topkLogprobs, undefined);
-    await assert.rejects(sampler.sample({ prompt, targetPromptLogprobs: TensorData.int64([5, 6], [2, 1]) }), (e: unknown) => e instanceof BadRequestError && /target_prompt_logprobs/.test(e.message));
+    await assert.rejects(async () => sampler.sample({ prompt, targetPromptLogprobs: TensorData.int64([5, 6], [2, 1]) }), (e: unknown) => e instanceof BadRequestError && /target_prompt_logprobs/.test(e.message));
   });
 
   test('REST: the run, its checkpoints, TTL, publish, archive, sessions, samplers, delete', async () => {

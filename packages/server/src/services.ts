@@ -365,6 +365,7 @@ export class Services {
     this.completion.close();
     if (unrecorded > 0) console.error(`${unrecorded} finished requests could not be recorded; they run again when the server restarts`);
     this.hub.close();
+    this.sessionFutures.close();
   }
 
 

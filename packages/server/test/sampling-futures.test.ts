@@ -154,7 +154,7 @@ test('after a restart, a cursor from the previous server process gets the comple
   assert.deepEqual((await next).body['completions'], [{ state: 'finished', request_id: third }]);
 });
 
-test('the completion log drops its oldest entries past its capacity, and a cursor before them is stale', () => {
+test('the completion log drops its oldest entries past its capacity, a cursor before them is stale, and close answers held polls', { timeout: 10_000 }, () => {
   let clock = 1000;
   const log = new SessionFutures(() => clock, 2);
   clock = 5;
@@ -173,6 +173,10 @@ test('the completion log drops its oldest entries past its capacity, and a curso
   assert.ok(log.stale(all.cursor + 1), 'a cursor this process never handed out');
   assert.deepEqual(log.since(key, all.cursor).completions, []);
   assert.deepEqual(log.since(cloneKey('S:sample:0', 1), log.base).completions, []);
+  // A stopping server answers held polls at once.
+  const held = log.wait(key, 60_000, new AbortController().signal);
+  log.close();
+  return Promise.all([held, log.wait(key, 60_000, new AbortController().signal)]);
 });
 
 test('cancel_future takes a queued sample out of the queue and fails its future; a running one finishes normally', async () => {

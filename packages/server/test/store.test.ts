@@ -364,6 +364,39 @@ for (const lane of lanes) {
       });
     });
 
+    it('samplers: joinClient hands out 1, 2, … per sampler, atomically, to its owner only', async () => {
+      await withStore(lane, async (store) => {
+        const sid = await newSession(store, 'alice');
+        const s = await store.samplers.create({ samplerId: `${sid}:sample:0`, owner: 'alice', sessionId: sid, baseModel: 'Qwen/Qwen3-8B', modelPath: null, now: 10 });
+        assert.equal(await store.samplers.joinClient(s.samplerId, 'alice'), 1);
+        const concurrent = await Promise.all(Array.from({ length: 10 }, () => store.samplers.joinClient(s.samplerId, 'alice')));
+        assert.deepEqual([...concurrent].sort((a, b) => a! - b!), [2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+        assert.equal(await store.samplers.joinClient(s.samplerId, 'bob'), undefined);
+        assert.equal(await store.samplers.joinClient('nope', 'alice'), undefined);
+        assert.deepEqual(await store.samplers.get(s.samplerId, 'alice'), s);
+      });
+    });
+
+    it('requests: finishedIn lists one seq block of a target, finished only, in completion order', async () => {
+      await withStore(lane, async (store) => {
+        const add = async (seqId: number | null) => (await store.requests.insert({ owner: 'alice', target: 's', seqId, kind: 'sample', payload: null, now: 1 })).row.requestId;
+        const [a, b, c, d, e] = [await add(0), await add(1), await add(2_000_000_000), await add(null), await add(3)];
+        await store.requests.complete(b!, new Uint8Array([1]), 10);
+        await store.requests.fail(a!, { message: 'x', category: 'user' }, 20);
+        await store.requests.complete(c!, new Uint8Array([1]), 30);
+        await store.requests.complete(d!, new Uint8Array([1]), 40);
+        await store.requests.insert({ owner: 'alice', target: 'other', seqId: 5, kind: 'sample', payload: null, now: 1 });
+        assert.deepEqual(await store.requests.finishedIn('s', 0, 1_000_000_000), [
+          { requestId: b, status: 'complete' },
+          { requestId: a, status: 'failed' },
+          { requestId: d, status: 'complete' },
+        ]);
+        assert.deepEqual(await store.requests.finishedIn('s', 2_000_000_000, 3_000_000_000), [{ requestId: c, status: 'complete' }]);
+        assert.ok(e);
+        assert.deepEqual(await store.requests.finishedIn('nope', 0, 1_000_000_000), []);
+      });
+    });
+
     it('requests: insert dedupes (target, seqId); null seq ids never collide', async () => {
       await withStore(lane, async (store) => {
         const a = await store.requests.insert({ owner: 'alice', target: 'm1', seqId: 1, kind: 'forward_backward', payload: new Uint8Array([1, 2]), now: 100 });

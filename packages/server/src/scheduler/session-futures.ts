@@ -46,6 +46,7 @@ export class SessionFutures {
   private dropped: number;
   private readonly watched = new Map<string, string>();
   private readonly waiters = new Map<string, Set<() => void>>();
+  private closed = false;
 
   constructor(
     now: () => number = Date.now,
@@ -105,8 +106,15 @@ export class SessionFutures {
     return { completions, cursor: this.last };
   }
 
-  /** Resolves when `key` gets a completion, after `timeoutMs`, or on abort. */
+  /** Answers every held poll now, and every later wait at once: a stopping server holds no polls. */
+  close(): void {
+    this.closed = true;
+    for (const set of [...this.waiters.values()]) for (const wake of [...set]) wake();
+  }
+
+  /** Resolves when `key` gets a completion, after `timeoutMs`, on abort, or once closed. */
   wait(key: string, timeoutMs: number, signal: AbortSignal): Promise<void> {
+    if (this.closed) return Promise.resolve();
     return new Promise((resolve) => {
       let set = this.waiters.get(key);
       if (!set) this.waiters.set(key, (set = new Set()));
