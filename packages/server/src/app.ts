@@ -16,6 +16,7 @@ import { DEFAULT_LONG_POLL_MS, samplingRoutes } from './routes/sampling.js';
 import { serviceRoutes } from './routes/service.js';
 import { trainingRoutes } from './routes/training.js';
 import type { TypedApp } from './routes/context.js';
+import type { OrderingOptions } from './scheduler/lane.js';
 import { Services } from './services.js';
 import { openStore, StoreConflictError } from './store/index.js';
 import { listModels, type ModelEntry } from './worker/catalogue.js';
@@ -39,6 +40,8 @@ export interface ServerOptions {
   bodyLimitBytes?: number;
   /** Sampling requests queued per base model before `asample` answers 429. */
   maxQueuedSamples?: number;
+  /** Limits and timeout for training requests waiting for a missing earlier `seq_id`. */
+  ordering?: OrderingOptions;
   /** Log requests (pino). */
   logger?: boolean;
 }
@@ -82,7 +85,7 @@ export async function createServer(options: ServerOptions): Promise<LatheServer>
   const models = options.models ?? (await listModels(modelsDir));
   let services: Services | undefined;
   const pool = new WorkerPool({ modelsDir, onCrash: (model) => services?.workerCrashed(model) });
-  services = new Services(store, pool, models, options.dataDir, options.maxQueuedSamples);
+  services = new Services(store, pool, models, options.dataDir, options.maxQueuedSamples, options.ordering);
   await services.resumeInterruptedRequests();
   const bodyLimit = options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT;
 

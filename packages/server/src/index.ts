@@ -3,4 +3,5 @@
  */
 export * from './worker/index.js';
 export { createServer, defaultDatabaseUrl, type LatheServer, type ServerOptions } from './app.js';
+export type { OrderingOptions, Timers } from './scheduler/lane.js';
 export { openStore, type Store } from './store/index.js';
