@@ -420,7 +420,7 @@ test('a checkpoint loaded after a failed rebuild replaces the lost weights for g
   assert.ok('metrics' in next, JSON.stringify(next));
 });
 
-test('after a restart a run goes on after its last finished request, whichever next request arrives first', async () => {
+test('after a restart a run goes on where its log says (past requests refused out of order), whichever next request arrives first', async () => {
   const dataDir = mkdtempSync(path.join(os.tmpdir(), 'lathe-server-test-'));
   let current = await createServer({ dataDir, models: MODELS });
   const { key: restartKey } = await current.services.store.keys.create('restart');
@@ -434,9 +434,9 @@ test('after a restart a run goes on after its last finished request, whichever n
       if (polled.status !== 408) return polled;
     }
   };
-  const fwd = (modelId: string, seqId: number) =>
+  const fwd = (modelId: string, seqId: number, lossFn = 'cross_entropy') =>
     send('POST', '/api/v1/forward_backward', Buffer.from(encodeForwardBackwardRequest({
-      modelId, seqId, lossFn: 'cross_entropy', lossFnConfig: {}, forwardOnly: true,
+      modelId, seqId, lossFn, lossFnConfig: {}, forwardOnly: true,
       data: [{ modelInput: [9707, 1879, 11], lossFnInputs: { target_tokens: { dtype: 'int64', shape: [3], data: BigInt64Array.from([1879n, 11n, 1246n]) } } }],
     })), 'application/x-protobuf');
   try {
@@ -447,15 +447,18 @@ test('after a restart a run goes on after its last finished request, whichever n
     const modelId = created.body['model_id'] as string;
     const first = await fwd(modelId, 1);
     assert.equal((await done(first.body['request_id'] as string)).status, 200);
+    // seq 3 is refused while seq 2 has not arrived: the log holds it ahead of the run.
+    assert.equal((await fwd(modelId, 3, 'kl_magic')).status, 400);
     await current.close();
 
     current = await createServer({ dataDir, models: MODELS });
-    // seq 3 arrives before seq 2 (parallel chunks): it must wait for 2, and 2 must not be "stale".
-    const third = await fwd(modelId, 3);
-    assert.equal(third.status, 200, JSON.stringify(third.body));
+    // seq 4 arrives before seq 2 (parallel chunks): it must wait for 2, 2 must not be "stale", and
+    // the run must go past the refused seq 3 as before the restart.
+    const fourth = await fwd(modelId, 4);
+    assert.equal(fourth.status, 200, JSON.stringify(fourth.body));
     const second = await fwd(modelId, 2);
     assert.equal(second.status, 200, JSON.stringify(second.body));
-    for (const r of [second, third]) assert.equal((await done(r.body['request_id'] as string)).status, 200);
+    for (const r of [second, fourth]) assert.equal((await done(r.body['request_id'] as string)).status, 200);
   } finally {
     await current.close();
   }
