@@ -428,12 +428,11 @@ test('after a restart a run goes on where its log says (past requests refused ou
     const response = await current.app.inject({ method, url, headers: { 'x-api-key': restartKey, 'content-type': contentType }, payload });
     return { status: response.statusCode, body: response.json() as Record<string, unknown> };
   };
-  const done = async (requestId: string) => {
-    for (;;) {
+  const done = (requestId: string) =>
+    until(`${requestId} to finish`, async () => {
       const polled = await send('POST', '/api/v1/retrieve_future', { request_id: requestId, allow_metadata_only: true });
-      if (polled.status !== 408) return polled;
-    }
-  };
+      return polled.status === 408 ? undefined : polled;
+    });
   const fwd = (modelId: string, seqId: number, lossFn = 'cross_entropy') =>
     send('POST', '/api/v1/forward_backward', Buffer.from(encodeForwardBackwardRequest({
       modelId, seqId, lossFn, lossFnConfig: {}, forwardOnly: true,
