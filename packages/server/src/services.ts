@@ -168,6 +168,7 @@ export class Services {
   async refuseTraining(owner: string, run: RunRow, seqId: number, kind: string, error: HttpError): Promise<string> {
     if (run.state === 'unloaded' || error.statusCode === 429) throw error; // nothing goes on after an unload; a 429 is sent again
     const lane = await this.trainingLane(run, seqId);
+    if (!lane.inWindow(run.modelId, seqId)) throw error; // far beyond what the run waits for: no place to take
     const { row, created } = await this.store.requests.insert({
       owner,
       target: run.modelId,

@@ -597,6 +597,10 @@ test('a missing seq_id that never arrives is given up after the gap timeout: the
   const second = await forward(modelId, 2, true);
   const third = await forward(modelId, 3, true);
   assert.equal(third.status, 200, third.body);
+  // A refusal far beyond what the run waits for takes no place (it would never be reached).
+  const far = await call('POST', '/api/v1/optim_step', { model_id: modelId, seq_id: Number.MAX_SAFE_INTEGER, adam_params: { learning_rate: -1 }, type: 'optim_step' });
+  assertBadRequest(far, 'learning_rate');
+  assert.equal(await server.services.store.requests.findBySeq(modelId, Number.MAX_SAFE_INTEGER, owner), undefined);
   gapTimers.fireLast();
   for (const r of [second, third]) {
     const failed = await outcome(r.requestId);

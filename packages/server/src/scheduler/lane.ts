@@ -189,7 +189,7 @@ export class Lane {
     if (!run || seqId < run.nextSeq || run.buffered.has(seqId) || run.passed.has(seqId)) return none; // stale or a retry
     const missing = this.firstMissing(run);
     if (seqId <= missing) return none;
-    if (seqId - missing > this.maxWaitingRequests) {
+    if (!this.inWindow(modelId, seqId)) {
       return `seq_id ${seqId} of ${modelId} is too far ahead: seq_id ${missing} has not arrived, and at most ${this.maxWaitingRequests} later requests may wait for it; send the earlier requests first`;
     }
     const waiting = this.waitingBytes(run, missing) + run.reserved.bytes;
@@ -225,6 +225,15 @@ export class Lane {
     run.buffered.set(job.seqId, job);
     this.watchGap(job.modelId, run);
     this.pump();
+  }
+
+  /**
+   * Whether `seqId` is near enough to the run's first missing seq id to wait for it (at most
+   * `maxWaitingRequests` beyond). Beyond, a request is not accepted, nor a refusal recorded.
+   */
+  inWindow(modelId: string, seqId: number): boolean {
+    const run = this.runs.get(modelId);
+    return !run || seqId - this.firstMissing(run) <= this.maxWaitingRequests;
   }
 
   /**
