@@ -126,8 +126,8 @@ export class Services {
     const logged: LoggedTraining = { op, meta };
     if (run.state === 'unloaded') {
       // A retry of a request logged before the unload still gets its future; nothing new runs.
-      const logged = await this.store.requests.findBySeq(run.modelId, seqId, owner);
-      if (logged) return original(logged);
+      const earlier = await this.store.requests.findBySeq(run.modelId, seqId, owner);
+      if (earlier) return original(earlier);
       throw badRequest(`training run ${run.modelId} was unloaded; create a new model (or load a checkpoint into one) to continue`, 'model_unloaded');
     }
     const lane = await this.trainingLane(run, seqId);
