@@ -168,6 +168,47 @@ def test_ordering_buffers_out_of_order_seq_ids_and_dedupes_retries(server):
         ref.forward_backward(probe, forward_only=True)["metrics"]["loss:sum"], rel=1e-5)
 
 
+def test_a_request_refused_at_submit_takes_its_seq_id_so_the_run_goes_on(server):
+    # The SDK uses a seq_id up whatever the answer: a refused request must not leave a gap.
+    c = client(server)
+    run = c.create_model(MODEL, rank=4)
+    headers = {"Content-Type": "application/x-protobuf"}
+
+    def submit(seq_id: int, datum) -> httpx.Response:
+        req = pb.ForwardBackwardRequest(model_id=run.model_id, seq_id=seq_id, loss_fn="cross_entropy", forward_only=True)
+        req.data.append(datum)
+        return c.http.post("api/v1/forward_backward", content=req.SerializeToString(), headers=headers)
+
+    # A split batch: chunk 2 goes first and waits for chunk 1, which is refused.
+    second = c.ok(submit(2, sft_datum(DATASET[1])))["request_id"]
+    refused = error_of(submit(1, datum_proto([1, VOCAB + 5], [1, 2], [1, 1])), 400)
+    assert "vocabulary" in refused["message"] and refused["category"] == "user"
+    assert c.retrieve(second, "Forward", proto=True)["metrics"]["loss:sum"] > 0
+    # A retry of the refused seq_id gets the same refusal, not a future that never finishes.
+    assert error_of(submit(1, datum_proto([1, VOCAB + 5], [1, 2], [1, 1])), 400) == refused
+    assert error_of(submit(1, sft_datum(DATASET[0])), 400) == refused
+    # Refusals of other requests take their place too, and the run trains on.
+    run.seq = 2
+    bad_step = c.post("optim_step", {"adam_params": {"learning_rate": -1.0}, "model_id": run.model_id, "seq_id": run.next_seq(), "type": "optim_step"})
+    assert "learning_rate" in error_of(bad_step, 400)["message"]
+    missing = c.post("load_weights", {"model_id": run.model_id, "seq_id": run.next_seq(), "path": f"tinker://{run.model_id}/weights/none", "optimizer": False, "type": "load_weights"})
+    error_of(missing, 404)
+    assert run.forward_backward([sft_datum(DATASET[0])])["metrics"]["loss:sum"] > 0
+    assert "metrics" in run.optim_step()
+
+
+def test_seq_ids_must_be_safe_non_negative_integers(server):
+    c = client(server)
+    run = c.create_model(MODEL, rank=4)
+    for bad in [1e300, 2**53 + 1, 2**53, -1, 1.5]:
+        body = {"adam_params": {"learning_rate": 1e-4}, "model_id": run.model_id, "seq_id": bad, "type": "optim_step"}
+        assert "seq_id" in error_of(c.post("optim_step", body), 400)["message"]
+        create = {"session_id": c.session_id, "model_seq_id": bad, "base_model": MODEL, "lora_config": {"rank": 4}, "type": "create_model"}
+        assert "model_seq_id" in error_of(c.post("create_model", create), 400)["message"]
+    # None of them took a place: the run goes on at seq_id 1.
+    assert "metrics" in run.optim_step()
+
+
 def test_json_forward_backward_for_older_sdks(server):
     c = client(server)
     run = c.create_model(MODEL, rank=4)
@@ -198,7 +239,8 @@ def test_bad_input_gets_clear_4xx_errors(server):
     headers = {"Content-Type": "application/x-protobuf"}
 
     def fwdbwd(datum, loss_fn="cross_entropy") -> httpx.Response:
-        req = pb.ForwardBackwardRequest(model_id=run.model_id, seq_id=run.seq + 1, loss_fn=loss_fn)
+        # Each refused request uses up its seq_id, as with the SDK: the server logs it in that place.
+        req = pb.ForwardBackwardRequest(model_id=run.model_id, seq_id=run.next_seq(), loss_fn=loss_fn)
         req.data.append(datum)
         return c.http.post("api/v1/forward_backward", content=req.SerializeToString(), headers=headers)
 
@@ -238,7 +280,6 @@ def test_async_failures_arrive_through_the_future(server):
     error_of(c.post("load_weights", {"model_id": run.model_id, "seq_id": run.next_seq(), "path": saved["path"], "optimizer": True, "type": "load_weights"}), 400)
     # ...and a worker-side user error (an RL loss given 2-D inputs) comes back as a RequestFailed with category user.
     bad = datum_proto([1, 2, 3], [1, 2, 3], [1, 1, 1], extra={"advantages": np.ones(3, np.float32), "logprobs": np.zeros((3, 2), np.float32)})
-    run.seq -= 1  # the refused load consumed no seq on the server side
     with pytest.raises(RequestFailed) as failure:
         run.forward_backward([bad], loss_fn="importance_sampling")
     assert failure.value.category == "user"
@@ -325,6 +366,5 @@ def test_save_state_refuses_to_overwrite_unless_asked(server):
     # ...a new save under the same name is refused unless overwrite is set.
     refused = c.post("save_weights", {**body, "seq_id": run.next_seq()})
     assert error_of(refused, 400)["type"] == "already_exists"
-    run.seq -= 1
     replaced = c.ok(c.post("save_weights", {**body, "seq_id": run.next_seq(), "overwrite": True}))
     assert c.retrieve(replaced["request_id"], "SaveWeights")["path"] == path

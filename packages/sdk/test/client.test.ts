@@ -398,7 +398,7 @@ describe('training order and seq_id', () => {
     assert.equal(keys.size, 1);
   });
 
-  test('a submit the server refused (4xx) does not use up its seq_id, so the run does not stall', async () => {
+  test('a submit the server refused (4xx) uses up its seq_id (the server logs the refusal in its place)', async () => {
     const server = new FakeServer();
     const training = await client(server).createLoraTrainingClient({ baseModel: 'm' });
     failFirst(server, 'forward_backward', 1, () => json({ error: { message: 'token id 999999 at position 0 is outside the vocabulary' } }, 400));
@@ -406,7 +406,12 @@ describe('training order and seq_id', () => {
     assert.ok(error instanceof BadRequestError);
     assert.match(error.message, /outside the vocabulary/);
     await training.optimStep({});
-    assert.deepEqual(server.to('optim_step').map((c) => c.body.seq_id), [1]);
+    assert.deepEqual(server.to('optim_step').map((c) => c.body.seq_id), [2]);
+    // A 429 that outlasts the retries takes no place on the server: the next call reuses its seq_id.
+    failFirst(server, 'optim_step', 4, () => json({ error: { message: 'seq_id 3 is too far ahead' } }, 429, { 'retry-after-ms': '1' }));
+    await assert.rejects(training.optimStep({}, { maxRetries: 3 }).result(), RateLimitError);
+    await training.optimStep({});
+    assert.deepEqual(server.to('optim_step').map((c) => c.body.seq_id), [2, 3, 3, 3, 3, 3]);
   });
 
   test('wire format: protobuf forward_backward with shapes and dtypes; JSON optim_step with all Adam fields', async () => {
@@ -512,6 +517,11 @@ describe('training order and seq_id', () => {
     );
     await training.optimStep({});
     assert.deepEqual(server.to('optim_step').map((c) => c.body.seq_id), [2]);
+    // A 429 that outlasts the retries takes no place on the server: the next call reuses its seq_id.
+    failFirst(server, 'optim_step', 4, () => json({ error: { message: 'seq_id 3 is too far ahead' } }, 429, { 'retry-after-ms': '1' }));
+    await assert.rejects(training.optimStep({}, { maxRetries: 3 }).result(), RateLimitError);
+    await training.optimStep({});
+    assert.deepEqual(server.to('optim_step').map((c) => c.body.seq_id), [2, 3, 3, 3, 3, 3]);
   });
 });
 

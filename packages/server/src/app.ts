@@ -20,6 +20,7 @@ import { DEFAULT_LONG_POLL_MS, samplingRoutes } from './routes/sampling.js';
 import { serviceRoutes } from './routes/service.js';
 import { trainingRoutes } from './routes/training.js';
 import type { TypedApp } from './routes/context.js';
+import type { OrderingOptions } from './scheduler/lane.js';
 import { Services } from './services.js';
 import { openStore, StoreConflictError } from './store/index.js';
 import { ModelCatalogue, readModelsConfig, scanModels, type ModelEntry } from './worker/catalogue.js';
@@ -53,6 +54,8 @@ export interface ServerOptions {
   maxQueuedSamples?: number;
   /** The clock of time-based caches (API-key lookups); default `Date.now`. Tests inject one. */
   clock?: () => number;
+  /** Limits and timeout for training requests waiting for a missing earlier `seq_id`. */
+  ordering?: OrderingOptions;
   /** Log requests (pino). */
   logger?: boolean;
 }
@@ -125,7 +128,7 @@ async function buildServer(options: ServerOptions, unlock: () => void): Promise<
   ]);
   let services: Services | undefined;
   const pool = new WorkerPool({ modelsDir, source: (model) => catalogue.source(model), onCrash: (model) => services?.workerCrashed(model) });
-  services = new Services(store, pool, catalogue, options.dataDir, options.maxQueuedSamples, redact);
+  services = new Services(store, pool, catalogue, options.dataDir, options.maxQueuedSamples, options.ordering, redact);
   await services.resumeInterruptedRequests();
   const bodyLimit = options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT;
 

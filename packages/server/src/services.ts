@@ -5,16 +5,23 @@
  * Durability: every request is logged with its operation before it is acknowledged. Adapters are
  * snapshotted (with optimizer state) every few optimizer steps; when a worker dies, or after a
  * server restart, a run is rebuilt from its last snapshot plus the logged requests since, and
- * requests that were accepted but not finished run again.
+ * requests that were accepted but not finished run again. A run's snapshot is also taken when a
+ * checkpoint is loaded into it, so recovery never reads a checkpoint its owner may since have
+ * deleted or let expire.
+ *
+ * Ordering: a training request refused at submit once its run and `seq_id` are known (bad
+ * tokens, shapes, loss function, unknown checkpoint…) is logged as failed in that `seq_id`'s
+ * place, because the SDK has used the `seq_id` up: the run goes past it, and a retry gets the
+ * same refusal. Requests waiting for a missing `seq_id` are bounded and time out (see `Lane`).
  */
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { decode, encode } from '@msgpack/msgpack';
-import { badRequest, serviceUnavailable, tooManyRequests } from './http/errors.js';
+import { badRequest, HttpError, serviceUnavailable, tooManyRequests } from './http/errors.js';
 import type { CsrIndex } from './protocol/proto.js';
 import { sampleResult, type StoredResult } from './protocol/results.js';
 import { FutureHub } from './scheduler/futures.js';
-import { Lane, type JobError, type SampleJob, type TrainingOp } from './scheduler/lane.js';
+import { Lane, type JobError, type OrderingOptions, type Reservation, type SampleJob, type TrainingOp } from './scheduler/lane.js';
 import { OutcomeRecorder, recordWithRetry } from './scheduler/outcomes.js';
 import { SessionFutures } from './scheduler/session-futures.js';
 import type { RequestRow, RunRow, Store } from './store/index.js';
@@ -75,6 +82,7 @@ export class Services {
     readonly catalogue: ModelCatalogue,
     readonly dataDir: string,
     private readonly maxQueuedSamples?: number,
+    private readonly ordering: OrderingOptions = {},
     /** Rewrites error messages before clients see them (hides server paths). */
     private readonly redact: (message: string) => string = (message) => message,
   ) {
@@ -133,6 +141,8 @@ export class Services {
         worker: () => this.pool.client(baseModel),
         completion: this.completion,
         recover: (modelId, client) => this.recover(modelId, client),
+        recordLost: (owner, modelId, seqIds, error) => this.recordLost(owner, modelId, seqIds, error),
+        ...this.ordering,
         ...(this.maxQueuedSamples !== undefined ? { maxQueuedSamples: this.maxQueuedSamples } : {}),
       });
       this.lanes.set(baseModel, lane);
@@ -149,41 +159,101 @@ export class Services {
 
   /**
    * Logs a training request and queues it in seq order. A repeated `(model_id, seq_id)` returns
-   * the original request id without running anything twice.
+   * the original request id without running anything twice (or, if that one was refused, the
+   * same refusal). 429 when the request would wait for a missing earlier seq beyond the limits.
    */
   async submitTraining(owner: string, run: RunRow, seqId: number, op: TrainingOp, meta: JobMeta): Promise<string> {
     this.checkAccepting();
     const now = Date.now();
-    const lane = this.lane(run.baseModel);
     const logged: LoggedTraining = { op, meta };
     if (run.state === 'unloaded') {
       // A retry of a request logged before the unload still gets its future; nothing new runs.
-      const original = await this.store.requests.findBySeq(run.modelId, seqId, owner);
-      if (original) return original.requestId;
+      const earlier = await this.store.requests.findBySeq(run.modelId, seqId, owner);
+      if (earlier) return original(earlier);
       throw badRequest(`training run ${run.modelId} was unloaded; create a new model (or load a checkpoint into one) to continue`, 'model_unloaded');
     }
-    const { row, created } = await this.store.requests.insert({ owner, target: run.modelId, seqId, kind: meta.kind, payload: encode(logged), now });
-    if (!created) return row.requestId;
-    if (lane.expectedSeq(run.modelId) === undefined) {
-      // A run this process has not seen (the server restarted) is rebuilt from its log on first use
-      // and goes on after its last finished request, whichever of the next ones arrives first.
-      lane.registerRun(run.modelId, await this.resumeSeq(run.modelId, seqId), true);
-    }
+    const lane = await this.trainingLane(run, seqId);
     const expected = lane.expectedSeq(run.modelId) ?? 0;
     if (seqId < expected) {
-      const message = `seq_id ${seqId} of ${run.modelId} is behind the next expected seq_id ${expected}`;
-      await this.completion.fail(row.requestId, { message, category: 'user' });
-      throw badRequest(message, 'stale_seq_id');
+      return this.refuseTraining(owner, run, seqId, meta.kind, badRequest(`seq_id ${seqId} of ${run.modelId} is behind the next expected seq_id ${expected}`, 'stale_seq_id'));
     }
+    const payload = encode(logged);
+    const place = lane.reserve(run.modelId, seqId, payload.byteLength);
+    if (typeof place === 'string') throw tooManyRequests(place);
+    let inserted: { row: RequestRow; created: boolean };
+    try {
+      inserted = await this.store.requests.insert({ owner, target: run.modelId, seqId, kind: meta.kind, payload, now });
+    } catch (error) {
+      lane.release(place);
+      throw error;
+    }
+    const { row, created } = inserted;
+    if (!created) {
+      lane.release(place);
+      return original(row);
+    }
+    this.enqueueTraining(row.requestId, owner, run, seqId, logged, payload.byteLength, place);
     await this.store.runs.touch(run.modelId, now);
-    this.enqueueTraining(row.requestId, owner, run, seqId, logged);
     return row.requestId;
   }
 
-  private enqueueTraining(requestId: string, owner: string, run: RunRow, seqId: number, logged: LoggedTraining): void {
+  /**
+   * Logs a training request refused at submit (`error`, a 4xx) as failed in its `seq_id`'s place,
+   * so the run goes past it instead of waiting for it for ever: the SDK has used that `seq_id`
+   * up. Throws the refusal; a retry of it gets the same one again. When `(run, seqId)` was logged
+   * before as an accepted request, this is a retry of that one: its request id is returned.
+   *
+   * @example
+   * // in a route, once the run and seq_id are known:
+   * try { data = prepareData(lossFn, datums, model) } catch (e) { if (e instanceof HttpError) return services.refuseTraining(who, run, seqId, 'forward_backward', e); throw e }
+   */
+  async refuseTraining(owner: string, run: RunRow, seqId: number, kind: string, error: HttpError): Promise<string> {
+    if (run.state === 'unloaded' || error.statusCode === 429) throw error; // nothing goes on after an unload; a 429 is sent again
+    const lane = await this.trainingLane(run, seqId);
+    if (!lane.inWindow(run.modelId, seqId)) throw error; // far beyond what the run waits for: no place to take
+    const { row, created } = await this.store.requests.insert({
+      owner,
+      target: run.modelId,
+      seqId,
+      kind,
+      payload: null,
+      now: Date.now(),
+      error: { message: error.message, category: error.category, refused: { status: error.statusCode, type: error.type } },
+    });
+    if (created) {
+      lane.pass(run.modelId, seqId);
+      throw error;
+    }
+    return original(row);
+  }
+
+  /** Logs the seq ids a run gave up waiting for as refused, so one that arrives late is told so. */
+  private async recordLost(owner: string, modelId: string, seqIds: number[], error: JobError): Promise<void> {
+    for (const seqId of seqIds) {
+      await this.store.requests.insert({ owner, target: modelId, seqId, kind: 'missing', payload: null, now: Date.now(), error: { ...error, refused: { status: 400, type: 'seq_id_timeout' } } });
+    }
+  }
+
+  /**
+   * The lane of a run, which tracks the run from now on. A run this process has not seen (the
+   * server restarted) is rebuilt from its log on first use and goes on where its log says.
+   */
+  private async trainingLane(run: RunRow, seqId: number): Promise<Lane> {
+    const lane = this.lane(run.baseModel);
+    if (lane.expectedSeq(run.modelId) === undefined) {
+      const progress = await this.store.requests.progress(run.modelId);
+      lane.registerRun(run.modelId, progress?.nextSeq ?? seqId, true, progress?.finishedAfter);
+    }
+    return lane;
+  }
+
+  private enqueueTraining(requestId: string, owner: string, run: RunRow, seqId: number, logged: LoggedTraining, bytes: number, place?: Reservation): void {
     // A run's outcomes reach the log in seq order, even while some are held in memory.
     this.completion.track(requestId, run.modelId, { seqId, op: logged.op } satisfies ReplayStep);
-    this.lane(run.baseModel).submitTraining({ requestId, modelId: run.modelId, seqId, op: logged.op, finalize: (reply) => this.finalizeTraining(owner, run, seqId, logged.meta, reply) });
+    this.lane(run.baseModel).submitTraining(
+      { requestId, owner, modelId: run.modelId, seqId, op: logged.op, bytes, finalize: (reply) => this.finalizeTraining(owner, run, seqId, logged.meta, reply) },
+      place,
+    );
   }
 
   /** Turns a worker reply into the future's result, recording checkpoints and snapshots on the way. */
@@ -210,6 +280,9 @@ export class Services {
         await recordWithRetry(() => this.store.runs.setState(run.modelId, 'unloaded'));
         return json({ model_id: run.modelId, type: 'unload_model' });
       case 'load_weights':
+        // The run's own snapshot now holds the loaded weights: recovery never reads the checkpoint,
+        // which its owner may delete or let expire. (If this fails, recovery replays the load.)
+        await this.snapshot(run, seqId).catch((error: unknown) => console.error(`snapshot of ${run.modelId} at seq ${seqId} failed`, error));
         return json({ path: meta.path, model_id: run.modelId, type: 'load_weights' });
       case 'save': {
         const now = Date.now();
@@ -369,22 +442,15 @@ export class Services {
   }
 
 
-  /** The seq a run goes on from after a restart: the one after its last finished request (`fallback` if none finished). */
-  private async resumeSeq(modelId: string, fallback: number): Promise<number> {
-    const finished = await this.store.requests.maxSeq(modelId, { finishedOnly: true });
-    return finished === null ? fallback : finished + 1;
-  }
-
   /** Queues again every request the previous server process accepted but did not finish. */
   async resumeInterruptedRequests(): Promise<number> {
     const unfinished = await this.store.requests.unfinished();
     const lost: JobError = { message: 'the server restarted before this request ran and it could not be resumed; submit it again', category: 'server' };
-    // A run resumes after its last finished request (its lowest unfinished seq if none finished).
+    // A run resumes where its log says (at its lowest unfinished seq if none finished).
     const firstSeq = new Map<string, number>();
     for (const row of unfinished) {
       if (row.kind !== 'sample' && row.seqId !== null) firstSeq.set(row.target, Math.min(firstSeq.get(row.target) ?? row.seqId, row.seqId));
     }
-    for (const [modelId, lowest] of firstSeq) firstSeq.set(modelId, await this.resumeSeq(modelId, lowest));
     let resumed = 0;
     for (const row of unfinished) {
       try {
@@ -394,8 +460,9 @@ export class Services {
         } else {
           const run = await this.store.runs.get(row.target, row.owner);
           if (!run || row.seqId === null || !row.payload) throw new Error('not resumable');
-          this.lane(run.baseModel).registerRun(run.modelId, firstSeq.get(run.modelId) ?? row.seqId, true);
-          this.enqueueTraining(row.requestId, row.owner, run, row.seqId, decode(row.payload) as LoggedTraining);
+          // Acknowledged before the restart: queued whatever the limits.
+          await this.trainingLane(run, firstSeq.get(run.modelId) ?? row.seqId);
+          this.enqueueTraining(row.requestId, row.owner, run, row.seqId, decode(row.payload) as LoggedTraining, row.payload.byteLength);
         }
         resumed++;
       } catch {
@@ -409,6 +476,13 @@ export class Services {
   queues(): Record<string, { training: number; sampling: number }> {
     return Object.fromEntries([...this.lanes].map(([model, lane]) => [model, lane.queued]));
   }
+}
+
+/** What a retry of a logged training request gets: its future, or the refusal it got at submit. */
+function original(row: RequestRow): string {
+  const refused = row.error?.refused;
+  if (row.status === 'failed' && row.error && refused) throw new HttpError(refused.status, refused.type, row.error.message, row.error.category === 'server' ? 'server' : 'user');
+  return row.requestId;
 }
 
 /** The worker adapter slot that serves a sampler checkpoint. */

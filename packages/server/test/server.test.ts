@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
@@ -20,6 +20,30 @@ let key: string;
 let owner: string;
 const MODEL = 'lathe/tiny-qwen3';
 const MODELS = [{ model_name: MODEL, max_context_length: 2048, vocab_size: 151936, architecture: 'qwen3' }];
+const GAP_TIMEOUT_MS = 600_000;
+const MAX_WAITING = 4;
+const MAX_WAITING_BYTES = 16 * 1024;
+
+/** The lanes' gap timers: armed and cleared by the server, fired by hand here. */
+const gapTimers = {
+  armed: new Map<number, { fire: () => void; ms: number }>(),
+  last: 0,
+  setTimeout(fire: () => void, ms: number): number {
+    this.armed.set(++this.last, { fire, ms });
+    return this.last;
+  },
+  clearTimeout(handle: unknown): void {
+    this.armed.delete(handle as number);
+  },
+  /** Fires the timer armed last (the one of the run a test just left waiting), as if its time had come. */
+  fireLast(): void {
+    const timer = this.armed.get(this.last);
+    assert.ok(timer, 'the last gap timer is armed');
+    assert.equal(timer.ms, GAP_TIMEOUT_MS);
+    this.armed.delete(this.last);
+    timer.fire();
+  },
+};
 
 before(async () => {
   const dataDir = mkdtempSync(path.join(os.tmpdir(), 'lathe-server-test-'));
@@ -29,6 +53,7 @@ before(async () => {
     longPollMs: 1500,
     maxQueuedSamples: 2,
     models: MODELS,
+    ordering: { maxWaitingRequests: MAX_WAITING, maxWaitingBytes: MAX_WAITING_BYTES, gapTimeoutMs: GAP_TIMEOUT_MS, timers: gapTimers },
   });
   const created = await server.services.store.keys.create('test');
   key = created.key;
@@ -190,11 +215,12 @@ async function createModel(seed = 1): Promise<string> {
   return created.body['model_id'] as string;
 }
 
-/** Submits a (protobuf) forward or forward_backward; returns the future's request id. */
-async function forward(modelId: string, seqId: number, forwardOnly: boolean): Promise<{ status: number; requestId: string; body: string }> {
+/** Submits a (protobuf) forward or forward_backward of one datum of `length` tokens; returns the future's request id. */
+async function forward(modelId: string, seqId: number, forwardOnly: boolean, { lossFn = 'cross_entropy', length = 3 } = {}): Promise<{ status: number; requestId: string; body: string }> {
+  const tokens = Array.from({ length: length + 1 }, (_, i) => [9707, 1879, 11, 1246][i % 4]!);
   const body = encodeForwardBackwardRequest({
-    modelId, seqId, lossFn: 'cross_entropy', lossFnConfig: {}, forwardOnly,
-    data: [{ modelInput: [9707, 1879, 11], lossFnInputs: { target_tokens: { dtype: 'int64', shape: [3], data: BigInt64Array.from([1879n, 11n, 1246n]) } } }],
+    modelId, seqId, lossFn, lossFnConfig: {}, forwardOnly,
+    data: [{ modelInput: tokens.slice(0, -1), lossFnInputs: { target_tokens: { dtype: 'int64', shape: [length], data: BigInt64Array.from(tokens.slice(1), BigInt) } } }],
   });
   const response = await server.app.inject({ method: 'POST', url: '/api/v1/forward_backward', headers: { 'x-api-key': key, 'content-type': 'application/x-protobuf' }, payload: Buffer.from(body) });
   return { status: response.statusCode, requestId: response.statusCode === 200 ? (response.json() as { request_id: string }).request_id : '', body: response.body };
@@ -381,8 +407,9 @@ test('a checkpoint loaded after a failed rebuild replaces the lost weights for g
   const a = (await step({ path: 'a', type: 'save_weights' }, '/api/v1/save_weights'))['path'] as string;
   const b = (await step({ path: 'b', type: 'save_weights' }, '/api/v1/save_weights'))['path'] as string;
   await step({ path: a, optimizer: false, type: 'load_weights' }, '/api/v1/load_weights');
-  // Deleting `a` makes the run's log impossible to replay once its worker is gone.
-  assert.equal((await call('DELETE', `/api/v1/training_runs/${modelId}/checkpoints/weights/a`)).status, 200);
+  // Losing the run's snapshot (taken when `a` was loaded) makes it impossible to rebuild once its worker is gone.
+  const snapshots = path.join(server.services.dataDir, 'snapshots', encodeURIComponent(modelId));
+  rmSync((JSON.parse(readFileSync(path.join(snapshots, 'latest.json'), 'utf8')) as { path: string }).path, { recursive: true });
   const pid = (await server.services.pool.pids())[MODEL];
   assert.ok(pid);
   process.kill(pid, 'SIGKILL');
@@ -394,7 +421,7 @@ test('a checkpoint loaded after a failed rebuild replaces the lost weights for g
   assert.ok('metrics' in next, JSON.stringify(next));
 });
 
-test('after a restart a run goes on after its last finished request, whichever next request arrives first', async () => {
+test('after a restart a run goes on where its log says (past requests refused out of order), whichever next request arrives first', async () => {
   const dataDir = mkdtempSync(path.join(os.tmpdir(), 'lathe-server-test-'));
   let current = await createServer({ dataDir, models: MODELS });
   const { key: restartKey } = await current.services.store.keys.create('restart');
@@ -402,15 +429,14 @@ test('after a restart a run goes on after its last finished request, whichever n
     const response = await current.app.inject({ method, url, headers: { 'x-api-key': restartKey, 'content-type': contentType }, payload });
     return { status: response.statusCode, body: response.json() as Record<string, unknown> };
   };
-  const done = async (requestId: string) => {
-    for (;;) {
+  const done = (requestId: string) =>
+    until(`${requestId} to finish`, async () => {
       const polled = await send('POST', '/api/v1/retrieve_future', { request_id: requestId, allow_metadata_only: true });
-      if (polled.status !== 408) return polled;
-    }
-  };
-  const fwd = (modelId: string, seqId: number) =>
+      return polled.status === 408 ? undefined : polled;
+    });
+  const fwd = (modelId: string, seqId: number, lossFn = 'cross_entropy') =>
     send('POST', '/api/v1/forward_backward', Buffer.from(encodeForwardBackwardRequest({
-      modelId, seqId, lossFn: 'cross_entropy', lossFnConfig: {}, forwardOnly: true,
+      modelId, seqId, lossFn, lossFnConfig: {}, forwardOnly: true,
       data: [{ modelInput: [9707, 1879, 11], lossFnInputs: { target_tokens: { dtype: 'int64', shape: [3], data: BigInt64Array.from([1879n, 11n, 1246n]) } } }],
     })), 'application/x-protobuf');
   try {
@@ -421,15 +447,18 @@ test('after a restart a run goes on after its last finished request, whichever n
     const modelId = created.body['model_id'] as string;
     const first = await fwd(modelId, 1);
     assert.equal((await done(first.body['request_id'] as string)).status, 200);
+    // seq 3 is refused while seq 2 has not arrived: the log holds it ahead of the run.
+    assert.equal((await fwd(modelId, 3, 'kl_magic')).status, 400);
     await current.close();
 
     current = await createServer({ dataDir, models: MODELS });
-    // seq 3 arrives before seq 2 (parallel chunks): it must wait for 2, and 2 must not be "stale".
-    const third = await fwd(modelId, 3);
-    assert.equal(third.status, 200, JSON.stringify(third.body));
+    // seq 4 arrives before seq 2 (parallel chunks): it must wait for 2, 2 must not be "stale", and
+    // the run must go past the refused seq 3 as before the restart.
+    const fourth = await fwd(modelId, 4);
+    assert.equal(fourth.status, 200, JSON.stringify(fourth.body));
     const second = await fwd(modelId, 2);
     assert.equal(second.status, 200, JSON.stringify(second.body));
-    for (const r of [second, third]) assert.equal((await done(r.body['request_id'] as string)).status, 200);
+    for (const r of [second, fourth]) assert.equal((await done(r.body['request_id'] as string)).status, 200);
   } finally {
     await current.close();
   }
@@ -586,4 +615,182 @@ test('while another process holds the database write lock, /healthz answers and 
   } finally {
     await locked.close();
   }
+/** A future's final answer (a result or `{error, category}`); fails the test rather than hang if it never comes. */
+async function outcome(requestId: string): Promise<Record<string, unknown>> {
+  return until(`${requestId} to finish`, async () => {
+    const polled = await call('POST', '/api/v1/retrieve_future', { request_id: requestId, allow_metadata_only: true });
+    if (polled.status === 408) return undefined;
+    assert.equal(polled.status, 200, JSON.stringify(polled.body));
+    return polled.body;
+  });
+}
+
+/** The forward-only loss of the run's current weights at `seqId`. */
+async function forwardLoss(modelId: string, seqId: number): Promise<number> {
+  const submitted = await forward(modelId, seqId, true);
+  assert.equal(submitted.status, 200, submitted.body);
+  const done = await outcome(submitted.requestId);
+  assert.ok('metrics' in done, JSON.stringify(done));
+  return (done['metrics'] as Record<string, number>)['loss:sum']!;
+}
+
+test('a training request refused at submit still takes its seq_id: later ones run, and a retry gets the same refusal', async () => {
+  const modelId = await createModel();
+  // seq 2 arrives first and waits for seq 1, which is refused (the SDK has used seq 1 up).
+  const second = await forward(modelId, 2, true);
+  assert.equal(second.status, 200, second.body);
+  const refused = await forward(modelId, 1, true, { lossFn: 'kl_magic' });
+  assert.equal(refused.status, 400, refused.body);
+  assert.match(refused.body, /kl_magic/);
+  assert.ok('metrics' in (await outcome(second.requestId)));
+  // A retry of seq 1 gets the same refusal, whatever it carries now.
+  assert.equal((await forward(modelId, 1, true, { lossFn: 'kl_magic' })).body, refused.body);
+  assert.equal((await forward(modelId, 1, true)).body, refused.body);
+  // Every kind of submit-time refusal takes its place, and the run goes on after each.
+  let seq = 2;
+  const refusals: [string, Record<string, unknown>, number, RegExp][] = [
+    ['/api/v1/optim_step', { adam_params: { learning_rate: -1 }, type: 'optim_step' }, 400, /learning_rate/],
+    ['/api/v1/load_weights', { path: `tinker://${modelId}/weights/none`, optimizer: false, type: 'load_weights' }, 404, /none/],
+    ['/api/v1/save_weights', { path: 'bad name!', type: 'save_weights' }, 400, /invalid checkpoint name/],
+  ];
+  for (const [url, body, status, message] of refusals) {
+    const first = await call('POST', url, { model_id: modelId, seq_id: ++seq, ...body });
+    assert.equal(first.status, status, JSON.stringify(first.body));
+    assert.match((first.body['error'] as { message: string }).message, message);
+    assert.deepEqual(await call('POST', url, { model_id: modelId, seq_id: seq, ...body }), first);
+    assert.ok('metrics' in (await outcome((await forward(modelId, ++seq, true)).requestId)));
+  }
+  // A retry of an accepted request is its original future, even if it would be refused now.
+  const retried = await forward(modelId, 2, true, { lossFn: 'kl_magic' });
+  assert.equal(retried.status, 200, retried.body);
+  assert.equal(retried.requestId, second.requestId);
+  // A seq the run went past that is not in the log (here: deleted from it) is stale, and stays so.
+  await server.services.store.db.deleteFrom('requests').where('target', '=', modelId).where('seq_id', '=', 2).execute();
+  const stale = await forward(modelId, 2, true);
+  assert.equal(stale.status, 400, stale.body);
+  assert.match(stale.body, /stale_seq_id/);
+  assert.equal((await forward(modelId, 2, true)).body, stale.body);
+  assert.ok('metrics' in (await outcome((await forward(modelId, ++seq, true)).requestId)));
+});
+
+test('seq_id and model_seq_id must be safe non-negative integers: 400s naming the field, never rounded', async () => {
+  const modelId = await createModel();
+  const raw = async (url: string, json: string) => {
+    const response = await server.app.inject({ method: 'POST', url, headers: { 'x-api-key': key, 'content-type': 'application/json' }, payload: json });
+    return { status: response.statusCode, body: response.json() as Record<string, unknown> };
+  };
+  // 2^53 + 1 is parsed as 2^53: only the bound tells it from a real 2^53.
+  for (const seq of ['1e300', '9007199254740993', '9007199254740992', '-1', '1.5', '0', '"3"']) {
+    assertBadRequest(await raw('/api/v1/optim_step', `{"model_id":"${modelId}","seq_id":${seq},"adam_params":{"learning_rate":0.01},"type":"optim_step"}`), 'seq_id');
+    assertBadRequest(await raw('/api/v1/save_weights', `{"model_id":"${modelId}","seq_id":${seq},"path":"w","type":"save_weights"}`), 'seq_id');
+    const datum = '{"model_input":{"chunks":[{"type":"encoded_text","tokens":[1,2]}]},"loss_fn_inputs":{"target_tokens":[2,3]}}';
+    assertBadRequest(await raw('/api/v1/forward_backward', `{"model_id":"${modelId}","seq_id":${seq},"forward_backward_input":{"data":[${datum}],"loss_fn":"cross_entropy"}}`), 'seq_id');
+  }
+  const id = await session();
+  for (const seq of ['1e300', '9007199254740993', '-1', '1.5']) {
+    assertBadRequest(await raw('/api/v1/create_model', `{"session_id":"${id}","model_seq_id":${seq},"base_model":"${MODEL}","lora_config":{"rank":4},"type":"create_model"}`), 'model_seq_id');
+    assertBadRequest(await raw('/api/v1/create_sampling_session', `{"session_id":"${id}","sampling_session_seq_id":${seq},"base_model":"${MODEL}","type":"create_sampling_session"}`), 'sampling_session_seq_id');
+  }
+  // The largest safe seq_id is a seq_id like any other: it waits for the ones before it (here: too far ahead).
+  assert.equal((await raw('/api/v1/optim_step', `{"model_id":"${modelId}","seq_id":9007199254740991,"adam_params":{},"type":"optim_step"}`)).status, 429);
+});
+
+test('requests waiting for a missing seq_id are bounded in number and bytes (429), and a refused one does not wedge the run', async () => {
+  const modelId = await createModel();
+  // seq 1 is missing: seqs 2..5 may wait for it, seq 6 is too far ahead.
+  const waiting = [];
+  for (let seq = 2; seq <= 1 + MAX_WAITING; seq++) {
+    const submitted = await forward(modelId, seq, true);
+    assert.equal(submitted.status, 200, `seq ${seq}: ${submitted.body}`);
+    waiting.push(submitted.requestId);
+  }
+  const far = await forward(modelId, MAX_WAITING + 2, true);
+  assert.equal(far.status, 429, far.body);
+  assert.match(far.body, /seq_id 1 has not arrived/);
+  assert.equal(server.services.lane(MODEL).queued.training, MAX_WAITING);
+  // Once seq 1 arrives everything runs, and the refused request, sent again, is accepted.
+  const first = await forward(modelId, 1, true);
+  for (const requestId of [first.requestId, ...waiting]) assert.ok('metrics' in (await outcome(requestId)));
+  const again = await forward(modelId, MAX_WAITING + 2, true);
+  assert.equal(again.status, 200, again.body);
+  assert.ok('metrics' in (await outcome(again.requestId)));
+
+  // Bytes: the first request to wait may be big; a second big one is refused, small ones are not.
+  const base = MAX_WAITING + 2; // seq base + 1 is missing from here on
+  const bigLength = 600; // ~10 KB logged: one fits in MAX_WAITING_BYTES, two do not
+  const big = await forward(modelId, base + 2, true, { length: bigLength });
+  assert.equal(big.status, 200, big.body);
+  const tooMuch = await forward(modelId, base + 3, true, { length: bigLength });
+  assert.equal(tooMuch.status, 429, tooMuch.body);
+  assert.match(tooMuch.body, /bytes/);
+  const small = await forward(modelId, base + 3, true);
+  assert.equal(small.status, 200, small.body);
+  const filler = await forward(modelId, base + 1, true);
+  for (const r of [filler, big, small]) assert.ok('metrics' in (await outcome(r.requestId)));
+});
+
+test('a missing seq_id that never arrives is given up after the gap timeout: the requests behind it fail clearly and the run goes on', async () => {
+  const modelId = await createModel();
+  const second = await forward(modelId, 2, true);
+  const third = await forward(modelId, 3, true);
+  assert.equal(third.status, 200, third.body);
+  // A refusal far beyond what the run waits for takes no place (it would never be reached).
+  const far = await call('POST', '/api/v1/optim_step', { model_id: modelId, seq_id: Number.MAX_SAFE_INTEGER, adam_params: { learning_rate: -1 }, type: 'optim_step' });
+  assertBadRequest(far, 'learning_rate');
+  assert.equal(await server.services.store.requests.findBySeq(modelId, Number.MAX_SAFE_INTEGER, owner), undefined);
+  gapTimers.fireLast();
+  for (const r of [second, third]) {
+    const failed = await outcome(r.requestId);
+    assert.equal(failed['category'], 'user', JSON.stringify(failed));
+    assert.match(failed['error'] as string, /waited 600 s for seq_id 1, which did not arrive/);
+  }
+  // Seq 1, arriving late, is told why it is refused (and so is every retry of it).
+  const late = await forward(modelId, 1, true);
+  assert.equal(late.status, 400, late.body);
+  assert.match(late.body, /seq_id_timeout/);
+  assert.match(late.body, /seq_id 1 of .* did not arrive within 600 s/);
+  assert.equal((await forward(modelId, 1, true)).body, late.body);
+  // The run goes on after the requests that waited.
+  assert.ok('metrics' in (await outcome((await forward(modelId, 4, true)).requestId)));
+  // A gap filled in time stops its timer.
+  const sixth = await forward(modelId, 6, true);
+  const timer = gapTimers.last;
+  assert.ok(gapTimers.armed.has(timer));
+  const fifth = await forward(modelId, 5, true);
+  assert.ok(!gapTimers.armed.has(timer), 'the gap timer is cleared once the gap is filled');
+  for (const r of [fifth, sixth]) assert.ok('metrics' in (await outcome(r.requestId)));
+});
+
+test('a run whose worker dies after it loaded a since-deleted checkpoint is rebuilt with the loaded weights', async () => {
+  const modelId = await createModel(7);
+  let seq = 0;
+  const step = async (url: string, body: Record<string, unknown>) => {
+    const r = await call('POST', url, { model_id: modelId, seq_id: ++seq, ...body });
+    assert.equal(r.status, 200, JSON.stringify(r.body));
+    const done = await outcome(r.body['request_id'] as string);
+    assert.ok(!('error' in done), JSON.stringify(done));
+    return done;
+  };
+  const train = async () => {
+    assert.ok('metrics' in (await outcome((await forward(modelId, ++seq, false)).requestId)));
+    await step('/api/v1/optim_step', { adam_params: { learning_rate: 0.05 }, type: 'optim_step' });
+  };
+  await train();
+  const saved = (await step('/api/v1/save_weights', { path: 'x', type: 'save_weights' }))['path'] as string;
+  const atSave = await forwardLoss(modelId, ++seq);
+  await train();
+  const trained = await forwardLoss(modelId, ++seq);
+  assert.ok(Math.abs(trained - atSave) > 1e-3 * Math.abs(atSave), `training changed the loss (${atSave} -> ${trained})`);
+  await step('/api/v1/load_weights', { path: saved, optimizer: true, type: 'load_weights' });
+  const loaded = await forwardLoss(modelId, ++seq);
+  assert.ok(Math.abs(loaded - atSave) < 1e-4 * Math.abs(atSave), `loaded ${loaded}, saved at ${atSave}`);
+  // The checkpoint goes, then the worker: the run is rebuilt all the same, with the loaded weights.
+  assert.equal((await call('DELETE', `/api/v1/training_runs/${modelId}/checkpoints/weights/x`)).status, 200);
+  const pid = (await server.services.pool.pids())[MODEL];
+  assert.ok(pid);
+  process.kill(pid, 'SIGKILL');
+  const after = await forwardLoss(modelId, ++seq);
+  assert.ok(Math.abs(after - loaded) < 1e-4 * Math.abs(loaded), `loss ${loaded} before the crash, ${after} after`);
+  // And training goes on from there (the optimizer state came along).
+  await train();
 });

@@ -514,6 +514,30 @@ for (const lane of lanes) {
       });
     });
 
+    it('requests: a refusal is logged already failed; progress finds the first unfinished seq and the finished ones beyond', async () => {
+      await withStore(lane, async (store) => {
+        assert.equal(await store.requests.progress('t'), undefined, 'nothing logged');
+        const refusal = { message: 'token id 999999 is outside the vocabulary', category: 'user' as const, refused: { status: 400, type: 'token_out_of_vocab' } };
+        const refused = await store.requests.insert({ owner: 'o', target: 't', seqId: 4, kind: 'forward_backward', payload: null, now: 7, error: refusal });
+        assert.equal(refused.created, true);
+        assert.equal(refused.row.status, 'failed');
+        assert.deepEqual(refused.row.error, refusal);
+        assert.equal(refused.row.completedAt, 7);
+        assert.deepEqual(await store.requests.get(refused.row.requestId, 'o'), refused.row);
+        // A retry finds the refusal.
+        assert.deepEqual((await store.requests.insert({ owner: 'o', target: 't', seqId: 4, kind: 'forward_backward', payload: null, now: 8 })).row, refused.row);
+        assert.deepEqual(await store.requests.progress('t'), { nextSeq: 5, finishedAfter: [] });
+        // 0-1 finished, 2 pending, 3 missing, 4 refused, 6 finished: the run stands at 2 and passes 4 and 6 later.
+        for (const seq of [0, 1, 2, 6]) {
+          const { row } = await store.requests.insert({ owner: 'o', target: 't', seqId: seq, kind: 'k', payload: null, now: seq });
+          if (seq !== 2) await store.requests.complete(row.requestId, new Uint8Array(0), 10);
+        }
+        await store.requests.insert({ owner: 'o', target: 'u', seqId: 2, kind: 'k', payload: null, now: 1, error: refusal });
+        assert.deepEqual(await store.requests.progress('t'), { nextSeq: 2, finishedAfter: [4, 6] });
+        assert.deepEqual(await store.requests.progress('u'), { nextSeq: 3, finishedAfter: [] });
+      });
+    });
+
     it('checkpoints: put/replace keeps public, visibility, listing, delete, expiry', async () => {
       await withStore(lane, async (store) => {
         const sid = await newSession(store, 'alice');

@@ -119,9 +119,9 @@ export class TrainingClient {
   }
 
   /**
-   * Sends one seq-numbered request and returns its request id. The `seq_id` is consumed unless
-   * the request was never sent or the server definitely refused it (an HTTP 4xx), so a refused
-   * request leaves no gap that would stall the run.
+   * Sends one seq-numbered request and returns its request id. The `seq_id` is consumed once the
+   * request was sent, as the Python SDK does: a server logs a request it refuses (a 4xx) in that
+   * `seq_id`'s place, so the run goes past it. Only a 429 ("send it again later") takes no place.
    */
   async #post(build: (seqId: number) => HttpRequest, options: RequestOptions | undefined): Promise<string> {
     const seq = this.#nextSeq;
@@ -132,7 +132,7 @@ export class TrainingClient {
       this.#nextSeq = seq + 1;
       return requireString(responseJson(res), 'request_id', request.path);
     } catch (error) {
-      if (!(error instanceof APIError && error.status >= 400 && error.status < 500)) this.#nextSeq = Math.max(this.#nextSeq, seq + 1);
+      if (!(error instanceof APIError && error.status === 429)) this.#nextSeq = Math.max(this.#nextSeq, seq + 1);
       throw error;
     }
   }

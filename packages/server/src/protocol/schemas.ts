@@ -7,6 +7,12 @@ import { Type, type Static } from 'typebox';
 
 const Open = { additionalProperties: true } as const;
 
+/**
+ * A `seq_id`-like counter: a whole number from `minimum` up to 2^53 - 1. Larger ones cannot be
+ * told apart once parsed (JSON.parse rounds 2^53 + 1 to 2^53), so they are refused, not rounded.
+ */
+const Counter = (minimum: number) => Type.Integer({ minimum, maximum: Number.MAX_SAFE_INTEGER });
+
 export const SdkVersionBody = Type.Object({ sdk_version: Type.Optional(Type.String()) }, Open);
 
 export const CreateSessionBody = Type.Object(
@@ -36,7 +42,7 @@ export type LoraConfigWire = Static<typeof LoraConfigSchema>;
 export const CreateModelBody = Type.Object(
   {
     session_id: Type.String(),
-    model_seq_id: Type.Integer({ minimum: 0 }),
+    model_seq_id: Counter(0),
     base_model: Type.String(),
     user_metadata: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
     lora_config: Type.Optional(LoraConfigSchema),
@@ -73,13 +79,13 @@ export const ForwardBackwardInputJson = Type.Object(
 export const ForwardBackwardBody = Type.Object(
   {
     model_id: Type.String(),
-    seq_id: Type.Integer({ minimum: 1 }),
+    seq_id: Counter(1),
     forward_backward_input: ForwardBackwardInputJson,
     forward_only: Type.Optional(Type.Boolean()),
   },
   Open,
 );
-export const ForwardBody = Type.Object({ model_id: Type.String(), seq_id: Type.Integer({ minimum: 1 }), forward_input: ForwardBackwardInputJson }, Open);
+export const ForwardBody = Type.Object({ model_id: Type.String(), seq_id: Counter(1), forward_input: ForwardBackwardInputJson }, Open);
 
 export const AdamParamsSchema = Type.Object(
   {
@@ -93,12 +99,12 @@ export const AdamParamsSchema = Type.Object(
   Open,
 );
 
-export const OptimStepBody = Type.Object({ model_id: Type.String(), seq_id: Type.Integer({ minimum: 1 }), adam_params: AdamParamsSchema }, Open);
+export const OptimStepBody = Type.Object({ model_id: Type.String(), seq_id: Counter(1), adam_params: AdamParamsSchema }, Open);
 
 export const SaveWeightsBody = Type.Object(
   {
     model_id: Type.String(),
-    seq_id: Type.Integer({ minimum: 1 }),
+    seq_id: Counter(1),
     path: Type.String(),
     ttl_seconds: Type.Optional(TtlSeconds),
     overwrite: Type.Optional(Type.Boolean()),
@@ -109,16 +115,16 @@ export const SaveWeightsBody = Type.Object(
 export const SaveWeightsForSamplerBody = Type.Object(
   {
     model_id: Type.String(),
-    seq_id: Type.Integer({ minimum: 1 }),
+    seq_id: Counter(1),
     path: Type.Optional(Type.String()),
-    sampling_session_seq_id: Type.Optional(Type.Integer({ minimum: 0 })),
+    sampling_session_seq_id: Type.Optional(Counter(0)),
     ttl_seconds: Type.Optional(TtlSeconds),
   },
   Open,
 );
 
 export const LoadWeightsBody = Type.Object(
-  { model_id: Type.String(), seq_id: Type.Integer({ minimum: 1 }), path: Type.String(), optimizer: Type.Optional(Type.Boolean()) },
+  { model_id: Type.String(), seq_id: Counter(1), path: Type.String(), optimizer: Type.Optional(Type.Boolean()) },
   Open,
 );
 
@@ -127,7 +133,7 @@ export const WeightsInfoBody = Type.Object({ tinker_path: Type.String() }, Open)
 export const CreateSamplingSessionBody = Type.Object(
   {
     session_id: Type.String(),
-    sampling_session_seq_id: Type.Integer({ minimum: 0 }),
+    sampling_session_seq_id: Counter(0),
     base_model: Type.Optional(Type.String()),
     model_path: Type.Optional(Type.String()),
   },
@@ -158,7 +164,11 @@ export const SampleBody = Type.Object(
     sampling_session_id: Type.Optional(Type.Union([Type.Null(), Type.String()])),
     base_model: Type.Optional(Type.Union([Type.Null(), Type.String()])),
     model_path: Type.Optional(Type.Union([Type.Null(), Type.String()])),
-    seq_id: Type.Optional(Type.Union([Type.Null(), Type.Integer({ minimum: 0 })])),
+    /**
+     * Unpickled SDK sampling clients count from `1e9 * k` (k up to 1e9), beyond 2^53: accepted up
+     * to 2^63, but only a safe integer deduplicates retries (larger ones cannot be told apart).
+     */
+    seq_id: Type.Optional(Type.Union([Type.Null(), Type.Integer({ minimum: 0, maximum: 2 ** 63 })])),
     num_samples: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_NUM_SAMPLES })),
     prompt: Type.Unknown(),
     sampling_params: Type.Optional(SamplingParamsSchema),

@@ -164,7 +164,8 @@ export function samplingRoutes(app: TypedApp, services: Services, longPollMs: nu
     };
     const checkpoint = sampler.modelPath ? await store.checkpoints.byTinkerPath(sampler.modelPath, who) : undefined;
     if (sampler.modelPath && !checkpoint) throw notFound('checkpoint', sampler.modelPath);
-    const requestId = await services.submitSample(who, sampler.samplerId, body.seq_id ?? null, {
+    const seqId = body.seq_id !== undefined && Number.isSafeInteger(body.seq_id) ? body.seq_id : null;
+    const requestId = await services.submitSample(who, sampler.samplerId, seqId, {
       baseModel: sampler.baseModel,
       adapter: checkpoint && sampler.modelPath ? samplerAdapter(sampler.modelPath) : null,
       load: checkpoint ? { path: checkpoint.storagePath } : null,

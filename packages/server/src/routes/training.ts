@@ -4,7 +4,7 @@
  */
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
-import { badRequest, notFound } from '../http/errors.js';
+import { badRequest, HttpError, notFound } from '../http/errors.js';
 import { checkpointDir, checkName, formatTinkerPath, parseTinkerPath, type CheckpointKind } from '../checkpoints/paths.js';
 import { prepareData } from '../protocol/datums.js';
 import { decodeForwardBackwardRequest, modelInputFromJson, ProtoDecodeError, tensorFromJson, type ForwardBackwardRequestMsg, type WireDatum } from '../protocol/proto.js';
@@ -20,7 +20,8 @@ import {
   WeightsInfoBody,
   type LoraConfigWire,
 } from '../protocol/schemas.js';
-import type { Services } from '../services.js';
+import type { TrainingOp } from '../scheduler/lane.js';
+import type { JobMeta, Services } from '../services.js';
 import type { RunRow } from '../store/index.js';
 import { owner, type TypedApp } from './context.js';
 
@@ -38,6 +39,13 @@ export function checkLoraConfig(lora: LoraConfigWire | undefined): Required<Omit
     throw badRequest('At least one of train_unembed, train_mlp, or train_attn must be True', 'invalid_lora_config');
   }
   return config;
+}
+
+/** Fails unless a JSON `seq_id` is a whole number from `minimum` up to 2^53 - 1 (JSON.parse rounds beyond that). */
+function checkSeqId(value: unknown, minimum: number): asserts value is number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < minimum) {
+    throw badRequest(`seq_id must be an integer from ${minimum} to ${Number.MAX_SAFE_INTEGER}, got ${JSON.stringify(value) ?? 'nothing'}`, 'invalid_seq_id');
+  }
 }
 
 export function trainingRoutes(app: TypedApp, services: Services): void {
@@ -96,22 +104,64 @@ export function trainingRoutes(app: TypedApp, services: Services): void {
     return { request_id: requestId, model_id: found.modelId };
   });
 
-  async function submitForward(request: { owner: string | null }, msg: ForwardBackwardRequestMsg): Promise<{ request_id: string; model_id: string }> {
-    if (!Number.isInteger(msg.seqId) || msg.seqId < 1) throw badRequest('seq_id must be an integer >= 1', 'invalid_seq_id');
-    const found = await run(request, msg.modelId);
-    const data = prepareData(msg.lossFn, msg.data, await services.knownModel(found.baseModel));
-    const kind = msg.forwardOnly ? 'forward' : 'forward_backward';
-    const requestId = await services.submitTraining(owner(request as never), found, msg.seqId, { kind, lossFn: msg.lossFn, lossFnConfig: msg.lossFnConfig, data }, { kind });
-    return { request_id: requestId, model_id: found.modelId };
+  /**
+   * Submits a training request whose op `build` checks and makes. Once the run and `seq_id` are
+   * known, a refusal (a 4xx from `build`) still takes that `seq_id`'s place in the run's order,
+   * as the SDK has used it up (see `Services.refuseTraining`): later requests do not wait for it.
+   */
+  async function submitChecked(
+    request: { owner: string | null },
+    found: RunRow,
+    seqId: number,
+    kind: JobMeta['kind'],
+    build: () => Promise<{ op: TrainingOp; meta: JobMeta }> | { op: TrainingOp; meta: JobMeta },
+  ): Promise<{ request_id: string; model_id: string }> {
+    const who = owner(request as never);
+    let job: { op: TrainingOp; meta: JobMeta };
+    try {
+      job = await build();
+    } catch (error) {
+      if (!(error instanceof HttpError) || error.statusCode >= 500) throw error;
+      return { request_id: await services.refuseTraining(who, found, seqId, kind, error), model_id: found.modelId };
+    }
+    return { request_id: await services.submitTraining(who, found, seqId, job.op, job.meta), model_id: found.modelId };
+  }
+
+  /** A forward(_backward) submit: its address first, its data read (and checked) once the run is known. */
+  interface ForwardSubmit {
+    modelId: string;
+    seqId: number;
+    forwardOnly: boolean;
+    read: () => Pick<ForwardBackwardRequestMsg, 'data' | 'lossFn' | 'lossFnConfig'>;
+  }
+
+  async function submitForward(request: { owner: string | null }, submit: ForwardSubmit): Promise<{ request_id: string; model_id: string }> {
+    checkSeqId(submit.seqId, 1);
+    const found = await run(request, submit.modelId);
+    const kind = submit.forwardOnly ? 'forward' : 'forward_backward';
+    return submitChecked(request, found, submit.seqId, kind, async () => {
+      const msg = submit.read();
+      const data = prepareData(msg.lossFn, msg.data, await services.knownModel(found.baseModel));
+      return { op: { kind, lossFn: msg.lossFn, lossFnConfig: msg.lossFnConfig, data }, meta: { kind } };
+    });
   }
 
   /**
    * Reads the JSON form of a forward(_backward) request. The route schema checks JSON bodies; a
    * body without a JSON content type skips it, so every shape is checked here again.
    */
-  function fromJsonInput(body: unknown, inputKey: string, forwardOnly: boolean): ForwardBackwardRequestMsg {
+  function fromJsonInput(body: unknown, inputKey: string, forwardOnly: boolean): ForwardSubmit {
     if (!isRecord(body)) throw badRequest('the request body must be a JSON object', 'invalid_request');
     if (typeof body['model_id'] !== 'string') throw badRequest('model_id must be a string', 'invalid_request');
+    return {
+      modelId: body['model_id'],
+      seqId: body['seq_id'] as number,
+      forwardOnly: forwardOnly || body['forward_only'] === true,
+      read: () => readJsonInput(body, inputKey),
+    };
+  }
+
+  function readJsonInput(body: Record<string, unknown>, inputKey: string): ReturnType<ForwardSubmit['read']> {
     const input = body[inputKey];
     if (!isRecord(input)) throw badRequest(`${inputKey} must be an object with data and loss_fn`, 'invalid_request');
     if (!Array.isArray(input['data'])) throw badRequest(`${inputKey}.data must be a list of datums`, 'invalid_request');
@@ -135,14 +185,7 @@ export function trainingRoutes(app: TypedApp, services: Services): void {
         throw error;
       }
     });
-    return {
-      modelId: body['model_id'],
-      seqId: Number(body['seq_id']),
-      data,
-      lossFn: input['loss_fn'],
-      lossFnConfig: config as Record<string, number>,
-      forwardOnly: forwardOnly || body['forward_only'] === true,
-    };
+    return { data, lossFn: input['loss_fn'], lossFnConfig: config as Record<string, number> };
   }
 
   // Protobuf (SDK >= 0.23, optionally zstd) or the JSON form of older SDKs.
@@ -156,7 +199,7 @@ export function trainingRoutes(app: TypedApp, services: Services): void {
         if (error instanceof ProtoDecodeError) throw badRequest(error.message, 'invalid_protobuf');
         throw error;
       }
-      return submitForward(request, msg);
+      return submitForward(request, { modelId: msg.modelId, seqId: msg.seqId, forwardOnly: msg.forwardOnly, read: () => msg });
     }
     return submitForward(request, fromJsonInput(request.body, 'forward_backward_input', false));
   });
@@ -168,93 +211,88 @@ export function trainingRoutes(app: TypedApp, services: Services): void {
   app.post('/api/v1/optim_step', { schema: { body: OptimStepBody } }, async (request) => {
     const body = request.body;
     const found = await run(request, body.model_id);
-    const adam: Record<string, number> = {};
-    for (const key of ADAM_KEYS) {
-      const value = body.adam_params[key];
-      if (value === undefined || value === null) continue;
-      if (!Number.isFinite(value)) throw badRequest(`adam_params.${key} must be a finite number`, 'invalid_adam_params');
-      adam[key] = value;
-    }
-    if ((adam['learning_rate'] ?? 0) < 0) throw badRequest('adam_params.learning_rate must be >= 0', 'invalid_adam_params');
-    const requestId = await services.submitTraining(owner(request), found, body.seq_id, { kind: 'optim_step', adamParams: adam }, { kind: 'optim_step' });
-    return { request_id: requestId, model_id: found.modelId };
+    return submitChecked(request, found, body.seq_id, 'optim_step', () => {
+      const adam: Record<string, number> = {};
+      for (const key of ADAM_KEYS) {
+        const value = body.adam_params[key];
+        if (value === undefined || value === null) continue;
+        if (!Number.isFinite(value)) throw badRequest(`adam_params.${key} must be a finite number`, 'invalid_adam_params');
+        adam[key] = value;
+      }
+      if ((adam['learning_rate'] ?? 0) < 0) throw badRequest('adam_params.learning_rate must be >= 0', 'invalid_adam_params');
+      return { op: { kind: 'optim_step', adamParams: adam }, meta: { kind: 'optim_step' } };
+    });
   });
 
-  /** Saves the adapter into the checkpoint store (recorded when done); returns the future's request id. */
-  async function saveCheckpoint(
+  /**
+   * The job that saves the adapter into the checkpoint store (recorded when done). A name taken
+   * without `overwrite` is refused (a retry of the save that took it gets that save's future).
+   */
+  async function saveJob(
     request: { owner: string | null },
     found: RunRow,
-    seqId: number,
     kind: CheckpointKind,
     name: string,
     ttlSeconds: number | null | undefined,
     sampler: { samplerId: string; sessionId: string; baseModel: string } | null = null,
     overwrite = true,
-  ): Promise<string> {
+  ): Promise<{ op: TrainingOp; meta: JobMeta }> {
     checkName(name);
-    const who = owner(request as never);
-    if (!overwrite && (await store.checkpoints.get(found.modelId, `${kind}/${name}`, who))) {
-      // A retry of the save that created it gets its original future; anything else is refused.
-      const original = await store.requests.findBySeq(found.modelId, seqId, who);
-      if (original) return original.requestId;
+    if (!overwrite && (await store.checkpoints.get(found.modelId, `${kind}/${name}`, owner(request as never)))) {
       throw badRequest(`checkpoint ${formatTinkerPath(found.modelId, kind, name)} already exists; pass overwrite=true to replace it`, 'already_exists');
     }
     const storagePath = checkpointDir(services.dataDir, found.modelId, kind, name);
     mkdirSync(path.dirname(storagePath), { recursive: true });
-    return services.submitTraining(who, found, seqId, { kind: 'save_adapter', path: storagePath, includeOptimizer: kind === 'weights' }, {
-      kind: 'save',
-      checkpointType: kind === 'weights' ? 'training' : 'sampler',
-      checkpointId: `${kind}/${name}`,
-      tinkerPath: formatTinkerPath(found.modelId, kind, name),
-      storagePath,
-      ttlSeconds: ttlSeconds ?? null,
-      ephemeral: sampler !== null,
-      sampler,
-    });
+    return {
+      op: { kind: 'save_adapter', path: storagePath, includeOptimizer: kind === 'weights' },
+      meta: {
+        kind: 'save',
+        checkpointType: kind === 'weights' ? 'training' : 'sampler',
+        checkpointId: `${kind}/${name}`,
+        tinkerPath: formatTinkerPath(found.modelId, kind, name),
+        storagePath,
+        ttlSeconds: ttlSeconds ?? null,
+        ephemeral: sampler !== null,
+        sampler,
+      },
+    };
   }
 
   app.post('/api/v1/save_weights', { schema: { body: SaveWeightsBody } }, async (request) => {
     const body = request.body;
     const found = await run(request, body.model_id);
-    const requestId = await saveCheckpoint(request, found, body.seq_id, 'weights', body.path, body.ttl_seconds, null, body.overwrite ?? false);
-    return { request_id: requestId, model_id: found.modelId };
+    return submitChecked(request, found, body.seq_id, 'save', () => saveJob(request, found, 'weights', body.path, body.ttl_seconds, null, body.overwrite ?? false));
   });
 
   app.post('/api/v1/save_weights_for_sampler', { schema: { body: SaveWeightsForSamplerBody } }, async (request) => {
     const body = request.body;
     const found = await run(request, body.model_id);
-    if (body.path !== undefined) {
-      const requestId = await saveCheckpoint(request, found, body.seq_id, 'sampler_weights', body.path, body.ttl_seconds);
-      return { request_id: requestId, model_id: found.modelId };
-    }
-    if (body.sampling_session_seq_id === undefined) throw badRequest('either path or sampling_session_seq_id is required', 'invalid_request');
-    // Unnamed: ephemeral weights plus a sampling session on them (save_weights_and_get_sampling_client).
-    const samplerId = `${found.sessionId}:sample:${body.sampling_session_seq_id}`;
-    const name = `ephemeral-${body.sampling_session_seq_id}-seq${body.seq_id}`;
-    const requestId = await saveCheckpoint(request, found, body.seq_id, 'sampler_weights', name, body.ttl_seconds ?? 24 * 3600, {
-      samplerId,
-      sessionId: found.sessionId,
-      baseModel: found.baseModel,
+    return submitChecked(request, found, body.seq_id, 'save', () => {
+      if (body.path !== undefined) return saveJob(request, found, 'sampler_weights', body.path, body.ttl_seconds);
+      if (body.sampling_session_seq_id === undefined) throw badRequest('either path or sampling_session_seq_id is required', 'invalid_request');
+      // Unnamed: ephemeral weights plus a sampling session on them (save_weights_and_get_sampling_client).
+      const samplerId = `${found.sessionId}:sample:${body.sampling_session_seq_id}`;
+      const name = `ephemeral-${body.sampling_session_seq_id}-seq${body.seq_id}`;
+      return saveJob(request, found, 'sampler_weights', name, body.ttl_seconds ?? 24 * 3600, { samplerId, sessionId: found.sessionId, baseModel: found.baseModel });
     });
-    return { request_id: requestId, model_id: found.modelId };
   });
 
   app.post('/api/v1/load_weights', { schema: { body: LoadWeightsBody } }, async (request) => {
     const body = request.body;
     const found = await run(request, body.model_id);
-    const who = owner(request);
-    const parsed = parseTinkerPath(body.path);
-    const checkpoint = await store.checkpoints.get(parsed.modelId, parsed.checkpointId, who);
-    if (!checkpoint) throw notFound('checkpoint', body.path);
-    if (body.optimizer && checkpoint.checkpointType === 'sampler') {
-      throw badRequest(`${body.path} is a sampler checkpoint and holds no optimizer state; use load_state without optimizer or a weights/ checkpoint`, 'no_optimizer_state');
-    }
-    const source = await store.runs.get(parsed.modelId, checkpoint.owner);
-    if (source && source.baseModel !== found.baseModel) {
-      throw badRequest(`${body.path} was trained on ${source.baseModel}, but ${found.modelId} uses ${found.baseModel}`, 'base_model_mismatch');
-    }
-    const requestId = await services.submitTraining(who, found, body.seq_id, { kind: 'load_adapter', path: checkpoint.storagePath, includeOptimizer: body.optimizer ?? false }, { kind: 'load_weights', path: body.path });
-    return { request_id: requestId, model_id: found.modelId };
+    return submitChecked(request, found, body.seq_id, 'load_weights', async () => {
+      const parsed = parseTinkerPath(body.path);
+      const checkpoint = await store.checkpoints.get(parsed.modelId, parsed.checkpointId, owner(request));
+      if (!checkpoint) throw notFound('checkpoint', body.path);
+      if (body.optimizer && checkpoint.checkpointType === 'sampler') {
+        throw badRequest(`${body.path} is a sampler checkpoint and holds no optimizer state; use load_state without optimizer or a weights/ checkpoint`, 'no_optimizer_state');
+      }
+      const source = await store.runs.get(parsed.modelId, checkpoint.owner);
+      if (source && source.baseModel !== found.baseModel) {
+        throw badRequest(`${body.path} was trained on ${source.baseModel}, but ${found.modelId} uses ${found.baseModel}`, 'base_model_mismatch');
+      }
+      return { op: { kind: 'load_adapter', path: checkpoint.storagePath, includeOptimizer: body.optimizer ?? false }, meta: { kind: 'load_weights', path: body.path } };
+    });
   });
 
   app.post('/api/v1/weights_info', { schema: { body: WeightsInfoBody } }, async (request) => {

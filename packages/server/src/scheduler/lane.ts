@@ -5,6 +5,15 @@
  * until the gap is filled. Whatever is ready across all runs is packed into one worker call per
  * kind ("clock cycle"): every ready `forward_backward` of every adapter goes into a single batch.
  * Sampling requests of all samplers on this base model are batched the same way.
+ *
+ * Waiting for a missing `seq_id` is bounded: a request may wait only within
+ * `maxWaitingRequests` seq ids of the missing one and while the run's waiting requests hold at
+ * most `maxWaitingBytes` (the caller answers 429, and the SDK sends it again later); and a gap
+ * not filled within `gapTimeoutMs` is given up: every request waiting behind it fails with a
+ * user error naming the missing seq id, the missing seq ids are recorded as failed (so one that
+ * arrives late gets that answer instead of running out of order), and the run goes on with the
+ * seq id after the last request that waited. A user whose client lost a request thus sees the
+ * requests that depended on it fail, and can go on training.
  */
 import type { WorkerClient } from '../worker/client.js';
 import { WorkerConnectionError, WorkerRequestError } from '../worker/client.js';
@@ -40,9 +49,13 @@ export interface Completion {
 /** A training request, queued for its run. `finalize` turns the worker's reply into the future's result. */
 export interface TrainingJob {
   requestId: string;
+  /** The API key that owns the run (for what the lane records on the run's behalf). */
+  owner: string;
   modelId: string;
   seqId: number;
   op: TrainingOp;
+  /** Size of the logged request (counts against `maxWaitingBytes` while it waits for a gap). */
+  bytes: number;
   finalize: (reply: Record<string, unknown>) => Promise<unknown>;
 }
 
@@ -58,6 +71,12 @@ export interface SampleJob {
 interface RunQueue {
   nextSeq: number;
   buffered: Map<number, TrainingJob>;
+  /** Seq ids after `nextSeq` that finished without running (refused at submit): the run passes them. */
+  passed: Set<number>;
+  /** Places taken by {@link Lane.reserve} for requests not yet queued. */
+  reserved: { count: number; bytes: number };
+  /** The missing seq id the run waits for, and the timer that gives up on it. */
+  gap: { seq: number; timer: unknown } | null;
   running: boolean;
   /** The worker lost this run's adapter; rebuild it (snapshot + replay) before its next job. */
   needsRecovery: boolean;
@@ -68,8 +87,38 @@ interface RunQueue {
 /** A job interrupted by a worker crash is retried this many times before it fails. */
 const MAX_ATTEMPTS = 3;
 
+/** Timer functions; tests inject ones they fire by hand. */
+export interface Timers {
+  setTimeout(callback: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+const REAL_TIMERS: Timers = {
+  setTimeout: (callback, ms) => setTimeout(callback, ms).unref(),
+  clearTimeout: (handle) => clearTimeout(handle as ReturnType<typeof setTimeout>),
+};
+
+/** A place among a run's waiting requests, taken by {@link Lane.reserve}. */
+export interface Reservation {
+  modelId: string;
+  count: number;
+  bytes: number;
+}
+
+/** Limits on a run's requests waiting for a missing `seq_id` (see the module doc). */
+export interface OrderingOptions {
+  /** How far (in seq ids) past a missing one a request may wait; default 256. */
+  maxWaitingRequests?: number;
+  /** Most bytes of logged requests one run may hold waiting for a missing seq id; default 256 MiB. */
+  maxWaitingBytes?: number;
+  /** How long a run waits for a missing seq id before giving up on it (ms); default 10 minutes. */
+  gapTimeoutMs?: number;
+  /** Timers for the gap timeout (default: Node's, unref'd). */
+  timers?: Timers;
+}
+
 /** Options for {@link Lane}. */
-export interface LaneOptions {
+export interface LaneOptions extends OrderingOptions {
   baseModel: string;
   worker: () => Promise<WorkerClient>;
   completion: Completion;
@@ -79,6 +128,8 @@ export interface LaneOptions {
   recover: (modelId: string, client: WorkerClient) => Promise<void>;
   /** Where errors the lane survives are reported (a result that could not be recorded…); default stderr. */
   logError?: (message: string, error: unknown) => void;
+  /** Records seq ids the run gave up waiting for as failed requests (a late one gets `error`). */
+  recordLost?: (owner: string, modelId: string, seqIds: number[], error: JobError) => Promise<void>;
 }
 
 /**
@@ -101,14 +152,28 @@ export class Lane {
   private pumped: Promise<void> = Promise.resolve();
   private preferSampling = false;
   readonly maxQueuedSamples: number;
+  private readonly maxWaitingRequests: number;
+  private readonly maxWaitingBytes: number;
+  private readonly gapTimeoutMs: number;
+  private readonly timers: Timers;
 
   constructor(private readonly options: LaneOptions) {
     this.maxQueuedSamples = options.maxQueuedSamples ?? 4096;
+    this.maxWaitingRequests = options.maxWaitingRequests ?? 256;
+    this.maxWaitingBytes = options.maxWaitingBytes ?? 256 * 1024 * 1024;
+    this.gapTimeoutMs = options.gapTimeoutMs ?? 10 * 60 * 1000;
+    this.timers = options.timers ?? REAL_TIMERS;
   }
 
-  /** Starts tracking a new run; its first request must be seq 0 (create). */
-  registerRun(modelId: string, nextSeq = 0, needsRecovery = false): void {
-    if (!this.runs.has(modelId)) this.runs.set(modelId, { nextSeq, buffered: new Map(), running: false, needsRecovery, lost: null });
+  /**
+   * Starts tracking a run; a new one's first request is seq 0 (create). `passed` are seq ids
+   * after `nextSeq` that already finished (a run rebuilt from its log after a restart).
+   */
+  registerRun(modelId: string, nextSeq = 0, needsRecovery = false, passed: Iterable<number> = []): void {
+    if (this.runs.has(modelId)) return;
+    const run: RunQueue = { nextSeq, buffered: new Map(), passed: new Set(passed), reserved: { count: 0, bytes: 0 }, gap: null, running: false, needsRecovery, lost: null };
+    this.runs.set(modelId, run);
+    this.advance(run);
   }
 
   /** The seq id the run expects next (for rejecting stale ids). */
@@ -116,11 +181,137 @@ export class Lane {
     return this.runs.get(modelId)?.nextSeq;
   }
 
-  /** Queues a training request; it runs once every earlier seq of its run has run. */
-  submitTraining(job: TrainingJob): void {
+  /**
+   * Takes a place for request `seqId` of a run before it is logged, synchronously, so concurrent
+   * submits cannot overshoot the limits; a string (why) when it would wait beyond them. A request
+   * that runs next or fills the gap is always admitted, and the first one to wait whatever its
+   * size. Give the place to {@link submitTraining} or back with {@link release}.
+   */
+  reserve(modelId: string, seqId: number, bytes: number): Reservation | string {
+    const none: Reservation = { modelId, count: 0, bytes: 0 };
+    const run = this.runs.get(modelId);
+    if (!run || seqId < run.nextSeq || run.buffered.has(seqId) || run.passed.has(seqId)) return none; // stale or a retry
+    const missing = this.firstMissing(run);
+    if (seqId <= missing) return none;
+    if (!this.inWindow(modelId, seqId)) {
+      return `seq_id ${seqId} of ${modelId} is too far ahead: seq_id ${missing} has not arrived, and at most ${this.maxWaitingRequests} later requests may wait for it; send the earlier requests first`;
+    }
+    const waiting = this.waitingBytes(run, missing) + run.reserved.bytes;
+    if (waiting > 0 && waiting + bytes > this.maxWaitingBytes) {
+      return `requests of ${modelId} waiting for the missing seq_id ${missing} already hold ${waiting} bytes (at most ${this.maxWaitingBytes}); send seq_id ${missing} first`;
+    }
+    run.reserved.count++;
+    run.reserved.bytes += bytes;
+    return { modelId, count: 1, bytes };
+  }
+
+  /** Gives back a place taken by {@link reserve} that will not be used. */
+  release(reservation: Reservation): void {
+    const run = this.runs.get(reservation.modelId);
+    if (!run) return;
+    run.reserved.count -= reservation.count;
+    run.reserved.bytes -= reservation.bytes;
+  }
+
+  /**
+   * Queues a training request (into its `reservation`, if it took one); it runs once every
+   * earlier seq of its run has run. One the run has gone past (it gave up waiting for that seq)
+   * fails at once.
+   */
+  submitTraining(job: TrainingJob, reservation?: Reservation): void {
     const run = this.runs.get(job.modelId);
     if (!run) throw new Error(`lane ${this.options.baseModel} has no run ${job.modelId}`);
+    if (reservation) this.release(reservation);
+    if (job.seqId < run.nextSeq || run.passed.has(job.seqId)) {
+      void this.failJob(job.requestId, { message: `seq_id ${job.seqId} of ${job.modelId} arrived after the run went past it (the next expected seq_id is ${run.nextSeq})`, category: 'user' });
+      return;
+    }
     run.buffered.set(job.seqId, job);
+    this.watchGap(job.modelId, run);
+    this.pump();
+  }
+
+  /**
+   * Whether `seqId` is near enough to the run's first missing seq id to wait for it (at most
+   * `maxWaitingRequests` beyond). Beyond, a request is not accepted, nor a refusal recorded.
+   */
+  inWindow(modelId: string, seqId: number): boolean {
+    const run = this.runs.get(modelId);
+    return !run || seqId - this.firstMissing(run) <= this.maxWaitingRequests;
+  }
+
+  /**
+   * Marks `seqId` of a run as finished without running (a request refused at submit): the run
+   * goes past it when it gets there, so the requests after it do not wait for it.
+   */
+  pass(modelId: string, seqId: number): void {
+    const run = this.runs.get(modelId);
+    if (!run || seqId < run.nextSeq || run.buffered.has(seqId)) return;
+    run.passed.add(seqId);
+    this.advance(run);
+    this.watchGap(modelId, run);
+    this.pump();
+  }
+
+  /** Moves the run past the seq ids it was told to pass. */
+  private advance(run: RunQueue): void {
+    if (run.running) return;
+    while (run.passed.delete(run.nextSeq)) run.nextSeq++;
+  }
+
+  /** The first seq id at or after `nextSeq` that is neither queued nor passed. */
+  private firstMissing(run: RunQueue): number {
+    let seq = run.nextSeq;
+    while (run.buffered.has(seq) || run.passed.has(seq)) seq++;
+    return seq;
+  }
+
+  private waitingBytes(run: RunQueue, missing: number): number {
+    let bytes = 0;
+    for (const job of run.buffered.values()) if (job.seqId > missing) bytes += job.bytes;
+    return bytes;
+  }
+
+  /** Starts, keeps or stops the run's gap timer: it runs while the run waits for a missing seq id. */
+  private watchGap(modelId: string, run: RunQueue): void {
+    const blocked = !run.running && run.buffered.size > 0 && !run.buffered.has(run.nextSeq);
+    if (blocked && run.gap?.seq === run.nextSeq) return;
+    if (run.gap) this.timers.clearTimeout(run.gap.timer);
+    run.gap = null;
+    if (!blocked) return;
+    const seq = run.nextSeq;
+    run.gap = { seq, timer: this.timers.setTimeout(() => this.giveUpGap(modelId, seq), this.gapTimeoutMs) };
+  }
+
+  /** The gap at `missing` was not filled in time: fail what waited for it and go on (module doc). */
+  private giveUpGap(modelId: string, missing: number): void {
+    const run = this.runs.get(modelId);
+    if (!run || run.gap?.seq !== missing) return;
+    run.gap = null;
+    if (run.running || run.nextSeq !== missing || run.buffered.has(missing) || run.buffered.size === 0) return this.watchGap(modelId, run);
+    const waiting = [...run.buffered.values()].sort((a, b) => a.seqId - b.seqId);
+    const last = Math.max(...waiting.map((job) => job.seqId), ...run.passed);
+    const lost: number[] = [];
+    for (let seq = missing; seq < last; seq++) if (!run.buffered.has(seq) && !run.passed.has(seq)) lost.push(seq);
+    const seconds = Math.round(this.gapTimeoutMs / 1000);
+    const missingIds = lost.length === 1 ? `seq_id ${missing}` : `seq_ids ${lost.join(', ')}`;
+    run.buffered.clear();
+    run.passed.clear();
+    run.nextSeq = last + 1;
+    for (const job of waiting) this.attempts.delete(job.requestId);
+    const owner = waiting[0]!.owner;
+    void (async () => {
+      await this.options.recordLost?.(owner, modelId, lost, {
+        message: `${missingIds} of ${modelId} did not arrive within ${seconds} s; the run gave up on ${lost.length === 1 ? 'it' : 'them'}, failed the requests that waited, and went on from seq_id ${last + 1}`,
+        category: 'user',
+      });
+      for (const job of waiting) {
+        await this.failJob(job.requestId, {
+          message: `seq_id ${job.seqId} of ${modelId} waited ${seconds} s for ${missingIds}, which did not arrive; it was not run. The run goes on from seq_id ${last + 1}`,
+          category: 'user',
+        });
+      }
+    })().catch((error: unknown) => this.logError(`lane ${this.options.baseModel}: could not record the gap given up in ${modelId}`, error));
     this.pump();
   }
 
@@ -272,6 +463,8 @@ export class Lane {
         this.attempts.delete(job.requestId);
         run.buffered.delete(job.seqId);
         run.nextSeq = job.seqId + 1;
+        this.advance(run);
+        this.watchGap(job.modelId, run);
       }
     }
   }

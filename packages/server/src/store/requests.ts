@@ -15,6 +15,11 @@ export type RequestStatus = 'pending' | 'running' | 'complete' | 'failed';
 export interface RequestError {
   message: string;
   category: 'user' | 'server' | 'unknown';
+  /**
+   * Set when the request was refused at submit (it still took its `seq_id`'s place in the run's
+   * order): the HTTP answer it got, which a retry of the same `(target, seq_id)` gets again.
+   */
+  refused?: { status: number; type: string };
 }
 
 /** A logged request as the API sees it. */
@@ -39,9 +44,10 @@ export interface RequestRepo {
    * Logs a new 'pending' request. `(target, seqId)` is unique when `seqId` is not null: a
    * duplicate returns the ORIGINAL row with `created: false` (whatever its kind/payload/status),
    * also under concurrent inserts. The caller must have checked that `owner` may address
-   * `target`; a duplicate owned by someone else throws `StoreConflictError`.
+   * `target`; a duplicate owned by someone else throws `StoreConflictError`. With `error`, the
+   * request is logged as already 'failed' with it (a request refused at submit).
    */
-  insert(r: { owner: string; target: string; seqId: number | null; kind: string; payload: Uint8Array | null; now: number }): Promise<{ row: RequestRow; created: boolean }>;
+  insert(r: { owner: string; target: string; seqId: number | null; kind: string; payload: Uint8Array | null; now: number; error?: RequestError }): Promise<{ row: RequestRow; created: boolean }>;
   /** The owner's request, or undefined. */
   get(requestId: string, owner: string): Promise<RequestRow | undefined>;
   /** pending → running (no-op in any other state). */
@@ -52,8 +58,15 @@ export interface RequestRepo {
   fail(requestId: string, error: RequestError, now: number): Promise<void>;
   /** The owner's request logged for `(target, seqId)`, if any. */
   findBySeq(target: string, seqId: number, owner: string): Promise<RequestRow | undefined>;
-  /** The highest seq id logged for `target` (any status, or only finished ones), or null when none is. */
-  maxSeq(target: string, options?: { finishedOnly?: boolean }): Promise<number | null>;
+  /** The highest seq id logged for `target`, or null when none is. */
+  maxSeq(target: string): Promise<number | null>;
+  /**
+   * Where `target`'s seq order stands, from the log alone (after a restart): `nextSeq` is the
+   * first seq id after the lowest finished one that is not finished itself, and `finishedAfter`
+   * the finished seq ids beyond it (requests refused or given up out of order, which the run
+   * passes when it gets there). Undefined when nothing of `target` has finished.
+   */
+  progress(target: string): Promise<{ nextSeq: number; finishedAfter: number[] } | undefined>;
   /**
    * Finished requests of `target` with `seqFrom <= seqId < seqTo` (and those without a seq id when
    * `seqFrom` is 0), in completion order: ids and status only (`retrieve_futures`).
@@ -91,6 +104,11 @@ function toRow(r: Selectable<RequestsTable>): RequestRow {
   };
 }
 
+/** What is stored of an error: only the known fields. */
+function storedError(error: RequestError): RequestError {
+  return { message: error.message, category: error.category, ...(error.refused ? { refused: { status: error.refused.status, type: error.refused.type } } : {}) };
+}
+
 /** A fresh opaque request id. */
 function newRequestId(): string {
   return 'req_' + randomBytes(16).toString('base64url');
@@ -112,12 +130,12 @@ export function createRequestRepo(db: Kysely<Database>): RequestRepo {
             target: r.target,
             seq_id: r.seqId,
             kind: r.kind,
-            status: 'pending',
+            status: r.error ? 'failed' : 'pending',
             payload: r.payload,
             result: null,
-            error: null,
+            error: r.error ? JSON.stringify(storedError(r.error)) : null,
             created_at: r.now,
-            completed_at: null,
+            completed_at: r.error ? r.now : null,
           })
           .onConflict((oc) => oc.columns(['target', 'seq_id']).doNothing())
           .returningAll()
@@ -151,10 +169,9 @@ export function createRequestRepo(db: Kysely<Database>): RequestRepo {
     },
 
     async fail(requestId, error, now) {
-      const stored: RequestError = { message: error.message, category: error.category };
       await db
         .updateTable('requests')
-        .set({ status: 'failed', error: JSON.stringify(stored), completed_at: now })
+        .set({ status: 'failed', error: JSON.stringify(storedError(error)), completed_at: now })
         .where('request_id', '=', requestId)
         .where('status', 'in', UNFINISHED)
         .execute();
@@ -165,11 +182,41 @@ export function createRequestRepo(db: Kysely<Database>): RequestRepo {
       return r === undefined ? undefined : toRow(r);
     },
 
-    async maxSeq(target, options) {
-      let query = db.selectFrom('requests').select((eb) => eb.fn.max('seq_id').as('max')).where('target', '=', target);
-      if (options?.finishedOnly) query = query.where('status', 'not in', UNFINISHED);
-      const r = await query.executeTakeFirst();
+    async maxSeq(target) {
+      const r = await db.selectFrom('requests').select((eb) => eb.fn.max('seq_id').as('max')).where('target', '=', target).executeTakeFirst();
       return r?.max === null || r?.max === undefined ? null : Number(r.max);
+    },
+
+    async progress(target) {
+      // The lowest finished seq whose successor is not finished: one indexed probe per finished row.
+      const gap = await db
+        .selectFrom('requests as r')
+        .select((eb) => eb.fn.min('r.seq_id').as('last'))
+        .where('r.target', '=', target)
+        .where('r.status', 'in', FINISHED)
+        .where(({ eb, not, exists, selectFrom }) =>
+          not(
+            exists(
+              selectFrom('requests as n')
+                .select('n.seq_id')
+                .where('n.target', '=', target)
+                .where('n.status', 'in', FINISHED)
+                .where('n.seq_id', '=', eb('r.seq_id', '+', 1)),
+            ),
+          ),
+        )
+        .executeTakeFirst();
+      if (gap?.last === null || gap?.last === undefined) return undefined;
+      const nextSeq = Number(gap.last) + 1;
+      const ahead = await db
+        .selectFrom('requests')
+        .select('seq_id')
+        .where('target', '=', target)
+        .where('status', 'in', FINISHED)
+        .where('seq_id', '>', nextSeq)
+        .orderBy('seq_id')
+        .execute();
+      return { nextSeq, finishedAfter: ahead.map((r) => Number(r.seq_id)) };
     },
 
     async finishedIn(target, seqFrom, seqTo) {
