@@ -615,6 +615,8 @@ test('while another process holds the database write lock, /healthz answers and 
   } finally {
     await locked.close();
   }
+});
+
 /** A future's final answer (a result or `{error, category}`); fails the test rather than hang if it never comes. */
 async function outcome(requestId: string): Promise<Record<string, unknown>> {
   return until(`${requestId} to finish`, async () => {
