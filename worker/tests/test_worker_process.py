@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import msgpack
@@ -228,6 +229,16 @@ def process_gone(pid: int) -> bool:
         return False
 
 
+def wait_until_gone(pid: int, timeout_s: float = 30) -> bool:
+    """Polls until `pid` has exited: its socket closes a moment before the process is gone."""
+    deadline = time.monotonic() + timeout_s
+    while not process_gone(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def test_worker_exits_when_its_parent_dies(tmp_path):
     """The server is killed -9 (no shutdown, no clean close): its worker must not linger. The test,
     not the parent, holds the worker's connection, so only the parent's death can end it."""
@@ -251,7 +262,7 @@ def test_worker_exits_when_its_parent_dies(tmp_path):
         parent.send_signal(signal.SIGKILL)
         parent.wait()
         wait_for_eof(sock)
-        assert process_gone(worker_pid)
+        assert wait_until_gone(worker_pid)
     finally:
         parent.kill()
         parent.wait()
