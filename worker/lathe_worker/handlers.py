@@ -102,6 +102,7 @@ def parse_sample_request(raw: Any, index: int) -> SampleRequest:
         target_prompt_logprobs=(None if raw.get("target_prompt_logprobs") is None else
                                 _tokens(raw["target_prompt_logprobs"], f"{where}target_prompt_logprobs")),
         prompt_logprobs_last_n=raw.get("prompt_logprobs_last_n"),
+        first_sample_index=raw.get("first_sample_index", 0),
     )
     request.validate_counts()
     return request

@@ -16,9 +16,12 @@ Ops (fields beyond `op`/`id`):
   never fails the others.
 - `optim_step {adapter, adam_params | optimizer_params: {type: "dimuon", learning_rate, ...}}` -> `{metrics}`
 - `sample {items: [{adapter?, prompt, num_samples, sampling_params, prompt_logprobs?, topk_prompt_logprobs?,
-  topk_sample_logprobs?, prompt_alt_tokens_k?, target_prompt_logprobs?, prompt_logprobs_last_n?}]}`
+  topk_sample_logprobs?, prompt_alt_tokens_k?, target_prompt_logprobs?, prompt_logprobs_last_n?,
+  first_sample_index?}]}`
   -> `{results: [{ok, sequences: [{tokens, logprobs, stop_reason, topk_logprobs?}], prompt_logprobs?,
-  topk_prompt_logprobs?, target_prompt_logprobs?, prompt_alt_tokens?}]}` (README.md: "Sampling extras")
+  topk_prompt_logprobs?, target_prompt_logprobs?, prompt_alt_tokens?}]}` (README.md: "Sampling extras");
+  `first_sample_index` (default 0) numbers the item's samples from there, for the seeds: a seeded request
+  split into pieces of fewer samples gives the same sequences as the whole.
 - `save_adapter {adapter, path, include_optimizer}` / `snapshot {adapter, path}` (always with optimizer)
 - `load_adapter {adapter, path, include_optimizer, optimizer?}` -> `{adapter, lora, optimizer}`
 - `export_peft {adapter | source, path, naming?}` (source: a checkpoint folder; naming: "tinker", the

@@ -104,11 +104,18 @@ class SampleRequest:
     prompt_alt_tokens_k: int = 0  # draws per prompt position after the first
     target_prompt_logprobs: torch.Tensor | None = None  # int64 [len(prompt) - 1, K] ids to score; -1 = none
     prompt_logprobs_last_n: int | None = None  # prompt (top-k) logprobs only for the last n positions
+    # Index of this request's first sample within a larger seeded request the server split into pieces:
+    # sample s draws from row_seed(seed, first_sample_index + s), so the pieces equal the unsplit request.
+    first_sample_index: int = 0
     adapter: LoraAdapter | None = None  # resolved by the engine
 
     def validate_counts(self) -> None:
         if not isinstance(self.num_samples, int) or not 1 <= self.num_samples <= MAX_NUM_SAMPLES:
             raise UserError("invalid_num_samples", f"num_samples must be in [1, {MAX_NUM_SAMPLES}], got {self.num_samples!r}")
+        first = self.first_sample_index
+        if isinstance(first, bool) or not isinstance(first, int) or not 0 <= first < MAX_NUM_SAMPLES:
+            raise UserError("invalid_first_sample_index",
+                            f"first_sample_index must be in [0, {MAX_NUM_SAMPLES}), got {first!r}")
         k = self.topk_prompt_logprobs
         if not isinstance(k, int) or not 0 <= k <= MAX_TOPK_PROMPT_LOGPROBS:
             raise UserError(
@@ -272,7 +279,7 @@ def sample_batch(
         max_new = min(request.params.max_tokens or budget, budget)
         for s in range(request.num_samples):
             rows.append(
-                _Row(r, s, max_new, set(request.params.stop_token_ids), _row_generator(request.params.seed, s, device))
+                _Row(r, s, max_new, set(request.params.stop_token_ids), _row_generator(request.params.seed, request.first_sample_index + s, device))
             )
     # Rows of one adapter must be contiguous for the grouped LoRA matmuls.
     rows.sort(key=lambda row: id(requests[row.request].adapter) if requests[row.request].adapter else 0)

@@ -78,6 +78,32 @@ def test_same_seed_same_output_whatever_shares_the_batch(engine):
     assert [s["tokens"] for s in other["sequences"]] != [s["tokens"] for s in alone["sequences"]]
 
 
+def test_a_seeded_request_split_into_pieces_equals_the_whole(engine):
+    """The server splits a large request into pieces of fewer samples (first_sample_index = the piece's
+    first sample): concatenated, the pieces' sequences are the unsplit request's, whatever shares the batch."""
+    prompt = random_tokens(6, 21)
+    whole = engine.sample([request("a", prompt, n=5, max_tokens=10, seed=9)])[0]["sequences"]
+    pieces = []
+    for first, n in ((0, 2), (2, 2), (4, 1)):
+        piece = request("a", prompt, n=n, max_tokens=10, seed=9)
+        piece.first_sample_index = first
+        pieces.append(piece)
+    split = engine.sample([pieces[1], request("b", random_tokens(4, 22), n=2, max_tokens=3, seed=1), pieces[0]])
+    last = engine.sample([pieces[2]])[0]["sequences"]
+    joined = split[2]["sequences"] + split[0]["sequences"] + last
+    assert [s["tokens"] for s in joined] == [s["tokens"] for s in whole]
+    assert len({tuple(s["tokens"]) for s in whole}) > 1
+    for got, want in zip(joined, whole):
+        assert_close_rel(torch.tensor(got["logprobs"]), torch.tensor(want["logprobs"]), rel=1e-5)
+
+
+def test_first_sample_index_is_checked(engine):
+    bad = request("a", random_tokens(3, 23), n=1, max_tokens=2)
+    bad.first_sample_index = -1
+    with pytest.raises(UserError, match="first_sample_index"):
+        bad.validate_counts()
+
+
 @pytest.mark.parametrize("seed", [5, 2**40 + 17, 2**63 - 3, 2**64 - 1])
 def test_every_bit_of_the_seed_counts(engine, seed):
     """Seeds are 64-bit on the wire; s and s + 2**32 must not collide (the CPU generator keeps only 32
