@@ -20,7 +20,7 @@ import { DEFAULT_LONG_POLL_MS, samplingRoutes } from './routes/sampling.js';
 import { serviceRoutes } from './routes/service.js';
 import { trainingRoutes } from './routes/training.js';
 import type { TypedApp } from './routes/context.js';
-import type { OrderingOptions } from './scheduler/lane.js';
+import type { SchedulingOptions } from './scheduler/lane.js';
 import { Services } from './services.js';
 import { openStore, StoreConflictError } from './store/index.js';
 import { ModelCatalogue, readModelsConfig, scanModels, type ModelEntry } from './worker/catalogue.js';
@@ -54,8 +54,11 @@ export interface ServerOptions {
   maxQueuedSamples?: number;
   /** The clock of time-based caches (API-key lookups); default `Date.now`. Tests inject one. */
   clock?: () => number;
-  /** Limits and timeout for training requests waiting for a missing earlier `seq_id`. */
-  ordering?: OrderingOptions;
+  /**
+   * Limits and timeout for training requests waiting for a missing earlier `seq_id`, and each
+   * lane's fair-scheduling limits (cycle token budgets, per-key queue bounds).
+   */
+  ordering?: SchedulingOptions;
   /** Log requests (pino). */
   logger?: boolean;
 }

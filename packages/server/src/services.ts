@@ -21,7 +21,7 @@ import { badRequest, HttpError, serviceUnavailable, tooManyRequests } from './ht
 import type { CsrIndex } from './protocol/proto.js';
 import { sampleResult, type StoredResult } from './protocol/results.js';
 import { FutureHub } from './scheduler/futures.js';
-import { Lane, type JobError, type OrderingOptions, type Reservation, type SampleJob, type TrainingOp } from './scheduler/lane.js';
+import { Lane, type JobError, type Reservation, type SampleJob, type SchedulingOptions, type TrainingOp } from './scheduler/lane.js';
 import { OutcomeRecorder, recordWithRetry } from './scheduler/outcomes.js';
 import { SessionFutures } from './scheduler/session-futures.js';
 import type { RequestRow, RunRow, Store } from './store/index.js';
@@ -59,7 +59,7 @@ interface LoggedTraining {
   op: TrainingOp;
   meta: JobMeta;
 }
-type LoggedSample = Omit<SampleJob, 'requestId' | 'finalize'> & {
+type LoggedSample = Omit<SampleJob, 'requestId' | 'finalize' | 'owner' | 'bytes'> & {
   baseModel: string;
   /** The CSR index of a sparse `target_prompt_logprobs` request: the result is sent in that layout. */
   targetCsr?: CsrIndex;
@@ -82,7 +82,7 @@ export class Services {
     readonly catalogue: ModelCatalogue,
     readonly dataDir: string,
     private readonly maxQueuedSamples?: number,
-    private readonly ordering: OrderingOptions = {},
+    private readonly ordering: SchedulingOptions = {},
     /** Rewrites error messages before clients see them (hides server paths). */
     private readonly redact: (message: string) => string = (message) => message,
   ) {
@@ -178,7 +178,7 @@ export class Services {
       return this.refuseTraining(owner, run, seqId, meta.kind, badRequest(`seq_id ${seqId} of ${run.modelId} is behind the next expected seq_id ${expected}`, 'stale_seq_id'));
     }
     const payload = encode(logged);
-    const place = lane.reserve(run.modelId, seqId, payload.byteLength);
+    const place = lane.reserve(owner, run.modelId, seqId, payload.byteLength);
     if (typeof place === 'string') throw tooManyRequests(place);
     let inserted: { row: RequestRow; created: boolean };
     try {
@@ -380,24 +380,28 @@ export class Services {
   async submitSample(owner: string, samplerId: string, seqId: number | null, job: LoggedSample): Promise<string> {
     this.checkAccepting();
     const lane = this.lane(job.baseModel);
-    if (!lane.reserveSample()) throw tooManyRequests(`sampling queue for ${job.baseModel} is full; retry shortly`);
+    const payload = encode(job);
+    const place = lane.reserveSample(owner, payload.byteLength);
+    if (typeof place === 'string') throw tooManyRequests(place);
     let inserted: { row: RequestRow; created: boolean };
     try {
-      inserted = await this.store.requests.insert({ owner, target: samplerId, seqId, kind: 'sample', payload: encode(job), now: Date.now() });
+      inserted = await this.store.requests.insert({ owner, target: samplerId, seqId, kind: 'sample', payload, now: Date.now() });
     } catch (error) {
-      lane.releaseSample();
+      lane.releaseSample(place);
       throw error;
     }
-    if (inserted.created) this.enqueueSample(inserted.row.requestId, samplerId, seqId, job, true);
-    else lane.releaseSample();
+    if (inserted.created) this.enqueueSample(inserted.row.requestId, owner, samplerId, seqId, job, payload.byteLength, place);
+    else lane.releaseSample(place);
     return inserted.row.requestId;
   }
 
-  /** Queues a logged sampling request, into a place `reserved` by the caller or beyond the limit. */
-  private enqueueSample(requestId: string, samplerId: string, seqId: number | null, job: LoggedSample, reserved: boolean): void {
+  /** Queues a logged sampling request, into a place `reserved` by the caller or beyond the limits. */
+  private enqueueSample(requestId: string, owner: string, samplerId: string, seqId: number | null, job: LoggedSample, bytes: number, reserved?: Reservation): void {
     this.sessionFutures.watch(requestId, samplerId, seqId);
     this.lane(job.baseModel).submitSample({
       requestId,
+      owner,
+      bytes,
       adapter: job.adapter,
       load: job.load,
       item: job.item,
@@ -456,7 +460,7 @@ export class Services {
       try {
         if (row.kind === 'sample') {
           // Acknowledged before the restart: queued whatever the limit.
-          this.enqueueSample(row.requestId, row.target, row.seqId, decode(row.payload!) as LoggedSample, false);
+          this.enqueueSample(row.requestId, row.owner, row.target, row.seqId, decode(row.payload!) as LoggedSample, row.payload!.byteLength);
         } else {
           const run = await this.store.runs.get(row.target, row.owner);
           if (!run || row.seqId === null || !row.payload) throw new Error('not resumable');

@@ -2,9 +2,18 @@
  * @module One lane per base model: it owns that model's worker and decides what runs next.
  *
  * Training requests of one run execute strictly in `seq_id` order; later ones wait in a buffer
- * until the gap is filled. Whatever is ready across all runs is packed into one worker call per
- * kind ("clock cycle"): every ready `forward_backward` of every adapter goes into a single batch.
- * Sampling requests of all samplers on this base model are batched the same way.
+ * until the gap is filled. The lane runs in clock cycles: a training cycle packs the ready
+ * `forward`/`forward_backward` request of each run (one per run) into one worker batch of at most
+ * `cycleTokens` tokens, runs it, then runs every run's due single ops (`optim_step`, create, save,
+ * load, drop): cheap per-adapter work never waits behind other runs' forward passes, and a new
+ * run's create runs within one cycle. When the budget cannot hold every ready request, runs are
+ * picked round-robin across API keys, least recently served key first, so a key with many runs
+ * gets no more share than a key with one, and a request left out leads the next cycle (a single
+ * request larger than the budget runs alone). Training and sampling cycles alternate; a sampling
+ * cycle decodes at most `sampleCycleTokens` rows x max_tokens, picked the same way, splitting a
+ * larger request into pieces of fewer samples (seeded pieces equal the whole: the worker's
+ * `first_sample_index`). Each API key may hold at most `maxQueuedPerKey` requests (and
+ * `maxQueuedBytesPerKey` bytes) queued in a lane; beyond, its submits get 429.
  *
  * Waiting for a missing `seq_id` is bounded: a request may wait only within
  * `maxWaitingRequests` seq ids of the missing one and while the run's waiting requests hold at
@@ -54,7 +63,7 @@ export interface TrainingJob {
   modelId: string;
   seqId: number;
   op: TrainingOp;
-  /** Size of the logged request (counts against `maxWaitingBytes` while it waits for a gap). */
+  /** Size of the logged request (counts against `maxWaitingBytes` while it waits for a gap, and `maxQueuedBytesPerKey`). */
   bytes: number;
   finalize: (reply: Record<string, unknown>) => Promise<unknown>;
 }
@@ -62,6 +71,10 @@ export interface TrainingJob {
 /** A sampling request. `load` names a checkpoint to load into `adapter` first (once). */
 export interface SampleJob {
   requestId: string;
+  /** The API key that sent it (for its fair share and its queue bound). */
+  owner: string;
+  /** Size of the logged request (counts against `maxQueuedBytesPerKey`). */
+  bytes: number;
   adapter: string | null;
   load: { path: string } | null;
   item: Record<string, unknown>;
@@ -78,6 +91,8 @@ interface RunQueue {
   /** The missing seq id the run waits for, and the timer that gives up on it. */
   gap: { seq: number; timer: unknown } | null;
   running: boolean;
+  /** The cycle that last ran one of this run's forward passes (fair share among one key's runs). */
+  served: number;
   /** The worker lost this run's adapter; rebuild it (snapshot + replay) before its next job. */
   needsRecovery: boolean;
   /** Why the adapter could not be rebuilt, if that failed. */
@@ -98,11 +113,27 @@ const REAL_TIMERS: Timers = {
   clearTimeout: (handle) => clearTimeout(handle as ReturnType<typeof setTimeout>),
 };
 
-/** A place among a run's waiting requests, taken by {@link Lane.reserve}. */
+/** A queue place taken by {@link Lane.reserve} or {@link Lane.reserveSample}. */
 export interface Reservation {
+  owner: string;
   modelId: string;
-  count: number;
+  /** 1 when the place is among the run's requests waiting for a missing seq id. */
+  waiting: 0 | 1;
+  /** 1 when the place counts against the key's bound (0: a retry, which queues nothing). */
+  queued: 0 | 1;
   bytes: number;
+}
+
+/** A sampling request in the queue, with the samples of it already drawn (a split request). */
+interface QueuedSample {
+  job: SampleJob;
+  /** Samples the request asks for, and how many are drawn. */
+  total: number;
+  done: number;
+  /** The first piece's reply, with every drawn piece's sequences appended. */
+  partial: Record<string, unknown> | null;
+  /** In the worker call now running (it cannot be cancelled). */
+  running: boolean;
 }
 
 /** Limits on a run's requests waiting for a missing `seq_id` (see the module doc). */
@@ -117,8 +148,20 @@ export interface OrderingOptions {
   timers?: Timers;
 }
 
+/** Fair scheduling limits of a lane (see the module doc). */
+export interface SchedulingOptions extends OrderingOptions {
+  /** Most tokens of forward(_backward) data in one cycle's worker batch; default 32768. */
+  cycleTokens?: number;
+  /** Most rows x max_tokens decoded in one sampling call; default 8192. */
+  sampleCycleTokens?: number;
+  /** Most requests (training and sampling) one API key may have queued in a lane; default 1024. */
+  maxQueuedPerKey?: number;
+  /** Most bytes of logged requests one API key may have queued in a lane; default 1 GiB. */
+  maxQueuedBytesPerKey?: number;
+}
+
 /** Options for {@link Lane}. */
-export interface LaneOptions extends OrderingOptions {
+export interface LaneOptions extends SchedulingOptions {
   baseModel: string;
   worker: () => Promise<WorkerClient>;
   completion: Completion;
@@ -136,13 +179,19 @@ export interface LaneOptions extends OrderingOptions {
  * @example
  * const lane = new Lane({ baseModel, worker: () => pool.client(baseModel), completion });
  * lane.registerRun('S:train:0');
- * lane.submitTraining({ requestId, modelId: 'S:train:0', seqId: 0, op: { kind: 'create_adapter', lora }, finalize });
+ * lane.submitTraining({ requestId, owner, modelId: 'S:train:0', seqId: 0, op: { kind: 'create_adapter', lora }, bytes, finalize });
  */
 export class Lane {
   private readonly runs = new Map<string, RunQueue>();
-  private readonly samples: SampleJob[] = [];
+  private readonly samples: QueuedSample[] = [];
   /** Queue places taken by {@link reserveSample} and not yet filled or released. */
   private reservedSamples = 0;
+  /** Requests (and bytes) each API key has queued or reserved here. */
+  private readonly load = new Map<string, { count: number; bytes: number }>();
+  /** The cycle in which each key last had training (or sampling) work picked. */
+  private readonly keyServed = new Map<string, number>();
+  private readonly keySampled = new Map<string, number>();
+  private cycle = 0;
   private readonly loadedAdapters = new Set<string>();
   private readonly attempts = new Map<string, number>();
   private pumping = false;
@@ -156,8 +205,16 @@ export class Lane {
   private readonly maxWaitingBytes: number;
   private readonly gapTimeoutMs: number;
   private readonly timers: Timers;
+  private readonly cycleTokens: number;
+  private readonly sampleCycleTokens: number;
+  private readonly maxQueuedPerKey: number;
+  private readonly maxQueuedBytesPerKey: number;
 
   constructor(private readonly options: LaneOptions) {
+    this.cycleTokens = options.cycleTokens ?? 32768;
+    this.sampleCycleTokens = options.sampleCycleTokens ?? 8192;
+    this.maxQueuedPerKey = options.maxQueuedPerKey ?? 1024;
+    this.maxQueuedBytesPerKey = options.maxQueuedBytesPerKey ?? 1024 * 1024 * 1024;
     this.maxQueuedSamples = options.maxQueuedSamples ?? 4096;
     this.maxWaitingRequests = options.maxWaitingRequests ?? 256;
     this.maxWaitingBytes = options.maxWaitingBytes ?? 256 * 1024 * 1024;
@@ -171,7 +228,7 @@ export class Lane {
    */
   registerRun(modelId: string, nextSeq = 0, needsRecovery = false, passed: Iterable<number> = []): void {
     if (this.runs.has(modelId)) return;
-    const run: RunQueue = { nextSeq, buffered: new Map(), passed: new Set(passed), reserved: { count: 0, bytes: 0 }, gap: null, running: false, needsRecovery, lost: null };
+    const run: RunQueue = { nextSeq, buffered: new Map(), passed: new Set(passed), reserved: { count: 0, bytes: 0 }, gap: null, running: false, served: 0, needsRecovery, lost: null };
     this.runs.set(modelId, run);
     this.advance(run);
   }
@@ -182,17 +239,21 @@ export class Lane {
   }
 
   /**
-   * Takes a place for request `seqId` of a run before it is logged, synchronously, so concurrent
-   * submits cannot overshoot the limits; a string (why) when it would wait beyond them. A request
-   * that runs next or fills the gap is always admitted, and the first one to wait whatever its
-   * size. Give the place to {@link submitTraining} or back with {@link release}.
+   * Takes a place for request `seqId` of `owner`'s run before it is logged, synchronously, so
+   * concurrent submits cannot overshoot the limits; a string (why) when the key has too much queued
+   * or the request would wait beyond the run's limits. A request that runs next or fills the gap is
+   * admitted within the key's bound, and the first one to wait whatever its size. Give the place to
+   * {@link submitTraining} or back with {@link release}.
    */
-  reserve(modelId: string, seqId: number, bytes: number): Reservation | string {
-    const none: Reservation = { modelId, count: 0, bytes: 0 };
+  reserve(owner: string, modelId: string, seqId: number, bytes: number): Reservation | string {
     const run = this.runs.get(modelId);
-    if (!run || seqId < run.nextSeq || run.buffered.has(seqId) || run.passed.has(seqId)) return none; // stale or a retry
+    if (!run || seqId < run.nextSeq || run.buffered.has(seqId) || run.passed.has(seqId)) return { owner, modelId, waiting: 0, queued: 0, bytes: 0 }; // stale or a retry
     const missing = this.firstMissing(run);
-    if (seqId <= missing) return none;
+    // The request that fills a gap others wait behind is admitted whatever the key holds: it frees them.
+    const unblocks = seqId === run.nextSeq && run.buffered.size > 0;
+    const full = unblocks ? null : this.keyFull(owner, bytes);
+    if (full) return full;
+    if (seqId <= missing) return this.charge({ owner, modelId, waiting: 0, queued: 1, bytes });
     if (!this.inWindow(modelId, seqId)) {
       return `seq_id ${seqId} of ${modelId} is too far ahead: seq_id ${missing} has not arrived, and at most ${this.maxWaitingRequests} later requests may wait for it; send the earlier requests first`;
     }
@@ -202,15 +263,52 @@ export class Lane {
     }
     run.reserved.count++;
     run.reserved.bytes += bytes;
-    return { modelId, count: 1, bytes };
+    return this.charge({ owner, modelId, waiting: 1, queued: 1, bytes });
   }
 
   /** Gives back a place taken by {@link reserve} that will not be used. */
   release(reservation: Reservation): void {
+    this.leaveWaiting(reservation);
+    if (reservation.queued) this.uncharge(reservation.owner, reservation.bytes);
+  }
+
+  /** The reservation's place among the run's waiting requests is filled or given back. */
+  private leaveWaiting(reservation: Reservation): void {
     const run = this.runs.get(reservation.modelId);
-    if (!run) return;
-    run.reserved.count -= reservation.count;
+    if (!run || !reservation.waiting) return;
+    run.reserved.count--;
     run.reserved.bytes -= reservation.bytes;
+  }
+
+  /** Why `owner` may not queue another request of `bytes` here, or null if it may. */
+  private keyFull(owner: string, bytes: number): string | null {
+    const load = this.load.get(owner);
+    if (!load) return null; // one request, whatever its size, is always admitted
+    if (load.count >= this.maxQueuedPerKey) {
+      return `this API key already has ${load.count} requests queued for ${this.options.baseModel} (at most ${this.maxQueuedPerKey} per key); wait for some to finish before sending more`;
+    }
+    if (load.bytes + bytes > this.maxQueuedBytesPerKey) {
+      return `this API key's requests queued for ${this.options.baseModel} already hold ${load.bytes} bytes (at most ${this.maxQueuedBytesPerKey} per key); wait for some to finish before sending more`;
+    }
+    return null;
+  }
+
+  /** Counts a queued (or reserved) request against its key's bound. */
+  private charge(reservation: Reservation): Reservation {
+    const load = this.load.get(reservation.owner) ?? { count: 0, bytes: 0 };
+    load.count++;
+    load.bytes += reservation.bytes;
+    this.load.set(reservation.owner, load);
+    return reservation;
+  }
+
+  /** A request of `owner` left the queue (ran, failed, or its place was given back). */
+  private uncharge(owner: string, bytes: number): void {
+    const load = this.load.get(owner);
+    if (!load) return;
+    load.count--;
+    load.bytes -= bytes;
+    if (load.count <= 0) this.load.delete(owner);
   }
 
   /**
@@ -221,8 +319,11 @@ export class Lane {
   submitTraining(job: TrainingJob, reservation?: Reservation): void {
     const run = this.runs.get(job.modelId);
     if (!run) throw new Error(`lane ${this.options.baseModel} has no run ${job.modelId}`);
-    if (reservation) this.release(reservation);
+    if (reservation) this.leaveWaiting(reservation);
+    // Resumed requests (no reservation) are queued whatever the key's bound: they were acknowledged.
+    if (!reservation?.queued) this.charge({ owner: job.owner, modelId: job.modelId, waiting: 0, queued: 1, bytes: job.bytes });
     if (job.seqId < run.nextSeq || run.passed.has(job.seqId)) {
+      this.uncharge(job.owner, job.bytes);
       void this.failJob(job.requestId, { message: `seq_id ${job.seqId} of ${job.modelId} arrived after the run went past it (the next expected seq_id is ${run.nextSeq})`, category: 'user' });
       return;
     }
@@ -298,7 +399,10 @@ export class Lane {
     run.buffered.clear();
     run.passed.clear();
     run.nextSeq = last + 1;
-    for (const job of waiting) this.attempts.delete(job.requestId);
+    for (const job of waiting) {
+      this.attempts.delete(job.requestId);
+      this.uncharge(job.owner, job.bytes);
+    }
     const owner = waiting[0]!.owner;
     void (async () => {
       await this.options.recordLost?.(owner, modelId, lost, {
@@ -323,38 +427,54 @@ export class Lane {
   }
 
   /**
-   * Takes a place in the sampling queue, synchronously, so concurrent submits cannot overshoot
-   * the limit; false when it is full (the caller answers 429). Fill the place with
-   * {@link submitSample}`(job, true)` or give it back with {@link releaseSample}.
+   * Takes a place in the sampling queue for a request of `owner` (`bytes` logged), synchronously,
+   * so concurrent submits cannot overshoot the limits; a string (why) when the queue or the key's
+   * share of it is full (the caller answers 429). Fill the place with {@link submitSample} or give
+   * it back with {@link releaseSample}.
    */
-  reserveSample(): boolean {
-    if (this.samples.length + this.reservedSamples >= this.maxQueuedSamples) return false;
+  reserveSample(owner: string, bytes: number): Reservation | string {
+    if (this.samples.length + this.reservedSamples >= this.maxQueuedSamples) return `sampling queue for ${this.options.baseModel} is full; retry shortly`;
+    const full = this.keyFull(owner, bytes);
+    if (full) return full;
     this.reservedSamples++;
-    return true;
+    return this.charge({ owner, modelId: '', waiting: 0, queued: 1, bytes });
   }
 
   /** Gives back a place taken by {@link reserveSample} that will not be filled. */
-  releaseSample(): void {
+  releaseSample(reservation: Reservation): void {
     if (this.reservedSamples > 0) this.reservedSamples--;
+    this.uncharge(reservation.owner, reservation.bytes);
   }
 
   /**
    * Queues a sampling request, always: into the place `reserved` by {@link reserveSample}, or
-   * beyond the limit (requests resumed after a restart were acknowledged already).
+   * beyond the limits (requests resumed after a restart were acknowledged already).
    */
-  submitSample(job: SampleJob, reserved = false): void {
-    if (reserved) this.releaseSample();
-    this.samples.push(job);
+  submitSample(job: SampleJob, reservation?: Reservation): void {
+    if (reservation) {
+      if (this.reservedSamples > 0) this.reservedSamples--;
+    } else {
+      this.charge({ owner: job.owner, modelId: '', waiting: 0, queued: 1, bytes: job.bytes });
+    }
+    const total = Number(job.item['num_samples'] ?? 1);
+    this.samples.push({ job, total, done: 0, partial: null, running: false });
     this.pump();
   }
 
   /** Takes a sampling request out of the queue if it has not started; false if it is not queued here. */
   cancelSample(requestId: string): boolean {
-    const i = this.samples.findIndex((job) => job.requestId === requestId);
+    const i = this.samples.findIndex((queued) => queued.job.requestId === requestId && !queued.running && queued.done === 0);
     if (i < 0) return false;
-    this.samples.splice(i, 1);
-    this.attempts.delete(requestId);
+    this.dropSample(this.samples[i]!);
     return true;
+  }
+
+  /** A sampling request leaves the queue (finished, failed or cancelled). */
+  private dropSample(queued: QueuedSample): void {
+    const i = this.samples.indexOf(queued);
+    if (i >= 0) this.samples.splice(i, 1);
+    this.attempts.delete(queued.job.requestId);
+    this.uncharge(queued.job.owner, queued.job.bytes);
   }
 
   /** The worker died: every run's adapter must be rebuilt and sampler adapters reloaded. */
@@ -424,35 +544,74 @@ export class Lane {
   private async drain(): Promise<void> {
     for (;;) {
       if (this.stopping) return;
-      const training = this.readyTraining();
+      const training = this.readyTraining().length > 0;
       const sampling = this.samples.length > 0;
-      if (training.length === 0 && !sampling) return;
-      // Alternate between training and sampling so neither starves the other.
-      if (sampling && (training.length === 0 || this.preferSampling)) {
+      if (!training && !sampling) return;
+      // Alternate between training and sampling cycles so neither starves the other.
+      if (sampling && (!training || this.preferSampling)) {
         this.preferSampling = false;
-        await this.runSamples(this.samples.splice(0, this.samples.length));
+        await this.runSamples(this.pickSamples());
       } else {
         this.preferSampling = true;
-        await this.runTraining(training);
+        await this.runCycle();
       }
     }
   }
 
-  private async runTraining(ready: TrainingJob[]): Promise<void> {
-    // One kind per cycle: all ready forward_backward jobs together, else all forward jobs, else the
-    // first other job (optimizer steps and checkpoints are cheap and per-adapter).
-    const kind = ready.some((j) => j.op.kind === 'forward_backward') ? 'forward_backward' : ready.some((j) => j.op.kind === 'forward') ? 'forward' : null;
-    const batch = kind ? ready.filter((j) => j.op.kind === kind) : ready.slice(0, 1);
+  /**
+   * One training cycle: the fair batch of forward passes, then every run's due single ops (a few
+   * rounds, so one run's long chain of them cannot hold the next batch back for long).
+   */
+  private async runCycle(): Promise<void> {
+    this.cycle++;
+    const batch = this.pickForward();
+    if (batch.length > 0) await this.runTraining(batch);
+    for (let round = 0; round < SINGLE_OP_ROUNDS; round++) {
+      const due = this.readyTraining().filter((job) => !isForward(job.op));
+      if (due.length === 0) return;
+      for (const job of due) {
+        if (this.stopping) return;
+        await this.runTraining([job]);
+      }
+    }
+  }
+
+  /**
+   * This cycle's forward passes: each run's ready forward(_backward), at most {@link cycleTokens}
+   * tokens in all (the first one whatever its size), picked one per key per round, keys (and one
+   * key's runs) least recently served first.
+   */
+  private pickForward(): TrainingJob[] {
+    const byKey = new Map<string, TrainingJob[]>();
+    for (const job of this.readyTraining()) {
+      if (isForward(job.op)) byKey.set(job.owner, [...(byKey.get(job.owner) ?? []), job]);
+    }
+    const served = (job: TrainingJob): number => this.runs.get(job.modelId)!.served;
+    for (const jobs of byKey.values()) jobs.sort((a, b) => served(a) - served(b));
+    const picked = roundRobin(byKey, this.keyServed, this.cycleTokens, (job) => ({ cost: forwardTokens(job.op), units: 1 }));
+    return picked.map(({ item: job }) => {
+      this.keyServed.set(job.owner, this.cycle);
+      this.runs.get(job.modelId)!.served = this.cycle;
+      return job;
+    });
+  }
+
+  /** Runs a batch of ready training jobs (forward passes in one worker call per kind, single ops one by one). */
+  private async runTraining(batch: TrainingJob[]): Promise<void> {
     for (const job of batch) this.runs.get(job.modelId)!.running = true;
-    let retry = new Set<TrainingJob>();
+    const retry = new Set<TrainingJob>();
     try {
       const client = await this.options.worker();
       const live: TrainingJob[] = [];
       for (const job of batch) if (await this.ready(job, client)) live.push(job);
-      if (live.length > 0) retry = kind ? await this.runForward(client, kind, live) : await this.runSingle(client, live[0]!);
+      for (const kind of ['forward_backward', 'forward'] as const) {
+        const jobs = live.filter((job) => job.op.kind === kind);
+        if (jobs.length > 0) for (const job of await this.runForward(client, kind, jobs)) retry.add(job);
+      }
+      for (const job of live) if (!isForward(job.op)) for (const failed of await this.runSingle(client, job)) retry.add(failed);
     } catch (error) {
       // The worker could not be started or reached: the whole batch waits for the next attempt.
-      retry = new Set(batch);
+      for (const job of batch) retry.add(job);
       if (!(error instanceof WorkerConnectionError)) for (const job of batch) this.attempts.set(job.requestId, MAX_ATTEMPTS);
     } finally {
       for (const job of batch) {
@@ -462,6 +621,7 @@ export class Lane {
         if (retry.has(job)) await this.failJob(job.requestId, { message: 'the worker failed repeatedly while running this request', category: 'server' });
         this.attempts.delete(job.requestId);
         run.buffered.delete(job.seqId);
+        this.uncharge(job.owner, job.bytes);
         run.nextSeq = job.seqId + 1;
         this.advance(run);
         this.watchGap(job.modelId, run);
@@ -553,43 +713,81 @@ export class Lane {
     return new Set();
   }
 
-  private async runSamples(jobs: SampleJob[]): Promise<void> {
+  /**
+   * This sampling cycle's pieces: at most {@link sampleCycleTokens} rows x max_tokens (the first
+   * piece at least one sample), requests picked one per key per round, least recently served key
+   * first; a request that does not fit whole gives the samples that fit, the rest wait.
+   */
+  private pickSamples(): { item: QueuedSample; units: number }[] {
+    this.cycle++;
+    const byKey = new Map<string, QueuedSample[]>();
+    for (const queued of this.samples) byKey.set(queued.job.owner, [...(byKey.get(queued.job.owner) ?? []), queued]);
+    const picked = roundRobin(byKey, this.keySampled, this.sampleCycleTokens, (queued) => ({ cost: rowTokens(queued.job.item), units: queued.total - queued.done }));
+    for (const { item } of picked) this.keySampled.set(item.job.owner, this.cycle);
+    return picked;
+  }
+
+  private async runSamples(pieces: { item: QueuedSample; units: number }[]): Promise<void> {
+    for (const { item } of pieces) item.running = true;
+    try {
+      await this.samplePieces(pieces);
+    } finally {
+      for (const { item } of pieces) item.running = false;
+    }
+  }
+
+  private async samplePieces(pieces: { item: QueuedSample; units: number }[]): Promise<void> {
     let client: WorkerClient;
     try {
       client = await this.options.worker();
     } catch (error) {
-      await Promise.all(jobs.map((job) => this.failJob(job.requestId, asJobError(error))));
+      for (const { item } of pieces) this.dropSample(item);
+      await Promise.all(pieces.map(({ item }) => this.failJob(item.job.requestId, asJobError(error))));
       return;
     }
-    const requeue = (failed: SampleJob[], error: unknown): Promise<unknown> =>
+    // A request the worker lost stays queued (drawn pieces kept) to be tried again, a few times.
+    const requeue = (failed: QueuedSample[], error: unknown): Promise<unknown> =>
       Promise.all(
-        failed.map((job) => {
-          if (error instanceof WorkerConnectionError && this.retryable(job)) return this.samples.push(job);
-          this.attempts.delete(job.requestId);
-          return this.failJob(job.requestId, asJobError(error));
+        failed.map((queued) => {
+          if (error instanceof WorkerConnectionError && this.retryable(queued.job)) return undefined;
+          this.dropSample(queued);
+          return this.failJob(queued.job.requestId, asJobError(error));
         }),
       );
-    const live: SampleJob[] = [];
-    for (const job of jobs) {
+    const live: { item: QueuedSample; units: number }[] = [];
+    for (const piece of pieces) {
+      const job = piece.item.job;
       if (job.load && job.adapter && !this.loadedAdapters.has(job.adapter)) {
         try {
           await client.request('load_adapter', { adapter: job.adapter, path: job.load.path, include_optimizer: false });
           this.loadedAdapters.add(job.adapter);
         } catch (error) {
-          await requeue([job], error);
+          await requeue([piece.item], error);
           continue;
         }
       }
-      live.push(job);
+      live.push(piece);
     }
     if (live.length === 0) return;
     try {
-      const reply = await client.request<{ results: Record<string, unknown>[] }>('sample', { items: live.map((job) => ({ ...job.item, adapter: job.adapter })) });
-      for (const job of live) this.attempts.delete(job.requestId);
-      await Promise.all(live.map((job, i) => this.finish(job, reply.results[i] ?? { ok: false })));
+      const reply = await client.request<{ results: Record<string, unknown>[] }>('sample', { items: live.map(({ item, units }) => pieceItem(item, units)) });
+      await Promise.all(live.map(({ item, units }, i) => this.drawn(item, units, reply.results[i] ?? { ok: false })));
     } catch (error) {
-      await requeue(live, error);
+      await requeue(live.map(({ item }) => item), error);
     }
+  }
+
+  /** A piece of `units` samples came back: the request finishes once all its samples are drawn. */
+  private async drawn(queued: QueuedSample, units: number, result: Record<string, unknown>): Promise<void> {
+    this.attempts.delete(queued.job.requestId);
+    if (result['ok'] === true) {
+      const sequences = result['sequences'] as unknown[];
+      queued.partial = queued.partial ? { ...queued.partial, sequences: [...(queued.partial['sequences'] as unknown[]), ...sequences] } : result;
+      queued.done += units;
+      if (queued.done < queued.total) return;
+    }
+    this.dropSample(queued);
+    await this.finish(queued.job, result['ok'] === true ? queued.partial! : result);
   }
 
   /** Forgets a sampler adapter so the next use reloads it (after its checkpoint was replaced). */
@@ -611,6 +809,69 @@ export class Lane {
     } catch (error) {
       await this.failJob(job.requestId, asJobError(error));
     }
+  }
+}
+
+/** Single ops a cycle runs after its forward passes, at most this many per run. */
+const SINGLE_OP_ROUNDS = 8;
+
+/** Item fields of the prompt-side outputs: only a split request's first piece asks for them. */
+const PROMPT_OUTPUTS = ['prompt_logprobs', 'topk_prompt_logprobs', 'prompt_alt_tokens_k', 'target_prompt_logprobs', 'prompt_logprobs_last_n'];
+
+function isForward(op: TrainingOp): op is Extract<TrainingOp, { lossFn: string }> {
+  return op.kind === 'forward' || op.kind === 'forward_backward';
+}
+
+/** Tokens of a forward pass's data (what it costs a cycle). */
+function forwardTokens(op: TrainingOp): number {
+  if (!isForward(op)) return 0;
+  return op.data.reduce((sum, datum) => sum + datum.tokens.shape.reduce((n, d) => n * d, 1), 0);
+}
+
+/** What one sample of a sampling item costs a cycle: its max_tokens (0, never split, if unbounded). */
+function rowTokens(item: Record<string, unknown>): number {
+  return Number((item['sampling_params'] as { max_tokens?: number } | undefined)?.max_tokens ?? 0);
+}
+
+/**
+ * The worker item for `units` samples of a queued request, after the `done` drawn already: the
+ * later pieces number their samples from there (same seeds as unsplit) and skip the prompt outputs.
+ */
+function pieceItem(queued: QueuedSample, units: number): Record<string, unknown> {
+  const item: Record<string, unknown> = { ...queued.job.item, adapter: queued.job.adapter };
+  if (units === queued.total) return item;
+  item['num_samples'] = units;
+  if (queued.done > 0) {
+    item['first_sample_index'] = queued.done;
+    for (const key of PROMPT_OUTPUTS) delete item[key];
+  }
+  return item;
+}
+
+/**
+ * Picks items round-robin across keys, least recently `served` key first (`byKey` lists each key's
+ * items in the order to take them), one per key per round, until `budget` is spent. An item has
+ * `units` (samples; 1 for a training request) of `cost` each and may be taken in part; the first
+ * pick takes at least one unit whatever it costs, later picks only what fits.
+ */
+function roundRobin<T>(byKey: Map<string, T[]>, served: Map<string, number>, budget: number, size: (item: T) => { cost: number; units: number }): { item: T; units: number }[] {
+  const keys = [...byKey.keys()].sort((a, b) => (served.get(a) ?? 0) - (served.get(b) ?? 0));
+  const picked: { item: T; units: number }[] = [];
+  let left = budget;
+  for (let round = 0; ; round++) {
+    let more = false;
+    for (const key of keys) {
+      const item = byKey.get(key)![round];
+      if (item === undefined) continue;
+      more = true;
+      const { cost, units } = size(item);
+      const fit = cost > 0 ? Math.min(units, Math.floor(left / cost)) : units;
+      const take = picked.length === 0 ? Math.max(1, fit) : fit;
+      if (take <= 0) continue;
+      picked.push({ item, units: take });
+      left -= take * cost;
+    }
+    if (!more) return picked;
   }
 }
 
