@@ -419,6 +419,11 @@ export class Lane {
     this.pump();
   }
 
+  /** Cycles (training and sampling) this lane has started: how long a request waited, in cycles. */
+  get cycles(): number {
+    return this.cycle;
+  }
+
   /** Requests waiting (buffered or ready) across runs and samplers. */
   get queued(): { training: number; sampling: number } {
     let training = 0;
