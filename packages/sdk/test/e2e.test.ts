@@ -387,7 +387,7 @@ describe('checkpoints, sampling and REST', () => {
     assert.ok(mine.includes(statePath) && mine.includes(samplerPath));
 
     const info = await rest.getWeightsInfoByTinkerPath(statePath);
-    assert.deepEqual(info, { baseModel: MODEL, isLora: true, loraRank: 8, trainUnembed: true, trainMlp: true, trainAttn: true });
+    assert.deepEqual(info, { baseModel: MODEL, isLora: true, loraRank: 8, trainUnembed: true, trainMlp: true, trainAttn: true, optimizerConfig: { type: 'adamw' } });
 
     await rest.setCheckpointTtlFromTinkerPath(statePath, null);
     await rest.publishCheckpointFromTinkerPath(samplerPath);
