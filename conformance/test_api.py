@@ -133,7 +133,8 @@ def test_sft_end_to_end_with_checkpoints_sampling_and_exact_resume(server):
 
     # Resume from step20 with optimizer state in a new training client: the legacy SDK flow.
     weights_info = c.ok(c.post("weights_info", {"tinker_path": state}))
-    assert weights_info == {"base_model": MODEL, "is_lora": True, "lora_rank": 8, "train_unembed": True, "train_mlp": True, "train_attn": True}
+    assert weights_info == {"base_model": MODEL, "is_lora": True, "lora_rank": 8, "train_unembed": True, "train_mlp": True, "train_attn": True,
+                            "optimizer_config": {"type": "adamw"}}
     resumed = c.create_model(MODEL, rank=weights_info["lora_rank"])
     resumed.load_state(state, optimizer=True)
     continued = [step(resumed) for _ in range(3)]

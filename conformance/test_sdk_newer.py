@@ -117,6 +117,19 @@ def test_sampling_extras_agree_with_the_plain_logprobs(server):
         assert row[0][1] >= row[1][1] >= row[2][1]
 
 
+def test_prompt_logprobs_last_n_scores_only_the_tail(server):
+    """`prompt_logprobs_last_n` (our reading of an unconfirmed key, docs/protocol.md §11): only the
+    last n prompt positions are scored, with the same values as a full pass; the rest are null."""
+    c = client(server)
+    sampler = c.sampler(base_model=MODEL)
+    full = c.retrieve(submit(c, sample_body(sampler, 0, prompt_logprobs=True))["request_id"], "Sample", proto=True)["prompt_logprobs"]
+    tail = c.retrieve(submit(c, sample_body(sampler, 1, prompt_logprobs=True, prompt_logprobs_last_n=2))["request_id"], "Sample", proto=True)["prompt_logprobs"]
+    assert len(tail) == len(full) == len(PROMPT)
+    assert all(v is None for v in tail[:-2]), tail
+    for got, want in zip(tail[-2:], full[-2:]):
+        assert close(got, want), (got, want)
+
+
 def test_sparse_target_prompt_logprobs_are_answered_in_the_same_csr_layout(server):
     c = client(server)
     sampler = c.sampler(base_model=MODEL)

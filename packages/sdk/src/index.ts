@@ -41,9 +41,9 @@ export {
 export type { RequestOptions } from './core/request-options.js';
 export { RestClient, type ListTrainingRunsOptions, type PageOptions } from './core/rest-client.js';
 export { SamplingClient, type SamplingClientTarget } from './core/sampling-client.js';
-export { ServiceClient, type ClientOptions, type FromStateOptions, type LoraTrainingClientArgs } from './core/service-client.js';
+export { ServiceClient, type ClientOptions, type CopyWeightsOptions, type FromStateOptions, type LoraTrainingClientArgs, type SessionFinishReason } from './core/service-client.js';
 export { TensorData, toTensorData, type LossFnInput, type NumericArray, type TensorDtype, type TypedArrayFor } from './core/tensor.js';
-export { TrainingClient, type SaveStateOptions, type SaveWeightsForSamplerOptions } from './core/training-client.js';
+export { TrainingClient, type LoadStateOptions, type SaveStateOptions, type SaveWeightsExternalOptions, type SaveWeightsForSamplerOptions } from './core/training-client.js';
 export {
   ModelInput,
   type AccessScope,
@@ -51,11 +51,14 @@ export {
   type Checkpoint,
   type CheckpointArchiveUrlResponse,
   type CheckpointsListResponse,
+  type CheckpointStorageUsage,
   type Cursor,
   type CustomLossFn,
   type CustomLossResult,
   type Datum,
+  type DimuonParams,
   type EncodedTextChunk,
+  type ExternalWeightsUrlsResponse,
   type ForwardBackwardOutput,
   type GetInfoResponse,
   type GetSamplerResponse,
@@ -67,12 +70,14 @@ export {
   type LossFnConfig,
   type LossFnType,
   type ModelInputChunk,
+  type OptimizerConfig,
   type OptimStepResponse,
   type SampleArgs,
   type SampledSequence,
   type PromptAltTokens,
   type SampleResponse,
   type SamplingParams,
+  type SaveWeightsExternalResponse,
   type SaveWeightsResponse,
   type StopReason,
   type SupportedModel,

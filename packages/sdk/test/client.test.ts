@@ -693,10 +693,27 @@ describe('service, session and REST', () => {
     assert.deepEqual(server.to('session_heartbeat')[0]!.body, { session_id: 'S', type: 'session_heartbeat' });
     await service.close();
     assert.equal(server.to('sessions/S/finish').length, 1);
+    assert.deepEqual(server.to('sessions/S/finish')[0]!.body, { reason: { type: 'success' } }, 'close() finishes with a reason, as SDK 0.32+ does');
     const beats = server.to('session_heartbeat').length;
     await new Promise((r) => setTimeout(r, 100));
     assert.equal(server.to('session_heartbeat').length, beats, 'no heartbeat after close()');
     await assert.rejects(service.createSamplingClient({ baseModel: 'm' }), /closed/);
+  });
+
+  test('Dimuon steps go as optimizer_params, AdamW ones as adam_params; optimizer_config and user_metadata are sent', async () => {
+    const server = new FakeServer();
+    const service = client(server);
+    const training = await service.createLoraTrainingClient({ baseModel: 'm', optimizerConfig: { type: 'dimuon', version: 1 } });
+    assert.deepEqual(server.to('create_model')[0]!.body.optimizer_config, { type: 'dimuon', version: 1 });
+    await training.optimStep({ type: 'dimuon', learningRate: 0.02, rankLrCorrectionExponent: 0.175 });
+    await training.optimStep({ learningRate: 1e-3 });
+    const [dimuon, adam] = server.to('optim_step').map((c) => c.body);
+    assert.deepEqual(dimuon, { optimizer_params: { type: 'dimuon', learning_rate: 0.02, rank_lr_correction_exponent: 0.175 }, model_id: training.modelId, seq_id: 1, type: 'optim_step' });
+    assert.deepEqual(Object.keys(adam).sort(), ['adam_params', 'model_id', 'seq_id', 'type']);
+    await training.saveState('s', { userMetadata: { k: 'v' } });
+    assert.deepEqual(server.to('save_weights')[0]!.body.user_metadata, { k: 'v' });
+    await service.finish('errored', 'boom');
+    assert.deepEqual(server.to('sessions/S/finish')[0]!.body, { reason: { type: 'errored' }, detail: 'boom' });
   });
 
   test('a 410 heartbeat (session finished elsewhere) stops the heartbeat; failed heartbeats are swallowed', async () => {

@@ -14,14 +14,14 @@
  * place, because the SDK has used the `seq_id` up: the run goes past it, and a retry gets the
  * same refusal. Requests waiting for a missing `seq_id` are bounded and time out (see `Lane`).
  */
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { decode, encode } from '@msgpack/msgpack';
 import { badRequest, HttpError, serviceUnavailable, tooManyRequests } from './http/errors.js';
 import type { CsrIndex } from './protocol/proto.js';
 import { sampleResult, type StoredResult } from './protocol/results.js';
 import { FutureHub } from './scheduler/futures.js';
-import { Lane, type JobError, type Reservation, type SampleJob, type SchedulingOptions, type TrainingOp } from './scheduler/lane.js';
+import { Lane, opFields, type JobError, type Reservation, type SampleJob, type SchedulingOptions, type TrainingOp } from './scheduler/lane.js';
 import { OutcomeRecorder, recordWithRetry } from './scheduler/outcomes.js';
 import { SessionFutures } from './scheduler/session-futures.js';
 import type { RequestRow, RunRow, Store } from './store/index.js';
@@ -39,7 +39,7 @@ export type JobMeta =
   | { kind: 'load_weights'; path: string }
   | {
       kind: 'save';
-      checkpointType: 'training' | 'sampler';
+      checkpointType: 'training' | 'sampler' | 'external';
       checkpointId: string;
       tinkerPath: string;
       storagePath: string;
@@ -47,7 +47,16 @@ export type JobMeta =
       ephemeral: boolean;
       /** For unnamed sampler saves: the sampling session to create on the weights. */
       sampler: { samplerId: string; sessionId: string; baseModel: string } | null;
+      userMetadata?: Record<string, string> | null;
     };
+
+/** The future result `type` of each kind of save. */
+const SAVE_RESULT_TYPE = { training: 'save_weights', sampler: 'save_weights_for_sampler', external: 'save_weights_external' } as const;
+
+/** Bytes of the files directly in a folder (a checkpoint is one flat folder). */
+export function folderBytes(dir: string): number {
+  return readdirSync(dir, { withFileTypes: true }).reduce((sum, entry) => sum + (entry.isFile() ? statSync(path.join(dir, entry.name)).size : 0), 0);
+}
 
 /** A finished request that changed a run's adapter, as recovery replays it. */
 interface ReplayStep {
@@ -286,6 +295,8 @@ export class Services {
         return json({ path: meta.path, model_id: run.modelId, type: 'load_weights' });
       case 'save': {
         const now = Date.now();
+        // The worker counts the bytes of what it saved; a PEFT export is measured here.
+        const sizeBytes = reply['bytes'] !== undefined ? Number(reply['bytes']) : folderBytes(meta.storagePath);
         await recordWithRetry(() => this.store.checkpoints.put({
           modelId: run.modelId,
           checkpointId: meta.checkpointId,
@@ -293,9 +304,10 @@ export class Services {
           checkpointType: meta.checkpointType,
           tinkerPath: meta.tinkerPath,
           storagePath: meta.storagePath,
-          sizeBytes: Number(reply['bytes'] ?? 0),
+          sizeBytes,
           expiresAt: meta.ttlSeconds ? now + meta.ttlSeconds * 1000 : null,
           ephemeral: meta.ephemeral,
+          userMetadata: meta.userMetadata ?? null,
           now,
         }));
         this.lane(run.baseModel).forgetAdapter(samplerAdapter(meta.tinkerPath));
@@ -304,7 +316,8 @@ export class Services {
           await recordWithRetry(() => this.store.samplers.create({ ...sampler, owner, modelPath: meta.tinkerPath, now }));
           return json({ sampling_session_id: sampler.samplerId, type: 'save_weights_for_sampler' });
         }
-        return json({ path: meta.tinkerPath, type: meta.checkpointType === 'training' ? 'save_weights' : 'save_weights_for_sampler' });
+        if (meta.checkpointType === 'external') return json({ path: meta.tinkerPath, size_bytes: sizeBytes, type: SAVE_RESULT_TYPE.external });
+        return json({ path: meta.tinkerPath, type: SAVE_RESULT_TYPE[meta.checkpointType] });
       }
     }
   }
@@ -345,9 +358,6 @@ export class Services {
     steps.push(...held.filter((step) => step.seqId > (snapshot?.seq ?? -1) && !logged.has(step.seqId)));
     for (const { seqId, op } of steps) {
       switch (op.kind) {
-        case 'create_adapter':
-          await client.request('create_adapter', { adapter: modelId, lora: op.lora });
-          break;
         case 'forward_backward': {
           const reply = await client.request<{ results: { ok: boolean; error?: { message: string } }[] }>('forward_backward', {
             items: [{ adapter: modelId, loss_fn: op.lossFn, loss_fn_config: op.lossFnConfig, data: op.data }],
@@ -355,17 +365,16 @@ export class Services {
           if (!reply.results[0]?.ok) throw new Error(`replaying seq ${seqId} failed: ${reply.results[0]?.error?.message}`);
           break;
         }
+        // With the run's optimizer where it was chosen: the slot comes back with the same one.
+        case 'create_adapter':
         case 'optim_step':
-          await client.request('optim_step', { adapter: modelId, adam_params: op.adamParams });
-          break;
         case 'load_adapter':
-          await client.request('load_adapter', { adapter: modelId, path: op.path, include_optimizer: op.includeOptimizer });
-          break;
         case 'drop_adapter':
-          await client.request('drop_adapter', { adapter: modelId });
+          await client.request(op.kind, { adapter: modelId, ...opFields(op) });
           break;
         case 'forward':
         case 'save_adapter':
+        case 'export_peft':
           break; // no state change
       }
     }

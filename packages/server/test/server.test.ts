@@ -207,9 +207,9 @@ function sampleJob(maxTokens = 2) {
   };
 }
 
-async function createModel(seed = 1): Promise<string> {
+async function createModel(seed = 1, extra: Record<string, unknown> = {}): Promise<string> {
   const id = await session();
-  const created = await call('POST', '/api/v1/create_model', { session_id: id, model_seq_id: 0, base_model: MODEL, lora_config: { rank: 4, seed }, type: 'create_model' });
+  const created = await call('POST', '/api/v1/create_model', { session_id: id, model_seq_id: 0, base_model: MODEL, lora_config: { rank: 4, seed }, type: 'create_model', ...extra });
   assert.equal(created.status, 200, JSON.stringify(created.body));
   await result(created.body['request_id'] as string);
   return created.body['model_id'] as string;
@@ -795,4 +795,37 @@ test('a run whose worker dies after it loaded a since-deleted checkpoint is rebu
   assert.ok(Math.abs(after - loaded) < 1e-4 * Math.abs(loaded), `loss ${loaded} before the crash, ${after} after`);
   // And training goes on from there (the optimizer state came along).
   await train();
+});
+
+test('Dimuon runs come back as Dimuon after a worker crash, from their snapshot or from the replayed create', async () => {
+  const dimuon = { optimizer_config: { type: 'dimuon' } };
+  // One run past its first snapshot (taken at step SNAPSHOT_EVERY), one that never took one.
+  const runs = [{ modelId: await createModel(5, dimuon), steps: SNAPSHOT_EVERY + 1, seq: 0 }, { modelId: await createModel(6, dimuon), steps: 2, seq: 0 }];
+  for (const run of runs) {
+    for (let i = 0; i < run.steps; i++) {
+      assert.ok('metrics' in (await outcome((await forward(run.modelId, ++run.seq, false)).requestId)));
+      const stepped = await call('POST', '/api/v1/optim_step', { model_id: run.modelId, seq_id: ++run.seq, optimizer_params: { type: 'dimuon', learning_rate: 0.02 }, type: 'optim_step' });
+      assert.equal(stepped.status, 200, JSON.stringify(stepped.body));
+      assert.ok('metrics' in (await outcome(stepped.body['request_id'] as string)));
+    }
+  }
+  const before = await Promise.all(runs.map((run) => forwardLoss(run.modelId, ++run.seq)));
+  const pid = (await server.services.pool.pids())[MODEL];
+  assert.ok(pid);
+  process.kill(pid, 'SIGKILL');
+  const after = await Promise.all(runs.map((run) => forwardLoss(run.modelId, ++run.seq)));
+  runs.forEach((run, i) => {
+    const [was, is] = [before[i] ?? NaN, after[i] ?? NaN];
+    assert.ok(Math.abs(is - was) < 1e-4 * Math.abs(was), `${run.modelId}: loss ${was} before the crash, ${is} after`);
+  });
+  // The rebuilt slots use Dimuon (an AdamW slot would refuse the Dimuon steps below).
+  const worker = await server.services.pool.client(MODEL);
+  const stats = (await worker.request('stats', {})) as { adapters: { adapter: string; optimizer: unknown }[] };
+  for (const run of runs) assert.deepEqual(stats.adapters.find((a) => a.adapter === run.modelId)?.optimizer, { type: 'dimuon', version: 1 });
+  for (const run of runs) {
+    await outcome((await forward(run.modelId, ++run.seq, false)).requestId);
+    const stepped = await call('POST', '/api/v1/optim_step', { model_id: run.modelId, seq_id: ++run.seq, optimizer_params: { type: 'dimuon', learning_rate: 0.02 }, type: 'optim_step' });
+    const done = await outcome(stepped.body['request_id'] as string);
+    assert.ok('metrics' in done, JSON.stringify(done));
+  }
 });

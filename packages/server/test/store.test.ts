@@ -309,8 +309,14 @@ for (const lane of lanes) {
           lastRequestAt: 1000,
           corrupted: false,
           state: 'creating',
+          optimizerConfig: { type: 'adamw' },
         };
         assert.deepEqual(run, expected);
+        // A run's optimizer and initial state are kept as given.
+        const otherSid = await newSession(store, 'dave');
+        const dimuon = await store.runs.create({ ...run, owner: 'dave', sessionId: otherSid, modelId: `${otherSid}:train:0`, optimizerConfig: { type: 'dimuon', version: 1 }, state: 'unloaded', now: 1100 });
+        assert.deepEqual([dimuon.optimizerConfig, dimuon.state], [{ type: 'dimuon', version: 1 }, 'unloaded']);
+        assert.deepEqual((await store.runs.get(dimuon.modelId, 'dave'))?.optimizerConfig, { type: 'dimuon', version: 1 });
         // Duplicate model id: the original row, unchanged.
         const again = await store.runs.create({ ...run, baseModel: 'other', loraRank: 1, now: 5000 });
         assert.deepEqual(again, run);
@@ -558,6 +564,7 @@ for (const lane of lanes) {
           createdAt: 100,
           expiresAt: null,
           ephemeral: false,
+          userMetadata: null,
         });
         const c2 = await store.checkpoints.put(checkpoint(m, 'alice', 'step_2', 200, { sampler: true }));
         await store.checkpoints.put(checkpoint(m, 'alice', 'tmp', 300, { sampler: true, ephemeral: true }));
@@ -596,8 +603,17 @@ for (const lane of lanes) {
         assert.equal(await store.checkpoints.delete(m, 'weights/step_1', 'bob'), undefined);
         assert.equal(await store.checkpoints.setExpiry(m, 'weights/step_1', 'bob', 5), false);
 
+        // Storage usage: listed (non-ephemeral) checkpoints of the owner, in all or of one project.
+        assert.deepEqual(await store.checkpoints.usage('alice'), { count: 3, bytes: 3 * 1234 });
+        assert.deepEqual(await store.checkpoints.usage('carol'), { count: 0, bytes: 0 });
+        assert.deepEqual(await store.checkpoints.usage('alice', 'proj'), { count: 0, bytes: 0 });
+        assert.equal(await store.sessions.setProject(sid, 'alice', 'proj'), true);
+        assert.deepEqual(await store.checkpoints.usage('alice', 'proj'), { count: 3, bytes: 3 * 1234 });
+
         // Replace: new fields and time, `public` kept.
-        const replaced = await store.checkpoints.put({ ...checkpoint(m, 'alice', 'step_1', 900), storagePath: '/data/new', sizeBytes: 5_000_000_000 });
+        const replaced = await store.checkpoints.put({ ...checkpoint(m, 'alice', 'step_1', 900), storagePath: '/data/new', sizeBytes: 5_000_000_000, userMetadata: { note: 'x' } });
+        assert.deepEqual(replaced.userMetadata, { note: 'x' });
+        assert.deepEqual(await store.checkpoints.usage('alice'), { count: 3, bytes: 5_000_000_000 + 2 * 1234 });
         assert.equal(replaced.public, true);
         assert.equal(replaced.storagePath, '/data/new');
         assert.equal(replaced.sizeBytes, 5_000_000_000);

@@ -2,13 +2,15 @@
  * @module `RestClient`: training runs, checkpoints, sessions and samplers (tinker-protocol.md §4.6).
  * Plain request/response calls; none needs a session.
  */
-import { APIError, APIResponseValidationError } from './errors.js';
+import { APIError, APIResponseValidationError, InvalidArgumentError } from './errors.js';
 import type { RequestOptions } from './request-options.js';
 import type {
   AccessScope,
   Checkpoint,
   CheckpointArchiveUrlResponse,
   CheckpointsListResponse,
+  CheckpointStorageUsage,
+  ExternalWeightsUrlsResponse,
   GetSamplerResponse,
   GetSessionResponse,
   ListSessionsResponse,
@@ -22,6 +24,7 @@ import {
   checkpointsListFromJson,
   cursorFromJson,
   escapeSegment,
+  metadataFromJson,
   parseTinkerPath,
   requireString,
   trainingRunFromJson,
@@ -230,6 +233,38 @@ export class RestClient {
   }
 
   /**
+   * Signed, expiring download links of the files of an external checkpoint (`saveWeightsExternal`):
+   * a Hugging Face PEFT adapter, `adapter_config.json` and `adapter_model.safetensors`.
+   *
+   * @example
+   * const { path } = await training.saveWeightsExternal('hf');
+   * const { urls } = await rest.getExternalWeightsUrls(path);
+   * const weights = await (await fetch(urls['adapter_model.safetensors']!)).arrayBuffer();
+   */
+  async getExternalWeightsUrls(tinkerPath: string, options?: RequestOptions): Promise<ExternalWeightsUrlsResponse> {
+    const { trainingRunId, checkpointId } = parseTinkerPath(tinkerPath);
+    if (!checkpointId.startsWith('external_weights/')) throw new InvalidArgumentError(`${tinkerPath} is not an external_weights/ checkpoint`);
+    const body = (await this.#json({ method: 'GET', path: this.#checkpointPath(trainingRunId, checkpointId, 'external_weights_urls') }, options)) as Record<string, unknown>;
+    const urls = body['urls'];
+    if (typeof urls !== 'object' || urls === null || typeof body['expires'] !== 'string') throw new APIResponseValidationError('external_weights_urls: expected {urls, expires}');
+    return { urls: { ...(urls as Record<string, string>) }, expires: body['expires'] };
+  }
+
+  /**
+   * How many checkpoints this key keeps and their bytes (optionally of one project's sessions).
+   *
+   * @example
+   * const { checkpointCount, sizeBytes } = await rest.getCurrentCheckpointStorageUsage();
+   */
+  async getCurrentCheckpointStorageUsage(options?: RequestOptions & { projectId?: string }): Promise<CheckpointStorageUsage> {
+    const query = options?.projectId !== undefined ? { project_id: options.projectId } : undefined;
+    const body = (await this.#json({ method: 'GET', path: 'api/v1/billing/usage/checkpoints/current', query }, options)) as Record<string, unknown>;
+    const rows = Array.isArray(body['data']) ? (body['data'] as Record<string, unknown>[]) : [];
+    const sum = (key: string): number => rows.reduce((total, row) => total + (typeof row[key] === 'number' ? (row[key] as number) : 0), 0);
+    return { checkpointCount: sum('checkpoint_count'), sizeBytes: sum('size_bytes') };
+  }
+
+  /**
    * Deletes a checkpoint.
    *
    * @example
@@ -299,6 +334,7 @@ export class RestClient {
     return {
       trainingRunIds: Array.isArray(body['training_run_ids']) ? (body['training_run_ids'] as string[]) : [],
       samplerIds: Array.isArray(body['sampler_ids']) ? (body['sampler_ids'] as string[]) : [],
+      userMetadata: metadataFromJson(body['user_metadata']),
     };
   }
 

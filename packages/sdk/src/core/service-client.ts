@@ -7,10 +7,10 @@ import type { RequestOptions } from './request-options.js';
 import { RestClient } from './rest-client.js';
 import { createSamplingSession, SamplingClient, type SamplingClientTarget } from './sampling-client.js';
 import { TrainingClient } from './training-client.js';
-import type { GetServerCapabilitiesResponse } from './types.js';
+import type { GetServerCapabilitiesResponse, OptimizerConfig } from './types.js';
 import { withOptions, type ClientContext } from '../internal/context.js';
 import { retrieveFuture } from '../internal/futures.js';
-import { Session } from '../internal/session.js';
+import { Session, type SessionFinishReason } from '../internal/session.js';
 import { responseJson, Transport } from '../internal/transport.js';
 import { capabilitiesFromJson, requireString } from '../internal/wire.js';
 import { SDK_VERSION, WIRE_SDK_VERSION } from '../version.js';
@@ -82,7 +82,22 @@ export interface LoraTrainingClientArgs {
   trainUnembed?: boolean;
   /** Stored with the training run. */
   userMetadata?: Record<string, string>;
+  /** The run's optimizer, fixed for its life (default AdamW; Dimuon steps need `{ type: 'dimuon' }`). */
+  optimizerConfig?: OptimizerConfig;
 }
+
+/**
+ * Options of `copyWeights`.
+ *
+ * @example
+ * await service.copyWeights(path, { ttlSeconds: 86_400 });
+ */
+export interface CopyWeightsOptions extends RequestOptions {
+  /** Delete the copy after this many seconds (default: keep; the source's expiry is not inherited). */
+  ttlSeconds?: number;
+}
+
+export type { SessionFinishReason };
 
 /**
  * Options of `createTrainingClientFromState*`.
@@ -239,6 +254,7 @@ export class ServiceClient {
     if (args.seed !== undefined) lora['seed'] = args.seed;
     const body: Record<string, unknown> = { session_id: sessionId, model_seq_id: modelSeqId, base_model: args.baseModel, lora_config: lora, type: 'create_model' };
     if (args.userMetadata !== undefined) body['user_metadata'] = args.userMetadata;
+    if (args.optimizerConfig !== undefined) body['optimizer_config'] = args.optimizerConfig;
     const submitted = responseJson(await this.#ctx.transport.send(withOptions({ method: 'POST', path: 'api/v1/create_model', json: body }, options)));
     const requestId = requireString(submitted, 'request_id', 'create_model');
     const result = await retrieveFuture(this.#ctx.transport, requestId, { kind: 'json', requestType: 'CreateModel', pollTimeoutMs: this.#ctx.pollTimeoutMs, signal: options?.signal });
@@ -255,6 +271,8 @@ export class ServiceClient {
       trainUnembed: info.trainUnembed ?? true,
       trainMlp: info.trainMlp ?? true,
       trainAttn: info.trainAttn ?? true,
+      // The new run must use the checkpoint's optimizer: a run's optimizer never changes.
+      ...(info.optimizerConfig.type !== 'adamw' ? { optimizerConfig: info.optimizerConfig } : {}),
     };
     if (options?.userMetadata) args.userMetadata = options.userMetadata;
     const training = await this.createLoraTrainingClient(args, options);
@@ -294,6 +312,22 @@ export class ServiceClient {
   }
 
   /**
+   * Copies a checkpoint of yours to a new `tinker://` path (in a new, non-trainable run of this
+   * session), e.g. to keep it past the source's TTL or its run's deletion. Answered at once.
+   *
+   * @example
+   * const { tinkerPath } = await service.copyWeights('tinker://S:train:0/weights/step-100', { ttlSeconds: 7 * 86_400 });
+   * const resumed = await service.createTrainingClientFromState(tinkerPath);
+   */
+  async copyWeights(path: string, options?: CopyWeightsOptions): Promise<{ tinkerPath: string }> {
+    const { sessionId } = await this.#ctx.session.ensure(options?.signal);
+    const body: Record<string, unknown> = { session_id: sessionId, model_seq_id: this.#ctx.session.nextModelSeqId(), source_path: path };
+    if (options?.ttlSeconds !== undefined) body['ttl_seconds'] = options.ttlSeconds;
+    const res = await this.#ctx.transport.send(withOptions({ method: 'POST', path: 'api/v1/copy_weights', json: body }, options));
+    return { tinkerPath: requireString(responseJson(res), 'tinker_path', 'copy_weights') };
+  }
+
+  /**
    * A client for runs, checkpoints, sessions and samplers (no session needed).
    *
    * @example
@@ -305,13 +339,24 @@ export class ServiceClient {
   }
 
   /**
-   * Stops the heartbeat and finishes the session on the server. Futures already submitted still
-   * resolve; new training or sampling calls fail.
+   * Stops the heartbeat and finishes the session on the server (`POST /sessions/{id}/finish`, as
+   * the Python SDK's `close()` since 0.32) with `reason` (default `'success'`). Futures already
+   * submitted still resolve; new training or sampling calls fail. Finishing twice does nothing.
+   *
+   * @example
+   * try { await train(service); await service.finish(); } catch (e) { await service.finish('errored'); throw e; }
+   */
+  finish(reason: SessionFinishReason = 'success', detail?: string): Promise<void> {
+    return this.#ctx.session.close(reason, detail);
+  }
+
+  /**
+   * {@link finish} with reason `'success'`.
    *
    * @example
    * try { await train(service); } finally { await service.close(); }
    */
   close(): Promise<void> {
-    return this.#ctx.session.close();
+    return this.finish();
   }
 }

@@ -11,12 +11,15 @@ import type {
   AdamParams,
   CustomLossFn,
   Datum,
+  DimuonParams,
   ForwardBackwardOutput,
   GetInfoResponse,
   LoadWeightsResponse,
   LossFnConfig,
   LossFnType,
+  OptimizerConfig,
   OptimStepResponse,
+  SaveWeightsExternalResponse,
   SaveWeightsResponse,
 } from './types.js';
 import { chunkData, combineOutputs } from '../internal/chunks.js';
@@ -25,7 +28,7 @@ import { retrieveFuture, type ResultKind, type ResultOf } from '../internal/futu
 import { encodeForwardBackwardRequest, type PbDatumIn } from '../internal/protobuf.js';
 import { abortable, type ServerClientConfig } from '../internal/session.js';
 import { responseJson, type HttpRequest } from '../internal/transport.js';
-import { adamParamsToJson, datumToProto, getInfoFromJson, requireString } from '../internal/wire.js';
+import { adamParamsToJson, datumToProto, dimuonParamsToJson, getInfoFromJson, requireString } from '../internal/wire.js';
 
 /** A place in the client's submission order. */
 interface Turn {
@@ -45,6 +48,30 @@ export interface SaveStateOptions extends RequestOptions {
   ttlSeconds?: number;
   /** Replace a checkpoint of the same name. */
   overwrite?: boolean;
+  /** Stored with the checkpoint and listed with it (string values). */
+  userMetadata?: Record<string, string>;
+}
+
+/**
+ * Options of `loadState` / `loadStateWithOptimizer`.
+ *
+ * @example
+ * await training.loadState(path, { optimizerConfig: { type: 'dimuon' } });
+ */
+export interface LoadStateOptions extends RequestOptions {
+  /** The run's optimizer, as the SDK >= 0.29 sends it; it must be the one the run was created with. */
+  optimizerConfig?: OptimizerConfig;
+}
+
+/**
+ * Options of `saveWeightsExternal`.
+ *
+ * @example
+ * await training.saveWeightsExternal('hf', { ttlSeconds: 86_400 });
+ */
+export interface SaveWeightsExternalOptions extends RequestOptions {
+  /** Delete the checkpoint after this many seconds (default: keep). */
+  ttlSeconds?: number;
 }
 
 /**
@@ -56,6 +83,8 @@ export interface SaveStateOptions extends RequestOptions {
 export interface SaveWeightsForSamplerOptions extends RequestOptions {
   /** Delete the weights after this many seconds (default: keep). */
   ttlSeconds?: number;
+  /** Stored with the checkpoint and listed with it (string values). */
+  userMetadata?: Record<string, string>;
 }
 
 /**
@@ -300,17 +329,20 @@ export class TrainingClient {
   // Optimizer and checkpoints
 
   /**
-   * Applies one AdamW step with the accumulated gradients, then clears them. All six Adam
-   * settings are sent (unset ones take the defaults of {@link AdamParams}).
+   * Applies one optimizer step with the accumulated gradients, then clears them: AdamW (all six
+   * settings sent, unset ones taking the defaults of {@link AdamParams}), or Dimuon
+   * (`{ type: 'dimuon', … }`, for a run created with that optimizer; sent as `optimizer_params`).
    *
    * @example
    * await training.optimStep({ learningRate: 1e-4, weightDecay: 0.01, gradClipNorm: 1 });
+   * await dimuonRun.optimStep({ type: 'dimuon', learningRate: 0.02 });
    */
-  optimStep(adamParams: AdamParams, options?: RequestOptions): APIFuture<OptimStepResponse> {
+  optimStep(params: AdamParams | DimuonParams, options?: RequestOptions): APIFuture<OptimStepResponse> {
+    const step = 'type' in params && params.type === 'dimuon' ? { optimizer_params: dimuonParamsToJson(params) } : { adam_params: adamParamsToJson(params as AdamParams) };
     return this.#simple(
       'api/v1/optim_step',
       'OptimStep',
-      (seq) => ({ adam_params: adamParamsToJson(adamParams), model_id: this.modelId, seq_id: seq, type: 'optim_step' }),
+      (seq) => ({ ...step, model_id: this.modelId, seq_id: seq, type: 'optim_step' }),
       (r) => ({ metrics: { ...((r as { metrics?: Record<string, number> }).metrics ?? {}) } }),
       options,
     );
@@ -333,6 +365,7 @@ export class TrainingClient {
         seq_id: seq,
         ...(options?.ttlSeconds !== undefined ? { ttl_seconds: options.ttlSeconds } : {}),
         overwrite: options?.overwrite ?? false,
+        ...(options?.userMetadata !== undefined ? { user_metadata: options.userMetadata } : {}),
         type: 'save_weights',
       }),
       (r) => ({ path: requireString(r, 'path', 'save_weights') }),
@@ -340,11 +373,12 @@ export class TrainingClient {
     );
   }
 
-  #load(path: string, optimizer: boolean, options: RequestOptions | undefined): APIFuture<LoadWeightsResponse> {
+  #load(path: string, optimizer: boolean, options: LoadStateOptions | undefined): APIFuture<LoadWeightsResponse> {
+    const config = options?.optimizerConfig !== undefined ? { optimizer_config: options.optimizerConfig } : {};
     return this.#simple(
       'api/v1/load_weights',
       'LoadWeights',
-      (seq) => ({ model_id: this.modelId, path, seq_id: seq, optimizer, type: 'load_weights' }),
+      (seq) => ({ model_id: this.modelId, path, seq_id: seq, optimizer, ...config, type: 'load_weights' }),
       (r) => ({ path: typeof (r as { path?: unknown }).path === 'string' ? (r as { path: string }).path : undefined }),
       options,
     );
@@ -356,7 +390,7 @@ export class TrainingClient {
    * @example
    * await training.loadState('tinker://S:train:0/weights/step-100');
    */
-  loadState(path: string, options?: RequestOptions): APIFuture<LoadWeightsResponse> {
+  loadState(path: string, options?: LoadStateOptions): APIFuture<LoadWeightsResponse> {
     return this.#load(path, false, options);
   }
 
@@ -366,7 +400,7 @@ export class TrainingClient {
    * @example
    * await training.loadStateWithOptimizer('tinker://S:train:0/weights/step-100');
    */
-  loadStateWithOptimizer(path: string, options?: RequestOptions): APIFuture<LoadWeightsResponse> {
+  loadStateWithOptimizer(path: string, options?: LoadStateOptions): APIFuture<LoadWeightsResponse> {
     return this.#load(path, true, options);
   }
 
@@ -386,9 +420,38 @@ export class TrainingClient {
         path: name,
         seq_id: seq,
         ...(options?.ttlSeconds !== undefined ? { ttl_seconds: options.ttlSeconds } : {}),
+        ...(options?.userMetadata !== undefined ? { user_metadata: options.userMetadata } : {}),
         type: 'save_weights_for_sampler',
       }),
       (r) => ({ path: requireString(r, 'path', 'save_weights_for_sampler') }),
+      options,
+    );
+  }
+
+  /**
+   * Saves the adapter as a Hugging Face PEFT adapter (`adapter_config.json` +
+   * `adapter_model.safetensors`, loadable by `peft` and vLLM) at
+   * `tinker://{modelId}/external_weights/{name}`; download it with `RestClient.getExternalWeightsUrls`.
+   *
+   * @example
+   * const { path } = await training.saveWeightsExternal('hf');
+   * const { urls } = await service.createRestClient().getExternalWeightsUrls(path);
+   */
+  saveWeightsExternal(name: string, options?: SaveWeightsExternalOptions): APIFuture<SaveWeightsExternalResponse> {
+    return this.#simple(
+      'api/v1/save_weights_external',
+      'SaveWeightsExternal',
+      (seq) => ({
+        model_id: this.modelId,
+        path: name,
+        seq_id: seq,
+        ...(options?.ttlSeconds !== undefined ? { ttl_seconds: options.ttlSeconds } : {}),
+        type: 'save_weights_external',
+      }),
+      (r) => {
+        const size = (r as { size_bytes?: unknown }).size_bytes;
+        return { path: requireString(r, 'path', 'save_weights_external'), sizeBytes: typeof size === 'number' ? size : undefined };
+      },
       options,
     );
   }

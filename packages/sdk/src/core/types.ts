@@ -245,6 +245,35 @@ export interface AdamParams {
 }
 
 /**
+ * Dimuon settings for one `optimStep` of a run created with `optimizerConfig: { type: 'dimuon' }`
+ * (Tinker SDK >= 0.29): momentum, then an orthogonalised update of each LoRA factor. Unset
+ * settings take the server's defaults on every step.
+ *
+ * @example
+ * await training.optimStep({ type: 'dimuon', learningRate: 0.02, beta1: 0.9 });
+ */
+export interface DimuonParams {
+  type: 'dimuon';
+  learningRate: number;
+  /** Global gradient-norm clipping; 0 (default) turns it off. */
+  gradClipNorm?: number;
+  /** Momentum; default 0.9, in [0, 1). */
+  beta1?: number;
+  /** SDK 0.29's damping (> 0); accepted, no effect on Lathe. */
+  damping?: number;
+  /** Scales the step by (32 / rank) ** exponent; default 0 (off). */
+  rankLrCorrectionExponent?: number;
+}
+
+/**
+ * A run's optimizer, chosen when it is created and fixed for its life (default AdamW).
+ *
+ * @example
+ * await service.createLoraTrainingClient({ baseModel, optimizerConfig: { type: 'dimuon' } });
+ */
+export type OptimizerConfig = { type: 'adamw' } | { type: 'dimuon'; version?: 1 };
+
+/**
  * The result of `optimStep`.
  *
  * @example
@@ -448,13 +477,52 @@ export interface WeightsInfoResponse {
   trainUnembed: boolean | undefined;
   trainMlp: boolean | undefined;
   trainAttn: boolean | undefined;
+  /** The optimizer of the run it was saved from (`{ type: 'adamw' }` when the server names none). */
+  optimizerConfig: OptimizerConfig;
+}
+
+/**
+ * The result of `saveWeightsExternal`: the external checkpoint's path and size.
+ *
+ * @example
+ * const { path, sizeBytes } = await training.saveWeightsExternal('hf');
+ */
+export interface SaveWeightsExternalResponse {
+  /** `tinker://{run}/external_weights/{name}`. */
+  path: string;
+  sizeBytes: number | undefined;
+}
+
+/**
+ * Signed, expiring download links of an external checkpoint's files (a Hugging Face PEFT adapter).
+ *
+ * @example
+ * const { urls } = await rest.getExternalWeightsUrls(path);
+ * await fetch(urls['adapter_model.safetensors']!);
+ */
+export interface ExternalWeightsUrlsResponse {
+  /** File path within the checkpoint folder → URL. */
+  urls: Record<string, string>;
+  /** ISO-8601. */
+  expires: string;
+}
+
+/**
+ * What this key's checkpoints hold now (`billing/usage/checkpoints/current`).
+ *
+ * @example
+ * const { checkpointCount, sizeBytes } = await rest.getCurrentCheckpointStorageUsage();
+ */
+export interface CheckpointStorageUsage {
+  checkpointCount: number;
+  sizeBytes: number;
 }
 
 // ---------------------------------------------------------------------------------------------
 // REST
 
 /**
- * A saved checkpoint. `checkpointId` is `weights/<name>` or `sampler_weights/<name>`.
+ * A saved checkpoint. `checkpointId` is `weights/<name>`, `sampler_weights/<name>` or `external_weights/<name>`.
  *
  * @example
  * const { checkpoints } = await rest.listCheckpoints(training.modelId);
@@ -462,7 +530,8 @@ export interface WeightsInfoResponse {
  */
 export interface Checkpoint {
   checkpointId: string;
-  checkpointType: 'training' | 'sampler';
+  /** `external`: a Hugging Face PEFT adapter from `saveWeightsExternal`. */
+  checkpointType: 'training' | 'sampler' | 'external';
   /** ISO-8601 creation time. */
   time: string;
   tinkerPath: string;
@@ -470,6 +539,8 @@ export interface Checkpoint {
   public: boolean;
   /** ISO-8601 expiry, when a TTL is set. */
   expiresAt: string | undefined;
+  /** What was attached at save time. */
+  userMetadata: Record<string, string> | undefined;
 }
 
 /**
@@ -549,6 +620,8 @@ export interface CheckpointArchiveUrlResponse {
 export interface GetSessionResponse {
   trainingRunIds: string[];
   samplerIds: string[];
+  /** The session's metadata (`ClientOptions.userMetadata`). */
+  userMetadata: Record<string, string> | undefined;
 }
 
 /**

@@ -25,6 +25,9 @@ export interface SessionOptions {
   heartbeatIntervalMs: number;
 }
 
+/** Why a session was finished (Tinker 0.38's `ClientSessionFinishReason`). */
+export type SessionFinishReason = 'success' | 'errored' | 'interrupted';
+
 /** A started session. */
 export interface SessionInfo {
   sessionId: string;
@@ -94,7 +97,7 @@ export class Session {
     const created = responseJson(await this.transport.send({ method: 'POST', path: 'api/v1/create_session', json: body }));
     const info = { sessionId: requireString(created, 'session_id', 'create_session'), config };
     if (this.closed) {
-      await this.finish(info.sessionId);
+      await this.finish(info.sessionId, 'interrupted', undefined);
       throw new LatheError('this ServiceClient is closed');
     }
     this.info = info;
@@ -143,21 +146,22 @@ export class Session {
     return this.samplerSeq++;
   }
 
-  private async finish(sessionId: string): Promise<void> {
+  private async finish(sessionId: string, reason: SessionFinishReason, detail: string | undefined): Promise<void> {
+    const body: Record<string, unknown> = { reason: { type: reason }, ...(detail !== undefined ? { detail } : {}) };
     try {
-      await this.transport.send({ method: 'POST', path: `api/v1/sessions/${encodeURIComponent(sessionId)}/finish`, json: {}, maxRetries: 1 });
+      await this.transport.send({ method: 'POST', path: `api/v1/sessions/${encodeURIComponent(sessionId)}/finish`, json: body, maxRetries: 1 });
     } catch (error) {
       // Servers without the route (404) or with the session already gone (410) are fine.
       if (!(error instanceof APIError && (error.status === 404 || error.status === 410))) throw error;
     }
   }
 
-  /** Stops the heartbeat and finishes the session on the server (if one was started). */
-  async close(): Promise<void> {
+  /** Stops the heartbeat and finishes the session on the server (if one was started) with `reason`. */
+  async close(reason: SessionFinishReason = 'success', detail?: string): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     this.stopHeartbeat();
     const info = this.info ?? (await this.starting?.catch(() => undefined));
-    if (info) await this.finish(info.sessionId);
+    if (info) await this.finish(info.sessionId, reason, detail);
   }
 }

@@ -7,6 +7,7 @@ import { TensorData, toTensorData } from '../core/tensor.js';
 import type {
   AdamParams,
   Checkpoint,
+  DimuonParams,
   CheckpointsListResponse,
   Cursor,
   Datum,
@@ -14,6 +15,7 @@ import type {
   GetInfoResponse,
   GetServerCapabilitiesResponse,
   ModelInput,
+  OptimizerConfig,
   SampleResponse,
   SamplingParams,
   TrainingRun,
@@ -92,6 +94,22 @@ export function samplingParamsToJson(p: SamplingParams | undefined): Json {
 }
 
 /** All six Adam fields, with the Python SDK's defaults. */
+/** `optimizer_params` of a Dimuon step; unset settings are left out (the server's defaults apply). */
+export function dimuonParamsToJson(p: DimuonParams): Json {
+  const out: Json = { type: 'dimuon', learning_rate: p.learningRate };
+  if (p.gradClipNorm !== undefined) out['grad_clip_norm'] = p.gradClipNorm;
+  if (p.beta1 !== undefined) out['beta1'] = p.beta1;
+  if (p.damping !== undefined) out['damping'] = p.damping;
+  if (p.rankLrCorrectionExponent !== undefined) out['rank_lr_correction_exponent'] = p.rankLrCorrectionExponent;
+  return out;
+}
+
+/** A wire `OptimizerConfig` (absent: AdamW, as for servers older than SDK 0.29). */
+export function optimizerConfigFromJson(value: unknown): OptimizerConfig {
+  const c = typeof value === 'object' && value !== null ? (value as Record<string, unknown>) : {};
+  return c['type'] === 'dimuon' ? { type: 'dimuon', version: 1 } : { type: 'adamw' };
+}
+
 export function adamParamsToJson(p: AdamParams): Json {
   return {
     learning_rate: p.learningRate ?? 1e-4,
@@ -259,19 +277,26 @@ export function weightsInfoFromJson(body: unknown): WeightsInfoResponse {
     trainUnembed: bool(b['train_unembed']),
     trainMlp: bool(b['train_mlp']),
     trainAttn: bool(b['train_attn']),
+    optimizerConfig: optimizerConfigFromJson(b['optimizer_config']),
   };
+}
+
+/** String-valued metadata, or undefined when absent. */
+export function metadataFromJson(value: unknown): Record<string, string> | undefined {
+  return typeof value === 'object' && value !== null ? (value as Record<string, string>) : undefined;
 }
 
 export function checkpointFromJson(value: unknown): Checkpoint {
   const c = obj(value);
   return {
     checkpointId: str(c['checkpoint_id']) ?? '',
-    checkpointType: c['checkpoint_type'] === 'sampler' ? 'sampler' : 'training',
+    checkpointType: c['checkpoint_type'] === 'sampler' || c['checkpoint_type'] === 'external' ? c['checkpoint_type'] : 'training',
     time: str(c['time']) ?? '',
     tinkerPath: str(c['tinker_path']) ?? '',
     sizeBytes: num(c['size_bytes']),
     public: bool(c['public']) ?? false,
     expiresAt: str(c['expires_at']),
+    userMetadata: metadataFromJson(c['user_metadata']),
   };
 }
 
@@ -283,7 +308,6 @@ export function cursorFromJson(value: unknown): Cursor | undefined {
 
 export function trainingRunFromJson(value: unknown): TrainingRun {
   const r = obj(value);
-  const meta = r['user_metadata'];
   return {
     trainingRunId: str(r['training_run_id']) ?? '',
     baseModel: str(r['base_model']) ?? '',
@@ -294,7 +318,7 @@ export function trainingRunFromJson(value: unknown): TrainingRun {
     lastRequestTime: str(r['last_request_time']) ?? '',
     lastCheckpoint: r['last_checkpoint'] ? checkpointFromJson(r['last_checkpoint']) : undefined,
     lastSamplerCheckpoint: r['last_sampler_checkpoint'] ? checkpointFromJson(r['last_sampler_checkpoint']) : undefined,
-    userMetadata: typeof meta === 'object' && meta !== null ? (meta as Record<string, string>) : undefined,
+    userMetadata: metadataFromJson(r['user_metadata']),
   };
 }
 
@@ -306,11 +330,11 @@ export function checkpointsListFromJson(body: unknown): CheckpointsListResponse 
   };
 }
 
-/** Splits `tinker://{model_id}/{weights|sampler_weights}/{name}` into run id and checkpoint id. */
+/** Splits `tinker://{model_id}/{weights|sampler_weights|external_weights}/{name}` into run id and checkpoint id. */
 export function parseTinkerPath(path: string): { trainingRunId: string; checkpointId: string } {
   if (!path.startsWith('tinker://')) throw new InvalidArgumentError(`not a tinker:// path: ${JSON.stringify(path)}`);
   const parts = path.slice('tinker://'.length).split('/');
-  if (parts.length !== 3 || (parts[1] !== 'weights' && parts[1] !== 'sampler_weights') || !parts[0] || !parts[2]) {
+  if (parts.length !== 3 || !['weights', 'sampler_weights', 'external_weights'].includes(parts[1]!) || !parts[0] || !parts[2]) {
     throw new InvalidArgumentError(`invalid tinker path ${JSON.stringify(path)}: expected tinker://<run>/weights/<name> or tinker://<run>/sampler_weights/<name>`);
   }
   return { trainingRunId: parts[0], checkpointId: `${parts[1]}/${parts[2]}` };

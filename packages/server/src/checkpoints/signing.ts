@@ -1,6 +1,7 @@
 /**
- * @module Short-lived signed URLs for checkpoint archives: the download link itself carries the
- * authorisation, so tools without the API key (curl, a browser) can fetch it until it expires.
+ * @module Short-lived signed URLs for checkpoint archives and for the files of external (PEFT)
+ * checkpoints: the download link itself carries the authorisation, so tools without the API key
+ * (curl, a browser, vLLM) can fetch it until it expires.
  */
 import { createHmac, timingSafeEqual } from 'node:crypto';
 
@@ -10,6 +11,8 @@ export interface ArchiveGrant {
   checkpointId: string;
   owner: string;
   expiresAt: number;
+  /** One file of the checkpoint folder (external weights); absent: the whole archive. */
+  file?: string;
 }
 
 /**

@@ -12,7 +12,7 @@ import { unauthorized } from './errors.js';
 export const AUTH_CACHE_MS = 1000;
 
 /** Routes that carry their own authorisation (or need none). */
-const PUBLIC_PREFIXES = ['/api/v1/healthz', '/api/v1/checkpoint_archives/', '/openapi.json'];
+const PUBLIC_PREFIXES = ['/api/v1/healthz', '/api/v1/checkpoint_archives/', '/api/v1/checkpoint_files/', '/openapi.json'];
 
 /**
  * Builds the `onRequest` hook that sets `request.owner`. `now` is the cache's clock.

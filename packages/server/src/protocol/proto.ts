@@ -432,11 +432,44 @@ function decodeMessage<T>(type: protobuf.Type, body: Uint8Array): T {
   }
 }
 
+/** A decoded `ForwardBackwardRequest`'s address, with its content read (and checked) on demand. */
+export interface ForwardBackwardEnvelope {
+  modelId: string;
+  seqId: number;
+  forwardOnly: boolean;
+  /** The datums, loss and config; throws {@link ProtoDecodeError} on bad content. */
+  read(): Pick<ForwardBackwardRequestMsg, 'data' | 'lossFn' | 'lossFnConfig'>;
+}
+
+/**
+ * Decodes a protobuf `ForwardBackwardRequest` body up to its address (model id, seq id): its
+ * content is checked only by `read()`, so a route can refuse bad content in that seq id's place.
+ * Provenance spans (`Datum` fields 3 and 4) are metadata: parsed and ignored.
+ *
+ * @throws {ProtoDecodeError} when the body is not a ForwardBackwardRequest, or seq_id is unset.
+ * @example
+ * const envelope = decodeForwardBackwardEnvelope(body);
+ * const run = lookUp(envelope.modelId); // then, in the run's order:
+ * const { data, lossFn, lossFnConfig } = envelope.read();
+ */
+export function decodeForwardBackwardEnvelope(body: Uint8Array): ForwardBackwardEnvelope {
+  const msg = decodeMessage<PbForwardBackwardRequest>(ForwardBackwardRequestType, body);
+  const seqId = msg.seq_id ?? 0;
+  if (seqId < 1) throw new ProtoDecodeError(`seq_id must be >= 1, got ${seqId}`);
+  return {
+    modelId: msg.model_id ?? '',
+    seqId,
+    forwardOnly: msg.forward_only ?? false,
+    read: () => ({ data: (msg.data ?? []).map((d, i) => datumFromProto(d, i)), lossFn: msg.loss_fn ?? '', lossFnConfig: lossFnConfigFromProto(msg) }),
+  };
+}
+
 /**
  * Decodes a protobuf `ForwardBackwardRequest` body (after any zstd decompression).
  *
  * Text chunks are concatenated; image and dmel chunks are refused. Sparse tensors are densified,
- * INT32 widens to int64 and BFLOAT16 to float32. `loss_fn_config_v2` wins over the legacy map when non-empty.
+ * INT32 widens to int64 and BFLOAT16 to float32. `loss_fn_config_v2` wins over the legacy map when
+ * non-empty; a text value in it is refused (no loss of this server takes text).
  *
  * @throws {ProtoDecodeError} on any malformed or unsupported content.
  * @example
@@ -444,18 +477,8 @@ function decodeMessage<T>(type: protobuf.Type, body: Uint8Array): T {
  * msg.data[0]?.lossFnInputs['target_tokens']?.shape; // [N]
  */
 export function decodeForwardBackwardRequest(body: Uint8Array): ForwardBackwardRequestMsg {
-  const msg = decodeMessage<PbForwardBackwardRequest>(ForwardBackwardRequestType, body);
-  const seqId = msg.seq_id ?? 0;
-  if (seqId < 1) throw new ProtoDecodeError(`seq_id must be >= 1, got ${seqId}`);
-  const data = (msg.data ?? []).map((d, i) => datumFromProto(d, i));
-  return {
-    modelId: msg.model_id ?? '',
-    seqId,
-    data,
-    lossFn: msg.loss_fn ?? '',
-    lossFnConfig: lossFnConfigFromProto(msg),
-    forwardOnly: msg.forward_only ?? false,
-  };
+  const { read, ...address } = decodeForwardBackwardEnvelope(body);
+  return { ...address, ...read() };
 }
 
 function datumFromProto(d: PbDatum, i: number): WireDatum {

@@ -27,6 +27,30 @@ export const CreateSessionBody = Type.Object(
 
 export const SessionIdBody = Type.Object({ session_id: Type.String() }, Open);
 
+/**
+ * `POST /sessions/{id}/finish` (SDK >= 0.32; the body was not seen, docs/protocol.md §4.1): the
+ * 0.38 `ClientSessionFinished` shape is the guess, every key optional, an empty body allowed.
+ */
+export const FinishSessionBody = Type.Union([
+  Type.Null(),
+  Type.Object(
+    {
+      reason: Type.Optional(Type.Union([Type.Null(), Type.String(), Type.Object({ type: Type.String() }, Open)])),
+      detail: Type.Optional(Type.Union([Type.Null(), Type.String()])),
+    },
+    Open,
+  ),
+]);
+
+/**
+ * String-valued metadata of a checkpoint, as the SDK sends and validates it (`{str: str}`). The
+ * values are checked by the route, so that a refusal takes its `seq_id`'s place.
+ */
+const UserMetadata = Type.Union([Type.Null(), Type.Record(Type.String(), Type.Unknown())]);
+
+/** Tinker's `OptimizerConfig` (`{"type": "adamw"}` / `{"type": "dimuon", "version": 1}`); checked in detail by the route. */
+const OptimizerConfigJson = Type.Union([Type.Null(), Type.Object({ type: Type.String() }, Open)]);
+
 export const LoraConfigSchema = Type.Object(
   {
     rank: Type.Integer(),
@@ -46,6 +70,8 @@ export const CreateModelBody = Type.Object(
     base_model: Type.String(),
     user_metadata: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
     lora_config: Type.Optional(LoraConfigSchema),
+    /** The run's optimizer (SDK >= 0.29), fixed for its life; default AdamW. */
+    optimizer_config: Type.Optional(OptimizerConfigJson),
   },
   Open,
 );
@@ -70,7 +96,8 @@ export const ForwardBackwardInputJson = Type.Object(
   {
     data: Type.Array(DatumJson),
     loss_fn: Type.String(),
-    loss_fn_config: Type.Optional(Type.Union([Type.Null(), Type.Record(Type.String(), Type.Number())])),
+    /** Numbers (checked by the route, so that a refusal takes its `seq_id`'s place). */
+    loss_fn_config: Type.Optional(Type.Union([Type.Null(), Type.Record(Type.String(), Type.Unknown())])),
   },
   Open,
 );
@@ -99,7 +126,27 @@ export const AdamParamsSchema = Type.Object(
   Open,
 );
 
-export const OptimStepBody = Type.Object({ model_id: Type.String(), seq_id: Counter(1), adam_params: AdamParamsSchema }, Open);
+/**
+ * Dimuon step parameters (SDK >= 0.29): `{type: "dimuon", learning_rate, grad_clip_norm?, beta1?,
+ * damping?, rank_lr_correction_exponent?}`. Documentation only: the route checks them, so that a
+ * refusal takes its `seq_id`'s place.
+ */
+export const DimuonParamsSchema = Type.Object({}, { ...Open, description: 'Dimuon: {type: "dimuon", learning_rate, grad_clip_norm?, beta1?, damping?, rank_lr_correction_exponent?}' });
+
+/**
+ * Exactly one of `adam_params` (AdamW), `optimizer_params` (Dimuon) or `optim_params` (either, told
+ * apart by `type`; docs/protocol.md §3.2); the route checks them against the run's optimizer.
+ */
+export const OptimStepBody = Type.Object(
+  {
+    model_id: Type.String(),
+    seq_id: Counter(1),
+    adam_params: Type.Optional(Type.Union([Type.Null(), AdamParamsSchema])),
+    optimizer_params: Type.Optional(Type.Union([Type.Null(), DimuonParamsSchema])),
+    optim_params: Type.Optional(Type.Union([Type.Null(), Type.Object({}, Open)])),
+  },
+  Open,
+);
 
 export const SaveWeightsBody = Type.Object(
   {
@@ -108,9 +155,32 @@ export const SaveWeightsBody = Type.Object(
     path: Type.String(),
     ttl_seconds: Type.Optional(TtlSeconds),
     overwrite: Type.Optional(Type.Boolean()),
+    user_metadata: Type.Optional(UserMetadata),
   },
   Open,
 );
+
+/** `save_weights_external` (SDK >= 0.28): the adapter as a Hugging Face PEFT folder. */
+export const SaveWeightsExternalBody = Type.Object(
+  { model_id: Type.String(), seq_id: Counter(1), path: Type.String(), ttl_seconds: Type.Optional(TtlSeconds), user_metadata: Type.Optional(UserMetadata) },
+  Open,
+);
+
+/** `copy_weights` (SDK >= 0.26): synchronous, into a new run of the caller's session. */
+export const CopyWeightsBody = Type.Object(
+  {
+    session_id: Type.String(),
+    model_seq_id: Counter(0),
+    source_path: Type.String(),
+    ttl_seconds: Type.Optional(TtlSeconds),
+    /** Accepted and unused: only the caller's own checkpoints can be copied here. */
+    weights_access_token: Type.Optional(Type.Union([Type.Null(), Type.String()])),
+  },
+  Open,
+);
+
+/** `GET /billing/usage/checkpoints/current`. */
+export const BillingUsageQuery = Type.Object({ project_id: Type.Optional(Type.String()) }, Open);
 
 export const SaveWeightsForSamplerBody = Type.Object(
   {
@@ -119,12 +189,20 @@ export const SaveWeightsForSamplerBody = Type.Object(
     path: Type.Optional(Type.String()),
     sampling_session_seq_id: Type.Optional(Counter(0)),
     ttl_seconds: Type.Optional(TtlSeconds),
+    user_metadata: Type.Optional(UserMetadata),
   },
   Open,
 );
 
 export const LoadWeightsBody = Type.Object(
-  { model_id: Type.String(), seq_id: Counter(1), path: Type.String(), optimizer: Type.Optional(Type.Boolean()) },
+  {
+    model_id: Type.String(),
+    seq_id: Counter(1),
+    path: Type.String(),
+    optimizer: Type.Optional(Type.Boolean()),
+    /** SDK >= 0.29: must be the run's own optimizer (a run's optimizer never changes). */
+    optimizer_config: Type.Optional(OptimizerConfigJson),
+  },
   Open,
 );
 

@@ -2,18 +2,21 @@
  * @module The REST surface of `RestClient` and the CLI (tinker-protocol.md §4.6): training runs,
  * checkpoints (list, delete, archive, publish, TTL), sessions; and the signed archive download.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { createReadStream, existsSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { create as createTar } from 'tar';
 import { badRequest, gone, notFound } from '../http/errors.js';
 import type { ArchiveSigner } from '../checkpoints/signing.js';
-import { paging, PagingQuery, TtlBody } from '../protocol/schemas.js';
+import { BillingUsageQuery, paging, PagingQuery, TtlBody } from '../protocol/schemas.js';
 import type { Services } from '../services.js';
 import type { CheckpointRow, RunRow } from '../store/index.js';
 import { owner, type TypedApp } from './context.js';
 
 const ARCHIVE_TTL_MS = 15 * 60 * 1000;
+
+/** The files of a PEFT adapter folder: an archive, or an external checkpoint's signed URLs. */
+const PEFT_FILES = ['adapter_config.json', 'adapter_model.safetensors'] as const;
 
 /** ISO time of a stored timestamp; undefined for none, or for one out of the Date range (never throws). */
 const iso = (ms: number | null | undefined): string | undefined => {
@@ -32,7 +35,13 @@ export function checkpointJson(c: CheckpointRow): Record<string, unknown> {
     size_bytes: c.sizeBytes,
     public: c.public,
     ...(c.expiresAt !== null ? { expires_at: iso(c.expiresAt) } : {}),
+    ...(c.userMetadata !== null ? { user_metadata: c.userMetadata } : {}),
   };
+}
+
+/** Session metadata as the SDK validates it (`{str: str}`): other JSON values are sent as their JSON text. */
+function stringValues(metadata: Record<string, unknown>): Record<string, string> {
+  return Object.fromEntries(Object.entries(metadata).map(([k, v]) => [k, typeof v === 'string' ? v : JSON.stringify(v)]));
 }
 
 export function restRoutes(app: TypedApp, services: Services, signer: ArchiveSigner): void {
@@ -85,8 +94,8 @@ export function restRoutes(app: TypedApp, services: Services, signer: ArchiveSig
   /** Splits `weights/NAME[/action]` (checkpoint ids contain a slash). */
   function splitCheckpoint(rest: string): { checkpointId: string; action: string } {
     const parts = rest.split('/');
-    if (parts.length < 2 || (parts[0] !== 'weights' && parts[0] !== 'sampler_weights')) {
-      throw badRequest(`invalid checkpoint id ${JSON.stringify(rest)}: expected weights/<name> or sampler_weights/<name>`, 'invalid_checkpoint_id');
+    if (parts.length < 2 || (parts[0] !== 'weights' && parts[0] !== 'sampler_weights' && parts[0] !== 'external_weights')) {
+      throw badRequest(`invalid checkpoint id ${JSON.stringify(rest)}: expected weights/<name>, sampler_weights/<name> or external_weights/<name>`, 'invalid_checkpoint_id');
     }
     return { checkpointId: `${parts[0]}/${parts[1]}`, action: parts.slice(2).join('/') };
   }
@@ -105,11 +114,28 @@ export function restRoutes(app: TypedApp, services: Services, signer: ArchiveSig
     const checkpoint = await store.checkpoints.get(request.params.modelId, checkpointId, who);
     if (!checkpoint) throw notFound('checkpoint', `${request.params.modelId}/${checkpointId}`);
     if (action === '') return checkpointJson(checkpoint);
-    if (action !== 'archive') throw notFound('route', request.url);
     const expiresAt = Date.now() + ARCHIVE_TTL_MS;
-    const token = signer.sign({ modelId: checkpoint.modelId, checkpointId, owner: who, expiresAt });
+    const grant = { modelId: checkpoint.modelId, checkpointId, owner: who, expiresAt };
     const base = `${request.protocol}://${request.headers.host ?? 'localhost'}`;
-    return { url: `${base}/api/v1/checkpoint_archives/${token}`, expires: iso(expiresAt) };
+    if (action === 'archive') return { url: `${base}/api/v1/checkpoint_archives/${signer.sign(grant)}`, expires: iso(expiresAt) };
+    if (action !== 'external_weights_urls') throw notFound('route', request.url);
+    // SDK >= 0.28 (docs/protocol.md §3.6): one signed URL per file, keyed by its path in the folder.
+    if (checkpoint.checkpointType !== 'external') {
+      throw badRequest(`${checkpoint.tinkerPath} is not an external checkpoint; external_weights_urls serves those of save_weights_external`, 'invalid_checkpoint_id');
+    }
+    const urls = Object.fromEntries(PEFT_FILES.map((file) => [file, `${base}/api/v1/checkpoint_files/${signer.sign({ ...grant, file })}`]));
+    return { urls, expires: iso(expiresAt) };
+  });
+
+  // The signed link authorises itself; it streams one file of an external checkpoint.
+  app.get<{ Params: { token: string } }>('/api/v1/checkpoint_files/:token', async (request, reply) => {
+    const grant = signer.verify(request.params.token, Date.now());
+    if (!grant || !PEFT_FILES.some((file) => file === grant.file)) throw gone('this download link is invalid or has expired; request a new one');
+    const checkpoint = await store.checkpoints.get(grant.modelId, grant.checkpointId, grant.owner);
+    const file = checkpoint ? path.join(checkpoint.storagePath, grant.file!) : undefined;
+    if (!file || !existsSync(file)) throw notFound('checkpoint', `${grant.modelId}/${grant.checkpointId}`);
+    const type = grant.file!.endsWith('.json') ? 'application/json' : 'application/octet-stream';
+    return reply.type(type).header('content-disposition', `attachment; filename="${grant.file}"`).send(createReadStream(file));
   });
 
   app.delete<CheckpointRoute>('/api/v1/training_runs/:modelId/checkpoints/*', async (request) => {
@@ -159,6 +185,25 @@ export function restRoutes(app: TypedApp, services: Services, signer: ArchiveSig
     return {
       training_run_ids: await store.runs.listForSession(session.sessionId),
       sampler_ids: await store.samplers.listForSession(session.sessionId),
+      user_metadata: stringValues(session.userMetadata),
+    };
+  });
+
+  // SDK ~0.31 (docs/protocol.md §6): what the caller's checkpoints hold now. Storage is not billed here.
+  app.get('/api/v1/billing/usage/checkpoints/current', { schema: { querystring: BillingUsageQuery } }, async (request) => {
+    const projectId = request.query.project_id;
+    const { count, bytes } = await store.checkpoints.usage(owner(request), projectId);
+    return {
+      effective_rate_usd_per_gigabyte_month: 0,
+      data: [
+        {
+          ...(projectId !== undefined ? { project_id: projectId } : {}),
+          checkpoint_count: count,
+          size_bytes: bytes,
+          size_gigabytes: bytes / 1e9,
+          estimated_monthly_cost_usd: 0,
+        },
+      ],
     };
   });
 
@@ -171,13 +216,17 @@ export function restRoutes(app: TypedApp, services: Services, signer: ArchiveSig
     const run = await store.runs.get(grant.modelId, checkpoint.owner);
     if (!run) throw notFound('training run', grant.modelId);
     const work = mkdtempSync(path.join(os.tmpdir(), 'lathe-archive-'));
-    const folder = path.join(work, 'adapter');
-    try {
-      const client = await services.pool.client(run.baseModel);
-      await client.request('export_peft', { source: checkpoint.storagePath, path: folder });
-    } catch (error) {
-      rmSync(work, { recursive: true, force: true });
-      throw error;
+    // An external checkpoint is a PEFT folder already; others are exported to one.
+    let folder = checkpoint.storagePath;
+    if (checkpoint.checkpointType !== 'external') {
+      folder = path.join(work, 'adapter');
+      try {
+        const client = await services.pool.client(run.baseModel);
+        await client.request('export_peft', { source: checkpoint.storagePath, path: folder });
+      } catch (error) {
+        rmSync(work, { recursive: true, force: true });
+        throw error;
+      }
     }
     const name = `${grant.checkpointId.replace('/', '-')}.tar`;
     const stream = createTar({ cwd: folder, portable: true }, ['adapter_model.safetensors', 'adapter_config.json']);

@@ -74,7 +74,7 @@ export function samplingRoutes(app: TypedApp, services: Services, longPollMs: nu
   const { store } = services;
 
   async function samplerFromCheckpoint(who: string, sessionId: string, samplerId: string, modelPath: string, persist = true): Promise<SamplerRow> {
-    const parsed = parseTinkerPath(modelPath);
+    const parsed = parseTinkerPath(modelPath, { loadable: true });
     const checkpoint = await store.checkpoints.get(parsed.modelId, parsed.checkpointId, who);
     if (!checkpoint) throw notFound('checkpoint', modelPath);
     const source = await store.runs.get(parsed.modelId, checkpoint.owner);

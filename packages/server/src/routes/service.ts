@@ -3,7 +3,7 @@
  */
 import type { FastifyInstance } from 'fastify';
 import { gone, notFound } from '../http/errors.js';
-import { CreateSessionBody, ProjectBody, SdkVersionBody, SessionIdBody, TelemetryBody } from '../protocol/schemas.js';
+import { CreateSessionBody, FinishSessionBody, ProjectBody, SdkVersionBody, SessionIdBody, TelemetryBody } from '../protocol/schemas.js';
 import type { Services } from '../services.js';
 import { owner, type TypedApp } from './context.js';
 
@@ -68,7 +68,9 @@ export function serviceRoutes(app: TypedApp, services: Services): void {
     return { type: 'session_heartbeat' };
   });
 
-  app.post<{ Params: { sessionId: string } }>('/api/v1/sessions/:sessionId/finish', async (request) => {
+  // `ServiceClient.close()` (SDK >= 0.32). The reason is accepted and not kept: nothing reads it back.
+  // Later heartbeats get 410, which stops the SDK's heartbeat loop.
+  app.post<{ Params: { sessionId: string } }>('/api/v1/sessions/:sessionId/finish', { schema: { body: FinishSessionBody } }, async (request) => {
     const finished = await store.sessions.finish(request.params.sessionId, owner(request), Date.now());
     if (!finished) throw notFound('session', request.params.sessionId);
     return { type: 'finish_session', session_id: request.params.sessionId };

@@ -34,14 +34,40 @@ export interface WorkerDatum {
   loss_fn_inputs: Record<string, WireTensor>;
 }
 
-/** What a training request asks the worker to do. */
+/**
+ * What a training request asks the worker to do. `optimizer` is the run's optimizer config (absent
+ * in requests logged before optimizers could be chosen: AdamW); an optimizer step carries the
+ * parameters of exactly one family.
+ */
 export type TrainingOp =
-  | { kind: 'create_adapter'; lora: Record<string, unknown> }
+  | { kind: 'create_adapter'; lora: Record<string, unknown>; optimizer?: Record<string, unknown> }
   | { kind: 'forward_backward' | 'forward'; lossFn: string; lossFnConfig: Record<string, number>; data: WorkerDatum[] }
-  | { kind: 'optim_step'; adamParams: Record<string, number> }
+  | { kind: 'optim_step'; adamParams?: Record<string, number>; optimizerParams?: Record<string, unknown> }
   | { kind: 'save_adapter'; path: string; includeOptimizer: boolean }
-  | { kind: 'load_adapter'; path: string; includeOptimizer: boolean }
+  | { kind: 'load_adapter'; path: string; includeOptimizer: boolean; optimizer?: Record<string, unknown> }
+  | { kind: 'export_peft'; path: string; naming: 'peft' | 'tinker' }
   | { kind: 'drop_adapter' };
+
+/**
+ * The worker request fields of an op that changes a run's adapter, as it first runs and as
+ * recovery replays it (forward passes aside).
+ */
+export function opFields(op: Exclude<TrainingOp, { kind: 'forward_backward' | 'forward' }>): Record<string, unknown> {
+  switch (op.kind) {
+    case 'create_adapter':
+      return { lora: op.lora, ...(op.optimizer ? { optimizer: op.optimizer } : {}) };
+    case 'optim_step':
+      return op.optimizerParams ? { optimizer_params: op.optimizerParams } : { adam_params: op.adamParams ?? {} };
+    case 'save_adapter':
+      return { path: op.path, include_optimizer: op.includeOptimizer };
+    case 'load_adapter':
+      return { path: op.path, include_optimizer: op.includeOptimizer, ...(op.optimizer ? { optimizer: op.optimizer } : {}) };
+    case 'export_peft':
+      return { path: op.path, naming: op.naming };
+    case 'drop_adapter':
+      return {};
+  }
+}
 
 /** A failure delivered through a future. */
 export interface JobError {
@@ -679,31 +705,9 @@ export class Lane {
 
   private async runSingle(client: WorkerClient, job: TrainingJob): Promise<Set<TrainingJob>> {
     const op = job.op;
-    const fields: Record<string, unknown> = { adapter: job.modelId };
-    let name: string;
-    switch (op.kind) {
-      case 'create_adapter':
-        name = 'create_adapter';
-        fields['lora'] = op.lora;
-        break;
-      case 'optim_step':
-        name = 'optim_step';
-        fields['adam_params'] = op.adamParams;
-        break;
-      case 'save_adapter':
-      case 'load_adapter':
-        name = op.kind;
-        fields['path'] = op.path;
-        fields['include_optimizer'] = op.includeOptimizer;
-        break;
-      case 'drop_adapter':
-        name = 'drop_adapter';
-        break;
-      default:
-        throw new Error(`unexpected op ${(op as TrainingOp).kind}`);
-    }
+    if ('lossFn' in op) throw new Error(`unexpected op ${op.kind}`);
     try {
-      const reply = await client.request(name, fields);
+      const reply = await client.request(op.kind, { adapter: job.modelId, ...opFields(op) });
       if (op.kind === 'load_adapter') {
         // The loaded weights replace whatever was lost: nothing is left to rebuild.
         const run = this.runs.get(job.modelId)!;

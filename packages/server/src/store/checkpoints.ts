@@ -1,21 +1,22 @@
 /**
  * @module store/checkpoints
  * Saved weights. A checkpoint is keyed by `(modelId, checkpointId)` where `checkpointId` is
- * `weights/NAME` or `sampler_weights/NAME`; `tinkerPath` (`tinker://{modelId}/{checkpointId}`)
+ * `weights/NAME`, `sampler_weights/NAME` or `external_weights/NAME`; `tinkerPath` (`tinker://{modelId}/{checkpointId}`)
  * is unique too. Reads by id or path see the owner's checkpoints and public ones; writes are
  * owner-only. Ephemeral checkpoints (temporary sampler weights) are left out of listings.
  */
 import type { Kysely, Selectable } from 'kysely';
-import { affected, bit, fromBit, StoreConflictError } from './db.js';
+import { affected, bit, fromBit, parseJson, StoreConflictError } from './db.js';
 import type { Database, CheckpointsTable } from './schema.js';
 
 /** A checkpoint as the API sees it. */
 export interface CheckpointRow {
   modelId: string;
-  /** `weights/NAME` or `sampler_weights/NAME`. */
+  /** `weights/NAME`, `sampler_weights/NAME` or `external_weights/NAME`. */
   checkpointId: string;
   owner: string;
-  checkpointType: 'training' | 'sampler';
+  /** `external`: a Hugging Face PEFT adapter folder (save_weights_external), not loadable as state. */
+  checkpointType: 'training' | 'sampler' | 'external';
   tinkerPath: string;
   /** Where the files live (server-side; never sent to clients). */
   storagePath: string;
@@ -24,6 +25,8 @@ export interface CheckpointRow {
   createdAt: number;
   expiresAt: number | null;
   ephemeral: boolean;
+  /** What the client attached at save time (`user_metadata`), or null. */
+  userMetadata: Record<string, string> | null;
 }
 
 /** Checkpoint storage. */
@@ -34,7 +37,7 @@ export interface CheckpointRepo {
    * private. The run must exist (foreign key); another owner's checkpoint at the same key
    * throws `StoreConflictError`.
    */
-  put(c: Omit<CheckpointRow, 'createdAt' | 'public'> & { now: number }): Promise<CheckpointRow>;
+  put(c: Omit<CheckpointRow, 'createdAt' | 'public' | 'userMetadata'> & { now: number; userMetadata?: Record<string, string> | null }): Promise<CheckpointRow>;
   /** The checkpoint if the owner's or public, else undefined. */
   get(modelId: string, checkpointId: string, owner: string): Promise<CheckpointRow | undefined>;
   /** The checkpoint at `tinkerPath` if the owner's or public, else undefined. */
@@ -51,6 +54,11 @@ export interface CheckpointRepo {
   setExpiry(modelId: string, checkpointId: string, owner: string, expiresAt: number | null): Promise<boolean>;
   /** Every checkpoint (any owner, ephemeral included) with `expiresAt <= now`, soonest first. */
   expired(now: number): Promise<CheckpointRow[]>;
+  /**
+   * How many non-ephemeral checkpoints the owner has and their bytes; with `projectId`, only those
+   * of runs whose session is in that project.
+   */
+  usage(owner: string, projectId?: string): Promise<{ count: number; bytes: number }>;
 }
 
 function toRow(r: Selectable<CheckpointsTable>): CheckpointRow {
@@ -66,6 +74,7 @@ function toRow(r: Selectable<CheckpointsTable>): CheckpointRow {
     createdAt: Number(r.created_at),
     expiresAt: r.expires_at === null ? null : Number(r.expires_at),
     ephemeral: fromBit(r.ephemeral),
+    userMetadata: r.user_metadata === null ? null : parseJson<Record<string, string>>(r.user_metadata),
   };
 }
 
@@ -87,6 +96,7 @@ export function createCheckpointRepo(db: Kysely<Database>): CheckpointRepo {
           created_at: c.now,
           expires_at: c.expiresAt,
           ephemeral: bit(c.ephemeral),
+          user_metadata: c.userMetadata ? JSON.stringify(c.userMetadata) : null,
         })
         .onConflict((oc) =>
           oc
@@ -99,6 +109,7 @@ export function createCheckpointRepo(db: Kysely<Database>): CheckpointRepo {
             created_at: eb.ref('excluded.created_at'),
             expires_at: eb.ref('excluded.expires_at'),
             ephemeral: eb.ref('excluded.ephemeral'),
+            user_metadata: eb.ref('excluded.user_metadata'),
             }))
             // Never take over another owner's checkpoint.
             .where((eb) => eb('checkpoints.owner', '=', eb.ref('excluded.owner'))),
@@ -210,6 +221,23 @@ export function createCheckpointRepo(db: Kysely<Database>): CheckpointRepo {
         .orderBy('checkpoint_id')
         .execute();
       return rows.map(toRow);
+    },
+
+    async usage(owner, projectId) {
+      let query = db
+        .selectFrom('checkpoints')
+        .select((eb) => [eb.fn.countAll<number>().as('n'), eb.fn.sum<number | string | null>('checkpoints.size_bytes').as('bytes')])
+        .where('checkpoints.owner', '=', owner)
+        .where('checkpoints.ephemeral', '=', 0);
+      if (projectId !== undefined) {
+        query = query
+          .innerJoin('training_runs', 'training_runs.model_id', 'checkpoints.model_id')
+          .innerJoin('sessions', 'sessions.session_id', 'training_runs.session_id')
+          .where('sessions.project_id', '=', projectId);
+      }
+      const row = await query.executeTakeFirstOrThrow();
+      // PostgreSQL sums bigints as numeric (a string); SQLite as an integer; both null over no rows.
+      return { count: Number(row.n), bytes: Number(row.bytes ?? 0) };
     },
   };
 }

@@ -26,7 +26,7 @@ export { StoreConflictError, type Dialect } from './db.js';
 export { hashKey, KEY_PREFIX_LENGTH, type CreatedKey, type KeyInfo, type KeyRepo } from './keys.js';
 export { MIGRATIONS, migrate, type Migration } from './migrations.js';
 export type { RequestError, RequestRepo, RequestRow, RequestStatus } from './requests.js';
-export type { LoraConfig, RunRepo, RunRow, RunState } from './runs.js';
+export { DEFAULT_OPTIMIZER, type LoraConfig, type OptimizerConfig, type RunRepo, type RunRow, type RunState } from './runs.js';
 export type { SamplerRepo, SamplerRow } from './samplers.js';
 export type { Database } from './schema.js';
 export type { SessionRepo, SessionRow } from './sessions.js';

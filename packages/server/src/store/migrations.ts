@@ -149,6 +149,16 @@ export const MIGRATIONS: readonly Migration[] = [
       await db.schema.alterTable('samplers').addColumn('client_counter', 'integer', (c) => c.notNull().defaultTo(0)).execute();
     },
   },
+  {
+    version: 4,
+    name: 'optimizer_and_checkpoint_metadata',
+    async up(db: AnyDb) {
+      // A run's optimizer (Tinker's OptimizerConfig as JSON; null: AdamW, as for every older run)
+      // and a checkpoint's user_metadata (JSON; null: none given).
+      await db.schema.alterTable('training_runs').addColumn('optimizer_config', 'text').execute();
+      await db.schema.alterTable('checkpoints').addColumn('user_metadata', 'text').execute();
+    },
+  },
 ];
 
 /** Arbitrary constant key for the PostgreSQL advisory lock that serialises migrators. */

@@ -16,6 +16,15 @@ export interface LoraConfig {
   trainUnembed: boolean;
 }
 
+/**
+ * Tinker's `OptimizerConfig`, normalised: `{type: 'adamw'}` or `{type: 'dimuon', version: 1}`.
+ * Fixed when the run is created (docs/protocol.md §3.3).
+ */
+export type OptimizerConfig = { type: 'adamw' } | { type: 'dimuon'; version: 1 };
+
+/** The optimizer of runs that name none (and of every run made before optimizers could be chosen). */
+export const DEFAULT_OPTIMIZER: OptimizerConfig = { type: 'adamw' };
+
 /** Lifecycle of a run's model on the workers. */
 export type RunState = 'creating' | 'ready' | 'failed' | 'unloaded';
 
@@ -32,6 +41,7 @@ export interface RunRow {
   lastRequestAt: number;
   corrupted: boolean;
   state: RunState;
+  optimizerConfig: OptimizerConfig;
 }
 
 /** Training run storage. */
@@ -39,9 +49,10 @@ export interface RunRepo {
   /**
    * Creates a run in state 'creating' with `createdAt = lastRequestAt = now`. A duplicate
    * `modelId` returns the existing row unchanged (idempotent create); one owned by someone else
-   * throws `StoreConflictError`. The session must exist (foreign key).
+   * throws `StoreConflictError`. The session must exist (foreign key). `optimizerConfig` defaults
+   * to AdamW; `state` to 'creating' ('unloaded' for a run that only holds copied checkpoints).
    */
-  create(r: Omit<RunRow, 'createdAt' | 'lastRequestAt' | 'corrupted' | 'state'> & { now: number }): Promise<RunRow>;
+  create(r: Omit<RunRow, 'createdAt' | 'lastRequestAt' | 'corrupted' | 'state' | 'optimizerConfig'> & { now: number; optimizerConfig?: OptimizerConfig; state?: RunState }): Promise<RunRow>;
   /** The owner's run, or undefined. */
   get(modelId: string, owner: string): Promise<RunRow | undefined>;
   /** The owner's runs, newest first, and how many there are in all. */
@@ -67,6 +78,7 @@ function toRow(r: Selectable<TrainingRunsTable>): RunRow {
     lastRequestAt: Number(r.last_request_at),
     corrupted: fromBit(r.corrupted),
     state: r.state as RunState,
+    optimizerConfig: r.optimizer_config === null ? DEFAULT_OPTIMIZER : parseJson<OptimizerConfig>(r.optimizer_config),
   };
 }
 
@@ -93,7 +105,8 @@ export function createRunRepo(db: Kysely<Database>): RunRepo {
           created_at: r.now,
           last_request_at: r.now,
           corrupted: bit(false),
-          state: 'creating',
+          state: r.state ?? 'creating',
+          optimizer_config: JSON.stringify(r.optimizerConfig ?? DEFAULT_OPTIMIZER),
         })
         .onConflict((oc) => oc.column('model_id').doNothing())
         .returningAll()

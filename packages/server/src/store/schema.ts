@@ -59,6 +59,8 @@ export interface TrainingRunsTable {
   last_request_at: number;
   corrupted: Bit;
   state: string;
+  /** JSON `OptimizerConfig` (`{"type": "adamw"}` or `{"type": "dimuon", "version": 1}`); null = AdamW (migration 4). */
+  optimizer_config: string | null;
 }
 
 /** `requests`: the request (future) log. `(target, seq_id)` is unique; NULL seq ids never collide. */
@@ -90,6 +92,8 @@ export interface CheckpointsTable {
   created_at: number;
   expires_at: number | null;
   ephemeral: Bit;
+  /** JSON `{[k: string]: string}` given at save time, or null (migration 4). */
+  user_metadata: string | null;
 }
 
 /** `samplers`: sampling sessions. */
