@@ -1,4 +1,8 @@
-"""`python -m lathe_worker --socket PATH | --port N [--models-dir DIR] [--model NAME] [--owned | --no-owned]`"""
+"""`python -m lathe_worker --socket PATH | --port N | --connect HOST:PORT [--models-dir DIR] [--model NAME]
+[--owned | --no-owned] [--no-reconnect]`
+
+With `--connect`, the worker dials a server started with `lathe serve --worker-port N` and registers
+with the token in `LATHE_WORKER_TOKEN` (see connect.py for reconnecting and exit codes)."""
 
 from __future__ import annotations
 
@@ -17,14 +21,17 @@ import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
+from .connect import RegistrationRefused, connect_and_serve, describe_device, parse_address, worker_token  # noqa: E402
 from .engine import Engine  # noqa: E402
 from .handlers import Handlers  # noqa: E402
 from .models.registry import ModelRegistry  # noqa: E402
-from .server import exit_now, serve, watch_parent  # noqa: E402
+from .server import WorkerServer, exit_now, serve, watch_parent  # noqa: E402
 
 
 def main() -> None:
@@ -32,6 +39,7 @@ def main() -> None:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--socket", help="unix socket path to listen on")
     where.add_argument("--port", type=int, help="TCP port to listen on (0 picks a free one)")
+    where.add_argument("--connect", metavar="HOST:PORT", help="dial a server's worker port and serve its ops")
     where.add_argument("--list-models", action="store_true", help="print the models this worker can load as JSON and exit")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--models-dir", default=os.environ.get("LATHE_MODELS_DIR", ".lathe/models"))
@@ -46,7 +54,15 @@ def main() -> None:
         help="exit as soon as the parent process dies or the last server connection closes "
              "(default: on with --socket, where the server spawned this worker; off with --port)",
     )
+    parser.add_argument("--no-reconnect", dest="reconnect", action="store_false",
+                        help="with --connect: exit when the server closes the connection instead of reconnecting")
     args = parser.parse_args()
+    if args.connect:
+        try:
+            address = parse_address(args.connect)
+        except ValueError as exc:
+            parser.error(f"--connect: {exc}")
+        connect_token = worker_token()  # before the slow model load: a missing token is reported at once
     logging.basicConfig(level=logging.INFO, format="%(asctime)s lathe-worker %(levelname)s %(message)s")
     if args.list_models:
         registry = ModelRegistry(Path(args.models_dir))
@@ -61,11 +77,40 @@ def main() -> None:
     engine = Engine(ModelRegistry(Path(args.models_dir)), device=device, dtype=dtype, max_batch_tokens=args.max_batch_tokens)
     if args.model:
         engine.load_model(args.model)
-    token = os.environ.get("LATHE_WORKER_TOKEN") or None
-    reason = asyncio.run(serve(Handlers(engine), args.socket, args.host, args.port, token, exit_on_disconnect=owned))
+    handlers = Handlers(engine)
+    if args.connect:
+        reason = run_connected(handlers, engine, address, connect_token, args.models_dir, args.reconnect)
+    else:
+        token = os.environ.get("LATHE_WORKER_TOKEN") or None
+        reason = asyncio.run(serve(handlers, args.socket, args.host, args.port, token, exit_on_disconnect=owned))
     if reason != "shutdown":
         # Ops may still be queued on the compute thread; nobody is left to read their replies.
         exit_now(reason)
+
+
+def run_connected(handlers: Handlers, engine: Engine, address: tuple[str, int], token: str, models_dir: str, reconnect: bool) -> str:
+    """Serves a server over an outbound connection; exits with status 2 when it refuses the token."""
+    registry = ModelRegistry(Path(models_dir))
+
+    def hello() -> dict[str, object]:
+        # Re-read on every (re)connect: models added meanwhile are announced.
+        return {"token": token, "pid": os.getpid(), "hostname": socket.gethostname(),
+                "devices": [describe_device(engine.device)], "models": registry.catalogue(), "loaded": engine.model_name}
+
+    def drop_adapters() -> None:
+        # The server rebuilds its runs from snapshots; a stale slot would clash with a replayed create.
+        for adapter in list(engine.adapters):
+            engine.drop_adapter(adapter)
+
+    async def run() -> str:
+        return await connect_and_serve(WorkerServer(handlers), *address, hello, drop_adapters, reconnect)
+
+    try:
+        return asyncio.run(run())
+    except RegistrationRefused as exc:
+        print(f"lathe-worker: the server at {address[0]}:{address[1]} refused this worker ({exc}); "
+              "check the worker token (LATHE_WORKER_TOKEN / lathe worker --token)", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
