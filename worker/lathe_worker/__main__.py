@@ -27,7 +27,8 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from .connect import RegistrationRefused, connect_and_serve, describe_device, parse_address, worker_token  # noqa: E402
+from .connect import RegistrationRefused, connect_and_serve, parse_address, worker_token  # noqa: E402
+from .devices import describe_device  # noqa: E402
 from .engine import Engine  # noqa: E402
 from .handlers import Handlers  # noqa: E402
 from .models.registry import ModelRegistry  # noqa: E402

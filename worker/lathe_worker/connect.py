@@ -19,14 +19,11 @@ import asyncio
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from .errors import UserError
 from .protocol import HEADER, MAX_FRAME_BYTES, pack_frame, unpack_body
 from .server import WorkerServer
-
-if TYPE_CHECKING:
-    import torch
 
 log = logging.getLogger("lathe_worker")
 
@@ -121,13 +118,3 @@ def worker_token() -> str:
                          "(lathe serve --worker-port prints it)")
     return token
 
-
-def describe_device(device: "torch.device") -> dict[str, Any]:
-    """`{type, name, memory_bytes}` of the device this worker computes on."""
-    import torch
-
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device.index if device.index is not None else torch.cuda.current_device())
-        return {"type": "cuda", "name": props.name, "memory_bytes": int(props.total_memory)}
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
-    return {"type": device.type, "name": device.type, "memory_bytes": int(memory)}

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import torch
 
+from .devices import describe_device
 from .engine import Datum, Engine, WorkItem
 from .errors import UserError
 from .lora import LoraConfig
@@ -163,7 +164,7 @@ class Handlers:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.ops: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-            "hello": lambda r: {"protocol": 1, "model": engine.model_name, "pid": os.getpid()},
+            "hello": lambda r: {"protocol": 1, "model": engine.model_name, "pid": os.getpid(), "devices": [describe_device(engine.device)]},
             "load_model": lambda r: engine.load_model(_field(r, "model", str)),
             "create_adapter": self.create_adapter,
             "drop_adapter": lambda r: engine.drop_adapter(_adapter_id(r)),

@@ -6,7 +6,9 @@ category}}`. Tensors travel as `{dtype, shape, data}` with `data` little-endian 
 as JSON-style number lists (small lists are still accepted for hand-written requests).
 
 Ops (fields beyond `op`/`id`):
-- `hello` -> `{protocol, model, pid}`
+- `hello` -> `{protocol, model, pid, devices: [{type, name, memory_bytes}]}`
+- `register {token, protocol, pid, hostname, devices, models, loaded}`: the first frame of a worker that
+  dials the server (`--connect`, see connect.py); the *server* replies `{worker_id}` or `unauthorized`
 - `load_model {model}` -> `{model, architecture, vocab_size, max_context_length, ...}`
 - `create_adapter {adapter, lora: {rank, seed, train_attn, train_mlp, train_unembed}, optimizer?}`
   -> `{adapter, num_params, optimizer}`; optimizer `{"type": "adamw"}` (default) or `{"type": "dimuon", "version": 1}`

@@ -6,6 +6,7 @@ import { DataDirError, parseAlias } from '@lathe/server';
 import { Command, InvalidArgumentError } from 'commander';
 import { runDemo } from './commands/demo.js';
 import { createKey, DEFAULT_DATA_DIR, KeyNotFoundError, listKeys, revokeKey, serve } from './commands/serve.js';
+import { runWorker } from './commands/worker.js';
 
 /**
  * A commander option parser for whole numbers in `[min, max]`: it rejects `abc`, `1.5`, `12abc`
@@ -66,8 +67,26 @@ export function buildProgram(): Command {
       collectAlias,
       {},
     )
-    .action(async (opts: { host: string; port: number; dataDir: string; databaseUrl?: string; modelsDir?: string; modelAlias: Record<string, string> }) => {
+    .option('--worker-port <port>', 'open this TCP port for remote workers (lathe worker --connect HOST:PORT; 0: any free port)', parseInteger('--worker-port', { min: 0, max: 65535 }))
+    .option('--worker-host <host>', 'interface of the worker port', '0.0.0.0')
+    .option('--worker-token <token>', 'the token remote workers must present (default: $LATHE_WORKER_TOKEN, else a new one, printed)')
+    .option('--no-local-workers', 'start no local worker processes: only remote workers serve models')
+    .action(async (opts: { host: string; port: number; dataDir: string; databaseUrl?: string; modelsDir?: string; modelAlias: Record<string, string>; workerPort?: number; workerHost: string; workerToken?: string; localWorkers: boolean }) => {
       await serve({ ...opts, log: (line) => console.log(line) });
+    });
+  program
+    .command('worker')
+    .description('run a compute worker that joins a server over TCP (the server runs lathe serve --worker-port N)')
+    .requiredOption('--connect <host:port>', "the server's worker port")
+    .option('--token <token>', 'the worker token the server printed (default: $LATHE_WORKER_TOKEN)')
+    .option('--models-dir <dir>', 'where this machine finds models (default .lathe/models)')
+    .option('--device <device>', 'cpu, cuda or cuda:N (default: cuda when available)')
+    .option('--dtype <dtype>', 'float32 or bfloat16 (default: bfloat16 on CUDA, float32 on CPU)')
+    .option('--no-reconnect', 'exit when the server closes the connection (default: reconnect with backoff)')
+    .action(async (opts: { connect: string; token?: string; modelsDir?: string; device?: string; dtype?: string; reconnect: boolean }, command: Command) => {
+      const token = opts.token ?? process.env['LATHE_WORKER_TOKEN'];
+      if (!token) command.error('error: lathe worker needs --token (or LATHE_WORKER_TOKEN): the token lathe serve printed');
+      process.exitCode = await runWorker({ ...opts, token });
     });
   const keys = program.command('keys').description('manage API keys');
   keys

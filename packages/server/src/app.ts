@@ -26,6 +26,7 @@ import { openStore, StoreConflictError } from './store/index.js';
 import { ModelCatalogue, readModelsConfig, scanModels, type ModelEntry } from './worker/catalogue.js';
 import { REPO_ROOT } from './worker/process.js';
 import { WorkerPool } from './worker/pool.js';
+import { WorkerListener, type RemoteRegistration } from './worker/remote.js';
 
 /** Options for {@link createServer}. */
 export interface ServerOptions {
@@ -61,6 +62,21 @@ export interface ServerOptions {
   ordering?: SchedulingOptions;
   /** Log requests (pino). */
   logger?: boolean;
+  /**
+   * Open a TCP port that remote workers dial (`lathe worker --connect HOST:PORT`); 0 picks a free
+   * one (see `LatheServer.workerPort`). Default: no port, local workers only.
+   */
+  workerPort?: number;
+  /** Interface of the worker port; default `0.0.0.0` (remote machines connect to it). */
+  workerHost?: string;
+  /** The token remote workers must send; required with `workerPort`. */
+  workerToken?: string;
+  /** Start local worker processes for models no remote worker serves; default true. */
+  localWorkers?: boolean;
+  /** Without local workers: how long a request waits for a remote worker to connect (ms); default 60 000. */
+  remoteWaitMs?: number;
+  /** Lines worth an operator's attention (a refused worker); default `console.error`. */
+  log?: (line: string) => void;
 }
 
 /**
@@ -71,6 +87,8 @@ export interface ServerOptions {
 export interface LatheServer {
   app: TypedApp;
   services: Services;
+  /** The port remote workers dial, when `workerPort` was given. */
+  workerPort?: number;
   close(): Promise<void>;
 }
 
@@ -116,6 +134,19 @@ export async function createServer(options: ServerOptions): Promise<LatheServer>
   }
 }
 
+/** The remote workers' port, when asked for. */
+async function listenForWorkers(options: ServerOptions, onWorker: (registration: RemoteRegistration) => void): Promise<WorkerListener | undefined> {
+  if (options.workerPort === undefined) return undefined;
+  if (!options.workerToken) throw new Error('workerPort needs a workerToken (remote workers must prove they belong to this server)');
+  return WorkerListener.listen({
+    host: options.workerHost ?? '0.0.0.0',
+    port: options.workerPort,
+    token: options.workerToken,
+    onWorker,
+    log: options.log ?? ((line) => console.error(line)),
+  });
+}
+
 async function buildServer(options: ServerOptions, unlock: () => void): Promise<LatheServer> {
   const modelsDir = options.modelsDir ?? path.join(options.dataDir, 'models');
   const store = await openStore(defaultDatabaseUrl(options.dataDir, options.databaseUrl));
@@ -130,7 +161,17 @@ async function buildServer(options: ServerOptions, unlock: () => void): Promise<
     { path: os.homedir(), label: '~' },
   ]);
   let services: Services | undefined;
-  const pool = new WorkerPool({ modelsDir, source: (model) => catalogue.source(model), onCrash: (model) => services?.workerCrashed(model) });
+  const pool = new WorkerPool({
+    modelsDir,
+    source: (model) => catalogue.source(model),
+    onCrash: (model) => services?.workerCrashed(model),
+    ...(options.localWorkers !== undefined ? { localWorkers: options.localWorkers } : {}),
+    ...(options.remoteWaitMs !== undefined ? { remoteWaitMs: options.remoteWaitMs } : {}),
+  });
+  const workers = await listenForWorkers(options, (registration) => {
+    catalogue.announce(registration.models);
+    pool.attach(registration);
+  });
   services = new Services(store, pool, catalogue, options.dataDir, options.maxQueuedSamples, options.ordering, redact);
   await services.resumeInterruptedRequests();
   const bodyLimit = options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT;
@@ -210,12 +251,16 @@ async function buildServer(options: ServerOptions, unlock: () => void): Promise<
   return {
     app,
     services,
+    ...(workers ? { workerPort: workers.port } : {}),
     async close() {
       clearInterval(housekeeping);
+      // No new remote workers from now on; the port is closed once their connections are (pool.close).
+      const workersClosed = workers?.close();
       // Finish the worker calls in flight while the HTTP side still answers (submits with 503).
       await services.stop();
       await app.close();
       await pool.close();
+      await workersClosed;
       await store.close();
       unlock();
     },

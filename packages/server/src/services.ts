@@ -181,6 +181,7 @@ export class Services {
       if (earlier) return original(earlier);
       throw badRequest(`training run ${run.modelId} was unloaded; create a new model (or load a checkpoint into one) to continue`, 'model_unloaded');
     }
+    this.checkServable(run.baseModel);
     const lane = await this.trainingLane(run, seqId);
     const expected = lane.expectedSeq(run.modelId) ?? 0;
     if (seqId < expected) {
@@ -388,6 +389,7 @@ export class Services {
    */
   async submitSample(owner: string, samplerId: string, seqId: number | null, job: LoggedSample): Promise<string> {
     this.checkAccepting();
+    this.checkServable(job.baseModel);
     const lane = this.lane(job.baseModel);
     const payload = encode(job);
     const place = lane.reserveSample(owner, payload.byteLength);
@@ -437,6 +439,12 @@ export class Services {
   /** Refuses new work once {@link stop} has begun: 503, which clients retry (against the next server). */
   private checkAccepting(): void {
     if (this.stopping) throw serviceUnavailable('the server is shutting down; retry in a moment');
+  }
+
+  /** 503 when no worker can serve `baseModel` now (no local workers, no remote one announced it). */
+  private checkServable(baseModel: string): void {
+    const why = this.pool.unavailable(baseModel);
+    if (why) throw serviceUnavailable(why, 5);
   }
 
   /**

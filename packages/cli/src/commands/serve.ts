@@ -2,7 +2,7 @@
  * @module `lathe serve` and `lathe keys`: run the server, manage API keys (create, list, revoke).
  */
 import path from 'node:path';
-import { createServer, defaultDatabaseUrl, openStore, prepareDataDir, type Store } from '@lathe/server';
+import { createServer, defaultDatabaseUrl, generateWorkerToken, openStore, prepareDataDir, type Store } from '@lathe/server';
 
 /** Where the server keeps its database, checkpoints and models unless told otherwise. */
 export const DEFAULT_DATA_DIR = '.lathe';
@@ -25,6 +25,13 @@ export interface ServeOptions extends DataOptions {
   modelsDir?: string;
   /** Model name → folder path (or other model) it is served from. */
   modelAlias?: Record<string, string>;
+  /** Open a port for remote workers (`lathe worker --connect`). */
+  workerPort?: number;
+  workerHost?: string;
+  /** Default: `$LATHE_WORKER_TOKEN`, else a new one (printed). */
+  workerToken?: string;
+  /** Start local worker processes; default true. */
+  localWorkers?: boolean;
   log: (line: string) => void;
 }
 
@@ -37,11 +44,15 @@ export interface ServeOptions extends DataOptions {
  * await serve({ host: '127.0.0.1', port: 8000, dataDir: '.lathe', log: console.log });
  */
 export async function serve(options: ServeOptions): Promise<void> {
+  const given = options.workerToken ?? process.env['LATHE_WORKER_TOKEN'];
+  const workerToken = options.workerPort === undefined ? undefined : { value: given ?? generateWorkerToken(), generated: given === undefined };
   const server = await createServer({
     dataDir: path.resolve(options.dataDir),
     ...(options.databaseUrl ? { databaseUrl: options.databaseUrl } : {}),
     ...(options.modelsDir ? { modelsDir: path.resolve(options.modelsDir) } : {}),
     ...(options.modelAlias ? { modelAliases: options.modelAlias } : {}),
+    ...(options.localWorkers === false ? { localWorkers: false } : {}),
+    ...(workerToken !== undefined ? { workerPort: options.workerPort, workerHost: options.workerHost ?? '0.0.0.0', workerToken: workerToken.value } : {}),
   });
   let stopping = false;
   const stop = (signal: NodeJS.Signals): void => {
@@ -64,6 +75,12 @@ export async function serve(options: ServeOptions): Promise<void> {
   process.on('SIGTERM', stop);
   const address = await server.app.listen({ host: options.host, port: options.port });
   options.log(`listening on ${address}`);
+  if (server.workerPort !== undefined && workerToken) {
+    // The token is printed only when it was generated here: one given by the operator is already known.
+    const token = workerToken.generated ? workerToken.value : '$LATHE_WORKER_TOKEN';
+    options.log(`workers: listening on ${options.workerHost ?? '0.0.0.0'}:${server.workerPort}; join with: lathe worker --connect HOST:${server.workerPort} --token ${token}`);
+  }
+  if (options.localWorkers === false && server.workerPort === undefined) options.log('warning: --no-local-workers without --worker-port: no worker can ever serve a model');
 }
 
 /** Opens the server's store (creating the data directory if needed), runs `use`, closes it. */

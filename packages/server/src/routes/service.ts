@@ -85,6 +85,10 @@ export function serviceRoutes(app: TypedApp, services: Services): void {
 
   app.get('/api/v1/healthz', async () => ({ status: 'ok' }));
 
+  // Lathe's own: the workers (local and remote), their devices and the base models they hold. Behind
+  // the API key (unlike healthz): it names hosts and devices.
+  app.get('/api/v1/lathe/workers', { schema: { hide: true } }, async () => ({ workers: await services.pool.workersInfo() }));
+
   // A sink: the SDK retries a rejected batch forever, so accept everything well-formed.
   app.post('/api/v1/telemetry', { schema: { body: TelemetryBody } }, async () => ({ status: 'accepted' }));
 

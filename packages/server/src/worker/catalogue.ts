@@ -125,6 +125,8 @@ export class ModelCatalogue {
   /** Folder paths given as model names that turned out to be models (kept across re-scans). */
   private readonly folders = new Set<string>();
   private readonly aliases: Record<string, string>;
+  /** Models announced by remote workers (see {@link announce}). */
+  private readonly announced = new Map<string, ModelEntry>();
 
   private constructor(private readonly options: CatalogueOptions) {
     this.aliases = options.aliases ?? {};
@@ -144,14 +146,23 @@ export class ModelCatalogue {
     return catalogue;
   }
 
-  /** Every model, as of the last scan. */
+  /** Every model, as of the last scan, then those only remote workers announced. */
   get entries(): readonly ModelEntry[] {
-    return this.models;
+    return [...this.models, ...[...this.announced.values()].filter((m) => !this.models.some((local) => local.model_name === m.model_name))];
   }
 
-  /** The entry of `name`, as of the last scan. */
+  /** The entry of `name`, as of the last scan (or as a remote worker announced it). */
   find(name: string): ModelEntry | undefined {
-    return this.models.find((m) => m.model_name === name);
+    return this.models.find((m) => m.model_name === name) ?? this.announced.get(name);
+  }
+
+  /**
+   * Adds the models a remote worker can load, so a server without them locally serves them too.
+   * They stay listed after the worker leaves: its runs wait for another worker instead of becoming
+   * unknown.
+   */
+  announce(models: readonly ModelEntry[]): void {
+    for (const model of models) if (!this.announced.has(model.model_name)) this.announced.set(model.model_name, model);
   }
 
   /** What the worker loads for `name`: an alias's target, else the name itself. */

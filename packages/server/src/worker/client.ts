@@ -40,9 +40,9 @@ export class WorkerClient {
   private nextId = 1;
   private readonly pending = new Map<number, Pending>();
   private closedError: Error | undefined;
+  private readonly closeListeners: ((error: Error) => void)[] = [];
 
-  private constructor(private readonly socket: net.Socket) {
-    const reader = new FrameReader();
+  private constructor(private readonly socket: net.Socket, reader = new FrameReader()) {
     socket.on('data', (chunk: Buffer) => {
       let messages: Record<string, unknown>[];
       try {
@@ -68,6 +68,25 @@ export class WorkerClient {
       });
       socket.once('error', reject);
     });
+  }
+
+  /**
+   * Serves requests over a connection the worker opened to us (a remote worker, once registered).
+   * `reader` carries whatever bytes the registration left unread.
+   */
+  static over(socket: net.Socket, reader?: FrameReader): WorkerClient {
+    return new WorkerClient(socket, reader);
+  }
+
+  /** Calls `listener` once, when the connection is gone (at once if it already is). */
+  onClose(listener: (error: Error) => void): void {
+    if (this.closedError) listener(this.closedError);
+    else this.closeListeners.push(listener);
+  }
+
+  /** Drops the connection at once (outstanding requests reject). */
+  destroy(): void {
+    this.socket.destroy();
   }
 
   /** Sends one op; resolves with the reply's fields, rejects with a {@link WorkerRequestError}. */
@@ -110,8 +129,10 @@ export class WorkerClient {
   }
 
   private fail(error: Error): void {
+    const first = this.closedError === undefined;
     this.closedError ??= error;
     for (const waiter of this.pending.values()) waiter.reject(error);
     this.pending.clear();
+    if (first) for (const listener of this.closeListeners.splice(0)) listener(error);
   }
 }

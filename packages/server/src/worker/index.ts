@@ -4,3 +4,4 @@ export * from './client.js';
 export * from './process.js';
 export * from './pool.js';
 export * from './catalogue.js';
+export * from './remote.js';
