@@ -84,7 +84,7 @@ export function buildProgram(): Command {
     .option('--dtype <dtype>', 'float32 or bfloat16 (default: bfloat16 on CUDA, float32 on CPU)')
     .option('--no-reconnect', 'exit when the server closes the connection (default: reconnect with backoff)')
     .action(async (opts: { connect: string; token?: string; modelsDir?: string; device?: string; dtype?: string; reconnect: boolean }, command: Command) => {
-      const token = opts.token ?? process.env['LATHE_WORKER_TOKEN'];
+      const token = opts.token || process.env['LATHE_WORKER_TOKEN'];
       if (!token) command.error('error: lathe worker needs --token (or LATHE_WORKER_TOKEN): the token lathe serve printed');
       process.exitCode = await runWorker({ ...opts, token });
     });

@@ -44,7 +44,7 @@ export interface ServeOptions extends DataOptions {
  * await serve({ host: '127.0.0.1', port: 8000, dataDir: '.lathe', log: console.log });
  */
 export async function serve(options: ServeOptions): Promise<void> {
-  const given = options.workerToken ?? process.env['LATHE_WORKER_TOKEN'];
+  const given = options.workerToken || process.env['LATHE_WORKER_TOKEN'] || undefined;
   const workerToken = options.workerPort === undefined ? undefined : { value: given ?? generateWorkerToken(), generated: given === undefined };
   const server = await createServer({
     dataDir: path.resolve(options.dataDir),
@@ -76,8 +76,8 @@ export async function serve(options: ServeOptions): Promise<void> {
   const address = await server.app.listen({ host: options.host, port: options.port });
   options.log(`listening on ${address}`);
   if (server.workerPort !== undefined && workerToken) {
-    // The token is printed only when it was generated here: one given by the operator is already known.
-    const token = workerToken.generated ? workerToken.value : '$LATHE_WORKER_TOKEN';
+    // The token is printed only when it was generated here: one the operator gave is already known.
+    const token = workerToken.generated ? workerToken.value : '<the worker token>';
     options.log(`workers: listening on ${options.workerHost ?? '0.0.0.0'}:${server.workerPort}; join with: lathe worker --connect HOST:${server.workerPort} --token ${token}`);
   }
   if (options.localWorkers === false && server.workerPort === undefined) options.log('warning: --no-local-workers without --worker-port: no worker can ever serve a model');
