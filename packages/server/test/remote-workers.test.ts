@@ -30,6 +30,7 @@ before(async () => {
     workerHost: '127.0.0.1',
     workerToken: TOKEN,
     localWorkers: false,
+    remoteWaitMs: 1500,
     log: () => undefined,
   });
   key = (await server.services.store.keys.create('test')).key;
@@ -90,7 +91,8 @@ async function createModel(seed: number): Promise<{ status: number; body: Record
 /** A training run driven through the HTTP API: the same datum every step. */
 function trainer(modelId: string) {
   let seq = 0;
-  const fwdbwd = async (forwardOnly: boolean): Promise<number> => {
+  /** Submits a forward(_backward) of the datum; returns its request id. */
+  const submit = async (forwardOnly: boolean): Promise<string> => {
     const body = encodeForwardBackwardRequest({
       modelId,
       seqId: ++seq,
@@ -101,10 +103,14 @@ function trainer(modelId: string) {
     });
     const submitted = await server.app.inject({ method: 'POST', url: '/api/v1/forward_backward', headers: { 'x-api-key': key, 'content-type': 'application/x-protobuf' }, payload: Buffer.from(body) });
     assert.equal(submitted.statusCode, 200, submitted.body);
-    const done = await result((submitted.json() as { request_id: string }).request_id);
+    return (submitted.json() as { request_id: string }).request_id;
+  };
+  const fwdbwd = async (forwardOnly: boolean): Promise<number> => {
+    const done = await result(await submit(forwardOnly));
     return (done['metrics'] as Record<string, number>)['loss:sum']!;
   };
   return {
+    submit,
     fwdbwd,
     /** One training step; returns its loss. */
     async step(): Promise<number> {
@@ -116,6 +122,8 @@ function trainer(modelId: string) {
     },
   };
 }
+
+let lastRun: { trainer: ReturnType<typeof trainer>; worker: ChildProcess } | undefined;
 
 const close = (a: number, b: number): boolean => Math.abs(a - b) <= 1e-5 * Math.abs(b);
 
@@ -210,4 +218,21 @@ test('runs train on a remote worker; when it is killed they continue on another 
   assert.equal((await server.services.pool.pids())[MODEL], second.child.pid);
   const now = await workers();
   assert.deepEqual(now.map((w) => [w.pid, w.models_loaded]), [[second.child.pid, [MODEL]]]);
+  lastRun = { trainer: run, worker: second.child };
+});
+
+test('when the last remote worker dies under a request, the request fails after a bounded wait and new work gets a 503', async () => {
+  assert.ok(lastRun, 'runs after the crash test');
+  const { worker, trainer: run } = lastRun;
+  // Stopped, the worker is still connected: the request is accepted and sent to it, then it dies.
+  worker.kill('SIGSTOP');
+  const requestId = await run.submit(true);
+  worker.kill('SIGKILL');
+  const startedAt = Date.now();
+  const failed = await result(requestId);
+  assert.match(String(failed['error']), /the worker failed repeatedly/);
+  assert.ok(Date.now() - startedAt < 60_000, 'failed within a few waits of remoteWaitMs');
+  assert.deepEqual(await workers(), []);
+  const refused = await createModel(5);
+  assert.equal(refused.status, 503);
 });
