@@ -52,8 +52,8 @@ def main() -> None:
     parser.add_argument("--max-batch-tokens", type=int, default=16384)
     parser.add_argument(
         "--owned", action=argparse.BooleanOptionalAction, default=None,
-        help="exit as soon as the parent process dies or the last server connection closes "
-             "(default: on with --socket, where the server spawned this worker; off with --port)",
+        help="exit as soon as the parent process dies or the last server connection closes (with --connect: "
+             "when the parent dies) (default: on with --socket, where the server spawned this worker; off otherwise)",
     )
     parser.add_argument("--no-reconnect", dest="reconnect", action="store_false",
                         help="with --connect: exit when the server closes the connection instead of reconnecting")

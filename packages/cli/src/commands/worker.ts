@@ -23,7 +23,8 @@ export interface WorkerOptions {
 /** The `python -m lathe_worker` arguments for {@link WorkerOptions}. */
 export function workerArgs(options: WorkerOptions): string[] {
   return [
-    '-m', 'lathe_worker', '--connect', options.connect,
+    // --owned: the worker exits when this process dies (it is this process's worker).
+    '-m', 'lathe_worker', '--connect', options.connect, '--owned',
     ...(options.modelsDir ? ['--models-dir', path.resolve(options.modelsDir)] : []),
     ...(options.device ? ['--device', options.device] : []),
     ...(options.dtype ? ['--dtype', options.dtype] : []),

@@ -48,6 +48,8 @@ export interface WorkerListenerOptions {
 
 /** How long a new connection has to send its `register` frame. */
 const REGISTER_TIMEOUT_MS = 30_000;
+/** Most bytes buffered from a connection not yet authenticated (a register frame is far smaller). */
+const MAX_REGISTER_BYTES = 16 << 20;
 
 /** A fresh random worker token (printed by `lathe serve` when none is given). */
 export function generateWorkerToken(): string {
@@ -132,7 +134,13 @@ export class WorkerListener {
       done();
       socket.destroy();
     };
+    let received = 0;
     const onData = (chunk: Buffer): void => {
+      received += chunk.byteLength;
+      if (received > MAX_REGISTER_BYTES) {
+        refuse(null, 'frame_too_large', `the register frame exceeds ${MAX_REGISTER_BYTES} bytes`);
+        return;
+      }
       let first: Record<string, unknown> | undefined;
       try {
         first = reader.push(chunk)[0];
@@ -159,7 +167,7 @@ export class WorkerListener {
         hostname: typeof first['hostname'] === 'string' ? first['hostname'] : '',
         pid: typeof first['pid'] === 'number' ? first['pid'] : undefined,
         devices: Array.isArray(first['devices']) ? (first['devices'] as WorkerDevice[]) : [],
-        models: Array.isArray(first['models']) ? (first['models'] as ModelEntry[]).filter((m) => typeof m?.model_name === 'string') : [],
+        models: Array.isArray(first['models']) ? (first['models'] as unknown[]).filter(isModelEntry) : [],
         loaded: typeof first['loaded'] === 'string' ? first['loaded'] : null,
       });
     };
@@ -167,4 +175,11 @@ export class WorkerListener {
     socket.on('error', onError);
     socket.once('close', done);
   }
+}
+
+/** A well-formed model entry (what a worker announces is checked before the catalogue takes it). */
+function isModelEntry(value: unknown): value is ModelEntry {
+  const m = value as Partial<ModelEntry> | null;
+  return typeof m === 'object' && m !== null && typeof m.model_name === 'string' && typeof m.architecture === 'string'
+    && Number.isInteger(m.max_context_length) && Number.isInteger(m.vocab_size);
 }
