@@ -124,7 +124,9 @@ export class WorkerPool {
       baseModel: null,
       gone: new Promise((resolve) => client.onClose(() => resolve(null))),
       async stop() {
-        client.close();
+        // Not a graceful end: a stalled worker must not hold up the server's stop (the calls in flight
+        // are finished by then), and the worker reconnects either way.
+        client.destroy();
       },
       kill() {
         client.destroy();
