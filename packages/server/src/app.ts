@@ -123,6 +123,7 @@ export function defaultDatabaseUrl(dataDir: string, databaseUrl?: string): strin
  * await server.app.listen({ host: '127.0.0.1', port: 8000 });
  */
 export async function createServer(options: ServerOptions): Promise<LatheServer> {
+  if (options.workerPort !== undefined && !options.workerToken) throw new Error('workerPort needs a workerToken (remote workers must prove they belong to this server)');
   prepareDataDir(options.dataDir);
   // One server per data directory: two would run the same logged requests twice.
   const unlock = lockDataDir(options.dataDir);
@@ -137,7 +138,6 @@ export async function createServer(options: ServerOptions): Promise<LatheServer>
 /** The remote workers' port, when asked for. */
 async function listenForWorkers(options: ServerOptions, onWorker: (registration: RemoteRegistration) => void): Promise<WorkerListener | undefined> {
   if (options.workerPort === undefined) return undefined;
-  if (!options.workerToken) throw new Error('workerPort needs a workerToken (remote workers must prove they belong to this server)');
   return WorkerListener.listen({
     host: options.workerHost ?? '0.0.0.0',
     port: options.workerPort,
@@ -167,10 +167,6 @@ async function buildServer(options: ServerOptions, unlock: () => void): Promise<
     onCrash: (model) => services?.workerCrashed(model),
     ...(options.localWorkers !== undefined ? { localWorkers: options.localWorkers } : {}),
     ...(options.remoteWaitMs !== undefined ? { remoteWaitMs: options.remoteWaitMs } : {}),
-  });
-  const workers = await listenForWorkers(options, (registration) => {
-    catalogue.announce(registration.models);
-    pool.attach(registration);
   });
   services = new Services(store, pool, catalogue, options.dataDir, options.maxQueuedSamples, options.ordering, redact);
   await services.resumeInterruptedRequests();
@@ -248,6 +244,22 @@ async function buildServer(options: ServerOptions, unlock: () => void): Promise<
   housekeeping.unref();
 
   await app.ready();
+  // Last, so that nothing after it can fail and leave the port open. Interrupted requests resumed
+  // above wait for remote workers to (re)connect here (WorkerPoolOptions.remoteWaitMs).
+  let workers: WorkerListener | undefined;
+  try {
+    workers = await listenForWorkers(options, (registration) => {
+      catalogue.announce(registration.models);
+      pool.attach(registration);
+    });
+  } catch (error) {
+    clearInterval(housekeeping);
+    await services.stop();
+    await app.close();
+    await pool.close();
+    await store.close();
+    throw new Error(`cannot open the worker port ${options.workerHost ?? '0.0.0.0'}:${options.workerPort}: ${(error as Error).message}`);
+  }
   return {
     app,
     services,

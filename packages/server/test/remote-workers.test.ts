@@ -236,3 +236,12 @@ test('when the last remote worker dies under a request, the request fails after 
   const refused = await createModel(5);
   assert.equal(refused.status, 503);
 });
+
+test('a worker port in use stops createServer with a sentence naming it, and leaves the data directory free', async () => {
+  const dataDir = mkdtempSync(path.join(os.tmpdir(), 'lathe-remote-busy-'));
+  const options = { dataDir, models: MODELS, workerHost: '127.0.0.1', workerToken: TOKEN };
+  await assert.rejects(createServer({ ...options, workerPort: server.workerPort! }), new RegExp(`cannot open the worker port 127\\.0\\.0\\.1:${server.workerPort}: .*EADDRINUSE`));
+  await assert.rejects(createServer({ ...options, workerPort: 0, workerToken: '' }), /workerPort needs a workerToken/);
+  const other = await createServer({ ...options, workerPort: 0 });
+  await other.close();
+});
