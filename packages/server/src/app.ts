@@ -137,7 +137,7 @@ export async function createServer(options: ServerOptions): Promise<LatheServer>
 
 /** The remote workers' port, when asked for. */
 async function listenForWorkers(options: ServerOptions, onWorker: (registration: RemoteRegistration) => void): Promise<WorkerListener | undefined> {
-  if (options.workerPort === undefined) return undefined;
+  if (options.workerPort === undefined || !options.workerToken) return undefined; // createServer checked the token
   return WorkerListener.listen({
     host: options.workerHost ?? '0.0.0.0',
     port: options.workerPort,
