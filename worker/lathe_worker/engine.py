@@ -235,14 +235,20 @@ class Engine:
         return restore
 
     def _micro_batches(self, items: list[WorkItem], valid: list[int]) -> list[list[tuple[int, int]]]:
-        """Split (item, datum) pairs into micro-batches of at most max_batch_tokens padded tokens."""
+        """Split (item, datum) pairs into micro-batches of at most max_batch_tokens padded tokens, and
+        no more than the LM-head logits budget holds: a micro-batch whose logits fit is cheaper than
+        one whose head must be recomputed in backward, which matters when many users' small requests
+        are packed into one call (one datum beyond the budget still runs alone, recomputing)."""
+        model = self._require_model()
+        logits_tokens = self._head_logits_budget() // (model.config.vocab_size * torch.finfo(self.dtype).bits // 8)
+        limit = max(1, min(self.max_batch_tokens, logits_tokens))
         batches: list[list[tuple[int, int]]] = []
         current: list[tuple[int, int]] = []
         longest = 0
         for i in valid:
             for j, datum in enumerate(items[i].data):
                 n = datum.tokens.numel()
-                if current and max(longest, n) * (len(current) + 1) > self.max_batch_tokens:
+                if current and max(longest, n) * (len(current) + 1) > limit:
                     batches.append(current)
                     current, longest = [], 0
                 current.append((i, j))

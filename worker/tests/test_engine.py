@@ -98,6 +98,26 @@ def test_micro_batches_give_the_same_gradients(folder):
         assert_grads_close(g, h)
 
 
+def test_micro_batches_hold_no_more_tokens_than_the_logits_budget_and_give_the_same_gradients(folder):
+    big = make_engine(folder)
+    vocab = big.model.config.vocab_size
+    # Logits of 24 tokens fit: the four 19..22-token items go one per micro-batch, each keeping its logits.
+    tight = make_engine(folder, head_logits_budget=24 * vocab * 4)
+    items = [sft_item(name, random_tokens(30 + i, 20 + i)) for i, name in enumerate("abab")]
+    valid = list(range(len(items)))
+    assert len(big._micro_batches(items, valid)) == 1
+    split = tight._micro_batches(items, valid)
+    assert [len(micro) for micro in split] == [1, 1, 1, 1]
+    for engine in (big, tight):
+        for name in "ab":
+            engine.create_adapter(name, LoraConfig(rank=4, seed=7))
+            perturb(engine, name, 3)
+        engine.forward_backward(items, backward=True)
+    for name in "ab":
+        for g, h in zip(grads(big, name), grads(tight, name)):
+            assert_grads_close(g, h)
+
+
 def test_forward_touches_no_gradient(folder):
     engine = make_engine(folder)
     engine.create_adapter("a", LoraConfig(rank=4))
