@@ -25,6 +25,10 @@ export interface ServeOptions extends DataOptions {
   modelsDir?: string;
   /** Model name → folder path (or other model) it is served from. */
   modelAlias?: Record<string, string>;
+  /** Fair-scheduling limits (see `SchedulingOptions`); the server's defaults when absent. */
+  cycleTokens?: number;
+  sampleCycleTokens?: number;
+  maxQueuedPerKey?: number;
   log: (line: string) => void;
 }
 
@@ -42,6 +46,11 @@ export async function serve(options: ServeOptions): Promise<void> {
     ...(options.databaseUrl ? { databaseUrl: options.databaseUrl } : {}),
     ...(options.modelsDir ? { modelsDir: path.resolve(options.modelsDir) } : {}),
     ...(options.modelAlias ? { modelAliases: options.modelAlias } : {}),
+    ordering: {
+      ...(options.cycleTokens ? { cycleTokens: options.cycleTokens } : {}),
+      ...(options.sampleCycleTokens ? { sampleCycleTokens: options.sampleCycleTokens } : {}),
+      ...(options.maxQueuedPerKey ? { maxQueuedPerKey: options.maxQueuedPerKey } : {}),
+    },
   });
   let stopping = false;
   const stop = (signal: NodeJS.Signals): void => {
