@@ -66,7 +66,8 @@ export function buildProgram(): Command {
       collectAlias,
       {},
     )
-    .action(async (opts: { host: string; port: number; dataDir: string; databaseUrl?: string; modelsDir?: string; modelAlias: Record<string, string> }) => {
+    .option('--snapshot-every <n>', 'snapshot each run every n optimizer steps (fewer: less replayed after a worker crash)', parseInteger('--snapshot-every', { min: 1 }), 10)
+    .action(async (opts: { host: string; port: number; dataDir: string; databaseUrl?: string; modelsDir?: string; modelAlias: Record<string, string>; snapshotEvery: number }) => {
       await serve({ ...opts, log: (line) => console.log(line) });
     });
   const keys = program.command('keys').description('manage API keys');

@@ -25,6 +25,8 @@ export interface ServeOptions extends DataOptions {
   modelsDir?: string;
   /** Model name → folder path (or other model) it is served from. */
   modelAlias?: Record<string, string>;
+  /** Snapshot each run every this many optimizer steps (default 10). */
+  snapshotEvery?: number;
   log: (line: string) => void;
 }
 
@@ -42,6 +44,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     ...(options.databaseUrl ? { databaseUrl: options.databaseUrl } : {}),
     ...(options.modelsDir ? { modelsDir: path.resolve(options.modelsDir) } : {}),
     ...(options.modelAlias ? { modelAliases: options.modelAlias } : {}),
+    ...(options.snapshotEvery ? { snapshotEvery: options.snapshotEvery } : {}),
   });
   let stopping = false;
   const stop = (signal: NodeJS.Signals): void => {
