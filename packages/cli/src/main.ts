@@ -69,7 +69,8 @@ export function buildProgram(): Command {
     .option('--cycle-tokens <n>', 'most tokens of forward(_backward) data packed into one clock cycle (default 32768)', parseInteger('--cycle-tokens', { min: 1 }))
     .option('--sample-cycle-tokens <n>', 'most rows x max_tokens decoded in one sampling call (default 8192)', parseInteger('--sample-cycle-tokens', { min: 1 }))
     .option('--max-queued-per-key <n>', 'most requests one API key may have queued per base model before 429 (default 1024)', parseInteger('--max-queued-per-key', { min: 1 }))
-    .action(async (opts: { host: string; port: number; dataDir: string; databaseUrl?: string; modelsDir?: string; modelAlias: Record<string, string>; cycleTokens?: number; sampleCycleTokens?: number; maxQueuedPerKey?: number }) => {
+    .option('--snapshot-every <n>', 'snapshot each run every n optimizer steps (fewer: less replayed after a worker crash)', parseInteger('--snapshot-every', { min: 1 }), 10)
+    .action(async (opts: { host: string; port: number; dataDir: string; databaseUrl?: string; modelsDir?: string; modelAlias: Record<string, string>; cycleTokens?: number; sampleCycleTokens?: number; maxQueuedPerKey?: number; snapshotEvery: number }) => {
       await serve({ ...opts, log: (line) => console.log(line) });
     });
   const keys = program.command('keys').description('manage API keys');

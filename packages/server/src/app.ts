@@ -59,6 +59,11 @@ export interface ServerOptions {
    * lane's fair-scheduling limits (cycle token budgets, per-key queue bounds).
    */
   ordering?: SchedulingOptions;
+  /**
+   * Snapshot each run's adapter and optimizer state every this many optimizer steps (default 10).
+   * After a worker crash a run is rebuilt from its snapshot plus the steps logged since.
+   */
+  snapshotEvery?: number;
   /** Log requests (pino). */
   logger?: boolean;
 }
@@ -131,7 +136,7 @@ async function buildServer(options: ServerOptions, unlock: () => void): Promise<
   ]);
   let services: Services | undefined;
   const pool = new WorkerPool({ modelsDir, source: (model) => catalogue.source(model), onCrash: (model) => services?.workerCrashed(model) });
-  services = new Services(store, pool, catalogue, options.dataDir, options.maxQueuedSamples, options.ordering, redact);
+  services = new Services(store, pool, catalogue, options.dataDir, options.maxQueuedSamples, options.ordering, redact, options.snapshotEvery);
   await services.resumeInterruptedRequests();
   const bodyLimit = options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT;
 

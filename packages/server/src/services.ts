@@ -30,8 +30,21 @@ import type { WorkerClient } from './worker/client.js';
 import type { WorkerPool } from './worker/pool.js';
 import type { WireTensor } from './worker/tensor.js';
 
-/** Take a snapshot of a run's adapter and optimizer state every this many optimizer steps. */
+/** Take a snapshot of a run's adapter and optimizer state every this many optimizer steps (default). */
 export const SNAPSHOT_EVERY = 10;
+
+/** One rebuild of a run's adapter: from the snapshot after `fromSeq` (-1: none), replaying `replayed` logged requests. */
+export interface Recovery {
+  modelId: string;
+  fromSeq: number;
+  /** State-changing requests run again (forward_backward, optim_step, create, load). */
+  replayed: number;
+  /** Time the rebuild took (ms). */
+  ms: number;
+}
+
+/** How many {@link Recovery} records a server keeps. */
+const RECOVERY_HISTORY = 100;
 
 /** What a training request's result needs beyond the worker's reply (logged with the op). */
 export type JobMeta =
@@ -82,6 +95,8 @@ export class Services {
   private readonly lanes = new Map<string, Lane>();
   private readonly optimSteps = new Map<string, number>();
   private stopping = false;
+  /** The latest rebuilds of runs after a worker crash or a restart, oldest first (at most {@link RECOVERY_HISTORY}). */
+  readonly recoveries: Recovery[] = [];
   /** Where the lanes record outcomes; holds them in memory while the store cannot write. */
   readonly completion: OutcomeRecorder;
 
@@ -94,7 +109,10 @@ export class Services {
     private readonly ordering: SchedulingOptions = {},
     /** Rewrites error messages before clients see them (hides server paths). */
     private readonly redact: (message: string) => string = (message) => message,
+    /** Snapshot each run every this many optimizer steps: fewer means less to replay after a crash. */
+    private readonly snapshotEvery: number = SNAPSHOT_EVERY,
   ) {
+    if (!Number.isSafeInteger(snapshotEvery) || snapshotEvery < 1) throw new Error(`snapshotEvery must be a positive integer, got ${snapshotEvery}`);
     this.completion = new OutcomeRecorder({
       requests: store.requests,
       notify: (requestId, status) => {
@@ -278,7 +296,7 @@ export class Services {
       case 'optim_step': {
         const steps = (this.optimSteps.get(run.modelId) ?? 0) + 1;
         this.optimSteps.set(run.modelId, steps);
-        if (steps % SNAPSHOT_EVERY === 0) {
+        if (steps % this.snapshotEvery === 0) {
           // The step is applied whatever happens to the snapshot; without it, recovery starts from the
           // previous one and replays more of the log.
           await this.snapshot(run, seqId).catch((error: unknown) => console.error(`snapshot of ${run.modelId} at seq ${seqId} failed`, error));
@@ -348,6 +366,7 @@ export class Services {
 
   /** Rebuilds a run's adapter in `client`: last snapshot, then every state-changing request since. */
   private async recover(modelId: string, client: WorkerClient): Promise<void> {
+    const started = Date.now();
     const snapshot = this.latestSnapshot(modelId);
     if (snapshot) await client.request('load_adapter', { adapter: modelId, path: snapshot.path, include_optimizer: true });
     // The log holds a prefix of the run's finished requests; the rest is held in memory. Read the
@@ -378,6 +397,9 @@ export class Services {
           break; // no state change
       }
     }
+    const replayed = steps.filter(({ op }) => op.kind !== 'forward' && op.kind !== 'save_adapter' && op.kind !== 'export_peft').length;
+    this.recoveries.push({ modelId, fromSeq: snapshot?.seq ?? -1, replayed, ms: Date.now() - started });
+    if (this.recoveries.length > RECOVERY_HISTORY) this.recoveries.shift();
   }
 
   // ---- sampling -------------------------------------------------------------------------------

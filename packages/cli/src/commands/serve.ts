@@ -29,6 +29,8 @@ export interface ServeOptions extends DataOptions {
   cycleTokens?: number;
   sampleCycleTokens?: number;
   maxQueuedPerKey?: number;
+  /** Snapshot each run every this many optimizer steps (default 10). */
+  snapshotEvery?: number;
   log: (line: string) => void;
 }
 
@@ -51,6 +53,7 @@ export async function serve(options: ServeOptions): Promise<void> {
       ...(options.sampleCycleTokens ? { sampleCycleTokens: options.sampleCycleTokens } : {}),
       ...(options.maxQueuedPerKey ? { maxQueuedPerKey: options.maxQueuedPerKey } : {}),
     },
+    ...(options.snapshotEvery ? { snapshotEvery: options.snapshotEvery } : {}),
   });
   let stopping = false;
   const stop = (signal: NodeJS.Signals): void => {
