@@ -66,7 +66,9 @@ export function buildProgram(): Command {
       collectAlias,
       {},
     )
-    .action(async (opts: { host: string; port: number; dataDir: string; databaseUrl?: string; modelsDir?: string; modelAlias: Record<string, string> }) => {
+    .option('--max-resident-adapters <n>', 'per worker: adapters kept on the GPU; the least recently used idle ones move to host memory (default: no limit)', parseInteger('--max-resident-adapters', { min: 1 }))
+    .option('--max-host-adapters <m>', 'per worker: moved-out adapters kept in host memory; beyond that they go to disk (default: no limit)', parseInteger('--max-host-adapters', { min: 0 }))
+    .action(async (opts: { host: string; port: number; dataDir: string; databaseUrl?: string; modelsDir?: string; modelAlias: Record<string, string>; maxResidentAdapters?: number; maxHostAdapters?: number }) => {
       await serve({ ...opts, log: (line) => console.log(line) });
     });
   const keys = program.command('keys').description('manage API keys');

@@ -25,6 +25,9 @@ export interface ServeOptions extends DataOptions {
   modelsDir?: string;
   /** Model name → folder path (or other model) it is served from. */
   modelAlias?: Record<string, string>;
+  /** Per worker: adapters kept on the compute device / in host memory (then disk); default no limit. */
+  maxResidentAdapters?: number;
+  maxHostAdapters?: number;
   log: (line: string) => void;
 }
 
@@ -42,6 +45,8 @@ export async function serve(options: ServeOptions): Promise<void> {
     ...(options.databaseUrl ? { databaseUrl: options.databaseUrl } : {}),
     ...(options.modelsDir ? { modelsDir: path.resolve(options.modelsDir) } : {}),
     ...(options.modelAlias ? { modelAliases: options.modelAlias } : {}),
+    ...(options.maxResidentAdapters !== undefined ? { maxResidentAdapters: options.maxResidentAdapters } : {}),
+    ...(options.maxHostAdapters !== undefined ? { maxHostAdapters: options.maxHostAdapters } : {}),
   });
   let stopping = false;
   const stop = (signal: NodeJS.Signals): void => {
