@@ -310,6 +310,7 @@ for (const lane of lanes) {
           corrupted: false,
           state: 'creating',
           optimizerConfig: { type: 'adamw' },
+          serverId: null,
         };
         assert.deepEqual(run, expected);
         // A run's optimizer and initial state are kept as given.
