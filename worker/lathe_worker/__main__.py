@@ -80,6 +80,7 @@ def main() -> None:
     reason = asyncio.run(serve(Handlers(engine), args.socket, args.host, args.port, token, exit_on_disconnect=owned))
     if reason != "shutdown":
         # Ops may still be queued on the compute thread; nobody is left to read their replies.
+        engine.placement.close()  # os._exit below skips the finalizer that would remove spilled adapters
         exit_now(reason)
 
 

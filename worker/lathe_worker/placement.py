@@ -103,6 +103,7 @@ class Placement:
         self._spill_dir = spill_dir
         self._where: OrderedDict[str, _Where] = OrderedDict()  # least recently used first
         self._using: set[str] = set()
+        self._cleanup: weakref.finalize | None = None  # removes the temporary folder we made, if any
 
     # ---- bookkeeping ---------------------------------------------------------------------
 
@@ -117,6 +118,16 @@ class Placement:
         where = self._where.pop(adapter_id, None)
         if where is not None and where.tier == "disk":
             self._spill_path(adapter_id).unlink(missing_ok=True)
+
+    @property
+    def spill_dir(self) -> Path | None:
+        """Where adapters moved to disk are (None until the first one is, unless given)."""
+        return self._spill_dir
+
+    def close(self) -> None:
+        """Remove the temporary spill folder now (for exits that skip interpreter clean-up)."""
+        if self._cleanup is not None:
+            self._cleanup()
 
     def tier(self, adapter_id: str) -> Tier:
         return self._where[adapter_id].tier
@@ -200,7 +211,7 @@ class Placement:
     def _spill_path(self, adapter_id: str) -> Path:
         if self._spill_dir is None:
             self._spill_dir = Path(tempfile.mkdtemp(prefix="lathe-adapters-"))
-            weakref.finalize(self, shutil.rmtree, self._spill_dir, True)
+            self._cleanup = weakref.finalize(self, shutil.rmtree, self._spill_dir, True)
         self._spill_dir.mkdir(parents=True, exist_ok=True)
         # Adapter ids come from the server; hex keeps any id a safe, unique file name.
         return self._spill_dir / f"{adapter_id.encode().hex()}.safetensors"

@@ -154,3 +154,13 @@ def test_limits_are_validated(folder):
         make_engine(folder, max_resident_adapters=0)
     with pytest.raises(ValueError, match="max_host must be at least 0"):
         make_engine(folder, max_host_adapters=-1)
+
+
+def test_close_removes_the_private_spill_folder(folder):
+    engine = make_engine(folder, max_resident_adapters=1, max_host_adapters=0)
+    engine.create_adapter("x", LoraConfig(rank=4, seed=1))
+    engine.create_adapter("y", LoraConfig(rank=4, seed=2))
+    spill_dir = engine.placement.spill_dir
+    assert spill_dir is not None and len(list(spill_dir.iterdir())) == 1
+    engine.placement.close()
+    assert not spill_dir.exists()
