@@ -1,4 +1,5 @@
-"""`python -m lathe_worker --socket PATH | --port N [--models-dir DIR] [--model NAME] [--owned | --no-owned]`"""
+"""`python -m lathe_worker --socket PATH | --port N [--models-dir DIR] [--model NAME] [--owned | --no-owned]
+[--max-resident-adapters N] [--max-host-adapters M] [--spill-dir DIR]`"""
 
 from __future__ import annotations
 
@@ -41,6 +42,14 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
     parser.add_argument("--max-batch-tokens", type=int, default=16384)
+    parser.add_argument("--max-resident-adapters", type=int, default=None, metavar="N",
+                        help="keep at most N idle adapters (weights, gradients, optimizer state) on the device; "
+                             "the least recently used move to host memory (default: no limit)")
+    parser.add_argument("--max-host-adapters", type=int, default=None, metavar="M",
+                        help="keep at most M moved-out adapters in host memory; the least recently used go to "
+                             "files in --spill-dir (default: no limit)")
+    parser.add_argument("--spill-dir", default=None,
+                        help="folder for adapters moved to disk (default: a private temporary folder, removed at exit)")
     parser.add_argument(
         "--owned", action=argparse.BooleanOptionalAction, default=None,
         help="exit as soon as the parent process dies or the last server connection closes "
@@ -58,13 +67,20 @@ def main() -> None:
         watch_parent(PARENT_PID)  # before loading the model, which can take minutes
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    engine = Engine(ModelRegistry(Path(args.models_dir)), device=device, dtype=dtype, max_batch_tokens=args.max_batch_tokens)
+    try:
+        engine = Engine(ModelRegistry(Path(args.models_dir)), device=device, dtype=dtype,
+                        max_batch_tokens=args.max_batch_tokens, max_resident_adapters=args.max_resident_adapters,
+                        max_host_adapters=args.max_host_adapters,
+                        spill_dir=Path(args.spill_dir) if args.spill_dir else None)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.model:
         engine.load_model(args.model)
     token = os.environ.get("LATHE_WORKER_TOKEN") or None
     reason = asyncio.run(serve(Handlers(engine), args.socket, args.host, args.port, token, exit_on_disconnect=owned))
     if reason != "shutdown":
         # Ops may still be queued on the compute thread; nobody is left to read their replies.
+        engine.placement.close()  # os._exit below skips the finalizer that would remove spilled adapters
         exit_now(reason)
 
 

@@ -24,6 +24,7 @@ from .models.registry import ModelRegistry
 from .models.transformer import Transformer
 from .optim import ADAMW, AdamParams, DimuonParams, SlotOptimizer, make_optimizer
 from .peft_export import export_peft
+from .placement import Placement
 from .sampler import SampleRequest, sample_batch
 
 
@@ -33,6 +34,10 @@ class AdapterSlot:
     optimizer: SlotOptimizer
     pending_grad: bool = False  # forward_backward ran since the last optim_step
     steps: int = 0
+    num_params: int = field(init=False)  # counted at creation: an adapter moved to disk keeps only empty placeholders
+
+    def __post_init__(self) -> None:
+        self.num_params = sum(p.numel() for p in self.adapter.parameters())
 
     @classmethod
     def fresh(cls, adapter: LoraAdapter, optimizer: dict[str, Any] | None = None) -> AdapterSlot:
@@ -105,6 +110,16 @@ class Engine:
     decode: Callable[[list[int]], str] | None = None
     op_counts: dict[str, int] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
+    # Capacity limits in adapters (None: unlimited): idle adapters beyond them move to host memory, then
+    # to files in `spill_dir` (None: a private temporary folder), and come back when used (placement.py).
+    max_resident_adapters: int | None = None
+    max_host_adapters: int | None = None
+    spill_dir: Path | None = None
+    placement: Placement = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.placement = Placement(self.adapters, self.device, self.max_resident_adapters, self.max_host_adapters,
+                                   self.spill_dir)
 
     # ---- model and adapters -------------------------------------------------------------
 
@@ -143,12 +158,14 @@ class Engine:
         config.validate()
         adapter = LoraAdapter.create(model, config, device=self.device)
         slot = self.adapters[adapter_id] = AdapterSlot.fresh(adapter, optimizer)
-        return {"adapter": adapter_id, "num_params": sum(p.numel() for p in adapter.parameters()),
+        self.placement.added(adapter_id)
+        return {"adapter": adapter_id, "num_params": slot.num_params,
                 "optimizer": slot.optimizer.config}
 
     def drop_adapter(self, adapter_id: str) -> dict[str, Any]:
         self._slot(adapter_id)
         del self.adapters[adapter_id]
+        self.placement.forget(adapter_id)
         return {"adapter": adapter_id}
 
     def _require_model(self) -> Transformer:
@@ -225,32 +242,34 @@ class Engine:
         # Adapters' rows must be contiguous for grouped LoRA matmuls.
         valid.sort(key=lambda i: (items[i].adapter_id or ""))
         logprobs_per_item: dict[int, list[torch.Tensor]] = {i: [] for i in valid}
-        restorers = self._gradient_restorers({items[i].adapter_id for i in valid}) if backward else {}
-        try:
-            for micro in self._plan(items, valid):
-                with torch.set_grad_enabled(backward):
-                    total = self._run_micro_batch(model, items, micro, logprobs_per_item)
-                if backward and total is not None and total.requires_grad:
-                    total.backward()
-        except BaseException:
-            for restore in restorers.values():
-                restore()  # a half-run call (e.g. out of memory) must not leave its gradients behind
-            raise
-        # Metrics over the whole item, which may have spanned several micro-batches.
-        for i in valid:
-            item = items[i]
-            result = compute_loss(
-                item.loss_fn,
-                [lp.detach() for lp in logprobs_per_item[i]],
-                [d.inputs for d in item.data],
-                item.loss_config,
-            )
-            outcome[i] = {
-                "loss_fn_outputs": [{"logprobs": lp.detach().float().cpu()} for lp in logprobs_per_item[i]],
-                "metrics": result.metrics,
-            }
-        if backward:
-            self._drop_non_finite(items, valid, outcome, restorers)
+        # The adapters stay placed on the device until their gradients have been checked.
+        with self.placement.using(items[i].adapter_id for i in valid):
+            restorers = self._gradient_restorers({items[i].adapter_id for i in valid}) if backward else {}
+            try:
+                for micro in self._plan(items, valid):
+                    with torch.set_grad_enabled(backward):
+                        total = self._run_micro_batch(model, items, micro, logprobs_per_item)
+                    if backward and total is not None and total.requires_grad:
+                        total.backward()
+            except BaseException:
+                for restore in restorers.values():
+                    restore()  # a half-run call (e.g. out of memory) must not leave its gradients behind
+                raise
+            # Metrics over the whole item, which may have spanned several micro-batches.
+            for i in valid:
+                item = items[i]
+                result = compute_loss(
+                    item.loss_fn,
+                    [lp.detach() for lp in logprobs_per_item[i]],
+                    [d.inputs for d in item.data],
+                    item.loss_config,
+                )
+                outcome[i] = {
+                    "loss_fn_outputs": [{"logprobs": lp.detach().float().cpu()} for lp in logprobs_per_item[i]],
+                    "metrics": result.metrics,
+                }
+            if backward:
+                self._drop_non_finite(items, valid, outcome, restorers)
         return outcome
 
     def _drop_non_finite(self, items: list[WorkItem], valid: list[int], outcome: list[dict[str, Any] | UserError],
@@ -386,7 +405,8 @@ class Engine:
 
     def optim_step(self, adapter_id: str, params: AdamParams | DimuonParams) -> dict[str, Any]:
         slot = self._slot(adapter_id)
-        metrics = slot.optimizer.step(params)
+        with self.placement.using([adapter_id]):
+            metrics = slot.optimizer.step(params)
         slot.pending_grad = False
         slot.steps += 1
         return {"metrics": metrics}
@@ -414,14 +434,16 @@ class Engine:
                 outcome.append({})
             except UserError as exc:
                 outcome.append(exc)
-        results = iter(sample_batch(model, valid, self.device, self.decode) if valid else [])
+        with self.placement.using(request.adapter_id for request in valid):
+            results = iter(sample_batch(model, valid, self.device, self.decode) if valid else [])
         return [o if isinstance(o, UserError) else next(results) for o in outcome]
 
     # ---- checkpoints -----------------------------------------------------------------
 
     def save_adapter(self, adapter_id: str, path: Path, include_optimizer: bool) -> dict[str, Any]:
         slot = self._slot(adapter_id)
-        size = checkpoint.save(path, slot.adapter, slot.optimizer if include_optimizer else None, self.model_name)
+        with self.placement.using([adapter_id]):
+            size = checkpoint.save(path, slot.adapter, slot.optimizer if include_optimizer else None, self.model_name)
         return {"adapter": adapter_id, "path": str(path), "bytes": size}
 
     def load_adapter(self, adapter_id: str, path: Path, include_optimizer: bool,
@@ -449,6 +471,7 @@ class Engine:
         if include_optimizer and saved is not None:
             slot.optimizer.load_state_dict(saved.state)
         self.adapters[adapter_id] = slot  # only once everything loaded: a bad checkpoint leaves the old slot
+        self.placement.added(adapter_id)
         return {"adapter": adapter_id, "lora": checkpoint.lora_config_to_wire(adapter.config),
                 "optimizer": slot.optimizer.config}
 
@@ -462,7 +485,8 @@ class Engine:
             adapter = self._slot(adapter_id).adapter
         else:
             raise UserError("missing_field", "export_peft needs adapter or source")
-        export_peft(adapter, self.model_name or "", model.config, path, naming)
+        with self.placement.using([adapter_id if source is None else None]):
+            export_peft(adapter, self.model_name or "", model.config, path, naming)
         return {"path": str(path)}
 
     def stats(self) -> dict[str, Any]:
@@ -475,13 +499,15 @@ class Engine:
                 {
                     "adapter": name,
                     "rank": slot.adapter.config.rank,
-                    "num_params": sum(p.numel() for p in slot.adapter.parameters()),
+                    "num_params": slot.num_params,
                     "pending_grad": slot.pending_grad,
                     "steps": slot.steps,
                     "optimizer": slot.optimizer.config,
+                    "tier": self.placement.tier(name),
                 }
                 for name, slot in self.adapters.items()
             ],
+            "placement": self.placement.stats(),
             "ops": dict(self.op_counts),
         }
 

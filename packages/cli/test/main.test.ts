@@ -41,6 +41,8 @@ describe('the lathe command', () => {
     [['demo', '--steps', 'ten'], '--steps'],
     [['serve', '--port', 'http'], '--port'],
     [['serve', '--port', '99999'], '--port'],
+    [['serve', '--max-resident-adapters', '0'], '--max-resident-adapters'],
+    [['serve', '--max-host-adapters', 'many'], '--max-host-adapters'],
   ] as const) {
     test(`lathe ${argv.join(' ')} is a usage error naming ${flag}`, async () => {
       const { root, stderr } = program();

@@ -66,6 +66,13 @@ export interface ServerOptions {
   snapshotEvery?: number;
   /** Log requests (pino). */
   logger?: boolean;
+  /**
+   * Adapters each worker keeps on its compute device (weights, gradients, optimizer state); the least
+   * recently used idle ones move to host memory. Default: no limit.
+   */
+  maxResidentAdapters?: number;
+  /** Adapters each worker keeps in host memory once moved off the device; beyond that they go to disk. Default: no limit. */
+  maxHostAdapters?: number;
 }
 
 /**
@@ -83,6 +90,28 @@ const DEFAULT_BODY_LIMIT = 256 * 1024 * 1024;
 // The SDK sends at most ~5 MB per forward_backward chunk (fwdbwd_max_chunk_bytes_count), so this
 // leaves ample room while bounding what a small zstd body may expand to.
 const DEFAULT_PROTOBUF_LIMIT = 64 * 1024 * 1024;
+
+/**
+ * This server's id in a shared database: made once per data directory (`server-id`), so a restarted
+ * server is the same server and resumes its own runs. The data dir lock keeps it to one live process.
+ */
+function serverIdentity(dataDir: string): string {
+  const file = path.join(dataDir, 'server-id');
+  if (!existsSync(file)) writeFileSync(file, `server-${randomBytes(6).toString('hex')}`);
+  return readFileSync(file, 'utf8').trim();
+}
+
+/** Worker command-line flags for the placement limits in `options`. */
+function placementFlags(options: ServerOptions): string[] {
+  const limits = [['maxResidentAdapters', options.maxResidentAdapters, 1], ['maxHostAdapters', options.maxHostAdapters, 0]] as const;
+  for (const [name, value, min] of limits) {
+    if (value !== undefined && !(Number.isSafeInteger(value) && value >= min)) throw new Error(`${name} must be an integer >= ${min}, got ${value}`);
+  }
+  const flags: string[] = [];
+  if (options.maxResidentAdapters !== undefined) flags.push('--max-resident-adapters', String(options.maxResidentAdapters));
+  if (options.maxHostAdapters !== undefined) flags.push('--max-host-adapters', String(options.maxHostAdapters));
+  return flags;
+}
 
 function signingSecret(dataDir: string): Buffer {
   const file = path.join(dataDir, 'archive-signing.key');
@@ -123,6 +152,7 @@ export async function createServer(options: ServerOptions): Promise<LatheServer>
 
 async function buildServer(options: ServerOptions, unlock: () => void): Promise<LatheServer> {
   const modelsDir = options.modelsDir ?? path.join(options.dataDir, 'models');
+  const workerArgs = placementFlags(options); // before anything is opened: it throws on bad limits
   const store = await openStore(defaultDatabaseUrl(options.dataDir, options.databaseUrl));
   const aliases = { ...readModelsConfig(options.dataDir), ...options.modelAliases };
   const catalogue = options.models ? ModelCatalogue.fixed(options.models) : await ModelCatalogue.open({ scan: (describe) => scanModels(modelsDir, describe), aliases });
@@ -135,8 +165,10 @@ async function buildServer(options: ServerOptions, unlock: () => void): Promise<
     { path: os.homedir(), label: '~' },
   ]);
   let services: Services | undefined;
-  const pool = new WorkerPool({ modelsDir, source: (model) => catalogue.source(model), onCrash: (model) => services?.workerCrashed(model) });
-  services = new Services(store, pool, catalogue, options.dataDir, options.maxQueuedSamples, options.ordering, redact, options.snapshotEvery);
+  const pool = new WorkerPool({ modelsDir, workerArgs, source: (model) => catalogue.source(model), onCrash: (model) => services?.workerCrashed(model) });
+  const serverId = serverIdentity(options.dataDir);
+  services = new Services(store, pool, catalogue, options.dataDir, options.maxQueuedSamples, options.ordering, redact, options.snapshotEvery, serverId);
+  await store.adoptUnowned(serverId);
   await services.resumeInterruptedRequests();
   const bodyLimit = options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT;
 

@@ -111,6 +111,11 @@ export class Services {
     private readonly redact: (message: string) => string = (message) => message,
     /** Snapshot each run every this many optimizer steps: fewer means less to replay after a crash. */
     private readonly snapshotEvery: number = SNAPSHOT_EVERY,
+    /**
+     * This server's identity in a database several servers share (see {@link checkLocal}): the runs it
+     * creates and the requests it accepts carry it, and only it resumes them after a restart.
+     */
+    readonly serverId = 'local',
   ) {
     if (!Number.isSafeInteger(snapshotEvery) || snapshotEvery < 1) throw new Error(`snapshotEvery must be a positive integer, got ${snapshotEvery}`);
     this.completion = new OutcomeRecorder({
@@ -177,6 +182,19 @@ export class Services {
     return lane;
   }
 
+  /**
+   * Refuses (409 `run_on_other_server`) a run that another server sharing the database holds: that
+   * server's worker has its adapter and its data dir the run's snapshots and checkpoint files, so
+   * training (or loading its checkpoints) here would fork the run or read files that are not here.
+   *
+   * @example
+   * services.checkLocal(run); // before anything is logged for the run
+   */
+  checkLocal(run: RunRow): void {
+    if (run.serverId === null || run.serverId === this.serverId) return;
+    throw new HttpError(409, 'run_on_other_server', `training run ${run.modelId} lives on server ${run.serverId} (this is server ${this.serverId}); send its requests, and loads of its checkpoints, to that server`);
+  }
+
   /** Called by the pool when a worker process dies: its runs are rebuilt on next use. */
   workerCrashed(baseModel: string): void {
     this.lanes.get(baseModel)?.workerLost();
@@ -191,6 +209,7 @@ export class Services {
    */
   async submitTraining(owner: string, run: RunRow, seqId: number, op: TrainingOp, meta: JobMeta): Promise<string> {
     this.checkAccepting();
+    this.checkLocal(run);
     const now = Date.now();
     const logged: LoggedTraining = { op, meta };
     if (run.state === 'unloaded') {
@@ -209,7 +228,7 @@ export class Services {
     if (typeof place === 'string') throw tooManyRequests(place);
     let inserted: { row: RequestRow; created: boolean };
     try {
-      inserted = await this.store.requests.insert({ owner, target: run.modelId, seqId, kind: meta.kind, payload, now });
+      inserted = await this.store.requests.insert({ owner, target: run.modelId, seqId, kind: meta.kind, payload, now, serverId: this.serverId });
     } catch (error) {
       lane.release(place);
       throw error;
@@ -236,6 +255,7 @@ export class Services {
    */
   async refuseTraining(owner: string, run: RunRow, seqId: number, kind: string, error: HttpError): Promise<string> {
     if (run.state === 'unloaded' || error.statusCode === 429) throw error; // nothing goes on after an unload; a 429 is sent again
+    this.checkLocal(run);
     const lane = await this.trainingLane(run, seqId);
     if (!lane.inWindow(run.modelId, seqId)) throw error; // far beyond what the run waits for: no place to take
     const { row, created } = await this.store.requests.insert({
@@ -245,6 +265,7 @@ export class Services {
       kind,
       payload: null,
       now: Date.now(),
+      serverId: this.serverId,
       error: { message: error.message, category: error.category, refused: { status: error.statusCode, type: error.type } },
     });
     if (created) {
@@ -257,7 +278,7 @@ export class Services {
   /** Logs the seq ids a run gave up waiting for as refused, so one that arrives late is told so. */
   private async recordLost(owner: string, modelId: string, seqIds: number[], error: JobError): Promise<void> {
     for (const seqId of seqIds) {
-      await this.store.requests.insert({ owner, target: modelId, seqId, kind: 'missing', payload: null, now: Date.now(), error: { ...error, refused: { status: 400, type: 'seq_id_timeout' } } });
+      await this.store.requests.insert({ owner, target: modelId, seqId, kind: 'missing', payload: null, now: Date.now(), serverId: this.serverId, error: { ...error, refused: { status: 400, type: 'seq_id_timeout' } } });
     }
   }
 
@@ -416,7 +437,7 @@ export class Services {
     if (typeof place === 'string') throw tooManyRequests(place);
     let inserted: { row: RequestRow; created: boolean };
     try {
-      inserted = await this.store.requests.insert({ owner, target: samplerId, seqId, kind: 'sample', payload, now: Date.now() });
+      inserted = await this.store.requests.insert({ owner, target: samplerId, seqId, kind: 'sample', payload, now: Date.now(), serverId: this.serverId });
     } catch (error) {
       lane.releaseSample(place);
       throw error;
@@ -479,7 +500,7 @@ export class Services {
 
   /** Queues again every request the previous server process accepted but did not finish. */
   async resumeInterruptedRequests(): Promise<number> {
-    const unfinished = await this.store.requests.unfinished();
+    const unfinished = await this.store.requests.unfinished(this.serverId);
     const lost: JobError = { message: 'the server restarted before this request ran and it could not be resumed; submit it again', category: 'server' };
     // A run resumes where its log says (at its lowest unfinished seq if none finished).
     const firstSeq = new Map<string, number>();

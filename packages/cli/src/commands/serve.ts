@@ -31,6 +31,9 @@ export interface ServeOptions extends DataOptions {
   maxQueuedPerKey?: number;
   /** Snapshot each run every this many optimizer steps (default 10). */
   snapshotEvery?: number;
+  /** Per worker: adapters kept on the compute device / in host memory (then disk); default no limit. */
+  maxResidentAdapters?: number;
+  maxHostAdapters?: number;
   log: (line: string) => void;
 }
 
@@ -54,6 +57,8 @@ export async function serve(options: ServeOptions): Promise<void> {
       ...(options.maxQueuedPerKey ? { maxQueuedPerKey: options.maxQueuedPerKey } : {}),
     },
     ...(options.snapshotEvery ? { snapshotEvery: options.snapshotEvery } : {}),
+    ...(options.maxResidentAdapters !== undefined ? { maxResidentAdapters: options.maxResidentAdapters } : {}),
+    ...(options.maxHostAdapters !== undefined ? { maxHostAdapters: options.maxHostAdapters } : {}),
   });
   let stopping = false;
   const stop = (signal: NodeJS.Signals): void => {

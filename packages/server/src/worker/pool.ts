@@ -10,6 +10,8 @@ export interface WorkerPoolOptions {
   modelsDir: string;
   /** Extra environment for worker processes. */
   env?: NodeJS.ProcessEnv;
+  /** Extra command-line flags for worker processes (e.g. `--max-resident-adapters 8`). */
+  workerArgs?: string[];
   /** What a worker loads for a base model (a folder for an alias); default the name itself. */
   source?: (baseModel: string) => string;
   /** Called when a worker exits without being asked to (its in-memory adapters are gone). */
@@ -48,7 +50,7 @@ export class WorkerPool {
     let pending = this.workers.get(baseModel);
     if (!pending) {
       if (this.stopping) throw new Error(`the worker pool is closed; not starting a worker for ${baseModel}`);
-      const started = startLocalWorker({ modelsDir: this.options.modelsDir, model: this.options.source?.(baseModel) ?? baseModel, ...(this.options.env ? { env: this.options.env } : {}) });
+      const started = startLocalWorker({ modelsDir: this.options.modelsDir, model: this.options.source?.(baseModel) ?? baseModel, ...(this.options.env ? { env: this.options.env } : {}), ...(this.options.workerArgs ? { args: this.options.workerArgs } : {}) });
       pending = started;
       this.workers.set(baseModel, started);
       started.then(

@@ -27,6 +27,8 @@ export interface LocalWorkerOptions {
   model?: string;
   /** Extra environment for the worker process. */
   env?: NodeJS.ProcessEnv;
+  /** Extra `python -m lathe_worker` flags. */
+  args?: string[];
   /** Forward the worker's stderr (its log) to ours. */
   inheritStderr?: boolean;
 }
@@ -52,6 +54,7 @@ export async function startLocalWorker(options: LocalWorkerOptions): Promise<Loc
   const socketPath = path.join(mkdtempSync(path.join(os.tmpdir(), 'lathe-worker-')), 'worker.sock');
   const args = ['-m', 'lathe_worker', '--socket', socketPath, '--models-dir', options.modelsDir];
   if (options.model) args.push('--model', options.model);
+  if (options.args) args.push(...options.args);
   const child = spawn(pythonExecutable(), args, {
     cwd: path.join(REPO_ROOT, 'worker'),
     env: { ...process.env, PYTHONUNBUFFERED: '1', ...options.env },
