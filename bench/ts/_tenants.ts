@@ -63,10 +63,10 @@ export interface BenchServer {
  * for (const id of await run.step([datum(64)])) await alice.result(id);
  * await bench.close();
  */
-export async function startBenchServer(options: { model: string; modelsDir: string; ordering?: SchedulingOptions }): Promise<BenchServer> {
+export async function startBenchServer(options: { model: string; modelsDir: string; ordering?: SchedulingOptions; snapshotEvery?: number }): Promise<BenchServer> {
   const dataDir = mkdtempSync(path.join(os.tmpdir(), 'lathe-bench-tenants-'));
   const agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
-  const server = await createServer({ dataDir, modelsDir: options.modelsDir, ...(options.ordering ? { ordering: options.ordering } : {}) });
+  const server = await createServer({ dataDir, modelsDir: options.modelsDir, ...(options.ordering ? { ordering: options.ordering } : {}), ...(options.snapshotEvery ? { snapshotEvery: options.snapshotEvery } : {}) });
   await server.app.listen({ host: '127.0.0.1', port: 0 });
   const address = server.app.server.address();
   if (address === null || typeof address === 'string') throw new Error('server has no TCP address');

@@ -17,15 +17,12 @@
  *
  *   npm run bench -- recovery [--runs 2] [--steps 30] [--kill-at 15] [--snapshot-every 10] ...
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import http from 'node:http';
-import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { createServer, type LatheServer } from '../../packages/server/src/app.js';
-import { encodeForwardBackwardRequest, type WireDatum } from '../../packages/server/src/protocol/proto.js';
+import type { WireDatum } from '../../packages/server/src/protocol/proto.js';
 import { REPO_ROOT, startLocalWorker } from '../../packages/server/src/worker/process.js';
-import { jsonOf, quantile, request } from './_http.js';
+import { quantile } from './_http.js';
+import { startBenchServer, type BenchServer } from './_tenants.js';
 
 const USAGE = `usage: npm run bench -- recovery [options]
 
@@ -66,9 +63,7 @@ async function main(): Promise<number> {
   const model = values.model;
   const modelsDir = path.resolve(values['models-dir']);
   if (n('kill-at') < 1 || n('kill-at') >= n('steps')) throw new Error('--kill-at must be at least 1 and below --steps');
-  const dataDir = mkdtempSync(path.join(os.tmpdir(), 'lathe-bench-recovery-'));
-  let server: LatheServer | undefined;
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 1024 });
+  let bench: BenchServer | undefined;
   try {
     // Baseline 2: a worker's cold start (process, model load), on its own.
     const coldStarted = performance.now();
@@ -76,30 +71,17 @@ async function main(): Promise<number> {
     const coldStartMs = performance.now() - coldStarted;
     await cold.stop();
 
-    server = await createServer({ dataDir, modelsDir, snapshotEvery: n('snapshot-every') });
-    await server.app.listen({ host: '127.0.0.1', port: 0 });
-    const address = server.app.server.address();
-    if (address === null || typeof address === 'string') throw new Error('server has no TCP address');
-    const tenant = async (name: string) => {
-      const { key } = await server!.services.store.keys.create(name);
-      const post = async (p: string, body: unknown): Promise<Record<string, unknown>> =>
-        jsonOf(await request(agent, address.port, key, `/api/v1/${p}`, JSON.stringify(body), { 'content-type': 'application/json' }), p);
-      /** Waits for a future, re-polling on 408 as the SDK does; returns when it finished (ms). */
-      const finished = async (requestId: unknown): Promise<number> => {
-        for (;;) {
-          const r = await request(agent, address.port, key, '/api/v1/retrieve_future', JSON.stringify({ request_id: requestId, allow_metadata_only: true }), { 'content-type': 'application/json' });
-          if (r.status === 408) continue;
-          const body = jsonOf(r, 'retrieve_future');
-          if ('error' in body) throw new Error(`request failed: ${JSON.stringify(body)}`);
-          return performance.now();
-        }
-      };
-      const sessionId = (await post('create_session', { tags: [], user_metadata: {}, sdk_version: '0.32.0', type: 'create_session' }))['session_id'];
-      const created = await post('create_model', { session_id: sessionId, model_seq_id: 0, base_model: model, lora_config: { rank: 8, seed: 1 }, type: 'create_model' });
-      await finished(created['request_id']);
-      return { key, post, finished, modelId: String(created['model_id']) };
-    };
-    const tenants = await Promise.all(Array.from({ length: n('runs') }, (_, i) => tenant(`tenant-${i}`)));
+    bench = await startBenchServer({ model, modelsDir, snapshotEvery: n('snapshot-every') });
+    const server = bench.server;
+    const tenants = await Promise.all(
+      Array.from({ length: n('runs') }, async (_, i) => {
+        const tenant = await bench!.tenant(`tenant-${i}`);
+        const run = await tenant.createRun();
+        /** When a future finished (ms), re-polling on 408 as the SDK does. */
+        const finished = (requestId: unknown) => tenant.result(requestId).then(() => performance.now());
+        return { run, finished, modelId: run.modelId };
+      }),
+    );
 
     // Every run submits its whole run, then watches each optimizer step finish.
     const steps: Promise<number>[][] = tenants.map(() => []);
@@ -107,11 +89,9 @@ async function main(): Promise<number> {
     for (let step = 0; step < n('steps'); step++) {
       for (const [i, t] of tenants.entries()) {
         const data = Array.from({ length: n('batch') }, (_, row) => datum(i, step, row, n('tokens')));
-        const body = encodeForwardBackwardRequest({ modelId: t.modelId, seqId: 2 * step + 1, data, lossFn: 'cross_entropy', lossFnConfig: {}, forwardOnly: false });
-        const fb = jsonOf(await request(agent, address.port, t.key, '/api/v1/forward_backward', body, { 'content-type': 'application/x-protobuf' }), 'forward_backward');
-        const optim = await t.post('optim_step', { model_id: t.modelId, seq_id: 2 * step + 2, adam_params: { learning_rate: 1e-4 }, type: 'optim_step' });
-        waits.push(t.finished(fb['request_id']));
-        steps[i]!.push(t.finished(optim['request_id']));
+        const [fb, optim] = await t.run.step(data);
+        waits.push(t.finished(fb));
+        steps[i]!.push(t.finished(optim));
       }
     }
     await steps[0]![n('kill-at') - 1];
@@ -145,9 +125,7 @@ async function main(): Promise<number> {
     }));
     return 0;
   } finally {
-    agent.destroy();
-    await server?.close();
-    rmSync(dataDir, { recursive: true, force: true });
+    await bench?.close();
   }
 }
 
