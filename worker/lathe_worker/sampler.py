@@ -303,7 +303,7 @@ def sample_batch(
     step_topk: list[tuple[Tensor, Tensor]] = []
 
     with torch.no_grad():
-        cache = KVCache(model.config, batch, width + steps, dtype=dtype, device=device)
+        cache = KVCache(model.config, batch, width + steps, dtype=dtype, device=device, kv_heads=model.kv_heads)
         mask = causal_padding_mask(prompt_lengths, width, left_padded=True)
         hidden = model(input_ids.to(device), positions.to(device), mask.to(device), lora=lora, cache=cache)
         results = _prompt_outputs(model, requests, rows, hidden, width)
