@@ -16,6 +16,7 @@ drift apart by rounding.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
@@ -30,7 +31,7 @@ import torch.distributed as dist
 from .engine import Engine
 from .errors import WorkerError
 from .handlers import Handlers
-from .parallel import TensorParallel, sync_adapter
+from .parallel import TensorParallel, num_params, sync_adapter
 from .server import exit_now
 
 log = logging.getLogger("lathe_worker")
@@ -63,10 +64,19 @@ def with_sampling_seeds(request: dict[str, Any]) -> dict[str, Any]:
     return {**request, "items": seeded}
 
 
-def _outcome(error: BaseException | None) -> str:
-    if error is None:
+def _outcome(request: dict[str, Any], reply: dict[str, Any], error: BaseException | None) -> str:
+    """What the ranks must agree on after an op: its error, and for sampling the tokens drawn (ranks
+    that drew different tokens would decode different numbers of steps, and their collectives would
+    no longer pair up)."""
+    if error is not None:
+        return f"{type(error).__name__}:{error.code}" if isinstance(error, WorkerError) else type(error).__name__
+    if request.get("op") != "sample":
         return "ok"
-    return f"{type(error).__name__}:{error.code}" if isinstance(error, WorkerError) else type(error).__name__
+    digest = hashlib.blake2b(digest_size=16)
+    for result in reply.get("results", []):
+        for sequence in result.get("sequences", []):
+            digest.update(sequence["tokens"]["data"])
+    return f"ok:{digest.hexdigest()}"
 
 
 def _process_alive(pid: int) -> bool:
@@ -184,7 +194,7 @@ class GroupHandlers(Handlers):
         except Exception as exc:  # noqa: BLE001 - compared across ranks below, then re-raised
             error = exc
         outcomes: list[Any] = [None] * self.group.tp.world
-        dist.all_gather_object(outcomes, _outcome(error), group=self.group.control)
+        dist.all_gather_object(outcomes, _outcome(request, reply, error), group=self.group.control)
         if len(set(outcomes)) > 1:
             log.error("ranks diverged on op %r (outcomes %s): the group cannot continue", request.get("op"), outcomes)
             exit_now("tensor-parallel ranks diverged", code=1)
@@ -192,4 +202,6 @@ class GroupHandlers(Handlers):
             raise error
         if request.get("op") == "optim_step":
             sync_adapter(self.engine.adapters[request["adapter"]].adapter, self.group.tp)
+        if request.get("op") == "load_model" and self.engine.model is not None:
+            reply["num_params"] = num_params(self.engine.model)  # the whole model's, not this rank's part
         return reply

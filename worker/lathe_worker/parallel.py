@@ -219,3 +219,13 @@ def sync_adapter(adapter: LoraAdapter, tp: TensorParallel, src: int = 0) -> None
         for p in params:
             p.copy_(flat[offset : offset + p.numel()].view_as(p))
             offset += p.numel()
+
+
+def num_params(model: Transformer) -> int:
+    """The parameter count of the whole model, from one rank's part of it."""
+    total = 0
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            sharded = isinstance(module, ShardedLoraLinear) and (name == "weight" or module.split == COLUMN)
+            total += p.numel() * (module.tp.world if sharded else 1)  # type: ignore[union-attr]
+    return total

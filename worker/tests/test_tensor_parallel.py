@@ -169,7 +169,9 @@ def test_torchrun_group_serves_the_protocol_like_one_worker(tmp_path):
     reference = make_engine(folder)
     proc, conn = _start_group(tmp_path)
     try:
-        assert conn.call("load_model", model=str(folder))["vocab_size"] == SMALL_CONFIG.vocab_size
+        info = conn.call("load_model", model=str(folder))
+        assert info["vocab_size"] == SMALL_CONFIG.vocab_size
+        assert info["num_params"] == reference.model_info()["num_params"]  # the whole model, not rank 0's part
         assert conn.call("create_adapter", adapter="a", lora={"rank": 4, "seed": 3})["ok"]
         reference.create_adapter("a", LoraConfig(rank=4, seed=3))
         tokens = random_tokens(10, 4)
@@ -181,7 +183,8 @@ def test_torchrun_group_serves_the_protocol_like_one_worker(tmp_path):
             assert_close_rel(torch.tensor(got["metrics"]["loss:sum"]), torch.tensor(want["metrics"]["loss:sum"]), 2e-4)
             assert conn.call("optim_step", adapter="a", adam_params={"learning_rate": 0.05})["ok"]
             reference.optim_step("a", AdamParams(learning_rate=0.05))
-        # A seeded sample equals the reference's; an unseeded one still runs (rank 0 picks the seed for all).
+        # A seeded sample equals the reference's. An unseeded one succeeds only if both ranks drew the same tokens
+        # (they compare them after each sample, and leave rather than decode out of step): rank 0 seeds it for all.
         prompt = random_tokens(5, 8)
         sample = {"adapter": "a", "prompt": encode_tensor(torch.tensor(prompt)), "num_samples": 2,
                   "sampling_params": {"max_tokens": 6, "seed": 21}}
