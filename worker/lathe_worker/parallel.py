@@ -101,6 +101,13 @@ class TensorParallel:
             attention: Attention = layer.self_attn
             attention.n_heads //= self.world
             attention.n_kv //= self.world
+            # Each norm's output feeds only column-parallel layers (q/k/v, gate/up): one `f` there sums
+            # their input gradients over ranks once, instead of once per projection.
+            for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+                norm.register_forward_hook(self._copy_to_parallel_hook)
+
+    def _copy_to_parallel_hook(self, module: nn.Module, inputs: Any, output: Tensor) -> Tensor:
+        return _CopyToParallel.apply(output, self) if torch.is_grad_enabled() and output.requires_grad else output
 
 
 class _CopyToParallel(torch.autograd.Function):
@@ -171,7 +178,8 @@ class _ShardedFactors:
 
 class ShardedLoraLinear(MultiLoraLinear):
     """A `MultiLoraLinear` whose frozen weight is split over the ranks of `tp`: along its outputs
-    (`COLUMN`: the local output is this rank's slice) or its inputs (`ROW`: the input is this rank's
+    (`COLUMN`: the local output is this rank's slice; its input must come through `_CopyToParallel`,
+    which `TensorParallel.apply` puts after each layer norm) or its inputs (`ROW`: the input is this rank's
     slice, the output the all-reduced full one). `in_features`/`out_features` stay the full sizes, which
     are the adapters' factor shapes."""
 
@@ -192,9 +200,7 @@ class ShardedLoraLinear(MultiLoraLinear):
     def forward(self, x: Tensor, lora: LoraBatch | None = None) -> Tensor:
         local = None if lora is None else LoraBatch(
             [(None if a is None else _ShardedFactors(a, self), s, e) for a, s, e in lora.groups])  # type: ignore[misc]
-        if self.split == COLUMN:
-            if torch.is_grad_enabled() and x.requires_grad:
-                x = _CopyToParallel.apply(x, self.tp)
+        if self.split == COLUMN:  # x came through `_CopyToParallel` (the norm before it, see `apply`)
             return linear_with_lora(x, self.weight, self.bias, self.path, local, self.matmul)
         y = linear_with_lora(x, self.weight, None, self.path, local, self.matmul)
         y = _ReduceFromParallel.apply(y, self.tp) if torch.is_grad_enabled() and y.requires_grad else self.tp.all_reduce(y)
