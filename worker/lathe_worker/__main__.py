@@ -1,5 +1,8 @@
 """`python -m lathe_worker --socket PATH | --port N [--models-dir DIR] [--model NAME] [--owned | --no-owned]
-[--max-resident-adapters N] [--max-host-adapters M] [--spill-dir DIR]`"""
+[--max-resident-adapters N] [--max-host-adapters M] [--spill-dir DIR]`
+
+Under `torchrun --nproc-per-node N -m lathe_worker ...` the N processes form one tensor-parallel worker
+(see group.py): rank 0 listens and serves, the others follow its ops."""
 
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from .engine import Engine  # noqa: E402
+from .group import WorkerGroup, group_size  # noqa: E402
 from .handlers import Handlers  # noqa: E402
 from .models.registry import ModelRegistry  # noqa: E402
 from .server import exit_now, serve, watch_parent  # noqa: E402
@@ -67,17 +71,22 @@ def main() -> None:
         watch_parent(PARENT_PID)  # before loading the model, which can take minutes
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    group = WorkerGroup(device) if group_size() > 1 else None
     try:
-        engine = Engine(ModelRegistry(Path(args.models_dir)), device=device, dtype=dtype,
-                        max_batch_tokens=args.max_batch_tokens, max_resident_adapters=args.max_resident_adapters,
-                        max_host_adapters=args.max_host_adapters,
+        engine = Engine(ModelRegistry(Path(args.models_dir)), device=group.device if group else device, dtype=dtype,
+                        max_batch_tokens=args.max_batch_tokens, sharding=group.tp if group else None,
+                        max_resident_adapters=args.max_resident_adapters, max_host_adapters=args.max_host_adapters,
                         spill_dir=Path(args.spill_dir) if args.spill_dir else None)
     except ValueError as exc:
         parser.error(str(exc))
     if args.model:
-        engine.load_model(args.model)
+        engine.load_model(args.model)  # on every rank: each reads its own slices
+    handlers = group.handlers(engine) if group else Handlers(engine)
+    if group is not None and not group.is_leader:
+        group.follow(handlers)
+        return
     token = os.environ.get("LATHE_WORKER_TOKEN") or None
-    reason = asyncio.run(serve(Handlers(engine), args.socket, args.host, args.port, token, exit_on_disconnect=owned))
+    reason = asyncio.run(serve(handlers, args.socket, args.host, args.port, token, exit_on_disconnect=owned))
     if reason != "shutdown":
         # Ops may still be queued on the compute thread; nobody is left to read their replies.
         engine.placement.close()  # os._exit below skips the finalizer that would remove spilled adapters

@@ -19,7 +19,7 @@ from .errors import UserError
 from .logprobs import head_chunk_tokens, target_logprobs
 from .lora import LoraAdapter, LoraBatch, LoraConfig
 from .losses import compute_loss, validate_loss_inputs
-from .models.loading import load_model
+from .models.loading import ModelSharding, load_model
 from .models.registry import ModelRegistry
 from .models.transformer import Transformer
 from .optim import ADAMW, AdamParams, DimuonParams, SlotOptimizer, make_optimizer
@@ -109,6 +109,8 @@ class Engine:
     # Token ids -> text, from the model folder's tokenizer.json; only stop strings need it.
     decode: Callable[[list[int]], str] | None = None
     op_counts: dict[str, int] = field(default_factory=dict)
+    # How the base model is split over a tensor-parallel group (`parallel.TensorParallel`); None: whole.
+    sharding: ModelSharding | None = None
     started_at: float = field(default_factory=time.time)
     # Capacity limits in adapters (None: unlimited): idle adapters beyond them move to host memory, then
     # to files in `spill_dir` (None: a private temporary folder), and come back when used (placement.py).
@@ -133,7 +135,7 @@ class Engine:
             )
         folder = self.registry.resolve(name)
         decode = _load_decoder(folder)  # before the model: a bad tokenizer must leave the worker empty
-        self.model = load_model(folder, dtype=self.dtype, device=self.device)
+        self.model = load_model(folder, dtype=self.dtype, device=self.device, sharding=self.sharding)
         self.model_name, self.decode = name, decode
         return self.model_info()
 
