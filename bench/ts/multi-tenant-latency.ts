@@ -17,15 +17,11 @@
  *
  *   npm run bench -- multi-tenant-latency [--steps 20] [--flood-runs 2] [--window 8] ...
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import http from 'node:http';
-import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { createServer, type LatheServer } from '../../packages/server/src/app.js';
-import { encodeForwardBackwardRequest, type WireDatum } from '../../packages/server/src/protocol/proto.js';
 import { REPO_ROOT } from '../../packages/server/src/worker/process.js';
-import { jsonOf, quantile, request } from './_http.js';
+import { quantile } from './_http.js';
+import { datum, PROMPT, startBenchServer, type BenchServer } from './_tenants.js';
 
 const USAGE = `usage: npm run bench -- multi-tenant-latency [options]
 
@@ -42,19 +38,6 @@ const USAGE = `usage: npm run bench -- multi-tenant-latency [options]
   --model NAME             base model (default lathe/tiny-qwen3)
   --models-dir DIR         where models live (default <repo>/.lathe/models)
 `;
-
-const TOKENS = [9707, 1879, 11, 1246, 525, 498, 30];
-
-function datum(length: number): WireDatum {
-  const tokens = Array.from({ length: length + 1 }, (_, i) => TOKENS[i % TOKENS.length]!);
-  return {
-    modelInput: tokens.slice(0, -1),
-    lossFnInputs: {
-      target_tokens: { dtype: 'int64', shape: [length], data: BigInt64Array.from(tokens.slice(1), BigInt) },
-      weights: { dtype: 'float32', shape: [length], data: new Float32Array(length).fill(1) },
-    },
-  };
-}
 
 interface Stats { n: number; p50: number; p99: number; max: number }
 function stats(samples: number[]): Stats {
@@ -86,55 +69,19 @@ async function main(): Promise<number> {
   }
   const n = (name: keyof typeof values): number => Number(values[name]);
   const model = values.model;
-  const dataDir = mkdtempSync(path.join(os.tmpdir(), 'lathe-bench-multi-tenant-'));
-  let server: LatheServer | undefined;
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
+  let bench: BenchServer | undefined;
   try {
-    server = await createServer({
-      dataDir,
+    bench = await startBenchServer({
+      model,
       modelsDir: path.resolve(values['models-dir']),
       ordering: {
         ...(values['cycle-tokens'] ? { cycleTokens: n('cycle-tokens') } : {}),
         ...(values['sample-cycle-tokens'] ? { sampleCycleTokens: n('sample-cycle-tokens') } : {}),
       },
     });
-    await server.app.listen({ host: '127.0.0.1', port: 0 });
-    const address = server.app.server.address();
-    if (address === null || typeof address === 'string') throw new Error('server has no TCP address');
-    const lane = server.services.lane(model);
-    const client = async (name: string) => {
-      const { key } = await server!.services.store.keys.create(name);
-      const post = async (p: string, body: unknown): Promise<Record<string, unknown>> =>
-        jsonOf(await request(agent, address.port, key, `/api/v1/${p}`, JSON.stringify(body), { 'content-type': 'application/json' }), p);
-      /** Waits for a future, re-polling on 408 as the SDK does. */
-      const result = async (requestId: unknown): Promise<Record<string, unknown>> => {
-        for (;;) {
-          const r = await request(agent, address.port, key, '/api/v1/retrieve_future', JSON.stringify({ request_id: requestId, allow_metadata_only: true }), { 'content-type': 'application/json' });
-          if (r.status === 408) continue;
-          const body = jsonOf(r, 'retrieve_future');
-          if ('error' in body) throw new Error(`request failed: ${JSON.stringify(body)}`);
-          return body;
-        }
-      };
-      const sessionId = (await post('create_session', { tags: [], user_metadata: {}, sdk_version: '0.32.0', type: 'create_session' }))['session_id'];
-      let modelSeq = 0;
-      const createRun = async () => {
-        const created = await post('create_model', { session_id: sessionId, model_seq_id: modelSeq++, base_model: model, lora_config: { rank: 8 }, type: 'create_model' });
-        await result(created['request_id']);
-        let seq = 1;
-        /** Submits forward_backward + optim_step (pipelined); returns their request ids. */
-        const step = async (data: WireDatum[]): Promise<unknown[]> => {
-          const body = encodeForwardBackwardRequest({ modelId: String(created['model_id']), seqId: seq++, data, lossFn: 'cross_entropy', lossFnConfig: {}, forwardOnly: false });
-          const fb = jsonOf(await request(agent, address.port, key, '/api/v1/forward_backward', body, { 'content-type': 'application/x-protobuf' }), 'forward_backward');
-          const optim = await post('optim_step', { model_id: created['model_id'], seq_id: seq++, adam_params: { learning_rate: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-12 }, type: 'optim_step' });
-          return [fb['request_id'], optim['request_id']];
-        };
-        return { step };
-      };
-      return { post, result, sessionId, createRun };
-    };
+    const lane = bench.server.services.lane(model);
 
-    const small = await client('small');
+    const small = await bench.tenant('small');
     const smallRun = await small.createRun();
     const smallData = [datum(n('small-tokens'))];
     /** B's timed steps: latency (ms) and cycles waited of each. */
@@ -152,7 +99,7 @@ async function main(): Promise<number> {
     await smallSteps(); // warm-up
     const alone = await smallSteps();
 
-    const flood = await client('flood');
+    const flood = await bench.tenant('flood');
     const floodRuns = await Promise.all(Array.from({ length: n('flood-runs') }, () => flood.createRun()));
     const sampler = (await flood.post('create_sampling_session', { session_id: flood.sessionId, sampling_session_seq_id: 0, base_model: model, type: 'create_sampling_session' }))['sampling_session_id'];
     let flooding = true;
@@ -171,7 +118,7 @@ async function main(): Promise<number> {
       }),
       (async () => {
         while (flooding) {
-          const submitted = await flood.post('asample', { sampling_session_id: sampler, num_samples: n('sample-n'), prompt: { chunks: [{ type: 'encoded_text', tokens: TOKENS }] }, sampling_params: { max_tokens: n('sample-tokens'), temperature: 1 }, type: 'sample' });
+          const submitted = await flood.post('asample', { sampling_session_id: sampler, num_samples: n('sample-n'), prompt: { chunks: [{ type: 'encoded_text', tokens: PROMPT }] }, sampling_params: { max_tokens: n('sample-tokens'), temperature: 1 }, type: 'sample' });
           await flood.result(submitted['request_id']);
           floodSamples++;
         }
@@ -194,9 +141,7 @@ async function main(): Promise<number> {
     console.log(JSON.stringify({ bench: 'multi-tenant-latency', model, ratio: slowdown.p99, slowdown, alone: { ms: a, cycles: ca }, loaded: { ms: l, cycles: cl }, flood: { steps: floodSteps, samples: floodSamples } }));
     return 0;
   } finally {
-    agent.destroy();
-    await server?.close();
-    rmSync(dataDir, { recursive: true, force: true });
+    await bench?.close();
   }
 }
 

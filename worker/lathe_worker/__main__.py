@@ -1,8 +1,11 @@
 """`python -m lathe_worker --socket PATH | --port N | --connect HOST:PORT [--models-dir DIR] [--model NAME]
-[--owned | --no-owned] [--no-reconnect]`
+[--owned | --no-owned] [--no-reconnect] [--max-resident-adapters N] [--max-host-adapters M] [--spill-dir DIR]`
 
 With `--connect`, the worker dials a server started with `lathe serve --worker-port N` and registers
-with the token in `LATHE_WORKER_TOKEN` (see connect.py for reconnecting and exit codes)."""
+with the token in `LATHE_WORKER_TOKEN` (see connect.py for reconnecting and exit codes).
+
+Under `torchrun --nproc-per-node N -m lathe_worker ...` the N processes form one tensor-parallel worker
+(see group.py): rank 0 listens and serves, the others follow its ops."""
 
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ import torch  # noqa: E402
 from .connect import RegistrationRefused, connect_and_serve, parse_address, worker_token  # noqa: E402
 from .devices import describe_device  # noqa: E402
 from .engine import Engine  # noqa: E402
+from .group import WorkerGroup, group_size  # noqa: E402
 from .handlers import Handlers  # noqa: E402
 from .models.registry import ModelRegistry  # noqa: E402
 from .server import WorkerServer, exit_now, serve, watch_parent  # noqa: E402
@@ -50,6 +54,14 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
     parser.add_argument("--max-batch-tokens", type=int, default=16384)
+    parser.add_argument("--max-resident-adapters", type=int, default=None, metavar="N",
+                        help="keep at most N idle adapters (weights, gradients, optimizer state) on the device; "
+                             "the least recently used move to host memory (default: no limit)")
+    parser.add_argument("--max-host-adapters", type=int, default=None, metavar="M",
+                        help="keep at most M moved-out adapters in host memory; the least recently used go to "
+                             "files in --spill-dir (default: no limit)")
+    parser.add_argument("--spill-dir", default=None,
+                        help="folder for adapters moved to disk (default: a private temporary folder, removed at exit)")
     parser.add_argument(
         "--owned", action=argparse.BooleanOptionalAction, default=None,
         help="exit as soon as the parent process dies or the last server connection closes (with --connect: "
@@ -75,10 +87,20 @@ def main() -> None:
         watch_parent(PARENT_PID)  # before loading the model, which can take minutes
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    engine = Engine(ModelRegistry(Path(args.models_dir)), device=device, dtype=dtype, max_batch_tokens=args.max_batch_tokens)
+    group = WorkerGroup(device) if group_size() > 1 else None
+    try:
+        engine = Engine(ModelRegistry(Path(args.models_dir)), device=group.device if group else device, dtype=dtype,
+                        max_batch_tokens=args.max_batch_tokens, sharding=group.tp if group else None,
+                        max_resident_adapters=args.max_resident_adapters, max_host_adapters=args.max_host_adapters,
+                        spill_dir=Path(args.spill_dir) if args.spill_dir else None)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.model:
-        engine.load_model(args.model)
-    handlers = Handlers(engine)
+        engine.load_model(args.model)  # on every rank: each reads its own slices
+    handlers = group.handlers(engine) if group else Handlers(engine)
+    if group is not None and not group.is_leader:
+        group.follow(handlers)
+        return
     if args.connect:
         reason = run_connected(handlers, engine, address, connect_token, args.models_dir, args.reconnect)
     else:
@@ -86,6 +108,7 @@ def main() -> None:
         reason = asyncio.run(serve(handlers, args.socket, args.host, args.port, token, exit_on_disconnect=owned))
     if reason != "shutdown":
         # Ops may still be queued on the compute thread; nobody is left to read their replies.
+        engine.placement.close()  # os._exit below skips the finalizer that would remove spilled adapters
         exit_now(reason)
 
 

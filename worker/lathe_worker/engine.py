@@ -6,6 +6,7 @@ becomes a `UserError` for that request alone and never leaves an adapter half-up
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +19,12 @@ from .errors import UserError
 from .logprobs import head_chunk_tokens, target_logprobs
 from .lora import LoraAdapter, LoraBatch, LoraConfig
 from .losses import compute_loss, validate_loss_inputs
-from .models.loading import load_model
+from .models.loading import ModelSharding, load_model
 from .models.registry import ModelRegistry
 from .models.transformer import Transformer
 from .optim import ADAMW, AdamParams, DimuonParams, SlotOptimizer, make_optimizer
 from .peft_export import export_peft
+from .placement import Placement
 from .sampler import SampleRequest, sample_batch
 
 
@@ -32,6 +34,10 @@ class AdapterSlot:
     optimizer: SlotOptimizer
     pending_grad: bool = False  # forward_backward ran since the last optim_step
     steps: int = 0
+    num_params: int = field(init=False)  # counted at creation: an adapter moved to disk keeps only empty placeholders
+
+    def __post_init__(self) -> None:
+        self.num_params = sum(p.numel() for p in self.adapter.parameters())
 
     @classmethod
     def fresh(cls, adapter: LoraAdapter, optimizer: dict[str, Any] | None = None) -> AdapterSlot:
@@ -57,6 +63,36 @@ class WorkItem:
 
 
 @dataclass
+class _Chunk:
+    """Rows of one item that run in one micro-batch (see `Engine._plan`)."""
+
+    item: int
+    datums: list[int]  # indices into the item's data
+    width: int  # padded length: the item's longest datum
+    runs: list[tuple[int, int, bool]]  # [start, end) of `datums` sharing an LM-head pass; keep its logits?
+    kept_bytes: int  # logits kept from forward to backward
+
+    @classmethod
+    def plan(cls, item_index: int, datums: list[int], width: int, item: WorkItem, row_bytes: int, budget: int) -> _Chunk:
+        """Groups consecutive datums with the same target trailing shape; each group keeps its logits
+        for backward while they fit what is left of `budget` (else they are recomputed chunk by chunk)."""
+        runs: list[tuple[int, int, bool]] = []
+        kept = 0
+        start = 0
+        while start < len(datums):
+            shape = item.data[datums[start]].inputs["target_tokens"].shape[1:]
+            end = start + 1
+            while end < len(datums) and item.data[datums[end]].inputs["target_tokens"].shape[1:] == shape:
+                end += 1
+            need = sum(item.data[j].tokens.numel() for j in datums[start:end]) * row_bytes
+            keep = kept + need <= budget
+            kept += need if keep else 0
+            runs.append((start, end, keep))
+            start = end
+        return cls(item_index, datums, width, runs, kept)
+
+
+@dataclass
 class Engine:
     registry: ModelRegistry
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -73,7 +109,19 @@ class Engine:
     # Token ids -> text, from the model folder's tokenizer.json; only stop strings need it.
     decode: Callable[[list[int]], str] | None = None
     op_counts: dict[str, int] = field(default_factory=dict)
+    # How the base model is split over a tensor-parallel group (`parallel.TensorParallel`); None: whole.
+    sharding: ModelSharding | None = None
     started_at: float = field(default_factory=time.time)
+    # Capacity limits in adapters (None: unlimited): idle adapters beyond them move to host memory, then
+    # to files in `spill_dir` (None: a private temporary folder), and come back when used (placement.py).
+    max_resident_adapters: int | None = None
+    max_host_adapters: int | None = None
+    spill_dir: Path | None = None
+    placement: Placement = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.placement = Placement(self.adapters, self.device, self.max_resident_adapters, self.max_host_adapters,
+                                   self.spill_dir)
 
     # ---- model and adapters -------------------------------------------------------------
 
@@ -87,7 +135,7 @@ class Engine:
             )
         folder = self.registry.resolve(name)
         decode = _load_decoder(folder)  # before the model: a bad tokenizer must leave the worker empty
-        self.model = load_model(folder, dtype=self.dtype, device=self.device)
+        self.model = load_model(folder, dtype=self.dtype, device=self.device, sharding=self.sharding)
         self.model_name, self.decode = name, decode
         return self.model_info()
 
@@ -112,12 +160,14 @@ class Engine:
         config.validate()
         adapter = LoraAdapter.create(model, config, device=self.device)
         slot = self.adapters[adapter_id] = AdapterSlot.fresh(adapter, optimizer)
-        return {"adapter": adapter_id, "num_params": sum(p.numel() for p in adapter.parameters()),
+        self.placement.added(adapter_id)
+        return {"adapter": adapter_id, "num_params": slot.num_params,
                 "optimizer": slot.optimizer.config}
 
     def drop_adapter(self, adapter_id: str) -> dict[str, Any]:
         self._slot(adapter_id)
         del self.adapters[adapter_id]
+        self.placement.forget(adapter_id)
         return {"adapter": adapter_id}
 
     def _require_model(self) -> Transformer:
@@ -174,7 +224,13 @@ class Engine:
     # ---- training --------------------------------------------------------------------
 
     def forward_backward(self, items: list[WorkItem], backward: bool) -> list[dict[str, Any] | UserError]:
-        """Run many callers' items as one batch. Returns a result or a UserError per item."""
+        """Run many callers' items as one batch. Returns a result or a UserError per item.
+
+        Each item's numbers are bit-for-bit those it gets alone (see `_plan`), so a run replayed after a
+        crash, one request per call, retraces the weights it had. With `backward`, an item whose loss
+        or gradients are not finite fails alone (`non_finite_loss`) and its adapter's gradients go back
+        to what they were before the call: one poisoned request never reaches an optimizer step.
+        """
         model = self._require_model()
         outcome: list[dict[str, Any] | UserError] = []
         valid: list[int] = []
@@ -188,78 +244,127 @@ class Engine:
         # Adapters' rows must be contiguous for grouped LoRA matmuls.
         valid.sort(key=lambda i: (items[i].adapter_id or ""))
         logprobs_per_item: dict[int, list[torch.Tensor]] = {i: [] for i in valid}
-        restore = self._gradient_restorer({items[i].adapter_id for i in valid}) if backward else None
-        try:
-            for micro in self._micro_batches(items, valid):
-                with torch.set_grad_enabled(backward):
-                    total = self._run_micro_batch(model, items, micro, logprobs_per_item)
-                if backward and total is not None and total.requires_grad:
-                    total.backward()
-        except BaseException:
-            if restore is not None:
-                restore()  # a half-run call (e.g. out of memory) must not leave its gradients behind
-            raise
-        # Metrics over the whole item, which may have spanned several micro-batches.
-        for i in valid:
-            item = items[i]
-            result = compute_loss(
-                item.loss_fn,
-                [lp.detach() for lp in logprobs_per_item[i]],
-                [d.inputs for d in item.data],
-                item.loss_config,
-            )
-            outcome[i] = {
-                "loss_fn_outputs": [{"logprobs": lp.detach().float().cpu()} for lp in logprobs_per_item[i]],
-                "metrics": result.metrics,
-            }
-            if backward and item.adapter_id is not None:
-                self.adapters[item.adapter_id].pending_grad = True
+        # The adapters stay placed on the device until their gradients have been checked.
+        with self.placement.using(items[i].adapter_id for i in valid):
+            restorers = self._gradient_restorers({items[i].adapter_id for i in valid}) if backward else {}
+            try:
+                for micro in self._plan(items, valid):
+                    with torch.set_grad_enabled(backward):
+                        total = self._run_micro_batch(model, items, micro, logprobs_per_item)
+                    if backward and total is not None and total.requires_grad:
+                        total.backward()
+            except BaseException:
+                for restore in restorers.values():
+                    restore()  # a half-run call (e.g. out of memory) must not leave its gradients behind
+                raise
+            # Metrics over the whole item, which may have spanned several micro-batches.
+            for i in valid:
+                item = items[i]
+                result = compute_loss(
+                    item.loss_fn,
+                    [lp.detach() for lp in logprobs_per_item[i]],
+                    [d.inputs for d in item.data],
+                    item.loss_config,
+                )
+                outcome[i] = {
+                    "loss_fn_outputs": [{"logprobs": lp.detach().float().cpu()} for lp in logprobs_per_item[i]],
+                    "metrics": result.metrics,
+                }
+            if backward:
+                self._drop_non_finite(items, valid, outcome, restorers)
         return outcome
 
-    def _gradient_restorer(self, adapter_ids: set[str | None]) -> Callable[[], None]:
-        """A function that puts these adapters' gradients back as they are now. Only gradients pending
+    def _drop_non_finite(self, items: list[WorkItem], valid: list[int], outcome: list[dict[str, Any] | UserError],
+                         restorers: dict[str, Callable[[], None]]) -> None:
+        """Fails the items whose loss or adapter gradients are NaN/inf, restoring those adapters' gradients;
+        marks the others' adapters as holding gradients for the next optim_step."""
+        by_adapter: dict[str, list[int]] = {}
+        for i in valid:
+            if items[i].adapter_id is not None:
+                by_adapter.setdefault(items[i].adapter_id, []).append(i)
+        for adapter_id, indices in by_adapter.items():
+            slot = self.adapters[adapter_id]
+            losses = [float(outcome[i]["metrics"]["loss:sum"]) for i in indices]  # type: ignore[index]
+            grads = [p.grad for p in slot.adapter.parameters() if p.grad is not None]
+            finite = all(math.isfinite(loss) for loss in losses) and (
+                not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all()))
+            if finite:
+                slot.pending_grad = True
+                continue
+            restorers[adapter_id]()
+            # The items of one adapter share its gradient: none of them counts.
+            for i in indices:
+                outcome[i] = UserError(
+                    "non_finite_loss",
+                    f"the loss or its gradient is not finite (loss:sum {outcome[i]['metrics']['loss:sum']}); "  # type: ignore[index]
+                    "this request was not applied (check logprobs/advantages for extreme values)",
+                )
+
+    def _gradient_restorers(self, adapter_ids: set[str | None]) -> dict[str, Callable[[], None]]:
+        """Per adapter, a function that puts its gradients back as they are now. Only gradients pending
         from earlier calls need a copy; the others go back to None."""
-        saved = []
+        restorers: dict[str, Callable[[], None]] = {}
         for adapter_id in adapter_ids:
             slot = self.adapters.get(adapter_id) if adapter_id is not None else None
-            if slot is None:
+            if adapter_id is None or slot is None:
                 continue
-            for param in slot.adapter.parameters():
-                grad = param.grad.clone() if slot.pending_grad and param.grad is not None else None
-                saved.append((param, grad))
+            saved = [(param, param.grad.clone() if slot.pending_grad and param.grad is not None else None)
+                     for param in slot.adapter.parameters()]
 
-        def restore() -> None:
-            for param, grad in saved:
-                param.grad = grad
+            def restore(saved: list[tuple[torch.nn.Parameter, torch.Tensor | None]] = saved) -> None:
+                for param, grad in saved:
+                    param.grad = grad
 
-        return restore
+            restorers[adapter_id] = restore
+        return restorers
 
-    def _micro_batches(self, items: list[WorkItem], valid: list[int]) -> list[list[tuple[int, int]]]:
-        """Split (item, datum) pairs into micro-batches of at most max_batch_tokens padded tokens."""
-        batches: list[list[tuple[int, int]]] = []
-        current: list[tuple[int, int]] = []
-        longest = 0
+    def _plan(self, items: list[WorkItem], valid: list[int]) -> list[list[_Chunk]]:
+        """The call's micro-batches, so that nothing an item computes depends on what else is in the call.
+
+        Each item is cut into chunks by its own data alone: rows padded to the item's longest datum, at
+        most `max_batch_tokens` padded tokens a chunk and no more rows than the head budget can keep
+        logits for (a chunk whose logits fit is cheaper than one whose head is recomputed in backward;
+        one datum beyond the budget still runs alone, recomputing), and which LM-head logits a chunk keeps for backward
+        is decided against the whole head budget. Chunks of equal width then share a micro-batch while
+        its padded tokens and kept logits fit both limits. Float sums depend on shapes (padding width
+        changes the order of a gradient's reduction over tokens), not on other rows, so an item packed
+        with others gets the bits it gets alone; which rows share a batch never changes the weights.
+        """
+        vocab = self._require_model().config.vocab_size
+        itemsize = self.dtype.itemsize
+        budget = self._head_logits_budget()
+        chunks: list[_Chunk] = []
         for i in valid:
-            for j, datum in enumerate(items[i].data):
-                n = datum.tokens.numel()
-                if current and max(longest, n) * (len(current) + 1) > self.max_batch_tokens:
-                    batches.append(current)
-                    current, longest = [], 0
-                current.append((i, j))
-                longest = max(longest, n)
-        if current:
-            batches.append(current)
+            data = items[i].data
+            width = max(d.tokens.numel() for d in data)
+            per_chunk = max(1, min(self.max_batch_tokens, budget // (vocab * itemsize)) // width)
+            for first in range(0, len(data), per_chunk):
+                datums = list(range(first, min(first + per_chunk, len(data))))
+                chunks.append(_Chunk.plan(i, datums, width, items[i], vocab * itemsize, budget))
+        batches: list[list[_Chunk]] = []
+        open_batches: dict[int, list[_Chunk]] = {}  # the micro-batch still filling, by width
+        for chunk in chunks:
+            current = open_batches.get(chunk.width)
+            fits = current is not None and (
+                (sum(len(c.datums) for c in current) + len(chunk.datums)) * chunk.width <= self.max_batch_tokens
+                and sum(c.kept_bytes for c in current) + chunk.kept_bytes <= budget)
+            if current is not None and fits:
+                current.append(chunk)
+            else:
+                open_batches[chunk.width] = [chunk]
+                batches.append(open_batches[chunk.width])
         return batches
 
     def _run_micro_batch(
         self,
         model: Transformer,
         items: list[WorkItem],
-        rows: list[tuple[int, int]],
+        chunks: list[_Chunk],
         logprobs_per_item: dict[int, list[torch.Tensor]],
     ) -> torch.Tensor | None:
+        rows = [(chunk.item, j) for chunk in chunks for j in chunk.datums]
         lengths = [items[i].data[j].tokens.numel() for i, j in rows]
-        width = max(lengths)
+        width = chunks[0].width
         input_ids = torch.zeros(len(rows), width, dtype=torch.long)
         for r, (i, j) in enumerate(rows):
             input_ids[r, : lengths[r]] = items[i].data[j].tokens
@@ -268,50 +373,31 @@ class Engine:
         # Right padding: a plain causal mask (attn_mask=None) is exact for every real token, and the
         # outputs at padding positions are never read.
         hidden = model(input_ids.to(self.device), positions, None, lora=lora)
-        vocab = model.config.vocab_size
-        itemsize = hidden.element_size()
-        chunk = head_chunk_tokens(vocab, self.device, itemsize)
-        budget = self._head_logits_budget()
+        chunk_tokens = head_chunk_tokens(model.config.vocab_size, self.device, hidden.element_size())
         total: torch.Tensor | None = None
-        # Consecutive rows of the same item share a loss call, and rows whose targets have the same
-        # trailing shape share one LM-head pass (fewer, fuller chunks); per-datum logprobs are split back.
         r = 0
-        while r < len(rows):
-            i = rows[r][0]
-            end = r
-            while end < len(rows) and rows[end][0] == i:
-                end += 1
-            item = items[i]
+        for chunk in chunks:
+            # A chunk's rows share a loss call, and rows whose targets have the same trailing shape share
+            # one LM-head pass (fewer, fuller chunks); per-datum logprobs are split back.
+            item = items[chunk.item]
             adapter = self._adapter_or_base(item.adapter_id)
-            datums = [item.data[j] for _, j in rows[r:end]]
+            datums = [item.data[j] for j in chunk.datums]
             lps: list[torch.Tensor] = []
-            run = r
-            while run < end:
-                run_end = run + 1
-                shape = datums[run - r].inputs["target_tokens"].shape[1:]
-                while run_end < end and datums[run_end - r].inputs["target_tokens"].shape[1:] == shape:
-                    run_end += 1
-                run_lengths = lengths[run:run_end]
-                if run_end - run == 1:
-                    h = hidden[run, : run_lengths[0]]
-                    targets = datums[run - r].inputs["target_tokens"]
+            for start, end, keep in chunk.runs:
+                run_lengths = lengths[r + start : r + end]
+                if end - start == 1:
+                    h = hidden[r + start, : run_lengths[0]]
+                    targets = datums[start].inputs["target_tokens"]
                 else:
-                    h = torch.cat([hidden[row, :n] for row, n in zip(range(run, run_end), run_lengths)])
-                    targets = torch.cat([d.inputs["target_tokens"] for d in datums[run - r : run_end - r]])
-                # Keep the logits for backward when they fit what is left of this micro-batch's budget,
-                # else recompute them chunk by chunk (bounded memory).
-                need = h.shape[0] * vocab * itemsize
-                keep = need <= budget
-                if keep:
-                    budget -= need
+                    h = torch.cat([hidden[r + k, :n] for k, n in zip(range(start, end), run_lengths)])
+                    targets = torch.cat([d.inputs["target_tokens"] for d in datums[start:end]])
                 out = target_logprobs(h, lambda x, a=adapter: model.lm_head_logits(x, a), targets.to(self.device),
-                                      chunk_tokens=chunk, recompute=not keep)
-                lps.extend(out.split(run_lengths) if run_end - run > 1 else [out])
-                run = run_end
+                                      chunk_tokens=chunk_tokens, recompute=not keep)
+                lps.extend(out.split(run_lengths) if end - start > 1 else [out])
             result = compute_loss(item.loss_fn, lps, [d.inputs for d in datums], item.loss_config, with_metrics=False)
-            logprobs_per_item[i].extend(lps)
+            logprobs_per_item[chunk.item].extend(lps)
             total = result.loss if total is None else total + result.loss
-            r = end
+            r += len(chunk.datums)
         return total
 
     def _head_logits_budget(self) -> int:
@@ -321,7 +407,8 @@ class Engine:
 
     def optim_step(self, adapter_id: str, params: AdamParams | DimuonParams) -> dict[str, Any]:
         slot = self._slot(adapter_id)
-        metrics = slot.optimizer.step(params)
+        with self.placement.using([adapter_id]):
+            metrics = slot.optimizer.step(params)
         slot.pending_grad = False
         slot.steps += 1
         return {"metrics": metrics}
@@ -349,14 +436,16 @@ class Engine:
                 outcome.append({})
             except UserError as exc:
                 outcome.append(exc)
-        results = iter(sample_batch(model, valid, self.device, self.decode) if valid else [])
+        with self.placement.using(request.adapter_id for request in valid):
+            results = iter(sample_batch(model, valid, self.device, self.decode) if valid else [])
         return [o if isinstance(o, UserError) else next(results) for o in outcome]
 
     # ---- checkpoints -----------------------------------------------------------------
 
     def save_adapter(self, adapter_id: str, path: Path, include_optimizer: bool) -> dict[str, Any]:
         slot = self._slot(adapter_id)
-        size = checkpoint.save(path, slot.adapter, slot.optimizer if include_optimizer else None, self.model_name)
+        with self.placement.using([adapter_id]):
+            size = checkpoint.save(path, slot.adapter, slot.optimizer if include_optimizer else None, self.model_name)
         return {"adapter": adapter_id, "path": str(path), "bytes": size}
 
     def load_adapter(self, adapter_id: str, path: Path, include_optimizer: bool,
@@ -384,6 +473,7 @@ class Engine:
         if include_optimizer and saved is not None:
             slot.optimizer.load_state_dict(saved.state)
         self.adapters[adapter_id] = slot  # only once everything loaded: a bad checkpoint leaves the old slot
+        self.placement.added(adapter_id)
         return {"adapter": adapter_id, "lora": checkpoint.lora_config_to_wire(adapter.config),
                 "optimizer": slot.optimizer.config}
 
@@ -397,7 +487,8 @@ class Engine:
             adapter = self._slot(adapter_id).adapter
         else:
             raise UserError("missing_field", "export_peft needs adapter or source")
-        export_peft(adapter, self.model_name or "", model.config, path, naming)
+        with self.placement.using([adapter_id if source is None else None]):
+            export_peft(adapter, self.model_name or "", model.config, path, naming)
         return {"path": str(path)}
 
     def stats(self) -> dict[str, Any]:
@@ -410,13 +501,15 @@ class Engine:
                 {
                     "adapter": name,
                     "rank": slot.adapter.config.rank,
-                    "num_params": sum(p.numel() for p in slot.adapter.parameters()),
+                    "num_params": slot.num_params,
                     "pending_grad": slot.pending_grad,
                     "steps": slot.steps,
                     "optimizer": slot.optimizer.config,
+                    "tier": self.placement.tier(name),
                 }
                 for name, slot in self.adapters.items()
             ],
+            "placement": self.placement.stats(),
             "ops": dict(self.op_counts),
         }
 

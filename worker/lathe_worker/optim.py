@@ -161,7 +161,7 @@ _STATE_KEY = re.compile(r"^state\.(\d+)\.(\w+)$")
 class SlotOptimizer:
     """What every slot optimizer shares: the gradient checks and clipping of a step, and the flat
     `state.{param_index}.{name}` tensor layout of its saved state. Subclasses set `config`, `params_type`,
-    `wire_field` and `STATE_NAMES`, and implement `_apply`, `_state` and `_install`."""
+    `wire_field` and `STATE_NAMES`, and implement `_apply`, `live_state` and `_install`."""
 
     config: dict[str, Any]
     params_type: type
@@ -206,7 +206,7 @@ class SlotOptimizer:
     def state_dict(self) -> dict[str, Tensor]:
         """Flat `state.{param_index}.{name}` -> tensor copies, for safetensors."""
         return {f"state.{i}.{name}": value.detach().clone().contiguous()
-                for i, entry in self._state().items() for name, value in entry.items()}
+                for i, entry in self.live_state().items() for name, value in entry.items()}
 
     def load_state_dict(self, d: dict[str, Tensor]) -> None:
         """Inverse of `state_dict` (replaces all state). Raises UserError when it does not fit these params."""
@@ -230,7 +230,9 @@ class SlotOptimizer:
     def _apply(self, with_grad: list[nn.Parameter], hp: Any) -> None:
         raise NotImplementedError
 
-    def _state(self) -> dict[int, dict[str, Tensor]]:
+    def live_state(self) -> dict[int, dict[str, Tensor]]:
+        """The state itself (not copies) by parameter index: replacing a tensor in an entry replaces it in
+        the optimizer. Placement moves state between device, host and disk this way."""
         raise NotImplementedError
 
     def _install(self, state: dict[int, dict[str, Tensor]]) -> None:
@@ -256,8 +258,8 @@ class AdapterOptimizer(SlotOptimizer):
         group.update(lr=hp.learning_rate, betas=(hp.beta1, hp.beta2), eps=hp.eps, weight_decay=hp.weight_decay)
         self.opt.step()
 
-    def _state(self) -> dict[int, dict[str, Tensor]]:
-        return {i: dict(self.opt.state[p]) for i, p in enumerate(self.params) if self.opt.state.get(p)}
+    def live_state(self) -> dict[int, dict[str, Tensor]]:
+        return {i: self.opt.state[p] for i, p in enumerate(self.params) if self.opt.state.get(p)}
 
     def _install(self, state: dict[int, dict[str, Tensor]]) -> None:
         for entry in state.values():
@@ -338,7 +340,7 @@ class DimuonOptimizer(SlotOptimizer):
                 p.sub_(orthogonalize(momentum).to(p.dtype), alpha=lr)
                 entry["step"] += 1
 
-    def _state(self) -> dict[int, dict[str, Tensor]]:
+    def live_state(self) -> dict[int, dict[str, Tensor]]:
         return self.state
 
     def _install(self, state: dict[int, dict[str, Tensor]]) -> None:

@@ -281,8 +281,13 @@ def sample_batch(
             rows.append(
                 _Row(r, s, max_new, set(request.params.stop_token_ids), _row_generator(request.params.seed, request.first_sample_index + s, device))
             )
-    # Rows of one adapter must be contiguous for the grouped LoRA matmuls.
-    rows.sort(key=lambda row: id(requests[row.request].adapter) if requests[row.request].adapter else 0)
+    # Rows of one adapter must be contiguous for the grouped LoRA matmuls. Adapters are ordered by their
+    # first request, not by anything process-specific like id(): the ranks of a tensor-parallel group
+    # must lay out the same batch.
+    first_request: dict[int, int] = {}
+    for row in rows:
+        first_request.setdefault(id(requests[row.request].adapter), row.request)
+    rows.sort(key=lambda row: first_request[id(requests[row.request].adapter)])
     dtype = model.dtype
     lora = LoraBatch.from_rows([requests[row.request].adapter for row in rows]).frozen(dtype)
 
@@ -303,7 +308,7 @@ def sample_batch(
     step_topk: list[tuple[Tensor, Tensor]] = []
 
     with torch.no_grad():
-        cache = KVCache(model.config, batch, width + steps, dtype=dtype, device=device)
+        cache = KVCache(model.config, batch, width + steps, dtype=dtype, device=device, kv_heads=model.kv_heads)
         mask = causal_padding_mask(prompt_lengths, width, left_padded=True)
         hidden = model(input_ids.to(device), positions.to(device), mask.to(device), lora=lora, cache=cache)
         results = _prompt_outputs(model, requests, rows, hidden, width)

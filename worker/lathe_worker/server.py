@@ -28,7 +28,7 @@ log = logging.getLogger("lathe_worker")
 PARENT_POLL_SECONDS = 0.25
 
 
-def exit_now(reason: str) -> None:
+def exit_now(reason: str, code: int = 0) -> None:
     """Leave at once, without waiting for ops still queued on the compute thread (nobody is left to
     read their replies) or for interpreter clean-up."""
     log.warning("exiting: %s", reason)
@@ -37,7 +37,7 @@ def exit_now(reason: str) -> None:
             stream.flush()
         except (OSError, ValueError):
             pass
-    os._exit(0)
+    os._exit(code)
 
 
 def watch_parent(parent_pid: int, poll_seconds: float = PARENT_POLL_SECONDS) -> threading.Thread:

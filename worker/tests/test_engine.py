@@ -98,6 +98,24 @@ def test_micro_batches_give_the_same_gradients(folder):
         assert_grads_close(g, h)
 
 
+def test_an_item_is_cut_into_chunks_whose_logits_the_head_budget_keeps_with_the_same_gradients(folder):
+    big = make_engine(folder)
+    vocab = big.model.config.vocab_size
+    # Logits of 40 tokens fit: four 19-token datums go two per chunk, each chunk keeping its logits.
+    tight = make_engine(folder, head_logits_budget=40 * vocab * 4)
+    items = [WorkItem("a", "cross_entropy", None, [d for k in range(4) for d in sft_item("a", random_tokens(20, 30 + k)).data])]
+    assert [[len(c.datums) for c in micro] for micro in big._plan(items, [0])] == [[4]]
+    plan = tight._plan(items, [0])
+    assert [[len(c.datums) for c in micro] for micro in plan] == [[2], [2]]
+    assert all(keep for micro in plan for chunk in micro for _, _, keep in chunk.runs)
+    for engine in (big, tight):
+        engine.create_adapter("a", LoraConfig(rank=4, seed=7))
+        perturb(engine, "a", 3)
+        engine.forward_backward(items, backward=True)
+    for g, h in zip(grads(big, "a"), grads(tight, "a")):
+        assert_grads_close(g, h)
+
+
 def test_forward_touches_no_gradient(folder):
     engine = make_engine(folder)
     engine.create_adapter("a", LoraConfig(rank=4))
@@ -266,3 +284,65 @@ def test_an_unreadable_tokenizer_is_a_user_error_and_loads_nothing(folder, tmp_p
         engine.load_model(str(broken))
     assert info.value.code == "invalid_model_files" and "tokenizer.json" in info.value.message
     assert engine.model is None and engine.model_name is None
+
+
+def rl_item(adapter: str, tokens: list[int], loss_fn: str, sampler_logprob: float) -> WorkItem:
+    """An RL datum whose sampler log-probs are all `sampler_logprob` (advantage 1 on every token)."""
+    full = torch.tensor(tokens)
+    n = len(tokens) - 1
+    inputs = {"target_tokens": full[1:], "logprobs": torch.full((n,), sampler_logprob), "advantages": torch.ones(n)}
+    return WorkItem(adapter, loss_fn, None, [Datum(full[:-1], inputs)])
+
+
+def test_an_item_packed_with_others_gets_the_bits_it_gets_alone(folder):
+    """Bitwise: recovery replays each request alone, and must retrace the weights of the packed run."""
+    def items():
+        return [
+            WorkItem("a", "cross_entropy", None, [sft_item("a", random_tokens(n, n)).data[0] for n in (9, 4, 12)]),
+            sft_item("b", random_tokens(30, 5)),
+            WorkItem("c", "cross_entropy", None, [sft_item("c", random_tokens(n, n)).data[0] for n in (12, 3)]),
+        ]
+
+    def fresh(**kwargs):
+        engine = make_engine(folder, **kwargs)
+        for seed, name in enumerate("abc"):
+            engine.create_adapter(name, LoraConfig(rank=4, seed=seed))
+        return engine
+
+    # One micro-batch for all (widths differ); chunks cut by the token limit; head logits partly recomputed.
+    for kwargs in ({}, {"max_batch_tokens": 24}, {"head_logits_budget": 20 * 512 * 4}):
+        packed = fresh(**kwargs)
+        together = packed.forward_backward(items(), backward=True)
+        for index, name in enumerate("abc"):
+            alone_engine = fresh(**kwargs)
+            alone = alone_engine.forward_backward([items()[index]], backward=True)[0]
+            assert alone["metrics"] == together[index]["metrics"]
+            for x, y in zip(alone["loss_fn_outputs"], together[index]["loss_fn_outputs"]):
+                assert torch.equal(x["logprobs"], y["logprobs"])
+            for x, y in zip(grads(alone_engine, name), grads(packed, name)):
+                assert torch.equal(x, y), name
+
+
+@pytest.mark.parametrize("loss_fn", ["importance_sampling", "ppo"])
+def test_a_non_finite_loss_fails_that_item_alone_and_leaves_every_gradient_as_it_was(folder, loss_fn):
+    """A sampler log-prob of -3e38 passes validation (it is finite) but makes exp(lp - q) overflow."""
+    engine = make_engine(folder)
+    for name in ("a", "b"):
+        engine.create_adapter(name, LoraConfig(rank=4, seed=ord(name)))
+    engine.forward_backward([sft_item("a", random_tokens(6, 1))], backward=True)  # a holds a pending gradient
+    pending = grads(engine, "a")
+    good = sft_item("b", random_tokens(8, 2))
+    poisoned, healthy = engine.forward_backward([rl_item("a", random_tokens(8, 3), loss_fn, -3e38), good], backward=True)
+    assert isinstance(poisoned, UserError) and poisoned.code == "non_finite_loss", poisoned
+    assert poisoned.category == "user"
+    for x, y in zip(grads(engine, "a"), pending):
+        assert torch.equal(x, y)
+    reference = make_engine(folder)
+    reference.create_adapter("b", LoraConfig(rank=4, seed=ord("b")))
+    expected = reference.forward_backward([good], backward=True)[0]
+    assert healthy["metrics"] == expected["metrics"]
+    for x, y in zip(grads(engine, "b"), grads(reference, "b")):
+        assert torch.equal(x, y)
+    # The poisoned adapter trains on: its next step uses only the gradient it held before.
+    engine.optim_step("a", AdamParams(learning_rate=1e-3))
+    assert all(bool(p.isfinite().all()) for p in engine.adapters["a"].adapter.parameters())

@@ -71,7 +71,13 @@ export function buildProgram(): Command {
     .option('--worker-host <host>', 'interface of the worker port', '0.0.0.0')
     .option('--worker-token <token>', 'the token remote workers must present (default: $LATHE_WORKER_TOKEN, else a new one, printed)')
     .option('--no-local-workers', 'start no local worker processes: only remote workers serve models')
-    .action(async (opts: { host: string; port: number; dataDir: string; databaseUrl?: string; modelsDir?: string; modelAlias: Record<string, string>; workerPort?: number; workerHost: string; workerToken?: string; localWorkers: boolean }) => {
+    .option('--cycle-tokens <n>', 'most tokens of forward(_backward) data packed into one clock cycle (default 32768)', parseInteger('--cycle-tokens', { min: 1 }))
+    .option('--sample-cycle-tokens <n>', 'most rows x max_tokens decoded in one sampling call (default 8192)', parseInteger('--sample-cycle-tokens', { min: 1 }))
+    .option('--max-queued-per-key <n>', 'most requests one API key may have queued per base model before 429 (default 1024)', parseInteger('--max-queued-per-key', { min: 1 }))
+    .option('--snapshot-every <n>', 'snapshot each run every n optimizer steps (fewer: less replayed after a worker crash)', parseInteger('--snapshot-every', { min: 1 }), 10)
+    .option('--max-resident-adapters <n>', 'per worker: adapters kept on the GPU; the least recently used idle ones move to host memory (default: no limit)', parseInteger('--max-resident-adapters', { min: 1 }))
+    .option('--max-host-adapters <m>', 'per worker: moved-out adapters kept in host memory; beyond that they go to disk (default: no limit)', parseInteger('--max-host-adapters', { min: 0 }))
+    .action(async (opts: { host: string; port: number; dataDir: string; databaseUrl?: string; modelsDir?: string; modelAlias: Record<string, string>; workerPort?: number; workerHost: string; workerToken?: string; localWorkers: boolean; cycleTokens?: number; sampleCycleTokens?: number; maxQueuedPerKey?: number; snapshotEvery: number; maxResidentAdapters?: number; maxHostAdapters?: number }) => {
       await serve({ ...opts, log: (line) => console.log(line) });
     });
   program

@@ -41,6 +41,8 @@ describe('the lathe command', () => {
     [['demo', '--steps', 'ten'], '--steps'],
     [['serve', '--port', 'http'], '--port'],
     [['serve', '--port', '99999'], '--port'],
+    [['serve', '--max-resident-adapters', '0'], '--max-resident-adapters'],
+    [['serve', '--max-host-adapters', 'many'], '--max-host-adapters'],
   ] as const) {
     test(`lathe ${argv.join(' ')} is a usage error naming ${flag}`, async () => {
       const { root, stderr } = program();
@@ -65,4 +67,17 @@ test('lathe serve --model-alias without NAME=PATH is a usage error naming the op
   assert.ok(error instanceof CommanderError, String(error));
   assert.equal(error.code, 'commander.invalidArgument');
   assert.match(stderr.join(''), /--model-alias: expected NAME=PATH, got "just-a-name"/);
+});
+
+test('lathe serve scheduling limits must be positive integers: a usage error naming the option', async () => {
+  for (const [flag, value] of [['--cycle-tokens', '0'], ['--sample-cycle-tokens', 'many'], ['--max-queued-per-key', '-3']] as const) {
+    const { root, stderr } = program();
+    const error = await root.parseAsync(['node', 'lathe', 'serve', flag, value]).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    assert.ok(error instanceof CommanderError, String(error));
+    assert.equal(error.code, 'commander.invalidArgument');
+    assert.match(stderr.join(''), new RegExp(`${flag} must be an integer >= 1, got "${value}"`));
+  }
 });

@@ -60,6 +60,11 @@ export interface ServerOptions {
    * lane's fair-scheduling limits (cycle token budgets, per-key queue bounds).
    */
   ordering?: SchedulingOptions;
+  /**
+   * Snapshot each run's adapter and optimizer state every this many optimizer steps (default 10).
+   * After a worker crash a run is rebuilt from its snapshot plus the steps logged since.
+   */
+  snapshotEvery?: number;
   /** Log requests (pino). */
   logger?: boolean;
   /**
@@ -77,6 +82,13 @@ export interface ServerOptions {
   remoteWaitMs?: number;
   /** Lines worth an operator's attention (a refused worker); default `console.error`. */
   log?: (line: string) => void;
+  /**
+   * Adapters each worker keeps on its compute device (weights, gradients, optimizer state); the least
+   * recently used idle ones move to host memory. Default: no limit.
+   */
+  maxResidentAdapters?: number;
+  /** Adapters each worker keeps in host memory once moved off the device; beyond that they go to disk. Default: no limit. */
+  maxHostAdapters?: number;
 }
 
 /**
@@ -96,6 +108,28 @@ const DEFAULT_BODY_LIMIT = 256 * 1024 * 1024;
 // The SDK sends at most ~5 MB per forward_backward chunk (fwdbwd_max_chunk_bytes_count), so this
 // leaves ample room while bounding what a small zstd body may expand to.
 const DEFAULT_PROTOBUF_LIMIT = 64 * 1024 * 1024;
+
+/**
+ * This server's id in a shared database: made once per data directory (`server-id`), so a restarted
+ * server is the same server and resumes its own runs. The data dir lock keeps it to one live process.
+ */
+function serverIdentity(dataDir: string): string {
+  const file = path.join(dataDir, 'server-id');
+  if (!existsSync(file)) writeFileSync(file, `server-${randomBytes(6).toString('hex')}`);
+  return readFileSync(file, 'utf8').trim();
+}
+
+/** Worker command-line flags for the placement limits in `options`. */
+function placementFlags(options: ServerOptions): string[] {
+  const limits = [['maxResidentAdapters', options.maxResidentAdapters, 1], ['maxHostAdapters', options.maxHostAdapters, 0]] as const;
+  for (const [name, value, min] of limits) {
+    if (value !== undefined && !(Number.isSafeInteger(value) && value >= min)) throw new Error(`${name} must be an integer >= ${min}, got ${value}`);
+  }
+  const flags: string[] = [];
+  if (options.maxResidentAdapters !== undefined) flags.push('--max-resident-adapters', String(options.maxResidentAdapters));
+  if (options.maxHostAdapters !== undefined) flags.push('--max-host-adapters', String(options.maxHostAdapters));
+  return flags;
+}
 
 function signingSecret(dataDir: string): Buffer {
   const file = path.join(dataDir, 'archive-signing.key');
@@ -149,6 +183,7 @@ async function listenForWorkers(options: ServerOptions, onWorker: (registration:
 
 async function buildServer(options: ServerOptions, unlock: () => void): Promise<LatheServer> {
   const modelsDir = options.modelsDir ?? path.join(options.dataDir, 'models');
+  const workerArgs = placementFlags(options); // before anything is opened: it throws on bad limits
   const store = await openStore(defaultDatabaseUrl(options.dataDir, options.databaseUrl));
   const aliases = { ...readModelsConfig(options.dataDir), ...options.modelAliases };
   const catalogue = options.models ? ModelCatalogue.fixed(options.models) : await ModelCatalogue.open({ scan: (describe) => scanModels(modelsDir, describe), aliases });
@@ -163,12 +198,15 @@ async function buildServer(options: ServerOptions, unlock: () => void): Promise<
   let services: Services | undefined;
   const pool = new WorkerPool({
     modelsDir,
+    workerArgs,
     source: (model) => catalogue.source(model),
     onCrash: (model) => services?.workerCrashed(model),
     ...(options.localWorkers !== undefined ? { localWorkers: options.localWorkers } : {}),
     ...(options.remoteWaitMs !== undefined ? { remoteWaitMs: options.remoteWaitMs } : {}),
   });
-  services = new Services(store, pool, catalogue, options.dataDir, options.maxQueuedSamples, options.ordering, redact);
+  const serverId = serverIdentity(options.dataDir);
+  services = new Services(store, pool, catalogue, options.dataDir, options.maxQueuedSamples, options.ordering, redact, options.snapshotEvery, serverId);
+  await store.adoptUnowned(serverId);
   await services.resumeInterruptedRequests();
   const bodyLimit = options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT;
 

@@ -30,8 +30,21 @@ import type { WorkerClient } from './worker/client.js';
 import type { WorkerPool } from './worker/pool.js';
 import type { WireTensor } from './worker/tensor.js';
 
-/** Take a snapshot of a run's adapter and optimizer state every this many optimizer steps. */
+/** Take a snapshot of a run's adapter and optimizer state every this many optimizer steps (default). */
 export const SNAPSHOT_EVERY = 10;
+
+/** One rebuild of a run's adapter: from the snapshot after `fromSeq` (-1: none), replaying `replayed` logged requests. */
+export interface Recovery {
+  modelId: string;
+  fromSeq: number;
+  /** State-changing requests run again (forward_backward, optim_step, create, load). */
+  replayed: number;
+  /** Time the rebuild took (ms). */
+  ms: number;
+}
+
+/** How many {@link Recovery} records a server keeps. */
+const RECOVERY_HISTORY = 100;
 
 /** What a training request's result needs beyond the worker's reply (logged with the op). */
 export type JobMeta =
@@ -82,6 +95,8 @@ export class Services {
   private readonly lanes = new Map<string, Lane>();
   private readonly optimSteps = new Map<string, number>();
   private stopping = false;
+  /** The latest rebuilds of runs after a worker crash or a restart, oldest first (at most {@link RECOVERY_HISTORY}). */
+  readonly recoveries: Recovery[] = [];
   /** Where the lanes record outcomes; holds them in memory while the store cannot write. */
   readonly completion: OutcomeRecorder;
 
@@ -94,7 +109,15 @@ export class Services {
     private readonly ordering: SchedulingOptions = {},
     /** Rewrites error messages before clients see them (hides server paths). */
     private readonly redact: (message: string) => string = (message) => message,
+    /** Snapshot each run every this many optimizer steps: fewer means less to replay after a crash. */
+    private readonly snapshotEvery: number = SNAPSHOT_EVERY,
+    /**
+     * This server's identity in a database several servers share (see {@link checkLocal}): the runs it
+     * creates and the requests it accepts carry it, and only it resumes them after a restart.
+     */
+    readonly serverId = 'local',
   ) {
+    if (!Number.isSafeInteger(snapshotEvery) || snapshotEvery < 1) throw new Error(`snapshotEvery must be a positive integer, got ${snapshotEvery}`);
     this.completion = new OutcomeRecorder({
       requests: store.requests,
       notify: (requestId, status) => {
@@ -159,6 +182,19 @@ export class Services {
     return lane;
   }
 
+  /**
+   * Refuses (409 `run_on_other_server`) a run that another server sharing the database holds: that
+   * server's worker has its adapter and its data dir the run's snapshots and checkpoint files, so
+   * training (or loading its checkpoints) here would fork the run or read files that are not here.
+   *
+   * @example
+   * services.checkLocal(run); // before anything is logged for the run
+   */
+  checkLocal(run: RunRow): void {
+    if (run.serverId === null || run.serverId === this.serverId) return;
+    throw new HttpError(409, 'run_on_other_server', `training run ${run.modelId} lives on server ${run.serverId} (this is server ${this.serverId}); send its requests, and loads of its checkpoints, to that server`);
+  }
+
   /** Called by the pool when a worker process dies: its runs are rebuilt on next use. */
   workerCrashed(baseModel: string): void {
     this.lanes.get(baseModel)?.workerLost();
@@ -173,6 +209,7 @@ export class Services {
    */
   async submitTraining(owner: string, run: RunRow, seqId: number, op: TrainingOp, meta: JobMeta): Promise<string> {
     this.checkAccepting();
+    this.checkLocal(run);
     const now = Date.now();
     const logged: LoggedTraining = { op, meta };
     if (run.state === 'unloaded') {
@@ -192,7 +229,7 @@ export class Services {
     if (typeof place === 'string') throw tooManyRequests(place);
     let inserted: { row: RequestRow; created: boolean };
     try {
-      inserted = await this.store.requests.insert({ owner, target: run.modelId, seqId, kind: meta.kind, payload, now });
+      inserted = await this.store.requests.insert({ owner, target: run.modelId, seqId, kind: meta.kind, payload, now, serverId: this.serverId });
     } catch (error) {
       lane.release(place);
       throw error;
@@ -219,6 +256,7 @@ export class Services {
    */
   async refuseTraining(owner: string, run: RunRow, seqId: number, kind: string, error: HttpError): Promise<string> {
     if (run.state === 'unloaded' || error.statusCode === 429) throw error; // nothing goes on after an unload; a 429 is sent again
+    this.checkLocal(run);
     const lane = await this.trainingLane(run, seqId);
     if (!lane.inWindow(run.modelId, seqId)) throw error; // far beyond what the run waits for: no place to take
     const { row, created } = await this.store.requests.insert({
@@ -228,6 +266,7 @@ export class Services {
       kind,
       payload: null,
       now: Date.now(),
+      serverId: this.serverId,
       error: { message: error.message, category: error.category, refused: { status: error.statusCode, type: error.type } },
     });
     if (created) {
@@ -240,7 +279,7 @@ export class Services {
   /** Logs the seq ids a run gave up waiting for as refused, so one that arrives late is told so. */
   private async recordLost(owner: string, modelId: string, seqIds: number[], error: JobError): Promise<void> {
     for (const seqId of seqIds) {
-      await this.store.requests.insert({ owner, target: modelId, seqId, kind: 'missing', payload: null, now: Date.now(), error: { ...error, refused: { status: 400, type: 'seq_id_timeout' } } });
+      await this.store.requests.insert({ owner, target: modelId, seqId, kind: 'missing', payload: null, now: Date.now(), serverId: this.serverId, error: { ...error, refused: { status: 400, type: 'seq_id_timeout' } } });
     }
   }
 
@@ -279,7 +318,7 @@ export class Services {
       case 'optim_step': {
         const steps = (this.optimSteps.get(run.modelId) ?? 0) + 1;
         this.optimSteps.set(run.modelId, steps);
-        if (steps % SNAPSHOT_EVERY === 0) {
+        if (steps % this.snapshotEvery === 0) {
           // The step is applied whatever happens to the snapshot; without it, recovery starts from the
           // previous one and replays more of the log.
           await this.snapshot(run, seqId).catch((error: unknown) => console.error(`snapshot of ${run.modelId} at seq ${seqId} failed`, error));
@@ -349,6 +388,7 @@ export class Services {
 
   /** Rebuilds a run's adapter in `client`: last snapshot, then every state-changing request since. */
   private async recover(modelId: string, client: WorkerClient): Promise<void> {
+    const started = Date.now();
     const snapshot = this.latestSnapshot(modelId);
     if (snapshot) await client.request('load_adapter', { adapter: modelId, path: snapshot.path, include_optimizer: true });
     // The log holds a prefix of the run's finished requests; the rest is held in memory. Read the
@@ -379,6 +419,9 @@ export class Services {
           break; // no state change
       }
     }
+    const replayed = steps.filter(({ op }) => op.kind !== 'forward' && op.kind !== 'save_adapter' && op.kind !== 'export_peft').length;
+    this.recoveries.push({ modelId, fromSeq: snapshot?.seq ?? -1, replayed, ms: Date.now() - started });
+    if (this.recoveries.length > RECOVERY_HISTORY) this.recoveries.shift();
   }
 
   // ---- sampling -------------------------------------------------------------------------------
@@ -396,7 +439,7 @@ export class Services {
     if (typeof place === 'string') throw tooManyRequests(place);
     let inserted: { row: RequestRow; created: boolean };
     try {
-      inserted = await this.store.requests.insert({ owner, target: samplerId, seqId, kind: 'sample', payload, now: Date.now() });
+      inserted = await this.store.requests.insert({ owner, target: samplerId, seqId, kind: 'sample', payload, now: Date.now(), serverId: this.serverId });
     } catch (error) {
       lane.releaseSample(place);
       throw error;
@@ -465,7 +508,7 @@ export class Services {
 
   /** Queues again every request the previous server process accepted but did not finish. */
   async resumeInterruptedRequests(): Promise<number> {
-    const unfinished = await this.store.requests.unfinished();
+    const unfinished = await this.store.requests.unfinished(this.serverId);
     const lost: JobError = { message: 'the server restarted before this request ran and it could not be resumed; submit it again', category: 'server' };
     // A run resumes where its log says (at its lowest unfinished seq if none finished).
     const firstSeq = new Map<string, number>();

@@ -310,6 +310,7 @@ for (const lane of lanes) {
           corrupted: false,
           state: 'creating',
           optimizerConfig: { type: 'adamw' },
+          serverId: null,
         };
         assert.deepEqual(run, expected);
         // A run's optimizer and initial state are kept as given.
@@ -449,6 +450,27 @@ for (const lane of lanes) {
         }
         const count = await store.db.selectFrom('requests').select((eb) => eb.fn.countAll<number>().as('n')).where('target', '=', 'model-c').executeTakeFirstOrThrow();
         assert.equal(Number(count.n), 3);
+      });
+    });
+
+    it('server ownership: runs and requests carry their server; unowned rows are adopted once, all by one server', async () => {
+      await withStore(lane, async (store) => {
+        const sid = await newSession(store, 'alice');
+        const legacyRun = await newRun(store, 'alice', sid, 0, 100);
+        const owned = await store.runs.create({ modelId: `${sid}:train:1`, owner: 'alice', sessionId: sid, baseModel: 'm', loraRank: 8, loraConfig: LORA, userMetadata: {}, now: 100, serverId: 'server-a' });
+        assert.deepEqual([legacyRun.serverId, owned.serverId], [null, 'server-a']);
+        const legacy = (await store.requests.insert({ owner: 'alice', target: legacyRun.modelId, seqId: 0, kind: 'k', payload: null, now: 1 })).row;
+        const mine = (await store.requests.insert({ owner: 'alice', target: owned.modelId, seqId: 0, kind: 'k', payload: null, now: 2, serverId: 'server-a' })).row;
+        const theirs = (await store.requests.insert({ owner: 'alice', target: 's', seqId: 0, kind: 'sample', payload: null, now: 3, serverId: 'server-b' })).row;
+        assert.deepEqual((await store.requests.unfinished('server-a')).map((r) => r.requestId), [mine.requestId]);
+        // Two servers adopting at once: one takes every unowned row (a run and a request), the other none.
+        const taken = await Promise.all([store.adoptUnowned('server-a'), store.adoptUnowned('server-b')]);
+        assert.deepEqual([...taken].sort(), [0, 2]);
+        const winner = taken[0] === 2 ? 'server-a' : 'server-b';
+        assert.equal((await store.runs.get(legacyRun.modelId, 'alice'))?.serverId, winner);
+        assert.ok((await store.requests.unfinished(winner)).some((r) => r.requestId === legacy.requestId));
+        assert.deepEqual((await store.requests.unfinished('server-b')).map((r) => r.requestId), winner === 'server-b' ? [legacy.requestId, theirs.requestId] : [theirs.requestId]);
+        assert.equal(await store.adoptUnowned('server-c'), 0);
       });
     });
 

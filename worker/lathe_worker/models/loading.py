@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -62,11 +63,27 @@ def _ignorable(name: str, config: ModelConfig) -> bool:
     return name.endswith("rotary_emb.inv_freq") or (config.tie_word_embeddings and name == "lm_head.weight")
 
 
-def load_model(folder: Path, dtype=torch.float32, device=None) -> Transformer:
+class ModelSharding(Protocol):
+    """How a model is split over several processes (`parallel.TensorParallel`)."""
+
+    def check(self, model: Transformer) -> None:
+        """Raise a `UserError` when `model` cannot be split this way."""
+
+    def read(self, name: str, tensor_slice: Any) -> torch.Tensor:
+        """This process's part of checkpoint tensor `name`, from its safetensors slice."""
+
+    def apply(self, model: Transformer) -> None:
+        """Turn the full model (on the meta device) into this process's part, in place."""
+
+
+def load_model(folder: Path, dtype=torch.float32, device=None, sharding: ModelSharding | None = None) -> Transformer:
+    """Load an HF folder; with `sharding`, only this process's part of each tensor is read."""
     folder = Path(folder)
     config = load_config(folder)
     device = torch.device(device or "cpu")
     model = Transformer(config, dtype=dtype, device="meta")
+    if sharding is not None:
+        sharding.check(model)  # before reading anything
     expected = {k: v.shape for k, v in model.state_dict().items()}
     weight_map = _weight_map(folder)
 
@@ -97,12 +114,14 @@ def load_model(folder: Path, dtype=torch.float32, device=None) -> Transformer:
                         "model_tensor_shape",
                         f"tensor {name!r} has shape {shape}, expected {tuple(expected[name])} from config.json",
                     )
-                tensor = f.get_tensor(name)
+                tensor = f.get_tensor(name) if sharding is None else sharding.read(name, f.get_slice(name))
                 # On CPU, safetensors hands out tensors that live in the file's (private) mmap: 4 KiB page-
                 # cache pages, not 64-byte aligned, and still tied to the file. Decoding streams every weight
                 # once per step, and from such pages the same matmuls ran up to 1.4x slower (TLB misses)
                 # than from malloc'd memory, which the worker asks to back with huge pages (malloc_env.py).
                 state[name] = tensor.to(dtype, copy=True) if device.type == "cpu" else tensor.to(dtype)
+    if sharding is not None:
+        sharding.apply(model)
     model.load_state_dict(state, strict=True, assign=True)  # assign keeps requires_grad=False
     return model
 

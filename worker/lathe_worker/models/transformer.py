@@ -63,8 +63,10 @@ class KVCache:
     """Static per-layer K/V buffers [B, Hkv, max_len, head_dim]. `length` positions are filled (the
     same for all rows; per-row padding is the caller's business, through the attention mask)."""
 
-    def __init__(self, config: ModelConfig, batch_size: int, max_len: int, dtype, device) -> None:
-        shape = (batch_size, config.num_key_value_heads, max_len, config.head_dim)
+    def __init__(self, config: ModelConfig, batch_size: int, max_len: int, dtype, device,
+                 kv_heads: int | None = None) -> None:
+        # kv_heads: the KV heads this process holds (fewer than the config's when tensor-parallel).
+        shape = (batch_size, kv_heads or config.num_key_value_heads, max_len, config.head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
         self.batch_size, self.max_len = batch_size, max_len
@@ -212,6 +214,12 @@ class Transformer(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.model.embed_tokens.weight.device
+
+    @property
+    def kv_heads(self) -> int:
+        """The KV heads this process's layers hold (all of them, unless the model is tensor-parallel)."""
+        layers = self.model.layers
+        return layers[0].self_attn.n_kv if len(layers) else self.config.num_key_value_heads
 
     @property
     def dtype(self) -> torch.dtype:

@@ -32,6 +32,15 @@ export interface ServeOptions extends DataOptions {
   workerToken?: string;
   /** Start local worker processes; default true. */
   localWorkers?: boolean;
+  /** Fair-scheduling limits (see `SchedulingOptions`); the server's defaults when absent. */
+  cycleTokens?: number;
+  sampleCycleTokens?: number;
+  maxQueuedPerKey?: number;
+  /** Snapshot each run every this many optimizer steps (default 10). */
+  snapshotEvery?: number;
+  /** Per worker: adapters kept on the compute device / in host memory (then disk); default no limit. */
+  maxResidentAdapters?: number;
+  maxHostAdapters?: number;
   log: (line: string) => void;
 }
 
@@ -53,6 +62,14 @@ export async function serve(options: ServeOptions): Promise<void> {
     ...(options.modelAlias ? { modelAliases: options.modelAlias } : {}),
     ...(options.localWorkers === false ? { localWorkers: false } : {}),
     ...(workerToken !== undefined ? { workerPort: options.workerPort, workerHost: options.workerHost ?? '0.0.0.0', workerToken: workerToken.value } : {}),
+    ordering: {
+      ...(options.cycleTokens ? { cycleTokens: options.cycleTokens } : {}),
+      ...(options.sampleCycleTokens ? { sampleCycleTokens: options.sampleCycleTokens } : {}),
+      ...(options.maxQueuedPerKey ? { maxQueuedPerKey: options.maxQueuedPerKey } : {}),
+    },
+    ...(options.snapshotEvery ? { snapshotEvery: options.snapshotEvery } : {}),
+    ...(options.maxResidentAdapters !== undefined ? { maxResidentAdapters: options.maxResidentAdapters } : {}),
+    ...(options.maxHostAdapters !== undefined ? { maxHostAdapters: options.maxHostAdapters } : {}),
   });
   let stopping = false;
   const stop = (signal: NodeJS.Signals): void => {

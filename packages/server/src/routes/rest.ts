@@ -215,6 +215,7 @@ export function restRoutes(app: TypedApp, services: Services, signer: ArchiveSig
     if (!checkpoint) throw notFound('checkpoint', `${grant.modelId}/${grant.checkpointId}`);
     const run = await store.runs.get(grant.modelId, checkpoint.owner);
     if (!run) throw notFound('training run', grant.modelId);
+    services.checkLocal(run);
     const work = mkdtempSync(path.join(os.tmpdir(), 'lathe-archive-'));
     // An external checkpoint is a PEFT folder already; others are exported to one.
     let folder = checkpoint.storagePath;

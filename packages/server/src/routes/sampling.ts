@@ -79,6 +79,7 @@ export function samplingRoutes(app: TypedApp, services: Services, longPollMs: nu
     if (!checkpoint) throw notFound('checkpoint', modelPath);
     const source = await store.runs.get(parsed.modelId, checkpoint.owner);
     if (!source) throw notFound('training run', parsed.modelId);
+    services.checkLocal(source);
     const row = { samplerId, owner: who, sessionId, baseModel: source.baseModel, modelPath };
     return persist ? store.samplers.create({ ...row, now: Date.now() }) : { ...row, createdAt: Date.now() };
   }
@@ -164,6 +165,9 @@ export function samplingRoutes(app: TypedApp, services: Services, longPollMs: nu
     };
     const checkpoint = sampler.modelPath ? await store.checkpoints.byTinkerPath(sampler.modelPath, who) : undefined;
     if (sampler.modelPath && !checkpoint) throw notFound('checkpoint', sampler.modelPath);
+    // Its files are in the data dir of the server that holds the run that saved it.
+    const source = checkpoint && (await store.runs.get(checkpoint.modelId, checkpoint.owner));
+    if (source) services.checkLocal(source);
     const seqId = body.seq_id !== undefined && Number.isSafeInteger(body.seq_id) ? body.seq_id : null;
     const requestId = await services.submitSample(who, sampler.samplerId, seqId, {
       baseModel: sampler.baseModel,

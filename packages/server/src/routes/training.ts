@@ -87,7 +87,9 @@ export function trainingRoutes(app: TypedApp, services: Services): void {
       userMetadata: Object.fromEntries(Object.entries(body.user_metadata ?? {}).map(([k, v]) => [k, String(v)])),
       optimizerConfig,
       now: Date.now(),
+      serverId: services.serverId,
     }));
+    services.checkLocal(created); // another server may have created this model id meanwhile
     if (!existing) services.lane(created.baseModel).registerRun(modelId);
     // A retry creates the adapter the run was created with.
     const requestId = await services.submitTraining(who, created, 0, { kind: 'create_adapter', lora, optimizer: created.optimizerConfig }, { kind: 'create_model' });
@@ -331,6 +333,7 @@ export function trainingRoutes(app: TypedApp, services: Services): void {
         throw badRequest(`${body.path} is a sampler checkpoint and holds no optimizer state; use load_state without optimizer or a weights/ checkpoint`, 'no_optimizer_state');
       }
       const source = await store.runs.get(parsed.modelId, checkpoint.owner);
+      if (source) services.checkLocal(source);
       if (source && source.baseModel !== found.baseModel) {
         throw badRequest(`${body.path} was trained on ${source.baseModel}, but ${found.modelId} uses ${found.baseModel}`, 'base_model_mismatch');
       }
@@ -375,6 +378,7 @@ export function trainingRoutes(app: TypedApp, services: Services): void {
     if (!checkpoint || checkpoint.owner !== who || checkpoint.ephemeral) throw notFound('checkpoint', body.source_path);
     const source = await store.runs.get(parsed.modelId, who);
     if (!source) throw notFound('training run', parsed.modelId);
+    services.checkLocal(source);
     const modelId = `${body.session_id}:train:${body.model_seq_id}`;
     const tinkerPath = formatTinkerPath(modelId, parsed.kind, parsed.name);
     const target = await store.runs.create({
@@ -388,6 +392,7 @@ export function trainingRoutes(app: TypedApp, services: Services): void {
       optimizerConfig: source.optimizerConfig,
       state: 'unloaded',
       now: Date.now(),
+      serverId: services.serverId,
     });
     if (target.state !== 'unloaded' || target.baseModel !== source.baseModel) {
       throw badRequest(`model_seq_id ${body.model_seq_id} of session ${body.session_id} is already a training run (${modelId}); copy_weights needs a new model_seq_id`, 'invalid_model_seq_id');

@@ -454,7 +454,8 @@ export class Lane {
   get queued(): { training: number; sampling: number } {
     let training = 0;
     for (const run of this.runs.values()) training += run.buffered.size;
-    return { training, sampling: this.samples.length };
+    // A sample in the worker call now running is no longer queued (it cannot be cancelled either).
+    return { training, sampling: this.samples.filter((queued) => !queued.running).length };
   }
 
   /**

@@ -10,7 +10,7 @@
  * const who = await store.keys.authenticate(key);
  * await store.close();
  */
-import type { Kysely } from 'kysely';
+import { sql, type Kysely } from 'kysely';
 import { createCheckpointRepo, type CheckpointRepo } from './checkpoints.js';
 import { connect, type Dialect } from './db.js';
 import { createKeyRepo, type KeyRepo } from './keys.js';
@@ -41,11 +41,20 @@ export interface Store {
   requests: RequestRepo;
   checkpoints: CheckpointRepo;
   samplers: SamplerRepo;
+  /**
+   * Gives every run and logged request that no server owns yet (rows from before migration 5) to
+   * `serverId`, all at once: of several servers starting together, one takes them all. Returns how
+   * many rows it took.
+   */
+  adoptUnowned(serverId: string): Promise<number>;
   /** Statements waiting (asynchronously) for a lock another process holds; always 0 on PostgreSQL. */
   readonly lockWaits: number;
   /** Closes the connection(s). The store must not be used afterwards. */
   close(): Promise<void>;
 }
+
+/** Arbitrary constant key of the PostgreSQL advisory lock that serialises {@link Store.adoptUnowned}. */
+const ADOPT_LOCK_KEY = 0x1a7e_0002;
 
 /**
  * Opens (and migrates) a store. `url` is a `postgres://` / `postgresql://` URL, or a SQLite
@@ -74,6 +83,15 @@ export async function openStore(url: string): Promise<Store> {
     requests: createRequestRepo(db),
     checkpoints: createCheckpointRepo(db),
     samplers: createSamplerRepo(db),
+    async adoptUnowned(serverId) {
+      return db.transaction().execute(async (tx) => {
+        // SQLite serialises writers anyway; PostgreSQL would let two adopters split the rows.
+        if (dialect === 'postgres') await sql`select pg_advisory_xact_lock(${ADOPT_LOCK_KEY})`.execute(tx);
+        const runs = await tx.updateTable('training_runs').set({ server_id: serverId }).where('server_id', 'is', null).executeTakeFirst();
+        const requests = await tx.updateTable('requests').set({ server_id: serverId }).where('server_id', 'is', null).executeTakeFirst();
+        return Number(runs.numUpdatedRows) + Number(requests.numUpdatedRows);
+      });
+    },
     get lockWaits() {
       return lockWaits();
     },

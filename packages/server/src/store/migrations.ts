@@ -159,6 +159,18 @@ export const MIGRATIONS: readonly Migration[] = [
       await db.schema.alterTable('checkpoints').addColumn('user_metadata', 'text').execute();
     },
   },
+  {
+    version: 5,
+    name: 'server_ownership',
+    async up(db: AnyDb) {
+      // Several servers may share one database: a run lives on the server that created it (its worker
+      // holds the adapter, its data dir the snapshots), and a logged request is resumed only by the
+      // server that accepted it. Older rows (null) are adopted by the first server that starts.
+      await db.schema.alterTable('training_runs').addColumn('server_id', 'text').execute();
+      await db.schema.alterTable('requests').addColumn('server_id', 'text').execute();
+      await db.schema.createIndex('requests_server_status').on('requests').columns(['server_id', 'status']).execute();
+    },
+  },
 ];
 
 /** Arbitrary constant key for the PostgreSQL advisory lock that serialises migrators. */

@@ -47,7 +47,7 @@ export interface RequestRepo {
    * `target`; a duplicate owned by someone else throws `StoreConflictError`. With `error`, the
    * request is logged as already 'failed' with it (a request refused at submit).
    */
-  insert(r: { owner: string; target: string; seqId: number | null; kind: string; payload: Uint8Array | null; now: number; error?: RequestError }): Promise<{ row: RequestRow; created: boolean }>;
+  insert(r: { owner: string; target: string; seqId: number | null; kind: string; payload: Uint8Array | null; now: number; error?: RequestError; serverId?: string }): Promise<{ row: RequestRow; created: boolean }>;
   /** The owner's request, or undefined. */
   get(requestId: string, owner: string): Promise<RequestRow | undefined>;
   /** pending → running (no-op in any other state). */
@@ -74,8 +74,8 @@ export interface RequestRepo {
   finishedIn(target: string, seqFrom: number, seqTo: number): Promise<{ requestId: string; status: 'complete' | 'failed' }[]>;
   /** Completed requests of `target` with `seqId > afterSeq`, in seq order (replay after a crash). */
   completedSince(target: string, afterSeq: number): Promise<RequestRow[]>;
-  /** Pending or running requests, oldest first (recovery after a restart). */
-  unfinished(): Promise<RequestRow[]>;
+  /** Pending or running requests (those `serverId` accepted, when given), oldest first (recovery after a restart). */
+  unfinished(serverId?: string): Promise<RequestRow[]>;
   /**
    * Forgets the payloads of `target`'s finished requests up to `throughSeq`: a snapshot taken at
    * that seq covers them, so replay never reads them again (they hold whole training batches).
@@ -136,6 +136,7 @@ export function createRequestRepo(db: Kysely<Database>): RequestRepo {
             error: r.error ? JSON.stringify(storedError(r.error)) : null,
             created_at: r.now,
             completed_at: r.error ? r.now : null,
+            server_id: r.serverId ?? null,
           })
           .onConflict((oc) => oc.columns(['target', 'seq_id']).doNothing())
           .returningAll()
@@ -247,11 +248,12 @@ export function createRequestRepo(db: Kysely<Database>): RequestRepo {
       return rows.map(toRow);
     },
 
-    async unfinished() {
+    async unfinished(serverId) {
       const rows = await db
         .selectFrom('requests')
         .selectAll()
         .where('status', 'in', UNFINISHED)
+        .$if(serverId !== undefined, (q) => q.where('server_id', '=', serverId!))
         .orderBy('created_at')
         .orderBy('target')
         .orderBy('seq_id')

@@ -42,6 +42,8 @@ export interface RunRow {
   corrupted: boolean;
   state: RunState;
   optimizerConfig: OptimizerConfig;
+  /** The server that holds the run's adapter (see `Services.serverId`); null for a run no server has adopted yet. */
+  serverId: string | null;
 }
 
 /** Training run storage. */
@@ -52,7 +54,7 @@ export interface RunRepo {
    * throws `StoreConflictError`. The session must exist (foreign key). `optimizerConfig` defaults
    * to AdamW; `state` to 'creating' ('unloaded' for a run that only holds copied checkpoints).
    */
-  create(r: Omit<RunRow, 'createdAt' | 'lastRequestAt' | 'corrupted' | 'state' | 'optimizerConfig'> & { now: number; optimizerConfig?: OptimizerConfig; state?: RunState }): Promise<RunRow>;
+  create(r: Omit<RunRow, 'createdAt' | 'lastRequestAt' | 'corrupted' | 'state' | 'optimizerConfig' | 'serverId'> & { now: number; optimizerConfig?: OptimizerConfig; state?: RunState; serverId?: string }): Promise<RunRow>;
   /** The owner's run, or undefined. */
   get(modelId: string, owner: string): Promise<RunRow | undefined>;
   /** The owner's runs, newest first, and how many there are in all. */
@@ -79,6 +81,7 @@ function toRow(r: Selectable<TrainingRunsTable>): RunRow {
     corrupted: fromBit(r.corrupted),
     state: r.state as RunState,
     optimizerConfig: r.optimizer_config === null ? DEFAULT_OPTIMIZER : parseJson<OptimizerConfig>(r.optimizer_config),
+    serverId: r.server_id,
   };
 }
 
@@ -107,6 +110,7 @@ export function createRunRepo(db: Kysely<Database>): RunRepo {
           corrupted: bit(false),
           state: r.state ?? 'creating',
           optimizer_config: JSON.stringify(r.optimizerConfig ?? DEFAULT_OPTIMIZER),
+          server_id: r.serverId ?? null,
         })
         .onConflict((oc) => oc.column('model_id').doNothing())
         .returningAll()

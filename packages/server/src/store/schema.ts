@@ -61,6 +61,8 @@ export interface TrainingRunsTable {
   state: string;
   /** JSON `OptimizerConfig` (`{"type": "adamw"}` or `{"type": "dimuon", "version": 1}`); null = AdamW (migration 4). */
   optimizer_config: string | null;
+  /** The server whose worker holds the run's adapter (migration 5); null only until a server adopts it. */
+  server_id: string | null;
 }
 
 /** `requests`: the request (future) log. `(target, seq_id)` is unique; NULL seq ids never collide. */
@@ -77,6 +79,8 @@ export interface RequestsTable {
   error: string | null;
   created_at: number;
   completed_at: number | null;
+  /** The server that accepted the request and runs it, also after its restart (migration 5). */
+  server_id: string | null;
 }
 
 /** `checkpoints`: saved weights; primary key `(model_id, checkpoint_id)`, `tinker_path` unique. */

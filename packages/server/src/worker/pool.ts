@@ -14,6 +14,8 @@ export interface WorkerPoolOptions {
   modelsDir: string;
   /** Extra environment for worker processes. */
   env?: NodeJS.ProcessEnv;
+  /** Extra command-line flags for worker processes (e.g. `--max-resident-adapters 8`). */
+  workerArgs?: string[];
   /** What a worker loads for a base model (a folder for an alias); default the name itself. */
   source?: (baseModel: string) => string;
   /** Called when a worker dies without being asked to (its in-memory adapters are gone). */
@@ -208,7 +210,7 @@ export class WorkerPool {
   }
 
   private async startLocal(baseModel: string, source: string): Promise<PooledWorker> {
-    const local = await startLocalWorker({ modelsDir: this.options.modelsDir, model: source, ...(this.options.env ? { env: this.options.env } : {}) });
+    const local = await startLocalWorker({ modelsDir: this.options.modelsDir, model: source, ...(this.options.env ? { env: this.options.env } : {}), ...(this.options.workerArgs ? { args: this.options.workerArgs } : {}) });
     const hello = await local.client.request<{ devices?: WorkerDevice[] }>('hello').catch(() => ({ devices: [] as WorkerDevice[] }));
     return {
       id: `local-${this.nextLocalId++}`,

@@ -1,5 +1,6 @@
 /**
- * @module Starting a local worker process (`python -m lathe_worker`) and connecting to it.
+ * @module Starting a local worker process (`python -m lathe_worker`, or with `LATHE_WORKER_PROCS=N` a
+ * tensor-parallel group of N processes under `torchrun`) and connecting to it.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync } from 'node:fs';
@@ -27,8 +28,29 @@ export interface LocalWorkerOptions {
   model?: string;
   /** Extra environment for the worker process. */
   env?: NodeJS.ProcessEnv;
+  /** Extra `python -m lathe_worker` flags. */
+  args?: string[];
   /** Forward the worker's stderr (its log) to ours. */
   inheritStderr?: boolean;
+  /**
+   * Processes that split the base model between them (tensor parallel, one device each), started by
+   * `torchrun`; default `$LATHE_WORKER_PROCS` (from `env`, then the server's environment), else 1.
+   */
+  processes?: number;
+}
+
+/** The worker's processes: `options.processes`, else `LATHE_WORKER_PROCS`, else 1. */
+export function workerProcesses(options: Pick<LocalWorkerOptions, 'processes' | 'env'>): number {
+  const raw = options.processes ?? options.env?.['LATHE_WORKER_PROCS'] ?? process.env['LATHE_WORKER_PROCS'] ?? 1;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`LATHE_WORKER_PROCS / processes must be a positive integer, got ${String(raw)}`);
+  return n;
+}
+
+/** `python` arguments that start the worker: `-m lathe_worker ...`, or a torchrun group of `processes`. */
+export function workerCommand(processes: number, workerArgs: string[]): string[] {
+  const worker = ['-m', 'lathe_worker', ...workerArgs];
+  return processes === 1 ? worker : ['-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', String(processes), ...worker];
 }
 
 /** A worker process and a connection to it. */
@@ -50,9 +72,10 @@ export interface LocalWorker {
  */
 export async function startLocalWorker(options: LocalWorkerOptions): Promise<LocalWorker> {
   const socketPath = path.join(mkdtempSync(path.join(os.tmpdir(), 'lathe-worker-')), 'worker.sock');
-  const args = ['-m', 'lathe_worker', '--socket', socketPath, '--models-dir', options.modelsDir];
-  if (options.model) args.push('--model', options.model);
-  const child = spawn(pythonExecutable(), args, {
+  const workerArgs = ['--socket', socketPath, '--models-dir', options.modelsDir];
+  if (options.model) workerArgs.push('--model', options.model);
+  if (options.args) workerArgs.push(...options.args);
+  const child = spawn(pythonExecutable(), workerCommand(workerProcesses(options), workerArgs), {
     cwd: path.join(REPO_ROOT, 'worker'),
     env: { ...process.env, PYTHONUNBUFFERED: '1', ...options.env },
     stdio: ['ignore', 'pipe', options.inheritStderr ? 'inherit' : 'pipe'],
