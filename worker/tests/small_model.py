@@ -3,6 +3,7 @@ and a short context (vocab 512, context 64) more than the real vocabularies of t
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,6 +26,9 @@ def write_small_model(folder: Path) -> Path:
 
 
 def make_engine(folder: Path, **kwargs) -> Engine:
+    """An engine on the small model, on `$LATHE_TEST_DEVICE` (default cpu), so the engine-level tests
+    also run on an accelerator: `LATHE_TEST_DEVICE=cuda pytest worker/tests/test_offload.py`."""
+    kwargs.setdefault("device", torch.device(os.environ.get("LATHE_TEST_DEVICE", "cpu")))
     engine = Engine(ModelRegistry(folder.parent / "models"), **kwargs)
     engine.load_model(str(folder))
     return engine
