@@ -19,6 +19,7 @@ import { createServer, type LatheServer } from '../src/index.js';
 import { encodeForwardBackwardRequest } from '../src/protocol/proto.js';
 import { openStore, type Store } from '../src/store/index.js';
 import { tokensToWire } from '../src/worker/tensor.js';
+import { until } from './until.js';
 
 const QWEN = 'lathe/tiny-qwen3';
 const LLAMA = 'lathe/tiny-llama3';
@@ -30,16 +31,6 @@ const PG_URL = process.env['LATHE_TEST_DATABASE_URL'];
 
 function tempDir(prefix: string): string {
   return mkdtempSync(path.join(os.tmpdir(), prefix));
-}
-
-async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
 }
 
 /** An API client of one server for one key. */

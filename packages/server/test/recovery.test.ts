@@ -6,6 +6,10 @@ import { after, before, test } from 'node:test';
 import { createServer, type LatheServer } from '../src/index.js';
 import { encodeForwardBackwardRequest } from '../src/protocol/proto.js';
 import { tokensToWire } from '../src/worker/tensor.js';
+import { until as untilEvery } from './until.js';
+
+/** Polls every 5 ms: the tests catch a run between two steps. */
+const until = <T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 120_000) => untilEvery(what, probe, timeoutMs, 5);
 
 // Faults in the middle of multi-tenant training: a worker killed with SIGKILL, a server restarted,
 // a poisoned request. Every check is against an uninterrupted run with the same inputs and seeds,
@@ -133,16 +137,6 @@ function assertSameWeights(actual: Map<string, string>, expected: Map<string, st
   assert.deepEqual([...actual.keys()].sort(), [...expected.keys()].sort(), what);
   const differing = [...expected].filter(([name, value]) => actual.get(name) !== value).map(([name]) => name);
   assert.deepEqual(differing, [], `${what}: tensors that differ from the uninterrupted run`);
-}
-
-async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 120_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
 }
 
 async function serverWithTenants(dataDir = mkdtempSync(path.join(os.tmpdir(), 'lathe-recovery-test-'))): Promise<{ server: LatheServer; dataDir: string; keys: { key: string; id: string }[] }> {

@@ -10,6 +10,7 @@ import { encodeForwardBackwardRequest } from '../src/protocol/proto.js';
 import { encodeFrame, FrameReader } from '../src/worker/frames.js';
 import type { WorkerInfo } from '../src/worker/pool.js';
 import { pythonExecutable, REPO_ROOT } from '../src/worker/process.js';
+import { until } from './until.js';
 
 // Remote workers against a real server: worker processes started with the Python entry point
 // (`python -m lathe_worker --connect`) dial the server's worker port. The server starts no local
@@ -51,16 +52,6 @@ function startRemoteWorker(token = TOKEN): { child: ChildProcess; stderr: () => 
   let stderr = '';
   child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
   return { child, stderr: () => stderr };
-}
-
-async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 120_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
 }
 
 async function call(method: 'GET' | 'POST', url: string, payload?: unknown): Promise<{ status: number; body: Record<string, unknown> }> {

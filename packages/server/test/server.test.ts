@@ -12,6 +12,7 @@ import { SNAPSHOT_EVERY } from '../src/services.js';
 import { openStore } from '../src/store/index.js';
 import { WorkerPool } from '../src/worker/pool.js';
 import { tokensToWire } from '../src/worker/tensor.js';
+import { until } from './until.js';
 
 // Behaviour that a conformance client cannot provoke on demand: session expiry, sampling
 // backpressure, a crashed worker. One real server (SQLite, real worker processes) for the file.
@@ -71,16 +72,6 @@ async function call(method: 'GET' | 'POST' | 'PUT' | 'DELETE', url: string, payl
 async function session(): Promise<string> {
   const created = await call('POST', '/api/v1/create_session', { tags: [], user_metadata: {}, sdk_version: 'test', type: 'create_session' });
   return created.body['session_id'] as string;
-}
-
-async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
 }
 
 async function result(requestId: string): Promise<Record<string, unknown>> {
