@@ -99,7 +99,7 @@ const loaded = new Map<string, TextTokenizer>();
 /**
  * The tokenizer for a model: a local Hugging Face folder path, or a model name of a supported family
  * (`Qwen/Qwen3-*`, `meta-llama/Llama-3*`, `lathe/tiny-qwen3`, `lathe/tiny-llama3`; a `:suffix` is ignored).
- * Tokenizers are cached per family or folder.
+ * Tokenizers are cached per folder (the bundled ones are folders too).
  *
  * @example
  * const tok = getTokenizer('meta-llama/Llama-3.2-1B-Instruct');
@@ -107,11 +107,11 @@ const loaded = new Map<string, TextTokenizer>();
  */
 export function getTokenizer(modelNameOrDir: string): TextTokenizer {
   const isDir = existsSync(modelNameOrDir) && statSync(modelNameOrDir).isDirectory();
-  const key = isDir ? path.resolve(modelNameOrDir) : familyForModel(modelNameOrDir.split(':')[0] ?? modelNameOrDir);
-  let tokenizer = loaded.get(key);
+  const dir = isDir ? path.resolve(modelNameOrDir) : tokenizerDir(familyForModel(modelNameOrDir.split(':')[0] ?? modelNameOrDir));
+  let tokenizer = loaded.get(dir);
   if (tokenizer === undefined) {
-    tokenizer = isDir ? loadTokenizerFromDir(key) : loadTokenizer(key as TokenizerFamily);
-    loaded.set(key, tokenizer);
+    tokenizer = loadTokenizerFromDir(dir);
+    loaded.set(dir, tokenizer);
   }
   return tokenizer;
 }
