@@ -171,7 +171,8 @@ test('llama3 and role_colon prompts extend each other; qwen3 drops old reasoning
 test('role_colon: format, stop string, EOS and malformed endings', () => {
   const renderer = getRenderer('role_colon', llama);
   const prompt = renderer.buildGenerationPrompt([{ role: 'system', content: 'Be kind.' }, { role: 'user', content: 'Hi' }]);
-  assert.equal(llama.decode(prompt), '<|begin_of_text|>System: Be kind.\n\nUser: Hi\n\nAssistant:');
+  // Rendered piece by piece, the ids still equal those of the whole text encoded at once.
+  assert.deepEqual(prompt, llama.encode('<|begin_of_text|>System: Be kind.\n\nUser: Hi\n\nAssistant:'));
   assert.deepEqual(renderer.getStopSequences(), ['\n\nUser:']);
   // The final assistant message is trained through the stop string, so the model learns to end its turn.
   const example = renderer.buildSupervisedExample([{ role: 'user', content: 'Hi' }, { role: 'assistant', content: 'Hello!' }]);

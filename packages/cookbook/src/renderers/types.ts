@@ -2,6 +2,7 @@
  * @module The renderer contract shared by every chat format: messages in, token ids (and loss
  * weights) out, and sampled tokens back into a message.
  */
+import type { TextTokenizer } from '../tokenizers.js';
 
 /** Plain text inside a message. */
 export interface TextPart {
@@ -107,6 +108,7 @@ export type RendererName = 'role_colon' | 'llama3' | 'qwen3' | 'qwen3_disable_th
 /** A chat format: messages ↔ tokens. */
 export interface Renderer {
   readonly name: RendererName;
+  readonly tokenizer: TextTokenizer;
   /**
    * True when each generation prompt of a growing conversation is a token prefix of the next one,
    * so multi-turn rollouts can be trained as one sequence.
