@@ -88,6 +88,25 @@ const CASES: Case[] = [
       { role: 'user', content: 'Thanks!' },
     ],
   },
+  {
+    name: 'a later system message',
+    families: ['qwen3', 'llama3'],
+    messages: [
+      { role: 'user', content: 'Hi' },
+      { role: 'assistant', content: 'Hello.' },
+      { role: 'system', content: 'Now answer in French.' },
+      { role: 'user', content: 'Bye' },
+    ],
+  },
+  {
+    name: 'a tool result written as a user message keeps the turn open',
+    families: ['qwen3'],
+    messages: [
+      { role: 'user', content: 'Look it up.' },
+      { role: 'assistant', content: '<think>\nI will call the tool.\n</think>\n\n', toolCalls: [{ type: 'function', function: { name: 'lookup', arguments: '{"q": "x"}' } }] },
+      { role: 'user', content: '<tool_response>\nfound\n</tool_response>' },
+    ],
+  },
 ];
 
 /** Conversations ending in an assistant message, for the supervised-tokens comparison. */
