@@ -3,7 +3,7 @@
  */
 export * from './tokenizers.js';
 export * from './renderers/types.js';
-export { BaseRenderer } from './renderers/base.js';
+export { BaseRenderer, textOf } from './renderers/base.js';
 export { RoleColonRenderer } from './renderers/role_colon.js';
 export { Llama3Renderer } from './renderers/llama3.js';
 export { Qwen3Renderer, pythonJson } from './renderers/qwen3.js';

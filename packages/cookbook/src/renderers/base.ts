@@ -34,7 +34,17 @@ export function lastUserIndex(messages: readonly Message[]): number {
   return messages.findLastIndex((m) => m.role === 'user');
 }
 
-/** Base for renderers: subclasses say how one message renders, this class assembles conversations. */
+/**
+ * Base for renderers: subclasses say how one message renders (`renderMessage`), this class assembles
+ * prompts and supervised examples.
+ *
+ * @example
+ * class ShoutRenderer extends RoleColonRenderer {
+ *   override renderMessage(message: Message, context: RenderContext): RenderedMessage {
+ *     return super.renderMessage({ ...message, content: textOf(message, 'shout').toUpperCase() }, context);
+ *   }
+ * }
+ */
 export abstract class BaseRenderer implements Renderer {
   abstract readonly name: RendererName;
   abstract readonly hasExtensionProperty: boolean;
