@@ -57,6 +57,22 @@ test('trainOnWhat selects which outputs carry weight (qwen3)', () => {
   assert.throws(() => renderer.buildSupervisedExample(customized), /only trainOnWhat 'customized'/);
 });
 
+test('buildSupervisedExamples: one example per trained message where history is rewritten, else one', () => {
+  const qwen3 = getRenderer('qwen3', qwen);
+  const perMessage = qwen3.buildSupervisedExamples(CHAT, { trainOnWhat: 'all_assistant_messages' });
+  assert.deepEqual(
+    perMessage.map((example) => trainedSpans(qwen, example)),
+    [['<think>\n\n</think>\n\nHello!<|im_end|>'], ['<think>\n\n</think>\n\n4<|im_end|>']],
+  );
+  assert.deepEqual(perMessage[1], qwen3.buildSupervisedExample(CHAT));
+  const customized = CHAT.map((m, i) => ({ ...m, trainable: i === 2 }));
+  assert.equal(qwen3.buildSupervisedExamples(customized, { trainOnWhat: 'customized' }).length, 1);
+  const llama3 = getRenderer('llama3', llama);
+  assert.deepEqual(llama3.buildSupervisedExamples(CHAT, { trainOnWhat: 'all_assistant_messages' }), [
+    llama3.buildSupervisedExample(CHAT, { trainOnWhat: 'all_assistant_messages' }),
+  ]);
+});
+
 test('the last turn trains on every assistant message after the last user query (tool loop)', () => {
   const renderer = getRenderer('qwen3', qwen);
   const call = { type: 'function' as const, function: { name: 'f', arguments: '{"x": 1}' } };

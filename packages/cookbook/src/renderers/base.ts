@@ -168,6 +168,28 @@ export abstract class BaseRenderer implements Renderer {
     return { tokens, weights };
   }
 
+  /**
+   * Supervised examples that train every selected assistant message as the model saw it when writing
+   * it: one example when prompts extend each other, otherwise one per trained assistant message, each
+   * ending at that message (Qwen3 drops old reasoning from history, so one sequence would train on
+   * stripped turns).
+   *
+   * @example
+   * const examples = renderer.buildSupervisedExamples(conversation, { trainOnWhat: 'all_assistant_messages' });
+   */
+  buildSupervisedExamples(messages: readonly Message[], options: { trainOnWhat?: TrainOnWhat } = {}): SupervisedExample[] {
+    const trainOnWhat = options.trainOnWhat ?? 'last_assistant_turn';
+    if (this.hasExtensionProperty) return [this.buildSupervisedExample(messages, { trainOnWhat })];
+    const contexts = this.contexts(messages);
+    const examples: SupervisedExample[] = [];
+    messages.forEach((message, i) => {
+      if (message.role !== 'assistant' || !outputIsTrained(message, contexts[i] as RenderContext, trainOnWhat)) return;
+      const upTo = messages.slice(0, i + 1).map(({ trainable: _trainable, ...rest }) => rest);
+      examples.push(this.buildSupervisedExample(upTo, { trainOnWhat: 'last_assistant_message' }));
+    });
+    return examples;
+  }
+
   // The model is never trained to write tokens its generation prompt always gives it (a prefilled think block).
   private zeroWhatThePromptSupplies(
     messages: readonly Message[],

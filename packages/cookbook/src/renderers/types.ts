@@ -118,6 +118,8 @@ export interface Renderer {
   buildGenerationPrompt(messages: readonly Message[], options?: { role?: Role; prefill?: string }): number[];
   /** Tokens of the whole conversation plus per-token loss weights (default: the last assistant message). */
   buildSupervisedExample(messages: readonly Message[], options?: { trainOnWhat?: TrainOnWhat }): SupervisedExample;
+  /** Examples training each selected assistant message as it was generated (one, when prompts extend each other). */
+  buildSupervisedExamples(messages: readonly Message[], options?: { trainOnWhat?: TrainOnWhat }): SupervisedExample[];
   /** Stop sequences for sampling: token ids, or strings for `role_colon`. */
   getStopSequences(): number[] | string[];
   /** Reads sampled tokens back into an assistant message. */
