@@ -129,6 +129,14 @@ const SUPERVISED_CASES: Case[] = [
     ],
   },
   {
+    name: 'reasoning without its opening tag',
+    families: ['qwen3'],
+    messages: [
+      { role: 'user', content: 'Capital of Spain?' },
+      { role: 'assistant', content: 'Quick check.\n</think>\n\nMadrid.' },
+    ],
+  },
+  {
     name: 'tool call then answer',
     families: ['qwen3'],
     tools: [WEATHER],

@@ -119,6 +119,11 @@ test('qwen3 parses thinking, tool calls, bad tool calls and truncation', () => {
     ok: true,
   });
 
+  assert.deepEqual(parse('No open tag.\n</think>\n\n5<|im_end|>').message.content, [
+    { type: 'thinking', thinking: 'No open tag.' },
+    { type: 'text', text: '5' },
+  ]);
+
   const calls = parse('<think>\n\n</think>\n\nChecking.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call><|im_end|>');
   assert.equal(calls.ok, true);
   assert.equal(calls.message.content, 'Checking.');

@@ -44,6 +44,12 @@ function stripNewlines(text: string, where: 'start' | 'end' | 'both'): string {
   return result;
 }
 
+/** The text after the last `<think>`, or all of it when the tag is missing (the model may omit it). */
+function afterOpenTag(text: string): string {
+  const open = text.lastIndexOf('<think>');
+  return open < 0 ? text : text.slice(open + '<think>'.length);
+}
+
 /** An assistant message's reasoning and visible text, read the way the official template reads them. */
 function reasoningAndText(message: Message): { reasoning: string; text: string } {
   if (typeof message.content !== 'string') {
@@ -58,7 +64,7 @@ function reasoningAndText(message: Message): { reasoning: string; text: string }
   if (close < 0) return { reasoning: '', text: content };
   const before = stripNewlines(content.slice(0, close), 'end');
   return {
-    reasoning: stripNewlines(before.slice(before.lastIndexOf('<think>') + (before.includes('<think>') ? '<think>'.length : 0)), 'start'),
+    reasoning: stripNewlines(afterOpenTag(before), 'start'),
     text: stripNewlines(content.slice(content.lastIndexOf('</think>') + '</think>'.length), 'start'),
   };
 }
@@ -163,7 +169,7 @@ export class Qwen3Renderer extends BaseRenderer {
     const close = raw.indexOf('</think>');
     if (close >= 0) {
       const before = raw.slice(0, close);
-      reasoning = stripNewlines(before.slice(before.includes('<think>') ? before.indexOf('<think>') + '<think>'.length : 0), 'both');
+      reasoning = stripNewlines(afterOpenTag(before), 'both');
       visible = stripNewlines(raw.slice(close + '</think>'.length), 'start');
     }
     const { text, toolCalls, unparsed } = parseToolCalls(visible);
