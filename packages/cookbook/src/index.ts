@@ -2,3 +2,10 @@
  * @module @lathe/cookbook: tokenizers, renderers, datum builders and training recipes over @lathe/sdk.
  */
 export * from './tokenizers.js';
+export * from './renderers/types.js';
+export { BaseRenderer, textOf } from './renderers/base.js';
+export { RoleColonRenderer } from './renderers/role_colon.js';
+export { Llama3Renderer } from './renderers/llama3.js';
+export { Qwen3Renderer, pythonJson } from './renderers/qwen3.js';
+export { Qwen3DisableThinkingRenderer } from './renderers/qwen3_disable_thinking.js';
+export { getRenderer, recommendedRendererName, RENDERER_NAMES } from './renderers/index.js';

@@ -1,9 +1,11 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import { copyFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { pythonExecutable } from '@lathe/server';
-import { familyForModel, loadTokenizer, tokenizerDir, type TokenizerFamily } from '../src/index.js';
+import { familyForModel, getTokenizer, loadTokenizer, loadTokenizerFromDir, tokenizerDir, type TokenizerFamily } from '../src/index.js';
 
 const CORPUS = [
   'Hello world',
@@ -46,4 +48,27 @@ test('known ids and model families', () => {
   assert.equal(familyForModel('meta-llama/Llama-3.2-1B'), 'llama3');
   assert.equal(familyForModel('lathe/tiny-llama3'), 'llama3');
   assert.throws(() => familyForModel('gpt2'), /no bundled tokenizer/);
+});
+
+test('getTokenizer: model names, a local Hugging Face folder, and clear errors', () => {
+  const byName = getTokenizer('Qwen/Qwen3-8B');
+  assert.equal(getTokenizer('lathe/tiny-qwen3'), byName, 'one tokenizer per family');
+  assert.equal(getTokenizer('Qwen/Qwen3-8B:peft:abc'), byName, 'a :suffix is ignored');
+  assert.equal(getTokenizer('lathe/tiny-llama3').family, 'llama3');
+  assert.equal(getTokenizer('meta-llama/Llama-3.1-8B-Instruct').bosToken, '<|begin_of_text|>');
+  assert.equal(byName.eosToken, '<|im_end|>');
+
+  // Any folder holding tokenizer.json + tokenizer_config.json loads; its family comes from the vocabulary.
+  const scratch = mkdtempSync(path.join(tmpdir(), 'lathe-tok-'));
+  try {
+    for (const file of ['tokenizer.json', 'tokenizer_config.json']) copyFileSync(path.join(tokenizerDir('llama3'), file), path.join(scratch, file));
+    const fromDir = getTokenizer(scratch);
+    assert.equal(fromDir.family, 'llama3');
+    assert.deepEqual(fromDir.encode('Hello world'), loadTokenizer('llama3').encode('Hello world'));
+    rmSync(path.join(scratch, 'tokenizer_config.json'));
+    assert.throws(() => loadTokenizerFromDir(scratch), /has no tokenizer_config\.json/);
+  } finally {
+    rmSync(scratch, { recursive: true, force: true });
+  }
+  assert.throws(() => getTokenizer('gpt2'), /no bundled tokenizer/);
 });
