@@ -46,7 +46,7 @@ export interface SupervisedConfig {
   adam?: Partial<AdamSettings>;
   /** Save state + sampler weights every this many steps (default 20; 0 = only the final save). */
   saveEvery?: number;
-  /** Held-out NLL every this many steps (default 10; 0 = only at the start and the end). */
+  /** Held-out NLL before every this many steps (default 10; 0 = only before step 0 and after the last). */
   evalEvery?: number;
   /** Lifetime of periodic checkpoints (default 7 days); the final one is kept. */
   ttlSeconds?: number;
@@ -174,7 +174,7 @@ export async function trainSupervised(config: SupervisedConfig): Promise<Supervi
     if (stepEpoch !== epoch) dataset.setEpoch((epoch = stepEpoch));
     const batch = dataset.getBatch(step % batchesPerEpoch);
     // Evaluated before this step's update, i.e. on the weights after step - 1.
-    const evaluation = step === startStep || (evalEvery > 0 && step % evalEvery === 0) ? evaluate() : undefined;
+    const evaluation = step === 0 || (evalEvery > 0 && step % evalEvery === 0) ? evaluate() : undefined;
     const stepLr = learningRate * lrMultiplier(schedule, step, totalSteps, config.warmupSteps ?? 0);
     const entry: InFlight = {
       step,
