@@ -1,10 +1,10 @@
 // Datum construction, datasets, LR schedules, getLr and the metrics table: pure client-side logic.
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
-import { TensorData } from '@lathe/sdk';
+import { ServiceClient, TensorData } from '@lathe/sdk';
 import {
   applyReduction,
   conversationDatasets,
@@ -21,6 +21,7 @@ import {
   roleColonExample,
   seededShuffle,
   splitHeldOut,
+  trainSupervised,
   type Conversation,
 } from '../src/index.js';
 
@@ -167,4 +168,22 @@ test('the metrics table lists every metric, aligned', () => {
     ['train_mean_nll', '1.2500'],
   ]);
   assert.equal(new Set(lines.map((l) => l.length)).size, 1);
+});
+
+test('trainSupervised refuses bad settings before it contacts the server or writes logs', async () => {
+  // Nothing listens at this address: a setting that got past validation would fail differently.
+  const service = new ServiceClient({ baseUrl: 'http://127.0.0.1:9', apiKey: 'tml-unused', maxRetries: 0 });
+  const datums = [0, 1, 2, 3].map((i) => datumFromExample({ tokens: [i, i + 1], weights: [0, 1] }));
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'lathe-cookbook-config-'));
+  const base = { service, logPath: path.join(dir, 'run'), modelName: 'lathe/tiny-qwen3', dataset: new DatumDataset(datums, { batchSize: 2 }) };
+  try {
+    await assert.rejects(trainSupervised({ ...base, warmupSteps: 2 }), /warmupSteps must be an integer in \[0, 2\)/);
+    await assert.rejects(trainSupervised({ ...base, saveEvery: -1 }), /saveEvery must be a non-negative integer, got -1/);
+    await assert.rejects(trainSupervised({ ...base, learningRate: 0 }), /learningRate must be positive/);
+    await assert.rejects(trainSupervised({ ...base, numEpochs: 0 }), /nothing to train: 0 steps/);
+    await assert.rejects(trainSupervised({ ...base, lrSchedule: 'step' as 'linear' }), /unknown learning-rate schedule "step"/);
+    assert.equal(existsSync(base.logPath), false);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

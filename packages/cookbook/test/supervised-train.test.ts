@@ -148,12 +148,17 @@ test('an interrupted run resumes from its log dir at the next batch with optimiz
   assert.deepEqual(readCheckpoints(logPath).map((c) => c.step), [3, 6, 9, STEPS]);
   assert.ok(existsSync(path.join(logPath, 'config.json')));
 
-  // Same weights, optimizer moments and batches as the uninterrupted run, so the same losses.
+  // Same weights, optimizer moments and batches as the uninterrupted run, so the same losses
+  // (resuming with fresh Adam moments instead is off by about 40% at step 4).
+  let worst = 0;
   for (const [i, r] of resumed.entries()) {
     const ref = reference[i]!;
     for (const key of ['train_mean_nll', 'test/nll', 'learning_rate'] as const) {
       assert.equal(key in r, key in ref, `step ${i} ${key} present in one run only`);
-      if (key in r) assert.ok(relDiff(r[key]!, ref[key]!) < 1e-3, `step ${i} ${key}: resumed ${r[key]} vs uninterrupted ${ref[key]}`);
+      if (!(key in r)) continue;
+      worst = Math.max(worst, relDiff(r[key]!, ref[key]!));
+      assert.ok(relDiff(r[key]!, ref[key]!) < 1e-3, `step ${i} ${key}: resumed ${r[key]} vs uninterrupted ${ref[key]}`);
     }
   }
+  console.log(`resumed vs uninterrupted: largest relative difference ${worst.toExponential(2)}`);
 });

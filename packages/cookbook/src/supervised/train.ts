@@ -105,6 +105,10 @@ export async function trainSupervised(config: SupervisedConfig): Promise<Supervi
   const saveEvery = config.saveEvery ?? 20;
   const evalEvery = config.evalEvery ?? 10;
   const submitAhead = config.submitAhead ?? 1;
+  for (const [name, value] of Object.entries({ saveEvery, evalEvery, submitAhead })) {
+    if (!Number.isInteger(value) || value < 0) throw new RangeError(`${name} must be a non-negative integer, got ${value}`);
+  }
+  if (!(learningRate > 0)) throw new RangeError(`learningRate must be positive, got ${learningRate}`);
   const batchesPerEpoch = dataset.length;
   if (batchesPerEpoch < 1) throw new RangeError('the dataset has no batches');
   const totalSteps = Math.min(batchesPerEpoch * (config.numEpochs ?? 1), config.maxSteps ?? Number.POSITIVE_INFINITY);
