@@ -1,9 +1,12 @@
 // Datum construction, datasets, LR schedules, getLr and the metrics table: pure client-side logic.
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { test } from 'node:test';
+import { pythonExecutable } from '@lathe/server';
 import { ServiceClient, TensorData } from '@lathe/sdk';
 import {
   applyReduction,
@@ -12,6 +15,7 @@ import {
   DatumDataset,
   formatMetricsTable,
   getLoraLrOverFullFinetuneLr,
+  getLoraParamCount,
   getLr,
   loadTokenizer,
   lrMultiplier,
@@ -156,6 +160,38 @@ test('getLr reproduces the cookbook formula and its documented values', () => {
   assert.throws(() => getLr('deepseek-ai/DeepSeek-V3.1'), /not calibrated for deepseek/);
   assert.throws(() => getLr('mistralai/Mistral-7B'), /Qwen and Llama models only/);
   assert.throws(() => getLr('Qwen/Qwen9-1B'), /pass options.hiddenSize/);
+});
+
+test('getLoraParamCount matches the adapters the worker builds', () => {
+  // Ground truth: the worker's own LoraAdapter on the tiny models (shapes only, no weights).
+  const script = [
+    'import json, sys, torch',
+    'from lathe_worker.models.tiny import TINY_MODELS',
+    'from lathe_worker.models.transformer import Transformer',
+    'from lathe_worker.lora import LoraAdapter, LoraConfig',
+    'out = []',
+    'for name, rank, attn, mlp, unembed in json.loads(sys.stdin.read()):',
+    '    with torch.device("meta"):',
+    '        model = Transformer(TINY_MODELS[name])',
+    '    adapter = LoraAdapter.create(model, LoraConfig(rank=rank, train_attn=attn, train_mlp=mlp, train_unembed=unembed))',
+    '    out.append(sum(p.numel() for p in adapter.parameters()))',
+    'print(json.dumps(out))',
+  ].join('\n');
+  const cases: [string, number, boolean, boolean, boolean][] = [
+    ['lathe/tiny-qwen3', 8, true, true, true],
+    ['lathe/tiny-qwen3', 32, true, false, false],
+    ['lathe/tiny-llama3', 4, false, true, true],
+    ['lathe/tiny-llama3', 16, true, true, false],
+  ];
+  const workerDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../worker');
+  const expected = JSON.parse(
+    execFileSync(pythonExecutable(), ['-c', script], { input: JSON.stringify(cases), env: { ...process.env, PYTHONPATH: workerDir } }).toString(),
+  ) as number[];
+  cases.forEach(([model, loraRank, trainAttn, trainMlp, trainUnembed], i) => {
+    assert.equal(getLoraParamCount(model, { loraRank, trainAttn, trainMlp, trainUnembed }), expected[i], `${model} rank ${loraRank}`);
+  });
+  assert.equal(getLoraParamCount('lathe/tiny-qwen3', { loraRank: 8 }), 1_232_384);
+  assert.throws(() => getLoraParamCount('Qwen/Qwen3-30B-A3B'), /no dense-model dims/);
 });
 
 test('the metrics table lists every metric, aligned', () => {
