@@ -117,6 +117,13 @@ test('SFT lowers held-out NLL and writes metrics, config and checkpoints', async
   assert.equal(savedConfig['modelName'], MODEL);
   assert.equal(savedConfig['totalSteps'], STEPS);
   assert.equal(savedConfig['learningRate'], 2e-2);
+
+  // Running a complete log dir again trains nothing and logs nothing.
+  const again = await trainSupervised(config(logPath));
+  assert.equal(again.finalCheckpoint?.name, 'final');
+  assert.equal(again.steps, STEPS);
+  assert.deepEqual(readMetrics(logPath), reference);
+  assert.equal(readCheckpoints(logPath).length, checkpoints.length);
   console.log(`held-out NLL ${before.toFixed(3)} → ${afterTraining.toFixed(3)}; train NLL ${steps[0]!['train_mean_nll']!.toFixed(3)} → ${steps.at(-1)!['train_mean_nll']!.toFixed(3)}`);
 });
 

@@ -21,7 +21,7 @@ export interface AdamSettings {
 /** Settings of {@link trainSupervised}; only the first five are required. */
 export interface SupervisedConfig {
   service: ServiceClient;
-  /** Where `config.json`, `metrics.jsonl` and `checkpoints.jsonl` go; a run found here is resumed. */
+  /** Where `config.json`, `metrics.jsonl` and `checkpoints.jsonl` go; a run found here is resumed (or, if complete, returned as is). */
   logPath: string;
   /** The base model of a new run. */
   modelName: string;
@@ -117,6 +117,11 @@ export async function trainSupervised(config: SupervisedConfig): Promise<Supervi
 
   const logger = new MetricsLogger(logPath, config.console === undefined ? {} : { console: config.console });
   const resumedFrom = getLastCheckpoint(logPath);
+  if (resumedFrom?.final === true) {
+    // The run in logPath is complete: hand back its final weights rather than train or log again.
+    const training = await openTrainingClient(config, resumedFrom);
+    return { training, steps: resumedFrom.step, totalSteps: resumedFrom.step, interrupted: false, resumedFrom, finalCheckpoint: resumedFrom };
+  }
   const startStep = resumedFrom?.step ?? 0;
   if (resumedFrom !== undefined) logger.truncateFrom(startStep);
   logger.logConfig({
