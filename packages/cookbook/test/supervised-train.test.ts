@@ -1,9 +1,11 @@
 // The SFT loop end to end against a real Lathe server on loopback (real worker, tiny model).
 // One server for the file; the uninterrupted run of the first test is the reference of the second.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { after, before, test } from 'node:test';
 import { createServer, type LatheServer } from '@lathe/server';
 import { ServiceClient } from '@lathe/sdk';
@@ -11,10 +13,10 @@ import {
   conversationDatasets,
   loadTokenizer,
   readCheckpoints,
+  readConversationsJsonl,
   readMetrics,
   roleColonExample,
   trainSupervised,
-  type Conversation,
   type MetricsRecord,
   type SupervisedConfig,
 } from '../src/index.js';
@@ -24,20 +26,16 @@ const MODEL = 'lathe/tiny-qwen3';
 const MODELS_DIR = path.join(os.tmpdir(), 'lathe-sdk-test-models');
 
 // A tiny conversation set with a shared answer template, so training on some generalises to the rest.
-const CAPITALS: [string, string][] = [
-  ['France', 'Paris'], ['Japan', 'Tokyo'], ['Italy', 'Rome'], ['Spain', 'Madrid'], ['Egypt', 'Cairo'], ['Peru', 'Lima'],
-  ['Kenya', 'Nairobi'], ['Chile', 'Santiago'], ['Cuba', 'Havana'], ['Greece', 'Athens'], ['Norway', 'Oslo'], ['Poland', 'Warsaw'],
-];
-const CONVERSATIONS: Conversation[] = CAPITALS.map(([country, city]) => [
-  { role: 'user', content: `What is the capital of ${country}?` },
-  { role: 'assistant', content: `The capital of ${country} is ${city}.` },
-]);
+const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+const CONVERSATIONS = readConversationsJsonl(path.join(REPO, 'examples/data/capitals.jsonl'));
 // 10 training conversations in batches of 2 (5 per epoch), 2 held out; 2 epochs = 10 steps.
 const STEPS = 10;
 
 let server: LatheServer;
 let root: string;
 let service: ServiceClient;
+let baseUrl: string;
+let apiKey: string;
 let reference: MetricsRecord[];
 
 function config(logPath: string): SupervisedConfig {
@@ -64,8 +62,8 @@ const relDiff = (a: number, b: number): number => Math.abs(a - b) / Math.max(Mat
 before(async () => {
   root = mkdtempSync(path.join(os.tmpdir(), 'lathe-cookbook-sft-'));
   server = await createServer({ dataDir: path.join(root, 'server'), modelsDir: MODELS_DIR });
-  const baseUrl = await server.app.listen({ host: '127.0.0.1', port: 0 });
-  const apiKey = (await server.services.store.keys.create('cookbook-sft')).key;
+  baseUrl = await server.app.listen({ host: '127.0.0.1', port: 0 });
+  apiKey = (await server.services.store.keys.create('cookbook-sft')).key;
   service = new ServiceClient({ baseUrl, apiKey });
 });
 
@@ -168,4 +166,22 @@ test('an interrupted run resumes from its log dir at the next batch with optimiz
     }
   }
   console.log(`resumed vs uninterrupted: largest relative difference ${worst.toExponential(2)}`);
+});
+
+test('examples/sft-conversations.ts trains from the JSONL file and writes its log dir', async () => {
+  const logPath = path.join(root, 'example');
+  const child = spawn(process.execPath, ['--conditions=lathe-source', '--import', 'tsx', 'examples/sft-conversations.ts'], {
+    cwd: REPO,
+    env: { ...process.env, LATHE_BASE_URL: baseUrl, LATHE_API_KEY: apiKey, SFT_LOG_DIR: logPath, SFT_EPOCHS: '1' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  assert.equal(code, 0, output);
+  assert.match(output, /│ train_mean_nll +│/);
+  assert.match(output, /done: 5 steps; final sampler weights tinker:\/\/.+\/sampler_weights\/final/);
+  assert.deepEqual(readMetrics(logPath).map((r) => r.step), [0, 1, 2, 3, 4, 5]);
+  assert.deepEqual(readCheckpoints(logPath).map((c) => c.name), ['000003', 'final']);
 });
