@@ -1,7 +1,7 @@
 // Datum construction, datasets, LR schedules, getLr and the metrics table: pure client-side logic.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -22,6 +22,8 @@ import {
   meanNll,
   parseConversationsJsonl,
   readConversationsJsonl,
+  readJsonl,
+  appendJsonl,
   roleColonExample,
   seededShuffle,
   splitHeldOut,
@@ -219,6 +221,23 @@ test('trainSupervised refuses bad settings before it contacts the server or writ
     await assert.rejects(trainSupervised({ ...base, numEpochs: 0 }), /nothing to train: 0 steps/);
     await assert.rejects(trainSupervised({ ...base, lrSchedule: 'step' as 'linear' }), /unknown learning-rate schedule "step"/);
     assert.equal(existsSync(base.logPath), false);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('readJsonl skips a cut-off last line, appendJsonl replaces it, and a bad line elsewhere is named', () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'lathe-cookbook-jsonl-'));
+  try {
+    const file = path.join(dir, 'checkpoints.jsonl');
+    assert.deepEqual(readJsonl(file), []);
+    writeFileSync(file, '{"step":1}\n{"step":2}\n{"step":3,"na');
+    assert.deepEqual(readJsonl(file), [{ step: 1 }, { step: 2 }]);
+    appendJsonl(file, { step: 3 }); // replaces the cut-off line
+    assert.deepEqual(readJsonl(file), [{ step: 1 }, { step: 2 }, { step: 3 }]);
+    assert.equal(readFileSync(file, 'utf8'), '{"step":1}\n{"step":2}\n{"step":3}\n');
+    writeFileSync(file, '{"step":1}\n{"st\n{"step":3}\n');
+    assert.throws(() => readJsonl(file), /checkpoints\.jsonl line 2: not JSON/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

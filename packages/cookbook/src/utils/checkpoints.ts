@@ -3,10 +3,10 @@
  * sampler weights and record each save as one line of `{logPath}/checkpoints.jsonl`, from which a
  * run resumes.
  */
-import { appendFileSync, mkdirSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import type { APIFuture, SaveWeightsResponse, TrainingClient } from '@lathe/sdk';
-import { readJsonl } from './ml-log.js';
+import { appendJsonl, readJsonl } from './ml-log.js';
 
 /** What to save: optimizer+weights state (to resume), sampler weights (to sample), or both. */
 export type CheckpointKind = 'state' | 'sampler' | 'both';
@@ -83,7 +83,7 @@ export function submitCheckpoint(
       ...(samplerPath !== undefined && { sampler_path: samplerPath }),
     };
     mkdirSync(logPath, { recursive: true });
-    appendFileSync(checkpointsFile(logPath), `${JSON.stringify(record)}\n`);
+    appendJsonl(checkpointsFile(logPath), record);
     return record;
   };
 }

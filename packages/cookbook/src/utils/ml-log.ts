@@ -2,7 +2,7 @@
  * @module Run logging (the cookbook's `ml_log` JSON + pretty-print loggers): `config.json` once,
  * `metrics.jsonl` with one object per step (with a `step` field), and a readable console table.
  */
-import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 
 /** One step's metrics by their standard names (`train_mean_nll`, `learning_rate`, `test/nll`, …). */
@@ -43,7 +43,7 @@ export class MetricsLogger {
 
   /** Appends one line to `metrics.jsonl` and prints the metrics as a table. */
   logMetrics(step: number, metrics: Metrics): void {
-    appendFileSync(this.metricsFile, `${JSON.stringify({ step, ...metrics })}\n`);
+    appendJsonl(this.metricsFile, { step, ...metrics });
     this.#console(formatMetricsTable(step, metrics));
   }
 
@@ -60,13 +60,50 @@ export function readMetrics(logPath: string): MetricsRecord[] {
   return readJsonl<MetricsRecord>(path.join(logPath, 'metrics.jsonl'));
 }
 
-/** Parses a JSONL file; a missing file has no records. */
+/**
+ * Appends one JSON line. A cut-off last line left by a killed process is dropped first, so the new
+ * record starts a line of its own.
+ */
+export function appendJsonl(file: string, record: unknown): void {
+  if (existsSync(file)) {
+    const size = statSync(file).size;
+    if (size > 0 && lastByte(file, size) !== 0x0a) {
+      const text = readFileSync(file);
+      truncateSync(file, text.lastIndexOf(0x0a) + 1);
+    }
+  }
+  appendFileSync(file, `${JSON.stringify(record)}\n`);
+}
+
+function lastByte(file: string, size: number): number {
+  const fd = openSync(file, 'r');
+  try {
+    const byte = Buffer.alloc(1);
+    readSync(fd, byte, 0, 1, size - 1);
+    return byte[0]!;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * Parses a JSONL file; a missing file has no records. A cut-off last line (a process killed while
+ * appending it) is skipped; a bad line elsewhere is an error naming it.
+ */
 export function readJsonl<T>(file: string): T[] {
   if (!existsSync(file)) return [];
-  return readFileSync(file, 'utf8')
-    .split('\n')
-    .filter((line) => line.trim() !== '')
-    .map((line) => JSON.parse(line) as T);
+  const lines = readFileSync(file, 'utf8').split('\n');
+  const records: T[] = [];
+  lines.forEach((line, index) => {
+    if (line.trim() === '') return;
+    try {
+      records.push(JSON.parse(line) as T);
+    } catch (error) {
+      const unterminated = index === lines.length - 1; // no newline after it: the append was cut short
+      if (!unterminated) throw new SyntaxError(`${file} line ${index + 1}: not JSON (${(error as Error).message})`);
+    }
+  });
+  return records;
 }
 
 /**
