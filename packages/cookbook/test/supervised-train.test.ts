@@ -168,20 +168,53 @@ test('an interrupted run resumes from its log dir at the next batch with optimiz
   console.log(`resumed vs uninterrupted: largest relative difference ${worst.toExponential(2)}`);
 });
 
-test('examples/sft-conversations.ts trains from the JSONL file and writes its log dir', async () => {
-  const logPath = path.join(root, 'example');
+/** Runs examples/sft-conversations.ts against the test server; `kill` may end it early. */
+function runExample(logPath: string): { exited: Promise<number | null>; output: () => string; kill: () => void } {
   const child = spawn(process.execPath, ['--conditions=lathe-source', '--import', 'tsx', 'examples/sft-conversations.ts'], {
     cwd: REPO,
-    env: { ...process.env, LATHE_BASE_URL: baseUrl, LATHE_API_KEY: apiKey, SFT_LOG_DIR: logPath, SFT_EPOCHS: '1' },
+    env: { ...process.env, LATHE_BASE_URL: baseUrl, LATHE_API_KEY: apiKey, SFT_LOG_DIR: logPath },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let output = '';
   child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
   child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
-  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
-  assert.equal(code, 0, output);
-  assert.match(output, /│ train_mean_nll +│/);
-  assert.match(output, /done: 5 steps; final sampler weights tinker:\/\/.+\/sampler_weights\/final/);
-  assert.deepEqual(readMetrics(logPath).map((r) => r.step), [0, 1, 2, 3, 4, 5]);
-  assert.deepEqual(readCheckpoints(logPath).map((c) => c.name), ['000003', 'final']);
+  return {
+    exited: new Promise((resolve) => child.on('close', resolve)),
+    output: () => output,
+    kill: () => child.kill('SIGKILL'),
+  };
+}
+
+test('examples/sft-conversations.ts killed mid-run resumes from its log dir and ends as the uninterrupted run', async () => {
+  assert.ok(reference !== undefined, 'needs the uninterrupted run of the first test');
+  const logPath = path.join(root, 'example');
+  const killed = runExample(logPath);
+  // Kill the process (no chance to clean up) as soon as its first checkpoint is recorded.
+  const deadline = Date.now() + 60_000;
+  while (readCheckpoints(logPath).length === 0) {
+    assert.ok(Date.now() < deadline, `no checkpoint within 60 s:\n${killed.output()}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  killed.kill();
+  await killed.exited;
+  const before = readCheckpoints(logPath);
+  assert.ok(!before.some((c) => c.final), 'the run finished before it was killed');
+  const lastStep = before.at(-1)!.step;
+
+  const resumed = runExample(logPath);
+  assert.equal(await resumed.exited, 0, resumed.output());
+  assert.match(resumed.output(), /│ train_mean_nll +│/);
+  assert.match(resumed.output(), /done: 10 steps; final sampler weights tinker:\/\/.+\/sampler_weights\/final/);
+  assert.ok(!resumed.output().includes('step 0 '), `the resumed run started over:\n${resumed.output()}`);
+  assert.match(resumed.output(), new RegExp(`step ${lastStep} `));
+  // Same settings as the first test, so the same numbers, step by step.
+  const metrics = readMetrics(logPath);
+  assert.deepEqual(metrics.map((r) => r.step), reference.map((r) => r.step));
+  metrics.forEach((r, i) => {
+    for (const key of ['train_mean_nll', 'test/nll'] as const) {
+      if (key in reference[i]!) assert.ok(relDiff(r[key]!, reference[i]![key]!) < 1e-3, `step ${i} ${key}: ${r[key]} vs ${reference[i]![key]}`);
+    }
+  });
+  // The killed run recorded the first checkpoint(s), the resumed one the rest: each exactly once.
+  assert.deepEqual(readCheckpoints(logPath).map((c) => c.name), ['000003', '000006', '000009', 'final']);
 });
