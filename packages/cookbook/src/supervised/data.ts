@@ -153,11 +153,6 @@ export class DatumDataset implements SupervisedDataset {
     return Math.floor(this.#datums.length / this.#batchSize);
   }
 
-  /** Every datum, in the current epoch's order (for evaluation). */
-  all(): Datum[] {
-    return [...this.#order];
-  }
-
   getBatch(index: number): Datum[] {
     if (!Number.isInteger(index) || index < 0 || index >= this.length) {
       throw new RangeError(`batch ${index} is out of range [0, ${this.length})`);
