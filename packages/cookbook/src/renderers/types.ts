@@ -78,7 +78,10 @@ export interface ParsedResponse {
   ok: boolean;
 }
 
-/** Model input tokens and one loss weight per token. */
+/**
+ * A tokenized training example: what a renderer produces for one conversation. `weights[i]` is the
+ * loss weight of predicting `tokens[i]` (0 for prompt tokens, 1 for tokens to learn).
+ */
 export interface SupervisedExample {
   tokens: number[];
   weights: number[];

@@ -1,0 +1,89 @@
+/**
+ * @module Checkpoint bookkeeping (the cookbook's `checkpoint_utils`): save a run's state and/or
+ * sampler weights and record each save as one line of `{logPath}/checkpoints.jsonl`, from which a
+ * run resumes.
+ */
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import type { APIFuture, SaveWeightsResponse, TrainingClient } from '@lathe/sdk';
+import { appendJsonl, readJsonl } from './ml-log.js';
+
+/** What to save: optimizer+weights state (to resume), sampler weights (to sample), or both. */
+export type CheckpointKind = 'state' | 'sampler' | 'both';
+
+/** A line of `checkpoints.jsonl`. Extra loop-state keys round-trip. */
+export interface CheckpointRecord {
+  name: string;
+  /** The loop position to resume at: the next batch of `epoch`. */
+  epoch: number;
+  batch: number;
+  /** Steps done when the checkpoint was taken (= the step a resumed run starts at). */
+  step: number;
+  final: boolean;
+  state_path?: string;
+  sampler_path?: string;
+  [key: string]: unknown;
+}
+
+/** The loop state stored with a checkpoint. */
+export type LoopState = Pick<CheckpointRecord, 'epoch' | 'batch' | 'step'> & Record<string, unknown>;
+
+/** The file a run's checkpoints are listed in. */
+export function checkpointsFile(logPath: string): string {
+  return path.join(logPath, 'checkpoints.jsonl');
+}
+
+/** Every record of `{logPath}/checkpoints.jsonl`, oldest first (empty if none). */
+export function readCheckpoints(logPath: string): CheckpointRecord[] {
+  return readJsonl<CheckpointRecord>(checkpointsFile(logPath));
+}
+
+/**
+ * The last checkpoint that has `requiredKey` (default: a resumable `state_path`), if any.
+ *
+ * @example
+ * const last = getLastCheckpoint('runs/sft'); // { name: '000020', step: 20, state_path: 'tinker://…', … }
+ */
+export function getLastCheckpoint(logPath: string, requiredKey: 'state_path' | 'sampler_path' = 'state_path'): CheckpointRecord | undefined {
+  return readCheckpoints(logPath).findLast((record) => typeof record[requiredKey] === 'string');
+}
+
+/** Options of {@link submitCheckpoint}. */
+export interface CheckpointOptions {
+  kind: CheckpointKind;
+  /** Delete the checkpoint after this long (default: keep). */
+  ttlSeconds?: number;
+  final?: boolean;
+}
+
+/**
+ * Submits the saves now, in the training client's order (so they capture every step submitted
+ * before them), and returns a function that awaits them and appends the record.
+ *
+ * @example
+ * const record = await submitCheckpoint(training, '000010', 'runs/sft', { epoch: 0, batch: 10, step: 10 }, { kind: 'both' })();
+ */
+export function submitCheckpoint(
+  training: TrainingClient,
+  name: string,
+  logPath: string,
+  loopState: LoopState,
+  options: CheckpointOptions,
+): () => Promise<CheckpointRecord> {
+  const ttl = options.ttlSeconds === undefined ? {} : { ttlSeconds: options.ttlSeconds };
+  const state: APIFuture<SaveWeightsResponse> | undefined = options.kind === 'sampler' ? undefined : training.saveState(name, ttl);
+  const sampler: APIFuture<SaveWeightsResponse> | undefined = options.kind === 'state' ? undefined : training.saveWeightsForSampler(name, ttl);
+  return async () => {
+    const [statePath, samplerPath] = [(await state)?.path, (await sampler)?.path];
+    const record: CheckpointRecord = {
+      ...loopState,
+      name,
+      final: options.final ?? false,
+      ...(statePath !== undefined && { state_path: statePath }),
+      ...(samplerPath !== undefined && { sampler_path: samplerPath }),
+    };
+    mkdirSync(logPath, { recursive: true });
+    appendJsonl(checkpointsFile(logPath), record);
+    return record;
+  };
+}

@@ -1,0 +1,133 @@
+/**
+ * @module Run logging (the cookbook's `ml_log` JSON + pretty-print loggers): `config.json` once,
+ * `metrics.jsonl` with one object per step (with a `step` field), and a readable console table.
+ */
+import { appendFileSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+
+/** One step's metrics by their standard names (`train_mean_nll`, `learning_rate`, `test/nll`, …). */
+export type Metrics = Record<string, number>;
+
+/** A line of `metrics.jsonl`. */
+export type MetricsRecord = Metrics & { step: number };
+
+/** Where console lines go (default `console.log`); tests pass a collector or a no-op. */
+export type LineSink = (line: string) => void;
+
+/**
+ * Writes a run's metrics under `logPath`.
+ *
+ * @example
+ * const log = new MetricsLogger('runs/sft', { console: () => {} });
+ * log.logConfig({ learningRate: 1e-4 });
+ * log.logMetrics(0, { train_mean_nll: 2.3, learning_rate: 1e-4 });
+ */
+export class MetricsLogger {
+  readonly logPath: string;
+  readonly #console: LineSink;
+
+  constructor(logPath: string, options: { console?: LineSink } = {}) {
+    this.logPath = logPath;
+    this.#console = options.console ?? ((line) => console.log(line));
+    mkdirSync(logPath, { recursive: true });
+  }
+
+  get metricsFile(): string {
+    return path.join(this.logPath, 'metrics.jsonl');
+  }
+
+  /** Writes `config.json` (replacing an earlier one). */
+  logConfig(config: unknown): void {
+    writeFileSync(path.join(this.logPath, 'config.json'), `${JSON.stringify(config, null, 2)}\n`);
+  }
+
+  /** Appends one line to `metrics.jsonl` and prints the metrics as a table. */
+  logMetrics(step: number, metrics: Metrics): void {
+    appendJsonl(this.metricsFile, { step, ...metrics });
+    this.#console(formatMetricsTable(step, metrics));
+  }
+
+  /** Drops the records of `step` and later, so a resumed run does not log a step twice. */
+  truncateFrom(step: number): void {
+    if (!existsSync(this.metricsFile)) return;
+    const kept = readMetrics(this.logPath).filter((r) => r.step < step);
+    writeFileSync(this.metricsFile, kept.map((r) => `${JSON.stringify(r)}\n`).join(''));
+  }
+}
+
+/** The records of `{logPath}/metrics.jsonl` (empty if there is none). */
+export function readMetrics(logPath: string): MetricsRecord[] {
+  return readJsonl<MetricsRecord>(path.join(logPath, 'metrics.jsonl'));
+}
+
+/**
+ * Appends one JSON line. A cut-off last line left by a killed process is dropped first, so the new
+ * record starts a line of its own.
+ */
+export function appendJsonl(file: string, record: unknown): void {
+  if (existsSync(file)) {
+    const size = statSync(file).size;
+    if (size > 0 && lastByte(file, size) !== 0x0a) {
+      const text = readFileSync(file);
+      truncateSync(file, text.lastIndexOf(0x0a) + 1);
+    }
+  }
+  appendFileSync(file, `${JSON.stringify(record)}\n`);
+}
+
+function lastByte(file: string, size: number): number {
+  const fd = openSync(file, 'r');
+  try {
+    const byte = Buffer.alloc(1);
+    readSync(fd, byte, 0, 1, size - 1);
+    return byte[0]!;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * Parses a JSONL file; a missing file has no records. A cut-off last line (a process killed while
+ * appending it) is skipped; a bad line elsewhere is an error naming it.
+ */
+export function readJsonl<T>(file: string): T[] {
+  if (!existsSync(file)) return [];
+  const lines = readFileSync(file, 'utf8').split('\n');
+  const records: T[] = [];
+  lines.forEach((line, index) => {
+    if (line.trim() === '') return;
+    try {
+      records.push(JSON.parse(line) as T);
+    } catch (error) {
+      const unterminated = index === lines.length - 1; // no newline after it: the append was cut short
+      if (!unterminated) throw new SyntaxError(`${file} line ${index + 1}: not JSON (${(error as Error).message})`);
+    }
+  });
+  return records;
+}
+
+/**
+ * A two-column table of one step's metrics, names sorted.
+ *
+ * @example
+ * formatMetricsTable(3, { train_mean_nll: 1.25 });
+ * // ┌ step 3 ─────────┐ … │ train_mean_nll │ 1.25 │ …
+ */
+export function formatMetricsTable(step: number, metrics: Metrics): string {
+  const rows = Object.keys(metrics)
+    .sort()
+    .map((name) => [name, formatNumber(metrics[name]!)] as const);
+  const nameWidth = Math.max(6, ...rows.map(([n]) => n.length));
+  const valueWidth = Math.max(5, ...rows.map(([, v]) => v.length));
+  const rule = (left: string, mid: string, right: string): string => `${left}${'─'.repeat(nameWidth + 2)}${mid}${'─'.repeat(valueWidth + 2)}${right}`;
+  const title = ` step ${step} `;
+  const top = `┌${title}${'─'.repeat(Math.max(0, nameWidth + valueWidth + 5 - title.length))}┐`;
+  const lines = rows.map(([name, value]) => `│ ${name.padEnd(nameWidth)} │ ${value.padStart(valueWidth)} │`);
+  return [top, ...lines, rule('└', '┴', '┘')].join('\n');
+}
+
+function formatNumber(value: number): string {
+  if (Number.isInteger(value)) return String(value);
+  const magnitude = Math.abs(value);
+  return magnitude !== 0 && (magnitude < 1e-3 || magnitude >= 1e6) ? value.toExponential(3) : value.toFixed(4);
+}
