@@ -632,6 +632,8 @@ export class Lane {
   private async runTraining(batch: TrainingJob[]): Promise<void> {
     for (const job of batch) this.runs.get(job.modelId)!.running = true;
     const retry = new Set<TrainingJob>();
+    /** Why the worker could not be had or reached (e.g. none serves the model), for the requests that give up. */
+    let cause: string | undefined;
     try {
       const client = await this.options.worker();
       const live: TrainingJob[] = [];
@@ -644,13 +646,14 @@ export class Lane {
     } catch (error) {
       // The worker could not be started or reached: the whole batch waits for the next attempt.
       for (const job of batch) retry.add(job);
+      cause = (error as Error).message;
       if (!(error instanceof WorkerConnectionError)) for (const job of batch) this.attempts.set(job.requestId, MAX_ATTEMPTS);
     } finally {
       for (const job of batch) {
         const run = this.runs.get(job.modelId)!;
         run.running = false;
         if (retry.has(job) && this.retryable(job)) continue; // stays buffered at the same seq
-        if (retry.has(job)) await this.failJob(job.requestId, { message: 'the worker failed repeatedly while running this request', category: 'server' });
+        if (retry.has(job)) await this.failJob(job.requestId, { message: `the worker failed repeatedly while running this request${cause ? ` (last: ${cause})` : ''}`, category: 'server' });
         this.attempts.delete(job.requestId);
         run.buffered.delete(job.seqId);
         this.uncharge(job.owner, job.bytes);
