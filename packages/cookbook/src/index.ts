@@ -19,3 +19,5 @@ export * from './utils/ml-log.js';
 export * from './preference/dpo-loss.js';
 export * from './preference/data.js';
 export * from './preference/train.js';
+export * from './distillation/on-policy.js';
+export * from './distillation/data.js';
