@@ -7,7 +7,7 @@
 import { ModelInput, TensorData, type Datum, type SampledSequence, type SamplingClient, type ServiceClient, type TrainingClient } from '@lathe/sdk';
 import { submitCheckpoint, type CheckpointRecord } from '../utils/checkpoints.js';
 import { lrMultiplier, type LrSchedule } from '../utils/lr-schedule.js';
-import { MetricsLogger, type LineSink, type Metrics } from '../utils/ml-log.js';
+import { MetricsLogger, prefixMetrics, type LineSink, type Metrics } from '../utils/ml-log.js';
 import type { AdamSettings } from '../supervised/train.js';
 
 /** How the student samples (training rollouts and the held-out KL estimate alike). */
@@ -146,7 +146,7 @@ export async function trainOnPolicyDistillation(config: DistillationConfig): Pro
       num_tokens: rollouts.reduce((n, r) => n + r.tokens.length, 0),
       'progress/batch': step,
       'progress/done_frac': (step + 1) / numSteps,
-      ...Object.fromEntries(Object.entries(optim.metrics).map(([k, v]) => [`optim/${k}`, v])),
+      ...prefixMetrics('optim/', optim.metrics),
       ...evaluation,
       'time/step': (performance.now() - started) / 1000,
     };

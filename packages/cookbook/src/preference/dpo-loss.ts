@@ -68,8 +68,14 @@ export function dpoLoss(
     const scale = (beta * sigmoid(-z)) / pairs;
     gradients.push(Float32Array.from(weights[2 * p]!, (w) => -scale * w), Float32Array.from(weights[2 * p + 1]!, (w) => scale * w));
   }
-  const metrics = Object.fromEntries(Object.entries(sums).map(([k, v]) => [k, v / pairs])) as unknown as DpoMetrics;
-  return { loss: metrics.dpo_loss, gradients, metrics: { ...metrics } };
+  const metrics = {
+    dpo_loss: sums.dpo_loss / pairs,
+    accuracy: sums.accuracy / pairs,
+    margin: sums.margin / pairs,
+    chosen_reward: sums.chosen_reward / pairs,
+    rejected_reward: sums.rejected_reward / pairs,
+  };
+  return { loss: metrics.dpo_loss, gradients, metrics };
 }
 
 /** The logprobs of a forward pass as plain arrays. */

@@ -6,7 +6,7 @@
 import { ModelInput, TensorData, type Datum, type SamplingClient, type ServiceClient, type TrainingClient } from '@lathe/sdk';
 import { submitCheckpoint, type CheckpointRecord } from '../utils/checkpoints.js';
 import { lrMultiplier, type LrSchedule } from '../utils/lr-schedule.js';
-import { MetricsLogger, type LineSink, type Metrics } from '../utils/ml-log.js';
+import { MetricsLogger, prefixMetrics, type LineSink, type Metrics } from '../utils/ml-log.js';
 import type { SupervisedDataset } from '../supervised/data.js';
 import type { AdamSettings } from '../supervised/train.js';
 import { dpoLoss, logprobValues, type DpoMetrics } from './dpo-loss.js';
@@ -109,7 +109,7 @@ export async function trainDPO(config: DpoConfig): Promise<DpoResult> {
       : await training.saveWeightsAndGetSamplingClient();
   const testReference = testData !== undefined && testData.length > 0 ? await referenceLogprobs(reference, testData) : undefined;
   const evaluate = async (): Promise<Metrics> =>
-    testData === undefined || testReference === undefined ? {} : prefixed('test/', await evaluateDpo(training, testData, testReference, beta));
+    testData === undefined || testReference === undefined ? {} : prefixMetrics('test/', { ...(await evaluateDpo(training, testData, testReference, beta)) });
 
   let epoch = -1;
   for (let step = 0; step < totalSteps; step++) {
@@ -136,7 +136,7 @@ export async function trainDPO(config: DpoConfig): Promise<DpoResult> {
       'progress/epoch': stepEpoch,
       'progress/batch': step,
       'progress/done_frac': (step + 1) / totalSteps,
-      ...prefixed('optim/', optimOut.metrics),
+      ...prefixMetrics('optim/', optimOut.metrics),
       ...evaluation,
       'time/step': (performance.now() - started) / 1000,
     };
@@ -182,8 +182,4 @@ export async function referenceLogprobs(reference: SamplingClient, data: readonl
 export async function evaluateDpo(training: TrainingClient, data: readonly Datum[], reference: readonly Float64Array[], beta: number): Promise<DpoMetrics> {
   const out = await training.forward(data, 'cross_entropy');
   return dpoLoss(data, logprobValues(out.lossFnOutputs.map((o) => o['logprobs']!)), reference, beta).metrics;
-}
-
-function prefixed(prefix: string, metrics: object): Metrics {
-  return Object.fromEntries(Object.entries(metrics).map(([k, v]) => [`${prefix}${k}`, v as number]));
 }
