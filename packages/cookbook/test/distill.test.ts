@@ -102,3 +102,11 @@ test('on-policy distillation lowers the held-out KL to an SFT-trained teacher', 
   const [final] = readCheckpoints(logPath);
   assert.equal(final?.name, 'final');
 });
+
+test('trainOnPolicyDistillation rejects bad settings before it creates anything', async () => {
+  const teacher = await service.createSamplingClient({ baseModel: MODEL });
+  const base = { service, logPath: path.join(root, 'bad'), modelName: MODEL, teacher, prompts: [[1, 2, 3]], numSteps: 1, console: () => {} };
+  await assert.rejects(trainOnPolicyDistillation({ ...base, prompts: [] }), /no training prompts/);
+  await assert.rejects(trainOnPolicyDistillation({ ...base, numSteps: 0 }), /numSteps must be a positive integer, got 0/);
+  await assert.rejects(trainOnPolicyDistillation({ ...base, promptsPerStep: 1.5 }), /promptsPerStep must be a positive integer/);
+});

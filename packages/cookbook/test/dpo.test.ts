@@ -144,3 +144,11 @@ test('DPO raises held-out preference accuracy and margin', async () => {
   assert.equal(final?.step, steps);
   assert.match(final!.sampler_path!, /sampler_weights\/final$/);
 });
+
+test('trainDPO rejects bad settings before it creates anything', async () => {
+  const { train, test: heldOut } = preferenceDatasets(answerFormatPairs(6), roleColonExample(loadTokenizer('qwen3')), { batchSize: 2, testSize: 2 });
+  const base = { service, logPath: path.join(root, 'bad'), modelName: MODEL, dataset: train, console: () => {} };
+  await assert.rejects(trainDPO({ ...base, testData: heldOut.slice(1) }), /testData must hold chosen\/rejected pairs, got 3 datums/);
+  await assert.rejects(trainDPO({ ...base, beta: 0 }), /beta must be positive/);
+  await assert.rejects(trainDPO({ ...base, learningRate: -1 }), /learningRate must be positive/);
+});
