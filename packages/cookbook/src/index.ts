@@ -16,3 +16,8 @@ export * from './utils/checkpoints.js';
 export * from './utils/hyperparams.js';
 export * from './utils/lr-schedule.js';
 export * from './utils/ml-log.js';
+export * from './preference/dpo-loss.js';
+export * from './preference/data.js';
+export * from './preference/train.js';
+export * from './distillation/on-policy.js';
+export * from './distillation/data.js';

@@ -55,6 +55,16 @@ export class MetricsLogger {
   }
 }
 
+/**
+ * The same metrics under prefixed names (`optim/`, `test/`, …).
+ *
+ * @example
+ * prefixMetrics('test/', { accuracy: 1 }); // { 'test/accuracy': 1 }
+ */
+export function prefixMetrics(prefix: string, metrics: Readonly<Record<string, number>>): Metrics {
+  return Object.fromEntries(Object.entries(metrics).map(([k, v]) => [`${prefix}${k}`, v]));
+}
+
 /** The records of `{logPath}/metrics.jsonl` (empty if there is none). */
 export function readMetrics(logPath: string): MetricsRecord[] {
   return readJsonl<MetricsRecord>(path.join(logPath, 'metrics.jsonl'));
