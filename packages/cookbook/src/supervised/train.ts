@@ -7,7 +7,7 @@
 import type { APIFuture, Datum, ForwardBackwardOutput, OptimStepResponse, ServiceClient, TrainingClient } from '@lathe/sdk';
 import { getLastCheckpoint, submitCheckpoint, type CheckpointRecord } from '../utils/checkpoints.js';
 import { lrMultiplier, type LrSchedule } from '../utils/lr-schedule.js';
-import { MetricsLogger, type LineSink, type Metrics } from '../utils/ml-log.js';
+import { MetricsLogger, prefixMetrics, type LineSink, type Metrics } from '../utils/ml-log.js';
 import { datumWeights, meanNll } from './datum.js';
 import type { SupervisedDataset } from './data.js';
 
@@ -162,7 +162,7 @@ export async function trainSupervised(config: SupervisedConfig): Promise<Supervi
       'progress/epoch': entry.epoch,
       'progress/batch': entry.step,
       'progress/done_frac': (entry.step + 1) / totalSteps,
-      ...prefixed('optim/', optim.metrics),
+      ...prefixMetrics('optim/', optim.metrics),
       ...(evaluation !== undefined && testData !== undefined && { 'test/nll': nllOf(testData, evaluation) }),
       'time/step': (performance.now() - entry.submittedAt) / 1000,
     };
@@ -238,8 +238,4 @@ function loopState(steps: number, batchesPerEpoch: number): { epoch: number; bat
 
 function nllOf(data: readonly Datum[], out: ForwardBackwardOutput): number {
   return meanNll(data, out.lossFnOutputs.map((o) => o['logprobs']!));
-}
-
-function prefixed(prefix: string, metrics: Record<string, number>): Metrics {
-  return Object.fromEntries(Object.entries(metrics).map(([k, v]) => [`${prefix}${k}`, v]));
 }
