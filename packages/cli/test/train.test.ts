@@ -21,8 +21,9 @@ interface Run {
   exited: Promise<number | null>;
 }
 
-function lathe(...args: string[]): Run {
-  const child = spawn(process.execPath, ['--conditions=lathe-source', '--import', 'tsx', LATHE, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+/** `detached`: in a process group of its own, so a test can signal the group as a terminal's Ctrl-C does. */
+function lathe(args: string[], options: { detached?: boolean } = {}): Run {
+  const child = spawn(process.execPath, ['--conditions=lathe-source', '--import', 'tsx', LATHE, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], detached: options.detached ?? false });
   const run: Run = { child, stdout: [], stderr: [], exited: new Promise((resolve) => child.once('exit', (code) => resolve(code))) };
   child.stdout!.on('data', (chunk: Buffer) => run.stdout.push(chunk.toString()));
   child.stderr!.on('data', (chunk: Buffer) => run.stderr.push(chunk.toString()));
@@ -61,14 +62,14 @@ const readJsonl = (file: string): Record<string, unknown>[] =>
     .map((line) => JSON.parse(line) as Record<string, unknown>);
 
 const dataDir = path.join(scratch, 'data');
-const sft = (logDir: string, ...args: string[]): Run =>
-  lathe('train', 'sft', '--model', 'lathe/tiny-qwen3', '--log-dir', logDir, '--data-dir', dataDir, '--models-dir', MODELS_DIR, '--lr', '2e-2', '--lora-rank', '8', '--batch-size', '4', ...args);
+const sft = (logDir: string, args: string[], options: { detached?: boolean } = {}): Run =>
+  lathe(['train', 'sft', '--model', 'lathe/tiny-qwen3', '--log-dir', logDir, '--data-dir', dataDir, '--models-dir', MODELS_DIR, '--lr', '2e-2', '--lora-rank', '8', '--batch-size', '4', ...args], options);
 
 let finalSamplerPath: string | undefined;
 
 test('lathe train sft trains the tiny model on the built-in conversations: metrics and checkpoints are logged and the loss falls', async () => {
   const logDir = path.join(scratch, 'sft');
-  const { code, stdout, stderr } = await finished(sft(logDir, '--steps', '8', '--save-every', '3', '--eval-every', '4'));
+  const { code, stdout, stderr } = await finished(sft(logDir, ['--steps', '8', '--save-every', '3', '--eval-every', '4']));
   assert.equal(code, 0, stderr);
   assert.match(stderr, /qwen3 renderer/);
   assert.match(stderr, /8\/8 {2}loss \d+\.\d{4} {2}ETA/, 'a plain progress line per step (stderr is not a terminal)');
@@ -98,9 +99,10 @@ test('Ctrl-C (SIGINT) stops lathe train sft with a checkpoint; the same --log-di
   const logDir = path.join(scratch, 'interrupted');
   // Only the final save is periodic: the checkpoint can come from the interrupt alone.
   const args = ['--steps', '24', '--save-every', '0', '--eval-every', '0'];
-  const first = sft(logDir, ...args);
+  const first = sft(logDir, args, { detached: true });
   await stderrMatches(first, / 3\/24 {2}loss/);
-  first.child.kill('SIGINT');
+  // Ctrl-C in a terminal signals the whole process group: the embedded server's worker too.
+  process.kill(-first.child.pid!, 'SIGINT');
   const stopped = await finished(first);
   assert.equal(stopped.code, 130, stopped.stderr);
   const [checkpoint, ...more] = readJsonl(path.join(logDir, 'checkpoints.jsonl'));
@@ -115,7 +117,7 @@ test('Ctrl-C (SIGINT) stops lathe train sft with a checkpoint; the same --log-di
     'every step before the checkpoint is logged',
   );
 
-  const second = await finished(sft(logDir, ...args));
+  const second = await finished(sft(logDir, args));
   assert.equal(second.code, 0, second.stderr);
   assert.match(second.stderr, new RegExp(`resuming .* at step ${stoppedAt}`));
   const progressSteps = [...second.stderr.matchAll(/ (\d+)\/24 {2}loss/g)].map((m) => Number(m[1]));
@@ -139,7 +141,7 @@ test('Ctrl-C (SIGINT) stops lathe train sft with a checkpoint; the same --log-di
 
 test('lathe sample prints a reply from the tiny model and from trained sampler weights, reproducibly', async () => {
   const sample = (...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> =>
-    finished(lathe('sample', '--prompt', 'What is the capital of France?', '--data-dir', dataDir, '--models-dir', MODELS_DIR, '--max-tokens', '12', ...args));
+    finished(lathe(['sample', '--prompt', 'What is the capital of France?', '--data-dir', dataDir, '--models-dir', MODELS_DIR, '--max-tokens', '12', ...args]));
   const seeded = ['--model', 'lathe/tiny-qwen3', '--temperature', '1', '--seed', '7'];
   const [a, b] = [await sample(...seeded), await sample(...seeded)];
   assert.equal(a.code, 0, a.stderr);
@@ -158,7 +160,7 @@ test('lathe train sft refuses bad input in one line before it starts a server', 
     [['--renderer', 'nope'], /^lathe train sft: unknown renderer "nope"/],
     [['--data', path.join(scratch, 'missing.jsonl')], /^lathe train sft: .*missing\.jsonl/],
   ] as const) {
-    const run = lathe('train', 'sft', '--model', 'lathe/tiny-qwen3', '--log-dir', path.join(parent, 'log'), '--data-dir', path.join(parent, 'data'), ...args);
+    const run = lathe(['train', 'sft', '--model', 'lathe/tiny-qwen3', '--log-dir', path.join(parent, 'log'), '--data-dir', path.join(parent, 'data'), ...args]);
     const { code, stderr } = await finished(run);
     assert.equal(code, 1, stderr);
     assert.match(stderr, pattern);
@@ -169,7 +171,7 @@ test('lathe train sft refuses bad input in one line before it starts a server', 
 
 test('lathe train rl, dpo and distill say they are not available yet (exit code 2)', async () => {
   for (const recipe of ['rl', 'dpo', 'distill']) {
-    const { code, stderr } = await finished(lathe('train', recipe, '--model', 'lathe/tiny-qwen3'));
+    const { code, stderr } = await finished(lathe(['train', recipe, '--model', 'lathe/tiny-qwen3']));
     assert.equal(code, 2, stderr);
     assert.match(stderr, new RegExp(`^lathe train ${recipe}: .* not available yet in this version`));
   }
