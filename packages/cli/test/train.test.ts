@@ -176,3 +176,38 @@ test('lathe train rl, dpo and distill say they are not available yet (exit code 
     assert.match(stderr, new RegExp(`^lathe train ${recipe}: .* not available yet in this version`));
   }
 });
+
+test('with --base-url and --api-key, lathe train sft and lathe sample use a running lathe serve', async () => {
+  const remoteDir = path.join(scratch, 'remote');
+  const server = lathe(['serve', '--port', '0', '--data-dir', remoteDir, '--models-dir', MODELS_DIR]);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const check = (): void => {
+        if (server.stdout.join('').includes('listening on')) resolve();
+      };
+      server.child.stdout!.on('data', check);
+      void server.exited.then((code) => reject(new Error(`lathe serve exited (${code}):\n${server.stderr.join('')}`)));
+    });
+    const baseUrl = /listening on (\S+)/.exec(server.stdout.join(''))![1]!;
+    const keys = await finished(lathe(['keys', 'create', '--name', 'cli-test', '--data-dir', remoteDir]));
+    assert.equal(keys.code, 0, keys.stderr);
+    const remote = ['--base-url', baseUrl, '--api-key', keys.stdout.trim()];
+
+    const logDir = path.join(scratch, 'remote-sft');
+    const trained = await finished(
+      lathe(['train', 'sft', '--model', 'lathe/tiny-qwen3', '--log-dir', logDir, '--steps', '2', '--batch-size', '4', '--lr', '2e-2', '--lora-rank', '8', '--save-every', '0', '--eval-every', '0', ...remote]),
+    );
+    assert.equal(trained.code, 0, trained.stderr);
+    assert.doesNotMatch(trained.stderr, /starting a server/);
+    const samplerPath = readJsonl(path.join(logDir, 'checkpoints.jsonl')).at(-1)!['sampler_path'] as string;
+    assert.match(samplerPath, /^tinker:\/\//);
+
+    const sampled = await finished(lathe(['sample', '--model', samplerPath, '--prompt', 'What is the capital of Peru?', '--max-tokens', '8', ...remote]));
+    assert.equal(sampled.code, 0, sampled.stderr);
+    assert.doesNotMatch(sampled.stderr, /starting a server/);
+    assert.ok(sampled.stdout.endsWith('\n'));
+  } finally {
+    server.child.kill('SIGTERM');
+    await server.exited;
+  }
+});
