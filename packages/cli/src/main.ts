@@ -31,25 +31,18 @@ export function parseInteger(name: string, range: { min?: number; max?: number }
 }
 
 /**
- * A commander option parser for numbers `> 0` (finite), e.g. a learning rate: `abc`, `0` and `-1`
- * are usage errors naming the option.
+ * A commander option parser for finite numbers above a bound (`{ above: 0 }`: a learning rate) or
+ * at least one (`{ atLeast: 0 }`: a temperature); anything else is a usage error naming the option.
  *
  * @example
- * parsePositiveNumber('--lr')('2e-4'); // 0.0002
+ * parseNumber('--lr', { above: 0 })('2e-4'); // 0.0002
+ * parseNumber('--lr', { above: 0 })('0'); // throws InvalidArgumentError: --lr must be a number > 0, got "0"
  */
-export function parsePositiveNumber(name: string): (value: string) => number {
+export function parseNumber(name: string, bound: { above: number } | { atLeast: number }): (value: string) => number {
+  const [limit, inRange, expected] = 'above' in bound ? [bound.above, (n: number) => n > bound.above, '>'] : [bound.atLeast, (n: number) => n >= bound.atLeast, '>='];
   return (value) => {
     const n = value.trim() === '' ? Number.NaN : Number(value);
-    if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a number > 0, got ${JSON.stringify(value)}`);
-    return n;
-  };
-}
-
-/** Like {@link parsePositiveNumber} but 0 is allowed (a temperature). */
-function parseNonNegativeNumber(name: string): (value: string) => number {
-  return (value) => {
-    const n = value.trim() === '' ? Number.NaN : Number(value);
-    if (!Number.isFinite(n) || n < 0) throw new InvalidArgumentError(`${name} must be a number >= 0, got ${JSON.stringify(value)}`);
+    if (!Number.isFinite(n) || !inRange(n)) throw new InvalidArgumentError(`${name} must be a number ${expected} ${limit}, got ${JSON.stringify(value)}`);
     return n;
   };
 }
@@ -186,7 +179,7 @@ export function buildProgram(): Command {
     .option('--steps <n>', 'train exactly this many steps (instead of --epochs)', parseInteger('--steps', { min: 1 }))
     .option('--epochs <n>', 'passes over the data (default 1)', parseInteger('--epochs', { min: 1 }))
     .option('--batch-size <n>', 'conversations per step', parseInteger('--batch-size', { min: 1 }), 4)
-    .option('--lr <rate>', 'peak learning rate, linear decay (default: the cookbook\'s getLr for the model)', parsePositiveNumber('--lr'))
+    .option('--lr <rate>', 'peak learning rate, linear decay (default: the cookbook\'s getLr for the model)', parseNumber('--lr', { above: 0 }))
     .option('--lora-rank <n>', 'LoRA rank', parseInteger('--lora-rank', { min: 1 }), 32)
     .option('--renderer <name>', 'chat template (default: the one recommended for the model)')
     .option('--max-length <n>', 'truncate examples to this many tokens', parseInteger('--max-length', { min: 2 }))
@@ -238,7 +231,7 @@ export function buildProgram(): Command {
     .option('--system <text>', 'a system message before the prompt')
     .option('--renderer <name>', 'chat template (default: the one recommended for the base model)')
     .option('--max-tokens <n>', 'most tokens in the reply', parseInteger('--max-tokens', { min: 1 }), 128)
-    .option('--temperature <t>', '0 is greedy', parseNonNegativeNumber('--temperature'), 0)
+    .option('--temperature <t>', '0 is greedy', parseNumber('--temperature', { atLeast: 0 }), 0)
     .option('--seed <n>', 'makes sampling at temperature > 0 reproducible', parseInteger('--seed', { min: 0 }))
     .action(async (opts: SampleFlags) => {
       await reportFailure('sample', async () => {
