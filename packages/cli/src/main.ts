@@ -5,7 +5,9 @@ import path from 'node:path';
 import { DataDirError, parseAlias } from '@lathe/server';
 import { Command, InvalidArgumentError } from 'commander';
 import { runDemo } from './commands/demo.js';
+import { runSample } from './commands/sample.js';
 import { createKey, DEFAULT_DATA_DIR, KeyNotFoundError, listKeys, revokeKey, serve } from './commands/serve.js';
+import { runTrainSft } from './commands/train.js';
 import { runWorker } from './commands/worker.js';
 
 /**
@@ -28,6 +30,43 @@ export function parseInteger(name: string, range: { min?: number; max?: number }
   };
 }
 
+/**
+ * A commander option parser for finite numbers above a bound (`{ above: 0 }`: a learning rate) or
+ * at least one (`{ atLeast: 0 }`: a temperature); anything else is a usage error naming the option.
+ *
+ * @example
+ * parseNumber('--lr', { above: 0 })('2e-4'); // 0.0002
+ * parseNumber('--lr', { above: 0 })('0'); // throws InvalidArgumentError: --lr must be a number > 0, got "0"
+ */
+export function parseNumber(name: string, bound: { above: number } | { atLeast: number }): (value: string) => number {
+  const [limit, inRange, expected] = 'above' in bound ? [bound.above, (n: number) => n > bound.above, '>'] : [bound.atLeast, (n: number) => n >= bound.atLeast, '>='];
+  return (value) => {
+    const n = value.trim() === '' ? Number.NaN : Number(value);
+    if (!Number.isFinite(n) || !inRange(n)) throw new InvalidArgumentError(`${name} must be a number ${expected} ${limit}, got ${JSON.stringify(value)}`);
+    return n;
+  };
+}
+
+/** Runs a client command; a failure is one `lathe <command>: message` line on stderr and exit code 1. */
+async function reportFailure(command: string, run: () => Promise<void>): Promise<void> {
+  try {
+    await run();
+  } catch (error) {
+    if (error instanceof DataDirError) throw error;
+    console.error(`lathe ${command}: ${error instanceof Error ? error.message : String(error)}`);
+    process.exitCode = 1;
+  }
+}
+
+/** Options of the commands that talk to a server: a remote one, or an embedded one on a data directory. */
+function connectionOptions(command: Command): Command {
+  return command
+    .option('--base-url <url>', 'a running server (default: start an embedded one for this command)')
+    .option('--api-key <key>', 'API key for --base-url (default: $LATHE_API_KEY)')
+    .option('--data-dir <dir>', 'the embedded server data directory', DEFAULT_DATA_DIR)
+    .option('--models-dir <dir>', 'where the embedded server finds models (default <data-dir>/models)');
+}
+
 /** Accumulates `--model-alias NAME=PATH` values; a relative folder path is taken from the current directory. */
 function collectAlias(value: string, previous: Record<string, string>): Record<string, string> {
   let name: string;
@@ -38,6 +77,40 @@ function collectAlias(value: string, previous: Record<string, string>): Record<s
     throw new InvalidArgumentError(`--model-alias: ${(error as Error).message}`);
   }
   return { ...previous, [name]: target.startsWith('.') ? path.resolve(target) : target };
+}
+
+interface ConnectionFlags {
+  baseUrl?: string;
+  apiKey?: string;
+  dataDir: string;
+  modelsDir?: string;
+}
+
+interface TrainSftFlags extends ConnectionFlags {
+  model: string;
+  logDir: string;
+  data?: string;
+  steps?: number;
+  epochs?: number;
+  batchSize: number;
+  lr?: number;
+  loraRank: number;
+  renderer?: string;
+  maxLength?: number;
+  saveEvery: number;
+  evalEvery: number;
+  testSize?: number;
+  seed: number;
+}
+
+interface SampleFlags extends ConnectionFlags {
+  model: string;
+  prompt: string;
+  system?: string;
+  renderer?: string;
+  maxTokens: number;
+  temperature: number;
+  seed?: number;
 }
 
 /** Builds the command tree (exported for tests). */
@@ -93,6 +166,79 @@ export function buildProgram(): Command {
       const token = opts.token || process.env['LATHE_WORKER_TOKEN'];
       if (!token) command.error('error: lathe worker needs --token (or LATHE_WORKER_TOKEN): the token lathe serve printed');
       process.exitCode = await runWorker({ ...opts, token });
+    });
+  const train = program.command('train').description('training recipes from the cookbook');
+  connectionOptions(
+    train
+      .command('sft')
+      .description('supervised fine-tuning on a conversation JSONL file; Ctrl-C saves a checkpoint, and the same --log-dir resumes')
+      .requiredOption('--model <name>', 'base model, e.g. lathe/tiny-qwen3 or Qwen/Qwen3-8B')
+      .requiredOption('--log-dir <dir>', 'metrics.jsonl, checkpoints.jsonl and config.json go here; an interrupted run here is resumed')
+      .option('--data <file.jsonl>', 'one {"messages": [{"role", "content"}, ...]} per line (default: a small built-in set of capitals)'),
+  )
+    .option('--steps <n>', 'train exactly this many steps (instead of --epochs)', parseInteger('--steps', { min: 1 }))
+    .option('--epochs <n>', 'passes over the data (default 1)', parseInteger('--epochs', { min: 1 }))
+    .option('--batch-size <n>', 'conversations per step', parseInteger('--batch-size', { min: 1 }), 4)
+    .option('--lr <rate>', 'peak learning rate, linear decay (default: the cookbook\'s getLr for the model)', parseNumber('--lr', { above: 0 }))
+    .option('--lora-rank <n>', 'LoRA rank', parseInteger('--lora-rank', { min: 1 }), 32)
+    .option('--renderer <name>', 'chat template (default: the one recommended for the model)')
+    .option('--max-length <n>', 'truncate examples to this many tokens', parseInteger('--max-length', { min: 2 }))
+    .option('--save-every <n>', 'checkpoint every n steps (0: only at the end)', parseInteger('--save-every', { min: 0 }), 20)
+    .option('--eval-every <n>', 'held-out NLL every n steps (0: only at the start and end)', parseInteger('--eval-every', { min: 0 }), 10)
+    .option('--test-size <n>', 'conversations held out for test/nll (default: a tenth, at most 16)', parseInteger('--test-size', { min: 0 }))
+    .option('--seed <n>', 'seed of the adapter, the split and the shuffles', parseInteger('--seed', { min: 0 }), 0)
+    .action(async (opts: TrainSftFlags, command: Command) => {
+      if (opts.steps !== undefined && opts.epochs !== undefined) command.error('error: give --steps or --epochs, not both');
+      await reportFailure('train sft', async () => {
+        const stop = new AbortController();
+        const onInterrupt = (): void => {
+          if (stop.signal.aborted) process.exit(130);
+          console.error('\nstopping after the steps in flight and saving a checkpoint (Ctrl-C again to quit without one)');
+          stop.abort();
+        };
+        process.on('SIGINT', onInterrupt);
+        try {
+          const result = await runTrainSft({ ...opts, signal: stop.signal, progress: process.stderr, log: (line) => console.error(line) });
+          if (result.interrupted) {
+            console.error(`stopped at step ${result.steps}/${result.totalSteps}${result.checkpoint ? `; checkpoint ${result.checkpoint.state_path}` : ''}; run the same command again to resume`);
+            process.exitCode = 130;
+          } else {
+            console.log(`done: ${result.steps} steps; sampler weights ${result.checkpoint?.sampler_path ?? '(none)'}`);
+          }
+        } finally {
+          process.off('SIGINT', onInterrupt);
+        }
+      });
+    });
+  for (const [name, what] of [['rl', 'reinforcement learning'], ['dpo', 'preference (DPO) training'], ['distill', 'distillation']] as const) {
+    train
+      .command(name)
+      .description(`${what} (not available yet in this version)`)
+      .allowUnknownOption()
+      .allowExcessArguments()
+      .action(() => {
+        console.error(`lathe train ${name}: ${what} is not available yet in this version of lathe; use lathe train sft, or the cookbook from TypeScript`);
+        process.exitCode = 2;
+      });
+  }
+  connectionOptions(
+    program
+      .command('sample')
+      .description("one chat reply from a model, with the model's chat template")
+      .requiredOption('--model <name-or-path>', 'a base model, or tinker://... sampler weights (e.g. from lathe train sft)')
+      .requiredOption('--prompt <text>', 'the user message'),
+  )
+    .option('--system <text>', 'a system message before the prompt')
+    .option('--renderer <name>', 'chat template (default: the one recommended for the base model)')
+    .option('--max-tokens <n>', 'most tokens in the reply', parseInteger('--max-tokens', { min: 1 }), 128)
+    .option('--temperature <t>', '0 is greedy', parseNumber('--temperature', { atLeast: 0 }), 0)
+    .option('--seed <n>', 'makes sampling at temperature > 0 reproducible', parseInteger('--seed', { min: 0 }))
+    .action(async (opts: SampleFlags) => {
+      await reportFailure('sample', async () => {
+        const result = await runSample({ ...opts, log: (line) => console.error(line) });
+        console.log(result.reply);
+        if (!result.complete) console.error(`(the reply was cut off at --max-tokens ${opts.maxTokens})`);
+      });
     });
   const keys = program.command('keys').description('manage API keys');
   keys

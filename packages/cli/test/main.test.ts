@@ -81,3 +81,42 @@ test('lathe serve scheduling limits must be positive integers: a usage error nam
     assert.match(stderr.join(''), new RegExp(`${flag} must be an integer >= 1, got "${value}"`));
   }
 });
+
+describe('lathe train sft and lathe sample usage errors', () => {
+  const sft = ['train', 'sft', '--model', 'lathe/tiny-qwen3', '--log-dir', 'runs/x'];
+  const sample = ['sample', '--model', 'lathe/tiny-qwen3', '--prompt', 'Hi'];
+  for (const [argv, code, message] of [
+    [[...sft, '--steps', '0'], 'commander.invalidArgument', '--steps must be an integer >= 1, got "0"'],
+    [[...sft, '--batch-size', 'four'], 'commander.invalidArgument', '--batch-size must be an integer >= 1, got "four"'],
+    [[...sft, '--lr', 'fast'], 'commander.invalidArgument', '--lr must be a number > 0, got "fast"'],
+    [[...sft, '--lr', '0'], 'commander.invalidArgument', '--lr must be a number > 0, got "0"'],
+    [[...sft, '--save-every', '-1'], 'commander.invalidArgument', '--save-every must be an integer >= 0, got "-1"'],
+    [['train', 'sft', '--model', 'lathe/tiny-qwen3'], 'commander.missingMandatoryOptionValue', "required option '--log-dir <dir>' not specified"],
+    [[...sample, '--temperature', '-1'], 'commander.invalidArgument', '--temperature must be a number >= 0, got "-1"'],
+    [[...sample, '--max-tokens', '0'], 'commander.invalidArgument', '--max-tokens must be an integer >= 1, got "0"'],
+    [['sample', '--model', 'lathe/tiny-qwen3'], 'commander.missingMandatoryOptionValue', "required option '--prompt <text>' not specified"],
+  ] as const) {
+    test(`lathe ${argv.join(' ')} is a usage error naming the option`, async () => {
+      const { root, stderr } = program();
+      const error = await root.parseAsync(['node', 'lathe', ...argv]).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      assert.ok(error instanceof CommanderError, String(error));
+      assert.equal(error.code, code);
+      assert.equal(error.exitCode, 1);
+      assert.ok(stderr.join('').includes(message), stderr.join(''));
+    });
+  }
+
+  test('lathe train sft with both --steps and --epochs is a usage error', async () => {
+    const { root, stderr } = program();
+    const error = await root.parseAsync(['node', 'lathe', ...sft, '--steps', '5', '--epochs', '2']).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    assert.ok(error instanceof CommanderError, String(error));
+    assert.equal(error.exitCode, 1);
+    assert.match(stderr.join(''), /give --steps or --epochs, not both/);
+  });
+});

@@ -3,10 +3,9 @@
  * (SQLite, local worker, built-in tiny model), creates an API key, and fine-tunes a LoRA adapter
  * through the TypeScript SDK over HTTP, exactly as a user's training loop would.
  */
-import path from 'node:path';
 import { familyForModel, loadTokenizer } from '@lathe/cookbook';
-import { ModelInput, ServiceClient, type Datum, type TrainingClient } from '@lathe/sdk';
-import { createServer } from '@lathe/server';
+import { ModelInput, type Datum, type TrainingClient } from '@lathe/sdk';
+import { withService } from './connect.js';
 
 /** Options for {@link runDemo}. */
 export interface DemoOptions {
@@ -41,17 +40,9 @@ const COMPLETION = ' It spins the wood while a fixed tool shapes it.';
  */
 export async function runDemo(options: DemoOptions): Promise<DemoResult> {
   const { log } = options;
-  const dataDir = path.resolve(options.dataDir);
   // An unknown model family fails here, before a server (and its worker) is started.
   const tokenizer = loadTokenizer(familyForModel(options.model));
-  log(`starting a server on ${dataDir} (SQLite, local worker) ...`);
-  // createServer makes the data directory.
-  const server = await createServer({ dataDir, ...(options.modelsDir ? { modelsDir: path.resolve(options.modelsDir) } : {}) });
-  let service: ServiceClient | undefined;
-  try {
-    const baseUrl = await server.app.listen({ host: '127.0.0.1', port: 0 });
-    const { key } = await server.services.store.keys.create('lathe demo');
-    service = new ServiceClient({ baseUrl, apiKey: key });
+  return withService({ dataDir: options.dataDir, ...(options.modelsDir !== undefined && { modelsDir: options.modelsDir }) }, log, async (service) => {
     const prompt = tokenizer.encode(PROMPT);
     const completion = tokenizer.encode(COMPLETION);
     const full = [...prompt, ...completion];
@@ -61,7 +52,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
       lossFnInputs: { target_tokens: full.slice(1), weights: full.slice(1).map((_, i) => (i + 1 >= prompt.length ? 1 : 0)) },
     };
     const training = await service.createLoraTrainingClient({ baseModel: options.model, rank: 16, seed: 0 });
-    log(`server ${baseUrl}, training run ${training.modelId}`);
+    log(`training run ${training.modelId}`);
 
     const meanLoss = async (): Promise<number> => ((await training.forward([datum], 'cross_entropy')).metrics['loss:sum'] ?? Number.NaN) / completion.length;
     const greedy = async (client: TrainingClient): Promise<string> => {
@@ -90,11 +81,5 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
     const saved = await training.saveState('demo-final');
     log(`saved state:     ${saved.path}`);
     return { lossBefore, lossAfter, sampleBefore, sampleAfter, target: COMPLETION };
-  } finally {
-    try {
-      await service?.close();
-    } finally {
-      await server.close();
-    }
-  }
+  });
 }

@@ -1,0 +1,213 @@
+// `lathe train sft` and `lathe sample` as processes on an embedded server and the tiny model:
+// training logs, Ctrl-C (SIGINT) with a checkpoint and a resume, sampling, and refusals.
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { after, test } from 'node:test';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+const LATHE = path.join(ROOT, 'packages/cli/test/fixtures/lathe.ts');
+const MODELS_DIR = path.join(os.tmpdir(), 'lathe-sdk-test-models');
+const scratch = mkdtempSync(path.join(os.tmpdir(), 'lathe-cli-train-'));
+after(() => rmSync(scratch, { recursive: true, force: true }));
+
+interface Run {
+  child: ChildProcess;
+  stdout: string[];
+  stderr: string[];
+  exited: Promise<number | null>;
+}
+
+/** `detached`: in a process group of its own, so a test can signal the group as a terminal's Ctrl-C does. */
+function lathe(args: string[], options: { detached?: boolean } = {}): Run {
+  const child = spawn(process.execPath, ['--conditions=lathe-source', '--import', 'tsx', LATHE, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], detached: options.detached ?? false });
+  const run: Run = { child, stdout: [], stderr: [], exited: new Promise((resolve) => child.once('exit', (code) => resolve(code))) };
+  child.stdout!.on('data', (chunk: Buffer) => run.stdout.push(chunk.toString()));
+  child.stderr!.on('data', (chunk: Buffer) => run.stderr.push(chunk.toString()));
+  return run;
+}
+
+/** Exit code, stdout and stderr of a finished run. */
+async function finished(run: Run): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const code = await run.exited;
+  return { code, stdout: run.stdout.join(''), stderr: run.stderr.join('') };
+}
+
+/** Resolves once stderr matches `pattern`; rejects if the process exits first or after `timeoutMs`. */
+async function stderrMatches(run: Run, pattern: RegExp, timeoutMs = 90_000): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no ${pattern} on stderr within ${timeoutMs} ms:\n${run.stderr.join('')}`)), timeoutMs);
+    const check = (): void => {
+      if (pattern.test(run.stderr.join(''))) {
+        clearTimeout(timer);
+        resolve();
+      }
+    };
+    run.child.stderr!.on('data', check);
+    check();
+    void run.exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`lathe exited (${code}) before ${pattern}:\n${run.stderr.join('')}`));
+    });
+  });
+}
+
+const readJsonl = (file: string): Record<string, unknown>[] =>
+  readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((line) => line.trim() !== '')
+    .map((line) => JSON.parse(line) as Record<string, unknown>);
+
+const dataDir = path.join(scratch, 'data');
+const sft = (logDir: string, args: string[], options: { detached?: boolean } = {}): Run =>
+  lathe(['train', 'sft', '--model', 'lathe/tiny-qwen3', '--log-dir', logDir, '--data-dir', dataDir, '--models-dir', MODELS_DIR, '--lr', '2e-2', '--lora-rank', '8', '--batch-size', '4', ...args], options);
+
+let finalSamplerPath: string | undefined;
+
+test('lathe train sft trains the tiny model on the built-in conversations: metrics and checkpoints are logged and the loss falls', async () => {
+  const logDir = path.join(scratch, 'sft');
+  const { code, stdout, stderr } = await finished(sft(logDir, ['--steps', '8', '--save-every', '3', '--eval-every', '4']));
+  assert.equal(code, 0, stderr);
+  assert.match(stderr, /qwen3 renderer/);
+  assert.match(stderr, /8\/8 {2}loss \d+\.\d{4} {2}ETA/, 'a plain progress line per step (stderr is not a terminal)');
+  const losses = readJsonl(path.join(logDir, 'metrics.jsonl'))
+    .filter((r) => typeof r['train_mean_nll'] === 'number')
+    .map((r) => [r['step'], r['train_mean_nll']] as [number, number]);
+  assert.deepEqual(
+    losses.map(([step]) => step),
+    [0, 1, 2, 3, 4, 5, 6, 7],
+  );
+  const [first, last] = [losses[0]![1], losses.at(-1)![1]];
+  assert.ok(last < first / 2, `loss ${first} -> ${last}`);
+  const checkpoints = readJsonl(path.join(logDir, 'checkpoints.jsonl'));
+  assert.deepEqual(
+    checkpoints.map((c) => [c['step'], c['final']]),
+    [
+      [3, false],
+      [6, false],
+      [8, true],
+    ],
+  );
+  finalSamplerPath = checkpoints.at(-1)!['sampler_path'] as string;
+  assert.equal(stdout.trim(), `done: 8 steps; sampler weights ${finalSamplerPath}`);
+});
+
+test('Ctrl-C (SIGINT) stops lathe train sft with a checkpoint; the same --log-dir resumes at that step and finishes', async () => {
+  const logDir = path.join(scratch, 'interrupted');
+  // Only the final save is periodic: the checkpoint can come from the interrupt alone.
+  const args = ['--steps', '24', '--save-every', '0', '--eval-every', '0'];
+  const first = sft(logDir, args, { detached: true });
+  await stderrMatches(first, / 3\/24 {2}loss/);
+  // Ctrl-C in a terminal signals the whole process group: the embedded server's worker too.
+  process.kill(-first.child.pid!, 'SIGINT');
+  const stopped = await finished(first);
+  assert.equal(stopped.code, 130, stopped.stderr);
+  const [checkpoint, ...more] = readJsonl(path.join(logDir, 'checkpoints.jsonl'));
+  assert.deepEqual(more, []);
+  const stoppedAt = checkpoint!['step'] as number;
+  assert.ok(stoppedAt >= 3 && stoppedAt < 24, `stopped at ${stoppedAt}`);
+  assert.equal(checkpoint!['final'], false);
+  assert.match(stopped.stderr, new RegExp(`stopped at step ${stoppedAt}/24; checkpoint tinker://`));
+  assert.deepEqual(
+    readJsonl(path.join(logDir, 'metrics.jsonl')).map((r) => r['step']),
+    Array.from({ length: stoppedAt }, (_, i) => i),
+    'every step before the checkpoint is logged',
+  );
+
+  const second = await finished(sft(logDir, args));
+  assert.equal(second.code, 0, second.stderr);
+  assert.match(second.stderr, new RegExp(`resuming .* at step ${stoppedAt}`));
+  const progressSteps = [...second.stderr.matchAll(/ (\d+)\/24 {2}loss/g)].map((m) => Number(m[1]));
+  assert.equal(progressSteps[0], stoppedAt + 1, 'the rerun continues after the checkpoint instead of starting over');
+  assert.equal(progressSteps.at(-1), 24);
+  const steps = readJsonl(path.join(logDir, 'metrics.jsonl')).map((r) => r['step']);
+  assert.deepEqual(
+    steps.filter((s) => s !== 24),
+    Array.from({ length: 24 }, (_, i) => i),
+    'each step logged once',
+  );
+  const records = readJsonl(path.join(logDir, 'checkpoints.jsonl'));
+  assert.deepEqual(
+    records.map((c) => [c['step'], c['final']]),
+    [
+      [stoppedAt, false],
+      [24, true],
+    ],
+  );
+});
+
+test('lathe sample prints a reply from the tiny model and from trained sampler weights, reproducibly', async () => {
+  const sample = (...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> =>
+    finished(lathe(['sample', '--prompt', 'What is the capital of France?', '--data-dir', dataDir, '--models-dir', MODELS_DIR, '--max-tokens', '12', ...args]));
+  const seeded = ['--model', 'lathe/tiny-qwen3', '--temperature', '1', '--seed', '7'];
+  const [a, b] = [await sample(...seeded), await sample(...seeded)];
+  assert.equal(a.code, 0, a.stderr);
+  assert.ok(a.stdout.trim().length > 0, `a reply: ${JSON.stringify(a.stdout)}`);
+  assert.equal(b.stdout, a.stdout, 'the same seed samples the same reply');
+
+  assert.ok(finalSamplerPath !== undefined, 'the first test saved sampler weights');
+  const trained = await sample('--model', finalSamplerPath);
+  assert.equal(trained.code, 0, trained.stderr);
+  assert.ok(trained.stdout.endsWith('\n'));
+});
+
+test('lathe train sft refuses bad input in one line before it starts a server', async () => {
+  const parent = path.join(scratch, 'refused');
+  for (const [args, pattern] of [
+    [['--renderer', 'nope'], /^lathe train sft: unknown renderer "nope"/],
+    [['--data', path.join(scratch, 'missing.jsonl')], /^lathe train sft: .*missing\.jsonl/],
+  ] as const) {
+    const run = lathe(['train', 'sft', '--model', 'lathe/tiny-qwen3', '--log-dir', path.join(parent, 'log'), '--data-dir', path.join(parent, 'data'), ...args]);
+    const { code, stderr } = await finished(run);
+    assert.equal(code, 1, stderr);
+    assert.match(stderr, pattern);
+    assert.equal(stderr.trimEnd().split('\n').length, 1, stderr);
+  }
+  assert.equal(existsSync(path.join(parent, 'data')), false, 'no server was started');
+});
+
+test('lathe train rl, dpo and distill say they are not available yet (exit code 2)', async () => {
+  for (const recipe of ['rl', 'dpo', 'distill']) {
+    const { code, stderr } = await finished(lathe(['train', recipe, '--model', 'lathe/tiny-qwen3']));
+    assert.equal(code, 2, stderr);
+    assert.match(stderr, new RegExp(`^lathe train ${recipe}: .* not available yet in this version`));
+  }
+});
+
+test('with --base-url and --api-key, lathe train sft and lathe sample use a running lathe serve', async () => {
+  const remoteDir = path.join(scratch, 'remote');
+  const server = lathe(['serve', '--port', '0', '--data-dir', remoteDir, '--models-dir', MODELS_DIR]);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const check = (): void => {
+        if (server.stdout.join('').includes('listening on')) resolve();
+      };
+      server.child.stdout!.on('data', check);
+      void server.exited.then((code) => reject(new Error(`lathe serve exited (${code}):\n${server.stderr.join('')}`)));
+    });
+    const baseUrl = /listening on (\S+)/.exec(server.stdout.join(''))![1]!;
+    const keys = await finished(lathe(['keys', 'create', '--name', 'cli-test', '--data-dir', remoteDir]));
+    assert.equal(keys.code, 0, keys.stderr);
+    const remote = ['--base-url', baseUrl, '--api-key', keys.stdout.trim()];
+
+    const logDir = path.join(scratch, 'remote-sft');
+    const trained = await finished(
+      lathe(['train', 'sft', '--model', 'lathe/tiny-qwen3', '--log-dir', logDir, '--steps', '2', '--batch-size', '4', '--lr', '2e-2', '--lora-rank', '8', '--save-every', '0', '--eval-every', '0', ...remote]),
+    );
+    assert.equal(trained.code, 0, trained.stderr);
+    assert.doesNotMatch(trained.stderr, /starting a server/);
+    const samplerPath = readJsonl(path.join(logDir, 'checkpoints.jsonl')).at(-1)!['sampler_path'] as string;
+    assert.match(samplerPath, /^tinker:\/\//);
+
+    const sampled = await finished(lathe(['sample', '--model', samplerPath, '--prompt', 'What is the capital of Peru?', '--max-tokens', '8', ...remote]));
+    assert.equal(sampled.code, 0, sampled.stderr);
+    assert.doesNotMatch(sampled.stderr, /starting a server/);
+    assert.ok(sampled.stdout.endsWith('\n'));
+  } finally {
+    server.child.kill('SIGTERM');
+    await server.exited;
+  }
+});
