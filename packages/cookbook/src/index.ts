@@ -16,3 +16,8 @@ export * from './utils/checkpoints.js';
 export * from './utils/hyperparams.js';
 export * from './utils/lr-schedule.js';
 export * from './utils/ml-log.js';
+export * from './rl/types.js';
+export * from './rl/rollouts.js';
+export * from './rl/data.js';
+export * from './rl/envs.js';
+export * from './rl/train.js';
