@@ -66,8 +66,11 @@ export interface ArithmeticDatasetOptions {
   groupSize: number;
   /** Batches in the dataset. */
   numBatches: number;
-  /** Operands are drawn from 0..maxOperand (default 4, so answers are single digits 0..8). */
-  maxOperand?: number;
+  /**
+   * Answers are drawn uniformly from 0..maxSum (default 9, single digits), then split into two
+   * operands at random; uniform answers leave no constant guess better than chance.
+   */
+  maxSum?: number;
   /** Default 0. */
   seed?: number;
   formatCoef?: number;
@@ -97,8 +100,12 @@ export class ArithmeticDataset implements RLDataset {
   /** The (a, b) problems of batch `index`. */
   problems(index: number): [number, number][] {
     const random = seededRandom((this.#options.seed ?? 0) * 1_000_003 + index);
-    const span = (this.#options.maxOperand ?? 4) + 1;
-    return Array.from({ length: this.#options.batchSize }, () => [Math.floor(random() * span), Math.floor(random() * span)]);
+    const maxSum = this.#options.maxSum ?? 9;
+    return Array.from({ length: this.#options.batchSize }, () => {
+      const sum = Math.floor(random() * (maxSum + 1));
+      const a = Math.floor(random() * (sum + 1));
+      return [a, sum - a];
+    });
   }
 
   getBatch(index: number): EnvGroupBuilder[] {
@@ -170,9 +177,9 @@ export class GuessNumberEnv implements Env {
 export class GuessNumberDataset implements RLDataset {
   readonly length: number;
   readonly #tokenizer: TextTokenizer;
-  readonly #options: Omit<ArithmeticDatasetOptions, 'maxOperand' | 'formatCoef'> & GuessNumberEnvOptions;
+  readonly #options: Omit<ArithmeticDatasetOptions, 'maxSum' | 'formatCoef'> & GuessNumberEnvOptions;
 
-  constructor(tokenizer: TextTokenizer, options: Omit<ArithmeticDatasetOptions, 'maxOperand' | 'formatCoef'> & GuessNumberEnvOptions) {
+  constructor(tokenizer: TextTokenizer, options: Omit<ArithmeticDatasetOptions, 'maxSum' | 'formatCoef'> & GuessNumberEnvOptions) {
     this.#tokenizer = tokenizer;
     this.#options = options;
     this.length = options.numBatches;
