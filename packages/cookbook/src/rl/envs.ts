@@ -67,8 +67,8 @@ export interface ArithmeticDatasetOptions {
   /** Batches in the dataset. */
   numBatches: number;
   /**
-   * Answers are drawn uniformly from 0..maxSum (default 9, single digits), then split into two
-   * operands at random; uniform answers leave no constant guess better than chance.
+   * Answers run over 0..maxSum (default 9, single digits) in turn, each split into two operands at
+   * random; uniform answers leave no constant guess better than chance.
    */
   maxSum?: number;
   /** Default 0. */
@@ -101,8 +101,10 @@ export class ArithmeticDataset implements RLDataset {
   problems(index: number): [number, number][] {
     const random = seededRandom((this.#options.seed ?? 0) * 1_000_003 + index);
     const maxSum = this.#options.maxSum ?? 9;
-    return Array.from({ length: this.#options.batchSize }, () => {
-      const sum = Math.floor(random() * (maxSum + 1));
+    // Answers cycle through 0..maxSum, so a batch of a multiple of maxSum + 1 problems holds every
+    // answer equally often: the batch's gradient then has no common pull towards one answer.
+    return Array.from({ length: this.#options.batchSize }, (_, g) => {
+      const sum = (index * this.#options.batchSize + g) % (maxSum + 1);
       const a = Math.floor(random() * (sum + 1));
       return [a, sum - a];
     });

@@ -2,8 +2,8 @@
  * @module Rollouts (the cookbook's `rl/rollouts.py`): run each environment of a group against a
  * sampling client, turn by turn until the episode is done, keeping each sampled token's logprob.
  */
-import type { SamplingClient } from '@lathe/sdk';
-import type { Env, EnvGroupBuilder, Trajectory, TrajectoryGroup, Transition } from './types.js';
+import type { SampledSequence, SamplingClient } from '@lathe/sdk';
+import type { Env, EnvGroupBuilder, Observation, Trajectory, TrajectoryGroup, Transition } from './types.js';
 
 /** How the policy samples each turn. */
 export interface RolloutParams {
@@ -23,30 +23,27 @@ export interface RolloutParams {
  * const trajectory = await doSingleRollout(sampler, env, { maxTokens: 2 });
  */
 export async function doSingleRollout(sampler: SamplingClient, env: Env, params: RolloutParams): Promise<Trajectory> {
+  return playEpisode(sampler, env, await env.initialObservation(), undefined, params);
+}
+
+/** The rest of an episode from `observation`; `firstSample`, when given, is the first turn's sequence. */
+async function playEpisode(
+  sampler: SamplingClient,
+  env: Env,
+  observation: Observation,
+  firstSample: SampledSequence | undefined,
+  params: RolloutParams,
+): Promise<Trajectory> {
   const maxTurns = params.maxTurns ?? 16;
   const transitions: Transition[] = [];
-  let observation = await env.initialObservation();
   for (let turn = 0; turn < maxTurns; turn++) {
-    const response = await sampler.sample({
-      prompt: observation.prompt,
-      numSamples: 1,
-      samplingParams: {
-        maxTokens: params.maxTokens,
-        temperature: params.temperature ?? 1,
-        ...(observation.stop !== undefined && { stop: observation.stop }),
-        ...(params.seed !== undefined && { seed: params.seed + turn }),
-      },
-    });
-    const sequence = response.sequences[0];
+    const sequence = turn === 0 && firstSample !== undefined ? firstSample : (await sampleTurn(sampler, observation, 1, params, turn))[0];
     if (sequence === undefined) throw new Error('the sampler returned no sequence');
-    if (sequence.logprobs === null || sequence.logprobs.length !== sequence.tokens.length) {
-      throw new Error('the sampler returned no logprob for every sampled token; RL needs them');
-    }
     const result = await env.step(sequence.tokens, sequence.stopReason);
     transitions.push({
       observation,
       action: sequence.tokens,
-      logprobs: sequence.logprobs,
+      logprobs: sequence.logprobs!,
       stopReason: sequence.stopReason,
       reward: result.reward,
       episodeDone: result.episodeDone,
@@ -59,8 +56,29 @@ export async function doSingleRollout(sampler: SamplingClient, env: Env, params:
   return { transitions };
 }
 
+async function sampleTurn(sampler: SamplingClient, observation: Observation, numSamples: number, params: RolloutParams, turn: number): Promise<SampledSequence[]> {
+  const response = await sampler.sample({
+    prompt: observation.prompt,
+    numSamples,
+    samplingParams: {
+      maxTokens: params.maxTokens,
+      temperature: params.temperature ?? 1,
+      ...(observation.stop !== undefined && { stop: observation.stop }),
+      ...(params.seed !== undefined && { seed: params.seed + turn }),
+    },
+  });
+  if (response.sequences.length !== numSamples) throw new Error(`the sampler returned ${response.sequences.length} sequences for ${numSamples}`);
+  for (const sequence of response.sequences) {
+    if (sequence.logprobs === null || sequence.logprobs.length !== sequence.tokens.length) {
+      throw new Error('the sampler returned no logprob for every sampled token; RL needs them');
+    }
+  }
+  return response.sequences;
+}
+
 /**
- * Rolls out every environment of one group concurrently.
+ * Rolls out every environment of one group concurrently. When all of them start from the same
+ * observation (the usual GRPO group), their first turns are one `sample` call with `numSamples`.
  *
  * @example
  * const group = await doGroupRollout(builder, sampler, { maxTokens: 2, seed: 0 }, step);
@@ -68,8 +86,14 @@ export async function doSingleRollout(sampler: SamplingClient, env: Env, params:
 export async function doGroupRollout(builder: EnvGroupBuilder, sampler: SamplingClient, params: RolloutParams, samplerStep = 0): Promise<TrajectoryGroup> {
   const envs = await builder.makeEnvs();
   const maxTurns = params.maxTurns ?? 16;
+  const observations = await Promise.all(envs.map((env) => env.initialObservation()));
+  const key = (o: Observation): string => JSON.stringify([o.prompt.toInts(), o.stop ?? null]);
+  const shared = observations.length > 1 && observations.every((o) => key(o) === key(observations[0]!));
+  const firstSamples = shared ? await sampleTurn(sampler, observations[0]!, observations.length, params, 0) : undefined;
   const trajectories = await Promise.all(
-    envs.map((env, i) => doSingleRollout(sampler, env, params.seed === undefined ? params : { ...params, seed: params.seed + i * maxTurns })),
+    envs.map((env, i) =>
+      playEpisode(sampler, env, observations[i]!, firstSamples?.[i], params.seed === undefined ? params : { ...params, seed: params.seed + i * maxTurns }),
+    ),
   );
   return { trajectories, tags: builder.loggingTags?.() ?? [], samplerStep };
 }
