@@ -244,3 +244,25 @@ test('off-policy mode (needs the first test\'s warm-up) trains on rollouts at mo
   assert.ok(metrics[0]!['kl_policy_base']! > 0, 'the warmed-up policy has moved away from the base model');
   assert.deepEqual(readCheckpoints(logPath).map((c) => c.name), ['final']);
 });
+
+test('an interrupted RL run resumes from its last checkpoint (needs the first test\'s warm-up)', async () => {
+  assert.ok(warmPath !== undefined, 'needs the format warm-up of the first test');
+  const logPath = path.join(root, 'resume');
+  const steps = 4;
+  const config = {
+    service, logPath, modelName: MODEL, seed: 2, loadCheckpointPath: warmPath,
+    dataset: new ArithmeticDataset(tokenizer, { batchSize: 5, groupSize: 8, numBatches: steps, maxSum: MAX_SUM, seed: 2 }),
+    learningRate: 1e-3, maxTokens: 1, saveEvery: 1, console: () => {},
+  };
+  const stop = new AbortController();
+  const first = await trainRL({ ...config, signal: stop.signal, onStep: (step) => step === 1 && stop.abort() });
+  assert.deepEqual([first.interrupted, first.steps], [true, 2]);
+  const second = await trainRL(config);
+  assert.equal(second.resumedFrom?.step, 2);
+  assert.deepEqual(readMetrics(logPath).map((m) => m.step), [0, 1, 2, 3]);
+  assert.deepEqual(readCheckpoints(logPath).map((c) => [c.name, c.final]), [['000001', false], ['000002', false], ['000003', false], ['final', true]]);
+  // A complete log dir is returned as is.
+  const again = await trainRL(config);
+  assert.deepEqual([again.steps, again.finalCheckpoint?.name], [steps, 'final']);
+  assert.equal(readMetrics(logPath).length, steps);
+});
