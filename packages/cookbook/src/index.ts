@@ -21,3 +21,8 @@ export * from './preference/data.js';
 export * from './preference/train.js';
 export * from './distillation/on-policy.js';
 export * from './distillation/data.js';
+export * from './rl/types.js';
+export * from './rl/rollouts.js';
+export * from './rl/data.js';
+export * from './rl/envs.js';
+export * from './rl/train.js';

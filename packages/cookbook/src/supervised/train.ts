@@ -5,7 +5,7 @@
  * `logPath`, and resumes from the last checkpoint there (weights and optimizer state).
  */
 import type { APIFuture, Datum, ForwardBackwardOutput, OptimStepResponse, ServiceClient, TrainingClient } from '@lathe/sdk';
-import { getLastCheckpoint, submitCheckpoint, type CheckpointRecord } from '../utils/checkpoints.js';
+import { getLastCheckpoint, submitCheckpoint, openTrainingClient, type CheckpointRecord } from '../utils/checkpoints.js';
 import { lrMultiplier, type LrSchedule } from '../utils/lr-schedule.js';
 import { MetricsLogger, prefixMetrics, type LineSink, type Metrics } from '../utils/ml-log.js';
 import { datumWeights, meanNll } from './datum.js';
@@ -221,15 +221,6 @@ export async function trainSupervised(config: SupervisedConfig): Promise<Supervi
 }
 
 /** Resume with optimizer state, start from given weights, or create a fresh LoRA adapter. */
-function openTrainingClient(config: SupervisedConfig, resumedFrom: CheckpointRecord | undefined): Promise<TrainingClient> {
-  if (resumedFrom?.state_path !== undefined) return config.service.createTrainingClientFromStateWithOptimizer(resumedFrom.state_path);
-  if (config.loadCheckpointPath !== undefined) return config.service.createTrainingClientFromState(config.loadCheckpointPath);
-  return config.service.createLoraTrainingClient({
-    baseModel: config.modelName,
-    rank: config.loraRank ?? 32,
-    ...(config.seed !== undefined && { seed: config.seed }),
-  });
-}
 
 /** Where a run that has done `steps` steps continues. */
 function loopState(steps: number, batchesPerEpoch: number): { epoch: number; batch: number; step: number } {

@@ -5,7 +5,7 @@
  */
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
-import type { APIFuture, SaveWeightsResponse, TrainingClient } from '@lathe/sdk';
+import type { APIFuture, SaveWeightsResponse, ServiceClient, TrainingClient } from '@lathe/sdk';
 import { appendJsonl, readJsonl } from './ml-log.js';
 
 /** What to save: optimizer+weights state (to resume), sampler weights (to sample), or both. */
@@ -86,4 +86,32 @@ export function submitCheckpoint(
     appendJsonl(checkpointsFile(logPath), record);
     return record;
   };
+}
+
+/** What a training loop needs to open its training client (see {@link openTrainingClient}). */
+export interface TrainingClientSource {
+  service: ServiceClient;
+  modelName: string;
+  /** Default 32. */
+  loraRank?: number;
+  seed?: number;
+  /** Start from these weights with a fresh optimizer (ignored when resuming). */
+  loadCheckpointPath?: string;
+}
+
+/**
+ * The training client of a loop: the resumed checkpoint's state with its optimizer, else
+ * `loadCheckpointPath`'s weights with a fresh optimizer, else a new LoRA adapter.
+ *
+ * @example
+ * const training = await openTrainingClient({ service, modelName: 'lathe/tiny-qwen3' }, getLastCheckpoint(logPath));
+ */
+export function openTrainingClient(config: TrainingClientSource, resumedFrom: CheckpointRecord | undefined): Promise<TrainingClient> {
+  if (resumedFrom?.state_path !== undefined) return config.service.createTrainingClientFromStateWithOptimizer(resumedFrom.state_path);
+  if (config.loadCheckpointPath !== undefined) return config.service.createTrainingClientFromState(config.loadCheckpointPath);
+  return config.service.createLoraTrainingClient({
+    baseModel: config.modelName,
+    rank: config.loraRank ?? 32,
+    ...(config.seed !== undefined && { seed: config.seed }),
+  });
 }
