@@ -43,3 +43,19 @@ export function quantile(sorted: number[], q: number): number {
   const hi = Math.ceil(pos);
   return sorted[lo]! + (sorted[hi]! - sorted[lo]!) * (pos - lo);
 }
+
+/**
+ * Runs a benchmark's `main` and exits with its code (1, with the error printed, if it throws).
+ *
+ * @example
+ * runBench(main);
+ */
+export function runBench(main: () => Promise<number>): void {
+  main().then(
+    (code) => process.exit(code),
+    (error: unknown) => {
+      console.error(error);
+      process.exit(1);
+    },
+  );
+}

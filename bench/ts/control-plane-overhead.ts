@@ -31,7 +31,7 @@ import { decodeForwardBackwardOutput, encodeForwardBackwardRequest, type WireDat
 import type { WorkerClient } from '../../packages/server/src/worker/client.js';
 import { REPO_ROOT, startLocalWorker, type LocalWorker } from '../../packages/server/src/worker/process.js';
 import { fromWire, type WireTensor } from '../../packages/server/src/worker/tensor.js';
-import { jsonOf, quantile, request, type Reply } from './_http.js';
+import { jsonOf, quantile, request, type Reply, runBench } from './_http.js';
 
 const USAGE = `usage: npm run bench -- control-plane-overhead [options]
 
@@ -373,10 +373,4 @@ function lossOf(metrics: Record<string, number>): number {
   return metrics[key]!;
 }
 
-main().then(
-  (code) => process.exit(code),
-  (error: unknown) => {
-    console.error(error);
-    process.exit(1);
-  },
-);
+runBench(main);

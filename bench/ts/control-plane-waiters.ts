@@ -30,7 +30,7 @@ import { parseArgs } from 'node:util';
 import { createServer, type LatheServer } from '../../packages/server/src/app.js';
 import { encodeForwardBackwardRequest, type WireDatum } from '../../packages/server/src/protocol/proto.js';
 import { REPO_ROOT } from '../../packages/server/src/worker/process.js';
-import { jsonOf, quantile, request, type Reply } from './_http.js';
+import { jsonOf, quantile, request, type Reply, runBench } from './_http.js';
 
 const USAGE = `usage: npm run bench -- control-plane-waiters [options]
 
@@ -361,10 +361,4 @@ class Waiter {
   }
 }
 
-main().then(
-  (code) => process.exit(code),
-  (error: unknown) => {
-    console.error(error);
-    process.exit(1);
-  },
-);
+runBench(main);

@@ -20,7 +20,7 @@
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { REPO_ROOT } from '../../packages/server/src/worker/process.js';
-import { quantile } from './_http.js';
+import { quantile, runBench } from './_http.js';
 import { datum, PROMPT, startBenchServer, type BenchServer } from './_tenants.js';
 
 const USAGE = `usage: npm run bench -- multi-tenant-latency [options]
@@ -145,10 +145,4 @@ async function main(): Promise<number> {
   }
 }
 
-main().then(
-  (code) => process.exit(code),
-  (error: unknown) => {
-    console.error(error);
-    process.exit(1);
-  },
-);
+runBench(main);

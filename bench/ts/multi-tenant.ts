@@ -22,6 +22,7 @@ import { parseArgs } from 'node:util';
 import type { WireDatum } from '../../packages/server/src/protocol/proto.js';
 import { REPO_ROOT } from '../../packages/server/src/worker/process.js';
 import { datum, startBenchServer, type BenchRun, type BenchServer, type Tenant } from './_tenants.js';
+import { runBench } from './_http.js';
 
 const USAGE = `usage: npm run bench -- multi-tenant [options]
 
@@ -128,10 +129,4 @@ async function main(): Promise<number> {
   }
 }
 
-main().then(
-  (code) => process.exit(code),
-  (error: unknown) => {
-    console.error(error);
-    process.exit(1);
-  },
-);
+runBench(main);

@@ -21,7 +21,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { WireDatum } from '../../packages/server/src/protocol/proto.js';
 import { REPO_ROOT, startLocalWorker } from '../../packages/server/src/worker/process.js';
-import { quantile } from './_http.js';
+import { quantile, runBench } from './_http.js';
 import { startBenchServer, type BenchServer } from './_tenants.js';
 
 const USAGE = `usage: npm run bench -- recovery [options]
@@ -129,10 +129,4 @@ async function main(): Promise<number> {
   }
 }
 
-main().then(
-  (code) => process.exit(code),
-  (error: unknown) => {
-    console.error(error);
-    process.exit(1);
-  },
-);
+runBench(main);

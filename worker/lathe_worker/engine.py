@@ -282,12 +282,18 @@ class Engine:
         for i in valid:
             if items[i].adapter_id is not None:
                 by_adapter.setdefault(items[i].adapter_id, []).append(i)
-        for adapter_id, indices in by_adapter.items():
+        if not by_adapter:
+            return
+        # One device sync for every adapter of the call, not one per adapter.
+        grads_finite = torch.stack([
+            torch.stack([p.grad.isfinite().all() for p in self.adapters[adapter_id].adapter.parameters() if p.grad is not None]
+                        or [torch.ones((), dtype=torch.bool, device=self.device)]).all()
+            for adapter_id in by_adapter
+        ]).tolist()
+        for (adapter_id, indices), grads_ok in zip(by_adapter.items(), grads_finite):
             slot = self.adapters[adapter_id]
             losses = [float(outcome[i]["metrics"]["loss:sum"]) for i in indices]  # type: ignore[index]
-            grads = [p.grad for p in slot.adapter.parameters() if p.grad is not None]
-            finite = all(math.isfinite(loss) for loss in losses) and (
-                not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all()))
+            finite = grads_ok and all(math.isfinite(loss) for loss in losses)
             if finite:
                 slot.pending_grad = True
                 continue

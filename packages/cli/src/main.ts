@@ -5,9 +5,9 @@ import path from 'node:path';
 import { DataDirError, parseAlias } from '@lathe/server';
 import { Command, InvalidArgumentError } from 'commander';
 import { runDemo } from './commands/demo.js';
-import { runSample } from './commands/sample.js';
+import { runSample, type SampleOptions } from './commands/sample.js';
 import { createKey, DEFAULT_DATA_DIR, KeyNotFoundError, listKeys, revokeKey, serve } from './commands/serve.js';
-import { runTrainSft } from './commands/train.js';
+import { runTrainSft, type TrainSftOptions } from './commands/train.js';
 import { runWorker } from './commands/worker.js';
 
 /**
@@ -79,39 +79,11 @@ function collectAlias(value: string, previous: Record<string, string>): Record<s
   return { ...previous, [name]: target.startsWith('.') ? path.resolve(target) : target };
 }
 
-interface ConnectionFlags {
-  baseUrl?: string;
-  apiKey?: string;
-  dataDir: string;
-  modelsDir?: string;
-}
+/** `lathe train sft`'s flags: its options without what the action supplies. */
+type TrainSftFlags = Omit<TrainSftOptions, 'signal' | 'progress' | 'log'>;
 
-interface TrainSftFlags extends ConnectionFlags {
-  model: string;
-  logDir: string;
-  data?: string;
-  steps?: number;
-  epochs?: number;
-  batchSize: number;
-  lr?: number;
-  loraRank: number;
-  renderer?: string;
-  maxLength?: number;
-  saveEvery: number;
-  evalEvery: number;
-  testSize?: number;
-  seed: number;
-}
-
-interface SampleFlags extends ConnectionFlags {
-  model: string;
-  prompt: string;
-  system?: string;
-  renderer?: string;
-  maxTokens: number;
-  temperature: number;
-  seed?: number;
-}
+/** `lathe sample`'s flags. */
+type SampleFlags = Omit<SampleOptions, 'log'>;
 
 /** Builds the command tree (exported for tests). */
 export function buildProgram(): Command {
