@@ -2,6 +2,7 @@
  * @module A training progress line on stderr: step/total, loss and ETA; redrawn in place on a
  * terminal, one plain line per step otherwise (logs, pipes, tests).
  */
+import { formatBytes } from './table.js';
 
 /** Where progress goes: a stream that may be a terminal. */
 export interface ProgressStream {
@@ -33,11 +34,8 @@ export class ProgressBar {
 
   /** Reports that `done` steps of the total are done, the last with training loss `loss`. */
   update(done: number, loss: number): void {
-    const width = 20;
-    const filled = Math.round((width * done) / this.#total);
-    const bar = `[${'#'.repeat(filled)}${'-'.repeat(width - filled)}]`;
     const steps = `${String(done).padStart(String(this.#total).length)}/${this.#total}`;
-    const line = `${bar} ${steps}  loss ${loss.toFixed(4)}  ETA ${formatDuration(this.#eta(done))}`;
+    const line = `${bar(done / this.#total)} ${steps}  loss ${loss.toFixed(4)}  ETA ${formatDuration(this.#eta(done))}`;
     if (this.#stream.isTTY === true) {
       this.#stream.write(`\r\x1b[2K${line}`);
       this.#drawn = true;
@@ -56,6 +54,63 @@ export class ProgressBar {
     const stepsHere = done - this.#firstStep;
     if (stepsHere <= 0) return Number.NaN;
     return (((performance.now() - this.#startedAt) / stepsHere) * (this.#total - done)) / 1000;
+  }
+}
+
+/** `[#####---------------]` for a fraction in [0, 1]. */
+function bar(fraction: number): string {
+  const width = 20;
+  const filled = Math.round(width * Math.min(1, Math.max(0, fraction)));
+  return `[${'#'.repeat(filled)}${'-'.repeat(width - filled)}]`;
+}
+
+/**
+ * Progress of a download in bytes: bar, done/total, rate and ETA. On a terminal one line is
+ * redrawn; elsewhere a plain line is printed at each tenth of the total and at the end.
+ *
+ * @example
+ * const progress = new DownloadProgress(process.stderr, 'acme/model', 5_000_000, 0);
+ * progress.update(2_500_000); // acme/model [##########----------] 2.50 MB/5.00 MB  1.2 MB/s  ETA 0:02
+ * progress.done();
+ */
+export class DownloadProgress {
+  readonly #stream: ProgressStream;
+  readonly #label: string;
+  readonly #total: number;
+  readonly #startBytes: number;
+  readonly #startedAt = performance.now();
+  #lastTenth = -1;
+  #drawn = false;
+
+  /** `startBytes`: bytes already on disk before this process (a resumed download), left out of the rate. */
+  constructor(stream: ProgressStream, label: string, total: number, startBytes: number) {
+    this.#stream = stream;
+    this.#label = label;
+    this.#total = total;
+    this.#startBytes = startBytes;
+  }
+
+  /** Reports `done` bytes of the total on disk. */
+  update(done: number): void {
+    const seconds = (performance.now() - this.#startedAt) / 1000;
+    const rate = seconds > 0 ? (done - this.#startBytes) / seconds : Number.NaN;
+    const eta = rate > 0 ? (this.#total - done) / rate : Number.NaN;
+    const line = `${this.#label} ${bar(this.#total > 0 ? done / this.#total : 1)} ${formatBytes(done)}/${formatBytes(this.#total)}  ${Number.isFinite(rate) ? `${formatBytes(rate)}/s` : '?'}  ETA ${formatDuration(eta)}`;
+    if (this.#stream.isTTY === true) {
+      this.#stream.write(`\r\x1b[2K${line}`);
+      this.#drawn = true;
+      return;
+    }
+    const tenth = this.#total > 0 ? Math.floor((10 * done) / this.#total) : 10;
+    if (tenth === this.#lastTenth) return;
+    this.#lastTenth = tenth;
+    this.#stream.write(`${line}\n`);
+  }
+
+  /** Ends the redrawn line. */
+  done(): void {
+    if (this.#drawn) this.#stream.write('\n');
+    this.#drawn = false;
   }
 }
 

@@ -24,6 +24,16 @@ export interface ConnectOptions {
 }
 
 /**
+ * The models directory of `options`: `modelsDir`, else the embedded server's `<dataDir>/models`.
+ *
+ * @example
+ * modelsDirOf({ dataDir: '.lathe' }); // '/abs/path/.lathe/models'
+ */
+export function modelsDirOf(options: Pick<ConnectOptions, 'dataDir' | 'modelsDir'>): string {
+  return path.resolve(options.modelsDir ?? path.join(options.dataDir, 'models'));
+}
+
+/**
  * Runs `use` with a service client for `options`, then closes the client (and the embedded
  * server, if one was started), also when `use` throws.
  *

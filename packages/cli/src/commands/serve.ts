@@ -3,6 +3,7 @@
  */
 import path from 'node:path';
 import { createServer, defaultDatabaseUrl, generateWorkerToken, openStore, prepareDataDir, type Store } from '@lathe/server';
+import { formatTable } from '../table.js';
 
 /** Where the server keeps its database, checkpoints and models unless told otherwise. */
 export const DEFAULT_DATA_DIR = '.lathe';
@@ -130,8 +131,7 @@ const when = (ms: number | null): string => (ms === null ? '-' : new Date(ms).to
 export async function listKeys(options: DataOptions): Promise<string> {
   const keys = await withStore(options, (store) => store.keys.list());
   const rows = [['NAME', 'PREFIX', 'CREATED', 'REVOKED'], ...keys.map((k) => [k.name, k.prefix ?? k.id, when(k.createdAt), when(k.revokedAt)])];
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-  return rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join('  ')).join('\n');
+  return formatTable(rows);
 }
 
 /** `lathe keys revoke` named no single active key. */
