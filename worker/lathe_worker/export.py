@@ -11,8 +11,7 @@ float64 and storing it in the weight's own dtype. Our LM-head LoRA changes only 
 a base with tied embeddings it gets an `lm_head.weight` of its own and `tie_word_embeddings` becomes
 false, since merging into the tied matrix would also move the input embeddings.
 
-`python -m lathe_worker.export peft --adapter DIR --out DIR`
-`python -m lathe_worker.export merged --adapter DIR --out DIR [--base NAME_OR_FOLDER] [--models-dir DIR]`"""
+`python -m lathe_worker.export --adapter DIR [--peft OUT] [--merged OUT [--base NAME_OR_FOLDER] [--models-dir DIR]]`"""
 
 from __future__ import annotations
 
@@ -150,20 +149,22 @@ def merge_into_base(adapter_dir: Path, base_folder: Path, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lathe_worker.export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("kind", choices=["peft", "merged"])
     parser.add_argument("--adapter", type=Path, required=True, help="a checkpoint archive's adapter folder")
-    parser.add_argument("--out", type=Path, required=True, help="the folder to write (must not exist or be empty)")
+    parser.add_argument("--peft", type=Path, help="write the adapter under PEFT's names here (a new or empty folder)")
+    parser.add_argument("--merged", type=Path, help="write the merged Hugging Face model here (a new or empty folder)")
     parser.add_argument("--base", help="base model name or folder (default: the adapter's base_model_name_or_path)")
     parser.add_argument("--models-dir", type=Path, default=Path(".lathe/models"))
     args = parser.parse_args(argv)
+    if args.peft is None and args.merged is None:
+        parser.error("give --peft and/or --merged")
     try:
-        if args.kind == "peft":
-            to_peft(args.adapter, args.out)
-        else:
+        if args.peft is not None:
+            to_peft(args.adapter, args.peft)
+        if args.merged is not None:
             base = args.base or _read_json(args.adapter / ADAPTER_CONFIG).get("base_model_name_or_path")
             if not base:
                 raise UserError("invalid_field", "the adapter names no base model; give --base")
-            merge_into_base(args.adapter, ModelRegistry(args.models_dir).resolve(base), args.out)
+            merge_into_base(args.adapter, ModelRegistry(args.models_dir).resolve(base), args.merged)
     except UserError as e:
         print(e.message, file=sys.stderr)
         return 2

@@ -41,8 +41,7 @@ def test_merged_folder_gives_our_logits_in_transformers(tmp_path, arch):
     ours = load_model(folder)
     adapter = random_adapter(ours, LoraConfig(rank=8, seed=4))
     export_peft(adapter, "org/base", ours.config, tmp_path / "archive")
-    assert main(["merged", "--adapter", str(tmp_path / "archive"), "--out", str(tmp_path / "merged"),
-                 "--base", str(folder)]) == 0
+    assert main(["--adapter", str(tmp_path / "archive"), "--merged", str(tmp_path / "merged"), "--base", str(folder)]) == 0
 
     config = json.loads((tmp_path / "merged" / "config.json").read_text())
     assert config["tie_word_embeddings"] is False  # the LM-head LoRA must not move the input embeddings

@@ -5,7 +5,7 @@
  * (`python -m lathe_worker.export`), which knows the models' weight names and tied embeddings.
  */
 import { execFile } from 'node:child_process';
-import { createWriteStream, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
@@ -93,7 +93,10 @@ export interface ExportOptions extends CheckpointCommandOptions {
  * await exportCheckpoint({ dataDir: '.lathe', tinkerPath: 'tinker://S:train:0/sampler_weights/final', merged: 'out/merged', log: console.error });
  */
 export async function exportCheckpoint(options: ExportOptions): Promise<void> {
-  if (options.peft === undefined && options.merged === undefined) throw new Error('give --peft DIR and/or --merged DIR');
+  const outputs = [['--peft', options.peft], ['--merged', options.merged]].flatMap(([flag, dir]) => (dir === undefined ? [] : [[flag!, path.resolve(dir)] as const]));
+  if (outputs.length === 0) throw new Error('give --peft DIR and/or --merged DIR');
+  // Checked here too (the export script checks again) so that a bad folder costs no download.
+  for (const [flag, dir] of outputs) if (existsSync(dir) && readdirSync(dir).length > 0) throw new Error(`${flag} ${dir} exists and is not empty`);
   const work = mkdtempSync(path.join(os.tmpdir(), 'lathe-export-'));
   try {
     const archive = path.join(work, 'archive.tar');
@@ -101,13 +104,9 @@ export async function exportCheckpoint(options: ExportOptions): Promise<void> {
     const adapter = path.join(work, 'adapter');
     mkdirSync(adapter);
     await extractTar({ file: archive, cwd: adapter });
-    const modelsDir = modelsDirOf(options);
-    for (const [kind, out] of [['peft', options.peft], ['merged', options.merged]] as const) {
-      if (out === undefined) continue;
-      const base = kind === 'merged' && options.baseModel !== undefined ? ['--base', options.baseModel] : [];
-      await runExport([kind, '--adapter', adapter, '--out', path.resolve(out), '--models-dir', modelsDir, ...base]);
-      options.log(`wrote ${kind === 'peft' ? 'the PEFT adapter' : 'the merged model'} to ${path.resolve(out)}`);
-    }
+    const base = options.baseModel !== undefined ? ['--base', options.baseModel] : [];
+    await runExport(['--adapter', adapter, ...outputs.flat(), '--models-dir', modelsDirOf(options), ...base]);
+    for (const [flag, dir] of outputs) options.log(`wrote ${flag === '--peft' ? 'the PEFT adapter' : 'the merged model'} to ${dir}`);
   } finally {
     rmSync(work, { recursive: true, force: true });
   }
