@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import UserError
 from .lora import UNEMBED_TARGET
-from .models.loading import INDEX_FILE, _read_json, _weight_map
+from .models.loading import INDEX_FILE, read_json, weight_map_of
 from .models.registry import ModelRegistry
 from .peft_export import TINKER_UNEMBED
 
@@ -43,7 +43,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 def _read_adapter(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     folder = Path(folder)
-    config = _read_json(folder / ADAPTER_CONFIG)
+    config = read_json(folder / ADAPTER_CONFIG)
     if not (folder / ADAPTER_WEIGHTS).is_file():
         raise UserError("model_files_missing", f"adapter folder {folder} has no {ADAPTER_WEIGHTS}")
     if config.get("use_rslora") or config.get("use_dora"):
@@ -111,8 +111,8 @@ def merge_into_base(adapter_dir: Path, base_folder: Path, out: Path) -> None:
     """
     base_folder = Path(base_folder)
     deltas = lora_deltas(adapter_dir)
-    config = _read_json(base_folder / "config.json")
-    weight_map = _weight_map(base_folder)
+    config = read_json(base_folder / "config.json")
+    weight_map = weight_map_of(base_folder)
     head = f"{UNEMBED_TARGET}.weight"
     untie = head in deltas and head not in weight_map
     if untie and not config.get("tie_word_embeddings", False):
@@ -136,7 +136,7 @@ def merge_into_base(adapter_dir: Path, base_folder: Path, out: Path) -> None:
                 new_map[head] = file
             save_file(shard, tmp / file, metadata={"format": "pt"})
         if (base_folder / INDEX_FILE).is_file():
-            index = _read_json(base_folder / INDEX_FILE)
+            index = read_json(base_folder / INDEX_FILE)
             (tmp / INDEX_FILE).write_text(json.dumps({**index, "weight_map": new_map}, indent=2, sort_keys=True) + "\n")
         merged_config = {**config, "tie_word_embeddings": False} if untie else config
         (tmp / "config.json").write_text(json.dumps(merged_config, indent=2, sort_keys=True) + "\n")
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.peft is not None:
             to_peft(args.adapter, args.peft)
         if args.merged is not None:
-            base = args.base or _read_json(args.adapter / ADAPTER_CONFIG).get("base_model_name_or_path")
+            base = args.base or read_json(args.adapter / ADAPTER_CONFIG).get("base_model_name_or_path")
             if not base:
                 raise UserError("invalid_field", "the adapter names no base model; give --base")
             merge_into_base(args.adapter, ModelRegistry(args.models_dir).resolve(base), args.merged)

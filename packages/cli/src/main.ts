@@ -4,10 +4,10 @@
 import path from 'node:path';
 import { DataDirError, parseAlias } from '@lathe/server';
 import { Command, InvalidArgumentError } from 'commander';
-import { deleteCheckpoint, downloadCheckpoint, exportCheckpoint, listCheckpoints } from './commands/checkpoints.js';
+import { checkpointsTable, deleteCheckpoint, downloadCheckpoint, exportCheckpoint, listCheckpoints } from './commands/checkpoints.js';
 import { runDemo } from './commands/demo.js';
 import { listModels, modelsTable, pullIntoModelsDir } from './commands/models.js';
-import { checkpointsTable, formatRunDetails, listRuns, runsTable, showRun } from './commands/runs.js';
+import { formatRunDetails, listRuns, runsTable, showRun } from './commands/runs.js';
 import { runSample, type SampleOptions } from './commands/sample.js';
 import { createKey, DEFAULT_DATA_DIR, KeyNotFoundError, listKeys, revokeKey, serve } from './commands/serve.js';
 import { runTrainSft, type TrainSftOptions } from './commands/train.js';

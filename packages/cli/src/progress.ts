@@ -1,6 +1,6 @@
 /**
- * @module A training progress line on stderr: step/total, loss and ETA; redrawn in place on a
- * terminal, one plain line per step otherwise (logs, pipes, tests).
+ * @module Progress lines on stderr: training (step/total, loss and ETA) and downloads (bytes, rate
+ * and ETA); redrawn in place on a terminal, plain lines otherwise (logs, pipes, tests).
  */
 import { formatBytes } from './table.js';
 

@@ -1,6 +1,22 @@
 /**
- * @module Plain-text tables and sizes for the CLI's listings.
+ * @module The CLI's listings: the first items of a paged listing, plain-text tables and sizes.
  */
+
+/**
+ * The first `limit` items of an async iterable (a paged listing), fetching no further pages.
+ *
+ * @example
+ * const runs = await take(rest.iterTrainingRuns({ limit: 50 }), 50);
+ */
+export async function take<T>(items: AsyncIterable<T>, limit: number): Promise<T[]> {
+  const out: T[] = [];
+  if (limit <= 0) return out;
+  for await (const item of items) {
+    out.push(item);
+    if (out.length >= limit) break;
+  }
+  return out;
+}
 
 /**
  * Left-aligned columns separated by two spaces; the first row is the header. The last column is

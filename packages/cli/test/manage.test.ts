@@ -16,9 +16,9 @@ import { after, before, describe, test } from 'node:test';
 import { ModelInput, ServiceClient, type Datum } from '@lathe/sdk';
 import { createServer, pythonExecutable, type LatheServer } from '@lathe/server';
 import { list as listTar } from 'tar';
-import { deleteCheckpoint, downloadCheckpoint, exportCheckpoint, listCheckpoints } from '../src/commands/checkpoints.js';
+import { checkpointsTable, deleteCheckpoint, downloadCheckpoint, exportCheckpoint, listCheckpoints } from '../src/commands/checkpoints.js';
 import { listModels, modelsTable } from '../src/commands/models.js';
-import { checkpointsTable, listRuns, runsTable, showRun } from '../src/commands/runs.js';
+import { listRuns, runsTable, showRun } from '../src/commands/runs.js';
 import { HubError, pullModel } from '../src/hub.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');

@@ -22,7 +22,7 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -32,7 +32,7 @@ def _read_json(path: Path) -> dict:
 
 
 def load_config(folder: Path) -> ModelConfig:
-    return ModelConfig.from_hf_dict(_read_json(Path(folder) / "config.json"))
+    return ModelConfig.from_hf_dict(read_json(Path(folder) / "config.json"))
 
 
 def _open(path: Path, device: str = "cpu"):
@@ -42,13 +42,13 @@ def _open(path: Path, device: str = "cpu"):
         raise UserError("invalid_model_files", f"{path} is not a valid safetensors file: {e}") from None
 
 
-def _weight_map(folder: Path) -> dict[str, str]:
+def weight_map_of(folder: Path) -> dict[str, str]:
     """tensor name -> file name, for a single-file or a sharded checkpoint."""
     if (folder / SINGLE_FILE).is_file():
         with _open(folder / SINGLE_FILE) as f:
             return dict.fromkeys(f.keys(), SINGLE_FILE)
     if (folder / INDEX_FILE).is_file():
-        index = _read_json(folder / INDEX_FILE)
+        index = read_json(folder / INDEX_FILE)
         if not isinstance(index.get("weight_map"), dict):
             raise UserError("invalid_model_files", f"{folder / INDEX_FILE} has no weight_map")
         return index["weight_map"]
@@ -85,7 +85,7 @@ def load_model(folder: Path, dtype=torch.float32, device=None, sharding: ModelSh
     if sharding is not None:
         sharding.check(model)  # before reading anything
     expected = {k: v.shape for k, v in model.state_dict().items()}
-    weight_map = _weight_map(folder)
+    weight_map = weight_map_of(folder)
 
     missing = sorted(set(expected) - set(weight_map))
     if missing:

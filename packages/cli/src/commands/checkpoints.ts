@@ -14,6 +14,7 @@ import { promisify } from 'node:util';
 import type { Checkpoint, RestClient } from '@lathe/sdk';
 import { pythonExecutable, REPO_ROOT } from '@lathe/server';
 import { extract as extractTar } from 'tar';
+import { formatBytes, formatTable, take } from '../table.js';
 import { modelsDirOf, withService, type ConnectOptions } from './connect.js';
 
 /** What every checkpoint command takes: a connection and a log for progress lines. */
@@ -31,13 +32,22 @@ export async function listCheckpoints(options: CheckpointCommandOptions & { runI
   return withService(options, options.log, async (service) => {
     const rest = service.createRestClient();
     if (options.runId !== undefined) return (await rest.listCheckpoints(options.runId)).checkpoints.slice(0, options.limit);
-    const checkpoints: Checkpoint[] = [];
-    for await (const checkpoint of rest.iterUserCheckpoints({ limit: Math.min(options.limit, 100) })) {
-      checkpoints.push(checkpoint);
-      if (checkpoints.length >= options.limit) break;
-    }
-    return checkpoints;
+    return take(rest.iterUserCheckpoints({ limit: Math.min(options.limit, 100) }), options.limit);
   });
+}
+
+/**
+ * Checkpoints as a table: tinker path, type, size, created, expiry, published.
+ *
+ * @example
+ * console.log(checkpointsTable(checkpoints));
+ */
+export function checkpointsTable(checkpoints: readonly Checkpoint[]): string {
+  if (checkpoints.length === 0) return 'no checkpoints';
+  return formatTable([
+    ['PATH', 'TYPE', 'SIZE', 'CREATED', 'EXPIRES', 'PUBLIC'],
+    ...checkpoints.map((c) => [c.tinkerPath, c.checkpointType, formatBytes(c.sizeBytes), c.time, c.expiresAt ?? '-', c.public ? 'yes' : 'no']),
+  ]);
 }
 
 /**

@@ -2,7 +2,8 @@
  * @module `lathe runs list|show`: this key's training runs and their checkpoints.
  */
 import type { Checkpoint, TrainingRun } from '@lathe/sdk';
-import { formatBytes, formatTable } from '../table.js';
+import { formatTable, take } from '../table.js';
+import { checkpointsTable } from './checkpoints.js';
 import { withService, type ConnectOptions } from './connect.js';
 
 /** Options of {@link listRuns}. */
@@ -20,14 +21,7 @@ export interface ListRunsOptions extends ConnectOptions {
  * runs[0]?.trainingRunId;
  */
 export async function listRuns(options: ListRunsOptions): Promise<TrainingRun[]> {
-  return withService(options, options.log, async (service) => {
-    const runs: TrainingRun[] = [];
-    for await (const run of service.createRestClient().iterTrainingRuns({ limit: Math.min(options.limit, 100) })) {
-      runs.push(run);
-      if (runs.length >= options.limit) break;
-    }
-    return runs;
-  });
+  return withService(options, options.log, (service) => take(service.createRestClient().iterTrainingRuns({ limit: Math.min(options.limit, 100) }), options.limit));
 }
 
 /** A run and every checkpoint it has (see {@link showRun}). */
@@ -62,20 +56,6 @@ export function runsTable(runs: readonly TrainingRun[]): string {
   return formatTable([
     ['RUN', 'BASE MODEL', 'RANK', 'LAST REQUEST', 'LAST CHECKPOINT'],
     ...runs.map((r) => [r.trainingRunId, r.baseModel, String(r.loraRank ?? '-'), r.lastRequestTime || '-', r.lastCheckpoint?.tinkerPath ?? r.lastSamplerCheckpoint?.tinkerPath ?? '-']),
-  ]);
-}
-
-/**
- * Checkpoints as a table: tinker path, type, size, created, expiry, published.
- *
- * @example
- * console.log(checkpointsTable(checkpoints));
- */
-export function checkpointsTable(checkpoints: readonly Checkpoint[]): string {
-  if (checkpoints.length === 0) return 'no checkpoints';
-  return formatTable([
-    ['PATH', 'TYPE', 'SIZE', 'CREATED', 'EXPIRES', 'PUBLIC'],
-    ...checkpoints.map((c) => [c.tinkerPath, c.checkpointType, formatBytes(c.sizeBytes), c.time, c.expiresAt ?? '-', c.public ? 'yes' : 'no']),
   ]);
 }
 
