@@ -55,7 +55,8 @@ def main() -> int:
     expect = json.loads(args.expect.read_text())
     want = torch.tensor([lp for row in expect["logprobs"] for lp in row], dtype=torch.float64)
 
-    adapter_effect = float((want - target_logprobs(load(args.base), expect["sequences"])).abs().max())
+    base = load(args.base)
+    adapter_effect = float((want - target_logprobs(base, expect["sequences"])).abs().max())
     print(f"the adapter moves logprobs by up to {adapter_effect:.3g}")
     if adapter_effect < 1e-3:
         print("the adapter barely changes the logprobs, so this check would mean nothing", file=sys.stderr)
@@ -66,7 +67,7 @@ def main() -> int:
     if args.peft is not None:
         from peft import PeftModel
 
-        peft_model = PeftModel.from_pretrained(load(args.base), args.peft).eval()
+        peft_model = PeftModel.from_pretrained(base, args.peft).eval()  # base is not used after this
         ok &= check("peft", target_logprobs(peft_model, expect["sequences"]), want, args.rel)
     return 0 if ok else 1
 
