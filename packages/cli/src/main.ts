@@ -262,7 +262,9 @@ export function buildProgram(): Command {
     .option('--base-model <name-or-dir>', 'the base model to merge into (default: the one the checkpoint was trained on, found in --models-dir)')
     .action(async (tinkerPath: string, opts: ConnectionFlags & { peft?: string; merged?: string; baseModel?: string }, command: Command) => {
       if (opts.peft === undefined && opts.merged === undefined) command.error('error: give --peft DIR, --merged DIR or both');
-      await reportFailure('checkpoints export', () => exportCheckpoint({ ...opts, tinkerPath, log: (line) => console.log(line) }));
+      await reportFailure('checkpoints export', async () => {
+        for (const { kind, folder } of await exportCheckpoint({ ...opts, tinkerPath, log: stderrLog })) console.log(`wrote ${kind === 'peft' ? 'the PEFT adapter' : 'the merged model'} to ${folder}`);
+      });
     });
   connectionOptions(checkpoints.command('delete').description('delete a checkpoint and its files').argument('<tinker-path>', 'the checkpoint'))
     .action(async (tinkerPath: string, opts: ConnectionFlags) => {

@@ -135,12 +135,15 @@ describe('runs and checkpoints', () => {
     assert.match(report, /peft: max \|exported - lathe\|/);
   });
 
-  test('checkpoints export refuses a non-empty output folder and says which', async () => {
+  test('checkpoints export refuses a non-empty output folder, and a base model it cannot find, naming them', async () => {
     const busy = path.join(scratch, 'busy');
     mkdirSync(busy);
     writeFileSync(path.join(busy, 'keep.txt'), 'mine');
     await assert.rejects(exportCheckpoint({ ...connection, tinkerPath: statePath, merged: busy, modelsDir: MODELS_DIR }), /--merged .*busy exists and is not empty/);
     assert.deepEqual(readdirSync(busy), ['keep.txt']);
+    const merged = path.join(scratch, 'merged-absent-base');
+    await assert.rejects(exportCheckpoint({ ...connection, tinkerPath: statePath, merged, modelsDir: MODELS_DIR, baseModel: 'acme/absent' }), /model 'acme\/absent' is neither built in nor found locally/);
+    assert.ok(!existsSync(merged));
   });
 
   test('checkpoints delete removes it; deleting it again is a not-found error', async () => {

@@ -95,15 +95,25 @@ export interface ExportOptions extends CheckpointCommandOptions {
   baseModel?: string;
 }
 
+/** A folder {@link exportCheckpoint} wrote. */
+export interface ExportedFolder {
+  kind: 'peft' | 'merged';
+  /** Absolute path. */
+  folder: string;
+}
+
 /**
- * Exports a checkpoint as a PEFT adapter folder and/or a merged Hugging Face model. The merge
- * needs the base model's weights on this machine (found in `modelsDir` like the server finds them).
+ * Exports a checkpoint as a PEFT adapter folder and/or a merged Hugging Face model; returns the
+ * folders written. The merge needs the base model's weights on this machine (found in `modelsDir`
+ * like the server finds them).
  *
  * @example
- * await exportCheckpoint({ dataDir: '.lathe', tinkerPath: 'tinker://S:train:0/sampler_weights/final', merged: 'out/merged', log: console.error });
+ * const [{ folder }] = await exportCheckpoint({ dataDir: '.lathe', tinkerPath: 'tinker://S:train:0/sampler_weights/final', merged: 'out/merged', log: console.error });
  */
-export async function exportCheckpoint(options: ExportOptions): Promise<void> {
-  const outputs = [['--peft', options.peft], ['--merged', options.merged]].flatMap(([flag, dir]) => (dir === undefined ? [] : [[flag!, path.resolve(dir)] as const]));
+export async function exportCheckpoint(options: ExportOptions): Promise<ExportedFolder[]> {
+  const outputs: [flag: '--peft' | '--merged', dir: string][] = [];
+  if (options.peft !== undefined) outputs.push(['--peft', path.resolve(options.peft)]);
+  if (options.merged !== undefined) outputs.push(['--merged', path.resolve(options.merged)]);
   if (outputs.length === 0) throw new Error('give --peft DIR and/or --merged DIR');
   // Checked here too (the export script checks again) so that a bad folder costs no download.
   for (const [flag, dir] of outputs) if (existsSync(dir) && readdirSync(dir).length > 0) throw new Error(`${flag} ${dir} exists and is not empty`);
@@ -116,7 +126,7 @@ export async function exportCheckpoint(options: ExportOptions): Promise<void> {
     await extractTar({ file: archive, cwd: adapter });
     const base = options.baseModel !== undefined ? ['--base', options.baseModel] : [];
     await runExport(['--adapter', adapter, ...outputs.flat(), '--models-dir', modelsDirOf(options), ...base]);
-    for (const [flag, dir] of outputs) options.log(`wrote ${flag === '--peft' ? 'the PEFT adapter' : 'the merged model'} to ${dir}`);
+    return outputs.map(([flag, dir]) => ({ kind: flag === '--peft' ? 'peft' : 'merged', folder: dir }));
   } finally {
     rmSync(work, { recursive: true, force: true });
   }
