@@ -66,7 +66,7 @@ function bar(fraction: number): string {
 
 /**
  * Progress of a download in bytes: bar, done/total, rate and ETA. On a terminal one line is
- * redrawn; elsewhere a plain line is printed at each tenth of the total and at the end.
+ * redrawn (at most ten times a second); elsewhere a plain line is printed at each tenth of the total and at the end.
  *
  * @example
  * const progress = new DownloadProgress(process.stderr, 'acme/model', 5_000_000, 0);
@@ -80,6 +80,7 @@ export class DownloadProgress {
   readonly #startBytes: number;
   readonly #startedAt = performance.now();
   #lastTenth = -1;
+  #lastDraw = Number.NEGATIVE_INFINITY;
   #drawn = false;
 
   /** `startBytes`: bytes already on disk before this process (a resumed download), left out of the rate. */
@@ -97,6 +98,10 @@ export class DownloadProgress {
     const eta = rate > 0 ? (this.#total - done) / rate : Number.NaN;
     const line = `${this.#label} ${bar(this.#total > 0 ? done / this.#total : 1)} ${formatBytes(done)}/${formatBytes(this.#total)}  ${Number.isFinite(rate) ? `${formatBytes(rate)}/s` : '?'}  ETA ${formatDuration(eta)}`;
     if (this.#stream.isTTY === true) {
+      // Chunks arrive far faster than anyone reads: redraw ten times a second, and at the end.
+      const now = performance.now();
+      if (now - this.#lastDraw < 100 && done < this.#total) return;
+      this.#lastDraw = now;
       this.#stream.write(`\r\x1b[2K${line}`);
       this.#drawn = true;
       return;

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { formatDuration, ProgressBar } from '../src/progress.js';
+import { DownloadProgress, formatDuration, ProgressBar } from '../src/progress.js';
 
 test('the progress bar redraws one line on a terminal and prints plain lines elsewhere', () => {
   const tty: string[] = [];
@@ -28,4 +28,23 @@ test('formatDuration', () => {
   assert.equal(formatDuration(75.4), '1:15');
   assert.equal(formatDuration(3 * 3600 + 62), '3:01:02');
   assert.equal(formatDuration(Number.NaN), '?');
+});
+
+test('download progress: plain lines at each tenth of the bytes; on a terminal the last redraw shows the total', () => {
+  const plain: string[] = [];
+  const progress = new DownloadProgress({ write: (s: string) => plain.push(s) }, 'acme/model', 2_000_000, 500_000);
+  for (let done = 500_000; done <= 2_000_000; done += 50_000) progress.update(done);
+  progress.done();
+  assert.equal(plain.length, 9, 'tenths 2 to 10');
+  assert.match(plain[0]!, /^acme\/model \[#{5}-{15}\] 500 KB\/2\.00 MB {2}0 B\/s {2}ETA \?\n$/, 'no rate yet: the resumed bytes are not counted');
+  assert.match(plain[3]!, /\[#{10}-{10}\] 1\.00 MB\/2\.00 MB/);
+  assert.match(plain[8]!, /\[#{20}\] 2\.00 MB\/2\.00 MB .*ETA 0:00\n$/);
+
+  const tty: string[] = [];
+  const redrawn = new DownloadProgress({ isTTY: true, write: (s: string) => tty.push(s) }, 'acme/model', 2_000_000, 0);
+  for (let done = 0; done <= 2_000_000; done += 1000) redrawn.update(done);
+  redrawn.done();
+  assert.match(tty[0]!, /^\r\x1b\[2Kacme\/model \[-{20}\] 0 B\/2\.00 MB/);
+  assert.match(tty.at(-2)!, /^\r\x1b\[2Kacme\/model \[#{20}\] 2\.00 MB\/2\.00 MB/);
+  assert.equal(tty.at(-1), '\n');
 });
