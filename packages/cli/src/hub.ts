@@ -82,6 +82,7 @@ export async function pullModel(options: PullOptions): Promise<PullResult> {
   const folderName = repo.replace('/', '__');
   const folder = path.resolve(options.modelsDir, folderName);
   if (existsSync(path.join(folder, 'config.json'))) return { folder, files: 0, bytes: 0, alreadyPresent: true };
+  if (existsSync(folder)) throw new HubError(`${folder} exists but has no config.json; move it away to pull ${repo} there`);
   const endpoint = (options.endpoint ?? process.env['HF_ENDPOINT'] ?? DEFAULT_HUB_ENDPOINT).replace(/\/+$/, '');
   const token = options.token ?? process.env['HF_TOKEN'];
   const headers: Record<string, string> = token ? { authorization: `Bearer ${token}` } : {};
@@ -125,7 +126,6 @@ export async function pullModel(options: PullOptions): Promise<PullResult> {
   } finally {
     progress.done();
   }
-  if (existsSync(folder)) rmSync(folder, { recursive: true, force: true }); // a folder without config.json: left over
   renameSync(staging, folder);
   return { folder, files: files.length, bytes: total, alreadyPresent: false };
 }

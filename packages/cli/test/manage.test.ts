@@ -243,12 +243,16 @@ describe('models pull and list', () => {
     assert.ok(!existsSync(path.dirname(partial)));
   });
 
-  test('an unknown model is a 404 naming it (CLI: exit 1); a file with the wrong sha256 is removed', async () => {
+  test('an unknown model is a 404 naming it (CLI: exit 1); a bad name or a foreign folder is refused; a file with the wrong sha256 is removed', async () => {
     await assert.rejects(pull('acme/missing', 0), (error: unknown) => error instanceof HubError && /model acme\/missing was not found/.test(error.message));
     const cli = await lathe(['models', 'pull', 'acme/missing', '--endpoint', endpoint, '--models-dir', pulledDir]);
     assert.equal(cli.code, 1);
     assert.match(cli.stderr, /^lathe models pull: model acme\/missing was not found on http:\/\/127\.0\.0\.1:\d+ \(HTTP 404\)/);
     await assert.rejects(pull('../etc', 0), /ORG\/NAME/);
+    mkdirSync(path.join(pulledDir, 'acme__squatter'), { recursive: true });
+    writeFileSync(path.join(pulledDir, 'acme__squatter', 'notes.txt'), 'mine');
+    await assert.rejects(pull('acme/squatter', 0), /acme__squatter exists but has no config\.json/);
+    assert.equal(readFileSync(path.join(pulledDir, 'acme__squatter', 'notes.txt'), 'utf8'), 'mine');
 
     hubRepos.set('acme/corrupt', { files: tinyFiles(), cuts: 0, sha256: { 'model.safetensors': '0'.repeat(64) } });
     await assert.rejects(pull('acme/corrupt', 0), /model\.safetensors of acme\/corrupt has sha256 [0-9a-f]{64}, expected 0{64}/);
