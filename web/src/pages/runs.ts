@@ -55,6 +55,9 @@ export function runPage(root: Element, session: Session, modelId: string): () =>
     if (!found) byName.set(title, (found = new LiveChart(charts, title, series)));
     return found;
   };
+  // The server's curves first, whatever arrives first.
+  chart('loss (server)', ['loss:sum']);
+  chart('learning rate (server)', ['learning_rate:mean']);
   let cursor = 0;
   let stopped = false;
   const counts = { forward_backward: 0, optim_step: 0, client: 0 };
@@ -85,7 +88,7 @@ export function runPage(root: Element, session: Session, modelId: string): () =>
       }
       for (const c of byName.values()) c.draw();
       summary.textContent = `${counts.forward_backward} forward_backward, ${counts.optim_step} optim steps, ${counts.client} reported rows`;
-      if (byName.size === 0) status.textContent = 'No points yet: they appear as the run trains.';
+      if (cursor === 0) status.textContent = 'No points yet: they appear as the run trains.';
     });
     if (!stopped) timer = setTimeout(() => void poll(), POLL_MS);
   };
