@@ -24,8 +24,8 @@ let baseUrl: string;
 let apiKey: string;
 
 function config(logPath: string, reportMetrics: LatheExtensions): SupervisedConfig {
-  const { train } = conversationDatasets(CONVERSATIONS, roleColonExample(loadTokenizer('qwen3')), { batchSize: 2, testSize: 0, seed: 0 });
-  return { service, logPath, modelName: MODEL, dataset: train, loraRank: 4, seed: 0, learningRate: 1e-2, maxSteps: 3, saveEvery: 0, evalEvery: 0, console: () => {}, reportMetrics };
+  const { train } = conversationDatasets(CONVERSATIONS, roleColonExample(loadTokenizer('qwen3')), { batchSize: 1, testSize: 0, seed: 0 });
+  return { service, logPath, modelName: MODEL, dataset: train, loraRank: 4, seed: 0, learningRate: 1e-2, maxSteps: 2, saveEvery: 0, evalEvery: 0, console: () => {}, reportMetrics };
 }
 
 /** A loopback port with nothing listening on it. */
@@ -56,7 +56,7 @@ test('with reportMetrics, every metrics.jsonl row of an SFT run reaches its dash
   const logPath = path.join(root, 'sft');
   const result = await trainSupervised(config(logPath, lathe));
   const logged = readMetrics(logPath);
-  assert.ok(logged.length >= 3, JSON.stringify(logged));
+  assert.ok(logged.length >= 2, JSON.stringify(logged));
   // Reports run in the background; poll the server until the last row is there.
   const deadline = Date.now() + 30_000;
   let reported: Map<number, Record<string, number>> = new Map();

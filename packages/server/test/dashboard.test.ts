@@ -11,7 +11,7 @@ import { mkdtempSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { LatheExtensions, ModelInput, NotFoundError, ServiceClient, type TrainingClient } from '@lathe/sdk';
+import { InvalidArgumentError, LatheExtensions, ModelInput, NotFoundError, ServiceClient, type TrainingClient } from '@lathe/sdk';
 import { createServer, type LatheServer } from '../src/index.js';
 
 const QWEN = 'lathe/tiny-qwen3';
@@ -110,6 +110,15 @@ for (const [dialect, databaseUrl] of databases) {
       assert.equal(badStep.statusCode, 400);
       assert.equal((await post({ rows: [{ step: 5, metrics: { x: 1 } }] }, keys.bob)).statusCode, 404);
       await assert.rejects(new LatheExtensions({ baseUrl, apiKey: keys.bob }).runMetrics(training.modelId), NotFoundError);
+      await assert.rejects(lathe.reportMetrics(training.modelId, [{ step: 1.5, metrics: {} }]), InvalidArgumentError);
+    });
+
+    test('the SDK sends many rows in chunks the server takes', async () => {
+      const lathe = new LatheExtensions({ baseUrl, apiKey: keys.alice });
+      const { cursor } = await lathe.runMetrics(training.modelId);
+      await lathe.reportMetrics(training.modelId, Array.from({ length: 2500 }, (_, step) => ({ step: 100 + step, metrics: { reward: step } })));
+      const points = (await lathe.runMetrics(training.modelId, { after: cursor })).points;
+      assert.deepEqual(points.map((p) => p.step), Array.from({ length: 2500 }, (_, step) => 100 + step));
     });
 
     test('the service view lists the worker, queue depth and adapters per model, and tokens/s', async () => {

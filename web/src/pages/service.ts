@@ -15,6 +15,8 @@ export function servicePage(root: Element, session: Session): () => void {
   const refresh = () =>
     guarded(status, async () => {
       const s = await session.lathe.serviceStatus();
+      // A worker holds one base model, and with it that model's adapters.
+      const adapters = new Map(s.models.map((m) => [m.modelName, m.adapters]));
       show(
         content,
         h('p', { class: 'throughput' }, `Training throughput: ${s.throughput.tokensPerSecond.toFixed(2)} tokens/s over the last ${s.throughput.windowSeconds / 60} min`),
@@ -23,8 +25,8 @@ export function servicePage(root: Element, session: Session): () => void {
         h(
           'table',
           { class: 'workers' },
-          h('thead', {}, h('tr', {}, ...['Worker', 'Kind', 'Address', 'Devices', 'Models loaded'].map((c) => h('th', {}, c)))),
-          h('tbody', {}, ...s.workers.map((w) => h('tr', {}, h('td', {}, w.id), h('td', {}, w.kind), h('td', {}, w.address ?? (w.pid !== null ? `pid ${w.pid}` : '')), h('td', {}, JSON.stringify(w.devices)), h('td', {}, w.modelsLoaded.join(', '))))),
+          h('thead', {}, h('tr', {}, ...['Worker', 'Kind', 'Address', 'Devices', 'Models loaded', 'Adapters'].map((c) => h('th', {}, c)))),
+          h('tbody', {}, ...s.workers.map((w) => h('tr', {}, h('td', {}, w.id), h('td', {}, w.kind), h('td', {}, w.address ?? (w.pid !== null ? `pid ${w.pid}` : '')), h('td', {}, JSON.stringify(w.devices)), h('td', {}, w.modelsLoaded.join(', ')), h('td', {}, w.modelsLoaded.reduce((n, m) => n + (adapters.get(m) ?? 0), 0))))),
         ),
         h('h3', {}, 'Models'),
         h(
