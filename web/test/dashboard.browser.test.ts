@@ -30,6 +30,7 @@ let apiKey: string;
 let service: ServiceClient;
 let modelId: string;
 let samplerPath: string;
+let statePath: string;
 let browser: Browser;
 let page: Page;
 const pageErrors: string[] = [];
@@ -58,6 +59,7 @@ before(async () => {
     await fb;
   }
   samplerPath = (await training.saveWeightsForSampler('final')).path;
+  statePath = (await training.saveState('kept')).path;
 
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'] });
   const context = await browser.newContext({ acceptDownloads: true, viewport: { width: 1280, height: 900 } });
@@ -130,6 +132,27 @@ test('sample in the playground: the rendered prompt and a reply appear', async (
   // The qwen3 renderer's chat template, tokenized and decoded in the browser.
   assert.match(prompt, /<\|im_start\|>user\nWhat is the capital of Peru\?<\|im_end\|>\n<\|im_start\|>assistant\n/);
   await page.screenshot({ path: path.join(ARTIFACTS, 'playground.png'), fullPage: true });
+});
+
+test('publish a checkpoint, set its TTL, delete it', async () => {
+  await page.click('nav a[href="#/checkpoints"]');
+  const row = () => page.locator(`tr[data-checkpoint="${statePath}"]`);
+  const cell = async (index: number): Promise<string> => (await row().locator('td').nth(index).textContent()) ?? '';
+  await row().waitFor();
+  assert.equal(await cell(5), 'no');
+  await row().getByRole('button', { name: 'Publish' }).click();
+  await page.waitForFunction((p) => document.querySelector(`tr[data-checkpoint="${p}"] td:nth-child(6)`)?.textContent === 'yes', statePath);
+  assert.equal(await cell(4), 'never');
+  await row().locator('input.ttl').fill('3600');
+  await row().getByRole('button', { name: 'Set TTL' }).click();
+  await page.waitForFunction((p) => document.querySelector(`tr[data-checkpoint="${p}"] td:nth-child(5)`)?.textContent !== 'never', statePath);
+  const expires = Date.parse((await new ServiceClient({ baseUrl, apiKey }).createRestClient().listUserCheckpoints()).checkpoints.find((c) => c.tinkerPath === statePath)!.expiresAt!);
+  assert.ok(Math.abs(expires - (Date.now() + 3600_000)) < 120_000, `expires ${new Date(expires).toISOString()}`);
+  page.once('dialog', (dialog) => void dialog.accept());
+  await row().getByRole('button', { name: 'Delete' }).click();
+  await row().waitFor({ state: 'detached' });
+  const left = (await new ServiceClient({ baseUrl, apiKey }).createRestClient().listUserCheckpoints()).checkpoints.map((c) => c.tinkerPath);
+  assert.ok(!left.includes(statePath) && left.includes(samplerPath), JSON.stringify(left));
 });
 
 test('the service view shows the worker, the model and its adapters', async () => {
