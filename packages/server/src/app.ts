@@ -15,6 +15,7 @@ import { HttpError } from './http/errors.js';
 import { useJsonBodies } from './http/json.js';
 import { pathRedactor } from './http/redact.js';
 import { decompressZstd, ZstdDecodeError } from './protocol/zstd.js';
+import { dashboardRoutes } from './routes/dashboard.js';
 import { restRoutes } from './routes/rest.js';
 import { DEFAULT_LONG_POLL_MS, samplingRoutes } from './routes/sampling.js';
 import { serviceRoutes } from './routes/service.js';
@@ -265,6 +266,7 @@ async function buildServer(options: ServerOptions, unlock: () => void): Promise<
   trainingRoutes(app, services);
   samplingRoutes(app, services, options.longPollMs ?? DEFAULT_LONG_POLL_MS);
   restRoutes(app, services, new ArchiveSigner(signingSecret(options.dataDir)));
+  dashboardRoutes(app, services);
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
 
   // Housekeeping: finish silent sessions, delete expired checkpoints.

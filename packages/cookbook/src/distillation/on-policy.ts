@@ -7,7 +7,7 @@
 import { ModelInput, TensorData, type Datum, type SampledSequence, type SamplingClient, type ServiceClient, type TrainingClient } from '@lathe/sdk';
 import { submitCheckpoint, type CheckpointRecord } from '../utils/checkpoints.js';
 import { lrMultiplier, type LrSchedule } from '../utils/lr-schedule.js';
-import { MetricsLogger, prefixMetrics, type LineSink, type Metrics } from '../utils/ml-log.js';
+import { loopLoggerOptions, MetricsLogger, prefixMetrics, type LineSink, type Metrics, type MetricsReporter } from '../utils/ml-log.js';
 import type { AdamSettings } from '../supervised/train.js';
 
 /** How the student samples (training rollouts and the held-out KL estimate alike). */
@@ -55,6 +55,8 @@ export interface DistillationConfig extends StudentSampling {
   loadCheckpointPath?: string;
   onStep?: (step: number, metrics: Metrics) => void;
   console?: LineSink;
+  /** Also report each metrics row to the server's dashboard (best effort; see `MetricsLoggerOptions.report`). */
+  reportMetrics?: MetricsReporter;
 }
 
 /** What {@link trainOnPolicyDistillation} did. */
@@ -103,7 +105,7 @@ export async function trainOnPolicyDistillation(config: DistillationConfig): Pro
   if (!(learningRate > 0)) throw new RangeError(`learningRate must be positive, got ${learningRate}`);
   lrMultiplier(schedule, 0, numSteps);
 
-  const logger = new MetricsLogger(config.logPath, config.console === undefined ? {} : { console: config.console });
+  const logger = new MetricsLogger(config.logPath, loopLoggerOptions(config, () => training.modelId));
   logger.logConfig({
     modelName: config.modelName,
     numSteps,

@@ -6,7 +6,7 @@
 import { ModelInput, TensorData, type Datum, type SamplingClient, type ServiceClient, type TrainingClient } from '@lathe/sdk';
 import { submitCheckpoint, type CheckpointRecord } from '../utils/checkpoints.js';
 import { lrMultiplier, type LrSchedule } from '../utils/lr-schedule.js';
-import { MetricsLogger, prefixMetrics, type LineSink, type Metrics } from '../utils/ml-log.js';
+import { loopLoggerOptions, MetricsLogger, prefixMetrics, type LineSink, type Metrics, type MetricsReporter } from '../utils/ml-log.js';
 import type { SupervisedDataset } from '../supervised/data.js';
 import type { AdamSettings } from '../supervised/train.js';
 import { dpoLoss, logprobValues, type DpoMetrics } from './dpo-loss.js';
@@ -43,6 +43,8 @@ export interface DpoConfig {
   referenceModelPath?: string;
   onStep?: (step: number, metrics: Metrics) => void;
   console?: LineSink;
+  /** Also report each metrics row to the server's dashboard (best effort; see `MetricsLoggerOptions.report`). */
+  reportMetrics?: MetricsReporter;
 }
 
 /** What {@link trainDPO} did. */
@@ -79,7 +81,7 @@ export async function trainDPO(config: DpoConfig): Promise<DpoResult> {
   if (!(totalSteps >= 1)) throw new RangeError(`nothing to train: ${totalSteps} steps`);
   lrMultiplier(schedule, 0, totalSteps);
 
-  const logger = new MetricsLogger(config.logPath, config.console === undefined ? {} : { console: config.console });
+  const logger = new MetricsLogger(config.logPath, loopLoggerOptions(config, () => training.modelId));
   logger.logConfig({
     modelName: config.modelName,
     beta,

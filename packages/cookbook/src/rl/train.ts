@@ -8,7 +8,7 @@
 import type { LossFnConfig, SamplingClient, ServiceClient, TrainingClient } from '@lathe/sdk';
 import type { AdamSettings } from '../supervised/train.js';
 import { getLastCheckpoint, submitCheckpoint, openTrainingClient, type CheckpointRecord } from '../utils/checkpoints.js';
-import { MetricsLogger, type LineSink, type Metrics } from '../utils/ml-log.js';
+import { loopLoggerOptions, MetricsLogger, type LineSink, type Metrics, type MetricsReporter } from '../utils/ml-log.js';
 import { applyKlPenalty, assembleTrainingData, computeReferenceLogprobs, sampleTrainKlMetrics, trajectoryMetrics } from './data.js';
 import { doGroupRollout, type RolloutParams } from './rollouts.js';
 import type { RLDataset, TrajectoryGroup } from './types.js';
@@ -56,6 +56,8 @@ export interface RLConfig {
   onStep?: (step: number, metrics: Metrics) => void;
   /** Where the metrics table is printed (default `console.log`). */
   console?: LineSink;
+  /** Also report each metrics row to the server's dashboard (best effort; see `MetricsLoggerOptions.report`). */
+  reportMetrics?: MetricsReporter;
 }
 
 /** What {@link trainRL} did. */
@@ -95,7 +97,7 @@ export async function trainRL(config: RLConfig): Promise<RLResult> {
   const totalSteps = Math.min(dataset.length, config.maxSteps ?? Number.POSITIVE_INFINITY);
   if (totalSteps < 1) throw new RangeError(`nothing to train: ${totalSteps} steps`);
 
-  const logger = new MetricsLogger(logPath, config.console === undefined ? {} : { console: config.console });
+  const logger = new MetricsLogger(logPath, loopLoggerOptions(config, () => training.modelId));
   const resumedFrom = getLastCheckpoint(logPath);
   if (resumedFrom?.final === true) {
     const training = await openTrainingClient(config, resumedFrom);

@@ -7,7 +7,7 @@
 import type { APIFuture, Datum, ForwardBackwardOutput, OptimStepResponse, ServiceClient, TrainingClient } from '@lathe/sdk';
 import { getLastCheckpoint, submitCheckpoint, openTrainingClient, type CheckpointRecord } from '../utils/checkpoints.js';
 import { lrMultiplier, type LrSchedule } from '../utils/lr-schedule.js';
-import { MetricsLogger, prefixMetrics, type LineSink, type Metrics } from '../utils/ml-log.js';
+import { loopLoggerOptions, MetricsLogger, prefixMetrics, type LineSink, type Metrics, type MetricsReporter } from '../utils/ml-log.js';
 import { datumWeights, meanNll } from './datum.js';
 import type { SupervisedDataset } from './data.js';
 
@@ -60,6 +60,8 @@ export interface SupervisedConfig {
   onStep?: (step: number, metrics: Metrics) => void;
   /** Where the metrics table is printed (default `console.log`). */
   console?: LineSink;
+  /** Also report each metrics row to the server's dashboard (best effort; see `MetricsLoggerOptions.report`). */
+  reportMetrics?: MetricsReporter;
 }
 
 /** What {@link trainSupervised} did. */
@@ -115,7 +117,7 @@ export async function trainSupervised(config: SupervisedConfig): Promise<Supervi
   if (totalSteps < 1) throw new RangeError(`nothing to train: ${totalSteps} steps`);
   lrMultiplier(schedule, 0, totalSteps, config.warmupSteps ?? 0); // validates the schedule settings up front
 
-  const logger = new MetricsLogger(logPath, config.console === undefined ? {} : { console: config.console });
+  const logger = new MetricsLogger(logPath, loopLoggerOptions(config, () => training.modelId));
   const resumedFrom = getLastCheckpoint(logPath);
   if (resumedFrom?.final === true) {
     // The run in logPath is complete: hand back its final weights rather than train or log again.

@@ -4,6 +4,7 @@
  */
 import { appendFileSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import type { LatheExtensions } from '@lathe/sdk';
 
 /** One step's metrics by their standard names (`train_mean_nll`, `learning_rate`, `test/nll`, …). */
 export type Metrics = Record<string, number>;
@@ -13,6 +14,44 @@ export type MetricsRecord = Metrics & { step: number };
 
 /** Where console lines go (default `console.log`); tests pass a collector or a no-op. */
 export type LineSink = (line: string) => void;
+
+/**
+ * Where metrics rows also go for the server's dashboard: a `LatheExtensions` client (or anything
+ * with its `reportMetrics`).
+ */
+export type MetricsReporter = Pick<LatheExtensions, 'reportMetrics'>;
+
+/**
+ * Options of {@link MetricsLogger}.
+ *
+ * @example
+ * const lathe = new LatheExtensions({ baseUrl, apiKey });
+ * new MetricsLogger('runs/sft', { report: { to: lathe, modelId: () => training.modelId } });
+ */
+export interface MetricsLoggerOptions {
+  /** Where the metrics table is printed (default `console.log`). */
+  console?: LineSink;
+  /**
+   * Also send each row to run `modelId()`'s dashboard curves, in the background and best effort:
+   * a failure goes to `onError` (default: one warning on stderr) and never stops training. Rows
+   * logged while `modelId()` has no answer yet are not sent.
+   */
+  report?: { to: MetricsReporter; modelId: () => string | undefined; onError?: (error: unknown) => void };
+}
+
+/**
+ * A training loop's logger options: its `console`, and dashboard reporting when `reportMetrics` is
+ * set. `modelId` is asked only when a row is logged, once the loop's training client exists.
+ *
+ * @example
+ * const logger = new MetricsLogger(logPath, loopLoggerOptions(config, () => training.modelId));
+ */
+export function loopLoggerOptions(config: { console?: LineSink; reportMetrics?: MetricsReporter }, modelId: () => string | undefined): MetricsLoggerOptions {
+  return {
+    ...(config.console === undefined ? {} : { console: config.console }),
+    ...(config.reportMetrics === undefined ? {} : { report: { to: config.reportMetrics, modelId } }),
+  };
+}
 
 /**
  * Writes a run's metrics under `logPath`.
@@ -25,10 +64,15 @@ export type LineSink = (line: string) => void;
 export class MetricsLogger {
   readonly logPath: string;
   readonly #console: LineSink;
+  readonly #report: MetricsLoggerOptions['report'];
+  /** The reports sent so far, one after another (so a step's rows arrive in order). */
+  #reported: Promise<void> = Promise.resolve();
+  #warned = false;
 
-  constructor(logPath: string, options: { console?: LineSink } = {}) {
+  constructor(logPath: string, options: MetricsLoggerOptions = {}) {
     this.logPath = logPath;
     this.#console = options.console ?? ((line) => console.log(line));
+    this.#report = options.report;
     mkdirSync(logPath, { recursive: true });
   }
 
@@ -45,6 +89,38 @@ export class MetricsLogger {
   logMetrics(step: number, metrics: Metrics): void {
     appendJsonl(this.metricsFile, { step, ...metrics });
     this.#console(formatMetricsTable(step, metrics));
+    this.#send(step, metrics);
+  }
+
+  /**
+   * Resolves once every row logged so far has been reported (or its report has failed); never rejects.
+   *
+   * @example
+   * logger.logMetrics(3, { train_mean_nll: 1.2 });
+   * await logger.flushReports();
+   */
+  flushReports(): Promise<void> {
+    return this.#reported;
+  }
+
+  #send(step: number, metrics: Metrics): void {
+    const report = this.#report;
+    if (report === undefined) return;
+    const onError = report.onError ?? ((error: unknown) => this.#warnOnce(error));
+    this.#reported = this.#reported.then(async () => {
+      try {
+        const modelId = report.modelId();
+        if (modelId !== undefined) await report.to.reportMetrics(modelId, [{ step, metrics }]);
+      } catch (error) {
+        onError(error);
+      }
+    });
+  }
+
+  #warnOnce(error: unknown): void {
+    if (this.#warned) return;
+    this.#warned = true;
+    console.error(`metrics are not reaching the dashboard (training goes on): ${error instanceof Error ? error.message : String(error)}`);
   }
 
   /** Drops the records of `step` and later, so a resumed run does not log a step twice. */

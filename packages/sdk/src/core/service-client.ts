@@ -133,7 +133,7 @@ function baseUrlSetting(option: string | undefined): [string, string] {
  * `https:` URL (`127.0.0.1:8000` or `localhost:8000` would otherwise fail only at the first
  * request, as a connection error retried several times). `source` names where it came from.
  */
-function normalizeBaseUrl(url: string, source: string): string {
+export function normalizeBaseUrl(url: string, source: string): string {
   let parsed: URL | undefined;
   try {
     parsed = new URL(url);

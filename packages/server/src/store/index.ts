@@ -14,6 +14,7 @@ import { sql, type Kysely } from 'kysely';
 import { createCheckpointRepo, type CheckpointRepo } from './checkpoints.js';
 import { connect, type Dialect } from './db.js';
 import { createKeyRepo, type KeyRepo } from './keys.js';
+import { createMetricsRepo, type MetricsRepo } from './metrics.js';
 import { migrate } from './migrations.js';
 import { createRequestRepo, type RequestRepo } from './requests.js';
 import { createRunRepo, type RunRepo } from './runs.js';
@@ -24,6 +25,7 @@ import { createSessionRepo, type SessionRepo } from './sessions.js';
 export type { CheckpointRepo, CheckpointRow } from './checkpoints.js';
 export { StoreConflictError, type Dialect } from './db.js';
 export { hashKey, KEY_PREFIX_LENGTH, type CreatedKey, type KeyInfo, type KeyRepo } from './keys.js';
+export type { MetricPoint, MetricSource, MetricsRepo, RunTotals, ServerPoint, UnrecordedRequest } from './metrics.js';
 export { MIGRATIONS, migrate, type Migration } from './migrations.js';
 export type { RequestError, RequestRepo, RequestRow, RequestStatus } from './requests.js';
 export { DEFAULT_OPTIMIZER, type LoraConfig, type OptimizerConfig, type RunRepo, type RunRow, type RunState } from './runs.js';
@@ -41,6 +43,8 @@ export interface Store {
   requests: RequestRepo;
   checkpoints: CheckpointRepo;
   samplers: SamplerRepo;
+  /** The dashboard's metric points and run totals. */
+  metrics: MetricsRepo;
   /**
    * Gives every run and logged request that no server owns yet (rows from before migration 5) to
    * `serverId`, all at once: of several servers starting together, one takes them all. Returns how
@@ -83,6 +87,7 @@ export async function openStore(url: string): Promise<Store> {
     requests: createRequestRepo(db),
     checkpoints: createCheckpointRepo(db),
     samplers: createSamplerRepo(db),
+    metrics: createMetricsRepo(db),
     async adoptUnowned(serverId) {
       return db.transaction().execute(async (tx) => {
         // SQLite serialises writers anyway; PostgreSQL would let two adopters split the rows.

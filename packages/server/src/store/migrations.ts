@@ -171,6 +171,28 @@ export const MIGRATIONS: readonly Migration[] = [
       await db.schema.createIndex('requests_server_status').on('requests').columns(['server_id', 'status']).execute();
     },
   },
+  {
+    version: 6,
+    name: 'run_metrics',
+    async up(db: AnyDb, dialect) {
+      // The dashboard's curves: points recorded from the request log, and metrics clients report.
+      const t = columnTypes(dialect);
+      await db.schema
+        .createTable('run_metrics')
+        .addColumn('id', dialect === 'postgres' ? 'bigserial' : 'integer', (c) => (dialect === 'postgres' ? c.primaryKey() : c.primaryKey().autoIncrement()))
+        .addColumn('model_id', 'text', (c) => c.notNull().references('training_runs.model_id'))
+        .addColumn('source', 'text', (c) => c.notNull())
+        .addColumn('seq', t.time, (c) => c.notNull())
+        .addColumn('kind', 'text', (c) => c.notNull())
+        .addColumn('step', t.time, (c) => c.notNull())
+        .addColumn('tokens', t.time, (c) => c.notNull().defaultTo(0))
+        .addColumn('metric_values', 'text', (c) => c.notNull())
+        .addColumn('recorded_at', t.time, (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex('run_metrics_point').on('run_metrics').columns(['model_id', 'source', 'seq']).unique().execute();
+      await db.schema.createIndex('run_metrics_kind_time').on('run_metrics').columns(['kind', 'recorded_at']).execute();
+    },
+  },
 ];
 
 /** Arbitrary constant key for the PostgreSQL advisory lock that serialises migrators. */

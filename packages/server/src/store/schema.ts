@@ -112,6 +112,27 @@ export interface SamplersTable {
   client_counter: Generated<number>;
 }
 
+/**
+ * `run_metrics`: the dashboard's metric points of a run (migration 6). `source` 'server' rows are
+ * recorded from the request log (one per completed forward_backward / optim_step, `seq` = its seq
+ * id); 'client' rows are the metrics a client reports (`seq` = its step; a re-sent step replaces).
+ */
+export interface RunMetricsTable {
+  /** Increasing over all rows: the `?after=` cursor. */
+  id: Generated<number>;
+  model_id: string;
+  source: string;
+  seq: number;
+  kind: string;
+  /** Optimizer steps applied before this point (server rows), or the client's step. */
+  step: number;
+  /** Tokens the forward_backward trained on (0 for other rows). */
+  tokens: number;
+  /** JSON `{[name: string]: number}`. */
+  metric_values: string;
+  recorded_at: number;
+}
+
 /** `schema_migrations`: one row per applied migration. */
 export interface SchemaMigrationsTable {
   version: number;
@@ -127,5 +148,6 @@ export interface Database {
   requests: RequestsTable;
   checkpoints: CheckpointsTable;
   samplers: SamplersTable;
+  run_metrics: RunMetricsTable;
   schema_migrations: SchemaMigrationsTable;
 }
