@@ -195,17 +195,15 @@ async function buildServer(options: ServerOptions, unlock: () => void): Promise<
     { path: os.tmpdir(), label: '<tmp>' },
     { path: os.homedir(), label: '~' },
   ]);
-  let services: Services | undefined;
   const pool = new WorkerPool({
     modelsDir,
     workerArgs,
     source: (model) => catalogue.source(model),
-    onCrash: (model) => services?.workerCrashed(model),
     ...(options.localWorkers !== undefined ? { localWorkers: options.localWorkers } : {}),
     ...(options.remoteWaitMs !== undefined ? { remoteWaitMs: options.remoteWaitMs } : {}),
   });
   const serverId = serverIdentity(options.dataDir);
-  services = new Services(store, pool, catalogue, options.dataDir, options.maxQueuedSamples, options.ordering, redact, options.snapshotEvery, serverId);
+  const services = new Services(store, pool, catalogue, options.dataDir, options.maxQueuedSamples, options.ordering, redact, options.snapshotEvery, serverId);
   await store.adoptUnowned(serverId);
   await services.resumeInterruptedRequests();
   const bodyLimit = options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT;

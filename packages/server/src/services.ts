@@ -14,37 +14,24 @@
  * place, because the SDK has used the `seq_id` up: the run goes past it, and a retry gets the
  * same refusal. Requests waiting for a missing `seq_id` are bounded and time out (see `Lane`).
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import path from 'node:path';
 import { decode, encode } from '@msgpack/msgpack';
+import { folderBytes, SnapshotFiles } from './checkpoints/snapshots.js';
 import { badRequest, HttpError, serviceUnavailable, tooManyRequests } from './http/errors.js';
 import type { CsrIndex } from './protocol/proto.js';
 import { sampleResult, type StoredResult } from './protocol/results.js';
 import { FutureHub } from './scheduler/futures.js';
-import { Lane, opFields, type JobError, type Reservation, type SampleJob, type SchedulingOptions, type TrainingOp } from './scheduler/lane.js';
+import { Lane, type JobError, type Reservation, type SampleJob, type SchedulingOptions } from './scheduler/lane.js';
 import { OutcomeRecorder, recordWithRetry } from './scheduler/outcomes.js';
+import { RunRecovery, type Recovery, type ReplayStep } from './scheduler/recovery.js';
 import { SessionFutures } from './scheduler/session-futures.js';
 import type { RequestRow, RunRow, Store } from './store/index.js';
 import type { ModelCatalogue, ModelEntry } from './worker/catalogue.js';
-import type { WorkerClient } from './worker/client.js';
+import type { TrainingOp } from './worker/ops.js';
 import type { WorkerPool } from './worker/pool.js';
 import type { WireTensor } from './worker/tensor.js';
 
 /** Take a snapshot of a run's adapter and optimizer state every this many optimizer steps (default). */
 export const SNAPSHOT_EVERY = 10;
-
-/** One rebuild of a run's adapter: from the snapshot after `fromSeq` (-1: none), replaying `replayed` logged requests. */
-export interface Recovery {
-  modelId: string;
-  fromSeq: number;
-  /** State-changing requests run again (forward_backward, optim_step, create, load). */
-  replayed: number;
-  /** Time the rebuild took (ms). */
-  ms: number;
-}
-
-/** How many {@link Recovery} records a server keeps. */
-const RECOVERY_HISTORY = 100;
 
 /** What a training request's result needs beyond the worker's reply (logged with the op). */
 export type JobMeta =
@@ -66,17 +53,6 @@ export type JobMeta =
 /** The future result `type` of each kind of save. */
 const SAVE_RESULT_TYPE = { training: 'save_weights', sampler: 'save_weights_for_sampler', external: 'save_weights_external' } as const;
 
-/** Bytes of the files directly in a folder (a checkpoint is one flat folder). */
-export function folderBytes(dir: string): number {
-  return readdirSync(dir, { withFileTypes: true }).reduce((sum, entry) => sum + (entry.isFile() ? statSync(path.join(dir, entry.name)).size : 0), 0);
-}
-
-/** A finished request that changed a run's adapter, as recovery replays it. */
-interface ReplayStep {
-  seqId: number;
-  op: TrainingOp;
-}
-
 interface LoggedTraining {
   op: TrainingOp;
   meta: JobMeta;
@@ -95,10 +71,10 @@ export class Services {
   private readonly lanes = new Map<string, Lane>();
   private readonly optimSteps = new Map<string, number>();
   private stopping = false;
-  /** The latest rebuilds of runs after a worker crash or a restart, oldest first (at most {@link RECOVERY_HISTORY}). */
-  readonly recoveries: Recovery[] = [];
   /** Where the lanes record outcomes; holds them in memory while the store cannot write. */
   readonly completion: OutcomeRecorder;
+  /** Snapshots runs and rebuilds them after a worker crash or a restart. */
+  private readonly recovery: RunRecovery;
 
   constructor(
     readonly store: Store,
@@ -127,6 +103,14 @@ export class Services {
       logError: (message, error) => console.error(message, error),
       redact,
     });
+    // The listener looks the method up at each crash (tests wrap it).
+    pool.onCrash((baseModel) => this.workerCrashed(baseModel));
+    this.recovery = new RunRecovery({ requests: store.requests, completion: this.completion, snapshots: new SnapshotFiles(dataDir) });
+  }
+
+  /** The latest rebuilds of runs after a worker crash or a restart, oldest first. */
+  get recoveries(): readonly Recovery[] {
+    return this.recovery.history;
   }
 
   /**
@@ -172,7 +156,7 @@ export class Services {
         baseModel,
         worker: () => this.pool.client(baseModel),
         completion: this.completion,
-        recover: (modelId, client) => this.recover(modelId, client),
+        recover: (modelId, client) => this.recovery.recover(modelId, client),
         recordLost: (owner, modelId, seqIds, error) => this.recordLost(owner, modelId, seqIds, error),
         ...this.ordering,
         ...(this.maxQueuedSamples !== undefined ? { maxQueuedSamples: this.maxQueuedSamples } : {}),
@@ -362,66 +346,9 @@ export class Services {
     }
   }
 
-  private snapshotDir(modelId: string): string {
-    return path.join(this.dataDir, 'snapshots', encodeURIComponent(modelId));
-  }
-
-  /** Saves adapter + optimizer state as of `seqId`, replacing the previous snapshot. */
+  /** Snapshots a run as of `seqId` (see {@link RunRecovery.snapshot}). */
   private async snapshot(run: RunRow, seqId: number): Promise<void> {
-    const dir = this.snapshotDir(run.modelId);
-    mkdirSync(dir, { recursive: true });
-    const previous = this.latestSnapshot(run.modelId);
-    const target = path.join(dir, `seq-${seqId}`);
-    const client = await this.pool.client(run.baseModel);
-    await client.request('snapshot', { adapter: run.modelId, path: target });
-    writeFileSync(path.join(dir, 'latest.json.tmp'), JSON.stringify({ seq: seqId, path: target }));
-    renameSync(path.join(dir, 'latest.json.tmp'), path.join(dir, 'latest.json'));
-    if (previous && previous.path !== target) rmSync(previous.path, { recursive: true, force: true });
-    // Recovery starts from here now; the batches logged before it are never replayed again.
-    await this.store.requests.dropPayloads(run.modelId, seqId);
-  }
-
-  private latestSnapshot(modelId: string): { seq: number; path: string } | undefined {
-    const file = path.join(this.snapshotDir(modelId), 'latest.json');
-    return existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as { seq: number; path: string }) : undefined;
-  }
-
-  /** Rebuilds a run's adapter in `client`: last snapshot, then every state-changing request since. */
-  private async recover(modelId: string, client: WorkerClient): Promise<void> {
-    const started = Date.now();
-    const snapshot = this.latestSnapshot(modelId);
-    if (snapshot) await client.request('load_adapter', { adapter: modelId, path: snapshot.path, include_optimizer: true });
-    // The log holds a prefix of the run's finished requests; the rest is held in memory. Read the
-    // memory first: an outcome written meanwhile is then in one of the two (or both, once).
-    const held = this.completion.heldFor(modelId).flatMap((h) => (h.outcome.status === 'complete' ? [h.context as ReplayStep] : []));
-    const steps: ReplayStep[] = (await this.store.requests.completedSince(modelId, snapshot?.seq ?? -1)).map((row) => ({ seqId: row.seqId!, op: (decode(row.payload!) as LoggedTraining).op }));
-    const logged = new Set(steps.map((step) => step.seqId));
-    steps.push(...held.filter((step) => step.seqId > (snapshot?.seq ?? -1) && !logged.has(step.seqId)));
-    for (const { seqId, op } of steps) {
-      switch (op.kind) {
-        case 'forward_backward': {
-          const reply = await client.request<{ results: { ok: boolean; error?: { message: string } }[] }>('forward_backward', {
-            items: [{ adapter: modelId, loss_fn: op.lossFn, loss_fn_config: op.lossFnConfig, data: op.data }],
-          });
-          if (!reply.results[0]?.ok) throw new Error(`replaying seq ${seqId} failed: ${reply.results[0]?.error?.message}`);
-          break;
-        }
-        // With the run's optimizer where it was chosen: the slot comes back with the same one.
-        case 'create_adapter':
-        case 'optim_step':
-        case 'load_adapter':
-        case 'drop_adapter':
-          await client.request(op.kind, { adapter: modelId, ...opFields(op) });
-          break;
-        case 'forward':
-        case 'save_adapter':
-        case 'export_peft':
-          break; // no state change
-      }
-    }
-    const replayed = steps.filter(({ op }) => op.kind !== 'forward' && op.kind !== 'save_adapter' && op.kind !== 'export_peft').length;
-    this.recoveries.push({ modelId, fromSeq: snapshot?.seq ?? -1, replayed, ms: Date.now() - started });
-    if (this.recoveries.length > RECOVERY_HISTORY) this.recoveries.shift();
+    await this.recovery.snapshot(run.modelId, seqId, await this.pool.client(run.baseModel));
   }
 
   // ---- sampling -------------------------------------------------------------------------------

@@ -26,48 +26,10 @@
  */
 import type { WorkerClient } from '../worker/client.js';
 import { WorkerConnectionError, WorkerRequestError } from '../worker/client.js';
-import type { WireTensor } from '../worker/tensor.js';
+import { forwardItem, isForward, toWorkerRequest, type ForwardOp, type ItemResult, type TrainingOp } from '../worker/ops.js';
 
-/** A datum as the worker takes it. */
-export interface WorkerDatum {
-  tokens: WireTensor;
-  loss_fn_inputs: Record<string, WireTensor>;
-}
-
-/**
- * What a training request asks the worker to do. `optimizer` is the run's optimizer config (absent
- * in requests logged before optimizers could be chosen: AdamW); an optimizer step carries the
- * parameters of exactly one family.
- */
-export type TrainingOp =
-  | { kind: 'create_adapter'; lora: Record<string, unknown>; optimizer?: Record<string, unknown> }
-  | { kind: 'forward_backward' | 'forward'; lossFn: string; lossFnConfig: Record<string, number>; data: WorkerDatum[] }
-  | { kind: 'optim_step'; adamParams?: Record<string, number>; optimizerParams?: Record<string, unknown> }
-  | { kind: 'save_adapter'; path: string; includeOptimizer: boolean }
-  | { kind: 'load_adapter'; path: string; includeOptimizer: boolean; optimizer?: Record<string, unknown> }
-  | { kind: 'export_peft'; path: string; naming: 'peft' | 'tinker' }
-  | { kind: 'drop_adapter' };
-
-/**
- * The worker request fields of an op that changes a run's adapter, as it first runs and as
- * recovery replays it (forward passes aside).
- */
-export function opFields(op: Exclude<TrainingOp, { kind: 'forward_backward' | 'forward' }>): Record<string, unknown> {
-  switch (op.kind) {
-    case 'create_adapter':
-      return { lora: op.lora, ...(op.optimizer ? { optimizer: op.optimizer } : {}) };
-    case 'optim_step':
-      return op.optimizerParams ? { optimizer_params: op.optimizerParams } : { adam_params: op.adamParams ?? {} };
-    case 'save_adapter':
-      return { path: op.path, include_optimizer: op.includeOptimizer };
-    case 'load_adapter':
-      return { path: op.path, include_optimizer: op.includeOptimizer, ...(op.optimizer ? { optimizer: op.optimizer } : {}) };
-    case 'export_peft':
-      return { path: op.path, naming: op.naming };
-    case 'drop_adapter':
-      return {};
-  }
-}
+// Routes, codecs and tests name the ops by the lane that runs them.
+export type { TrainingOp, WorkerDatum } from '../worker/ops.js';
 
 /** A failure delivered through a future. */
 export interface JobError {
@@ -637,7 +599,7 @@ export class Lane {
     try {
       const client = await this.options.worker();
       const live: TrainingJob[] = [];
-      for (const job of batch) if (await this.ready(job, client)) live.push(job);
+      for (const job of batch) if (await this.ensureRecovered(job, client)) live.push(job);
       for (const kind of ['forward_backward', 'forward'] as const) {
         const jobs = live.filter((job) => job.op.kind === kind);
         if (jobs.length > 0) for (const job of await this.runForward(client, kind, jobs)) retry.add(job);
@@ -671,7 +633,7 @@ export class Lane {
   }
 
   /** Rebuilds the job's run if the worker lost it; false (and the job failed) if that is impossible. */
-  private async ready(job: TrainingJob, client: WorkerClient): Promise<boolean> {
+  private async ensureRecovered(job: TrainingJob, client: WorkerClient): Promise<boolean> {
     const run = this.runs.get(job.modelId)!;
     if (run.needsRecovery && run.lost === null) {
       try {
@@ -691,13 +653,10 @@ export class Lane {
 
   /** Runs one batched forward(_backward); returns the jobs to retry after a worker crash. */
   private async runForward(client: WorkerClient, kind: 'forward_backward' | 'forward', jobs: TrainingJob[]): Promise<Set<TrainingJob>> {
-    const items = jobs.map((job) => {
-      const op = job.op as Extract<TrainingOp, { lossFn: string }>;
-      return { adapter: job.modelId, loss_fn: op.lossFn, loss_fn_config: op.lossFnConfig, data: op.data };
-    });
-    let reply: { results: Record<string, unknown>[] };
+    const items = jobs.map((job) => forwardItem(job.modelId, job.op as ForwardOp));
+    let reply: { results: ItemResult[] };
     try {
-      reply = await client.request<{ results: Record<string, unknown>[] }>(kind, { items });
+      reply = await client.request(kind, { items });
     } catch (error) {
       if (error instanceof WorkerConnectionError) return new Set(jobs);
       await Promise.all(jobs.map((job) => this.failJob(job.requestId, asJobError(error))));
@@ -708,11 +667,11 @@ export class Lane {
   }
 
   private async runSingle(client: WorkerClient, job: TrainingJob): Promise<Set<TrainingJob>> {
-    const op = job.op;
-    if ('lossFn' in op) throw new Error(`unexpected op ${op.kind}`);
+    if (isForward(job.op)) throw new Error(`unexpected op ${job.op.kind}`);
     try {
-      const reply = await client.request(op.kind, { adapter: job.modelId, ...opFields(op) });
-      if (op.kind === 'load_adapter') {
+      const { op, fields } = toWorkerRequest(job.modelId, job.op);
+      const reply = await client.request(op, fields);
+      if (op === 'load_adapter') {
         // The loaded weights replace whatever was lost: nothing is left to rebuild.
         const run = this.runs.get(job.modelId)!;
         run.lost = null;
@@ -783,7 +742,7 @@ export class Lane {
     }
     if (live.length === 0) return;
     try {
-      const reply = await client.request<{ results: Record<string, unknown>[] }>('sample', { items: live.map(({ item, units }) => pieceItem(item, units)) });
+      const reply = await client.request('sample', { items: live.map(({ item, units }) => pieceItem(item, units)) });
       await Promise.all(live.map(({ item, units }, i) => this.drawn(item, units, reply.results[i] ?? { ok: false })));
     } catch (error) {
       await requeue(live.map(({ item }) => item), error);
@@ -830,10 +789,6 @@ const SINGLE_OP_ROUNDS = 8;
 
 /** Item fields of the prompt-side outputs: only a split request's first piece asks for them. */
 const PROMPT_OUTPUTS = ['prompt_logprobs', 'topk_prompt_logprobs', 'prompt_alt_tokens_k', 'target_prompt_logprobs', 'prompt_logprobs_last_n'];
-
-function isForward(op: TrainingOp): op is Extract<TrainingOp, { lossFn: string }> {
-  return op.kind === 'forward' || op.kind === 'forward_backward';
-}
 
 /** Tokens of a forward pass's data (what it costs a cycle). */
 function forwardTokens(op: TrainingOp): number {
