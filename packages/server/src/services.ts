@@ -17,6 +17,7 @@
 import { decode, encode } from '@msgpack/msgpack';
 import { folderBytes, SnapshotFiles } from './checkpoints/snapshots.js';
 import { badRequest, HttpError, serviceUnavailable, tooManyRequests } from './http/errors.js';
+import { defaultLogger, type Logger } from './log.js';
 import type { CsrIndex } from './protocol/proto.js';
 import { sampleResult, type StoredResult } from './protocol/results.js';
 import { FutureHub } from './scheduler/futures.js';
@@ -63,7 +64,36 @@ type LoggedSample = Omit<SampleJob, 'requestId' | 'finalize' | 'owner' | 'bytes'
   targetCsr?: CsrIndex;
 };
 
-/** Everything a route needs. */
+/** What {@link Services} is built from. */
+export interface ServicesOptions {
+  store: Store;
+  pool: WorkerPool;
+  catalogue: ModelCatalogue;
+  /** Holds the runs' snapshots (and checkpoints). */
+  dataDir: string;
+  /** Sampling requests queued per base model before submits get 429. */
+  maxQueuedSamples?: number;
+  ordering?: SchedulingOptions;
+  /** Rewrites error messages before clients see them (hides server paths). */
+  redact?: (message: string) => string;
+  /** Snapshot each run every this many optimizer steps (default {@link SNAPSHOT_EVERY}): fewer means less to replay after a crash. */
+  snapshotEvery?: number;
+  /**
+   * This server's identity in a database several servers share (see {@link Services.checkLocal}): the
+   * runs it creates and the requests it accepts carry it, and only it resumes them after a restart.
+   */
+  serverId?: string;
+  /** Where errors the server survives are logged; default stderr. */
+  logger?: Logger;
+}
+
+/**
+ * Everything a route needs.
+ *
+ * @example
+ * const services = new Services({ store, pool, catalogue, dataDir: '.lathe', logger: app.log });
+ * await services.resumeInterruptedRequests();
+ */
 export class Services {
   readonly hub = new FutureHub();
   /** Sampling completions per session clone, for `retrieve_futures`. */
@@ -76,32 +106,37 @@ export class Services {
   /** Snapshots runs and rebuilds them after a worker crash or a restart. */
   private readonly recovery: RunRecovery;
 
-  constructor(
-    readonly store: Store,
-    readonly pool: WorkerPool,
-    readonly catalogue: ModelCatalogue,
-    readonly dataDir: string,
-    private readonly maxQueuedSamples?: number,
-    private readonly ordering: SchedulingOptions = {},
-    /** Rewrites error messages before clients see them (hides server paths). */
-    private readonly redact: (message: string) => string = (message) => message,
-    /** Snapshot each run every this many optimizer steps: fewer means less to replay after a crash. */
-    private readonly snapshotEvery: number = SNAPSHOT_EVERY,
-    /**
-     * This server's identity in a database several servers share (see {@link checkLocal}): the runs it
-     * creates and the requests it accepts carry it, and only it resumes them after a restart.
-     */
-    readonly serverId = 'local',
-  ) {
-    if (!Number.isSafeInteger(snapshotEvery) || snapshotEvery < 1) throw new Error(`snapshotEvery must be a positive integer, got ${snapshotEvery}`);
+  readonly store: Store;
+  readonly pool: WorkerPool;
+  readonly catalogue: ModelCatalogue;
+  readonly dataDir: string;
+  /** See {@link ServicesOptions.serverId}. */
+  readonly serverId: string;
+  private readonly maxQueuedSamples: number | undefined;
+  private readonly ordering: SchedulingOptions;
+  private readonly snapshotEvery: number;
+  private readonly log: Logger;
+
+  constructor(options: ServicesOptions) {
+    const { store, pool, dataDir } = options;
+    this.store = store;
+    this.pool = pool;
+    this.catalogue = options.catalogue;
+    this.dataDir = dataDir;
+    this.serverId = options.serverId ?? 'local';
+    this.maxQueuedSamples = options.maxQueuedSamples;
+    this.ordering = options.ordering ?? {};
+    this.snapshotEvery = options.snapshotEvery ?? SNAPSHOT_EVERY;
+    this.log = options.logger ?? defaultLogger();
+    if (!Number.isSafeInteger(this.snapshotEvery) || this.snapshotEvery < 1) throw new Error(`snapshotEvery must be a positive integer, got ${this.snapshotEvery}`);
     this.completion = new OutcomeRecorder({
       requests: store.requests,
       notify: (requestId, status) => {
         this.hub.notify(requestId);
         this.sessionFutures.settled(requestId, status);
       },
-      logError: (message, error) => console.error(message, error),
-      redact,
+      logError: (message, error) => this.log.error({ err: error }, message),
+      ...(options.redact ? { redact: options.redact } : {}),
     });
     // The listener looks the method up at each crash (tests wrap it).
     pool.onCrash((baseModel) => this.workerCrashed(baseModel));
@@ -158,6 +193,7 @@ export class Services {
         completion: this.completion,
         recover: (modelId, client) => this.recovery.recover(modelId, client),
         recordLost: (owner, modelId, seqIds, error) => this.recordLost(owner, modelId, seqIds, error),
+        logger: this.log,
         ...this.ordering,
         ...(this.maxQueuedSamples !== undefined ? { maxQueuedSamples: this.maxQueuedSamples } : {}),
       });
@@ -305,7 +341,7 @@ export class Services {
         if (steps % this.snapshotEvery === 0) {
           // The step is applied whatever happens to the snapshot; without it, recovery starts from the
           // previous one and replays more of the log.
-          await this.snapshot(run, seqId).catch((error: unknown) => console.error(`snapshot of ${run.modelId} at seq ${seqId} failed`, error));
+          await this.snapshot(run, seqId);
         }
         return json({ metrics: (reply['metrics'] as Record<string, number>) ?? {}, type: 'optim_step' });
       }
@@ -315,7 +351,7 @@ export class Services {
       case 'load_weights':
         // The run's own snapshot now holds the loaded weights: recovery never reads the checkpoint,
         // which its owner may delete or let expire. (If this fails, recovery replays the load.)
-        await this.snapshot(run, seqId).catch((error: unknown) => console.error(`snapshot of ${run.modelId} at seq ${seqId} failed`, error));
+        await this.snapshot(run, seqId);
         return json({ path: meta.path, model_id: run.modelId, type: 'load_weights' });
       case 'save': {
         const now = Date.now();
@@ -346,9 +382,13 @@ export class Services {
     }
   }
 
-  /** Snapshots a run as of `seqId` (see {@link RunRecovery.snapshot}). */
+  /** Snapshots a run as of `seqId` (see {@link RunRecovery.snapshot}); a failure is logged, not thrown. */
   private async snapshot(run: RunRow, seqId: number): Promise<void> {
-    await this.recovery.snapshot(run.modelId, seqId, await this.pool.client(run.baseModel));
+    try {
+      await this.recovery.snapshot(run.modelId, seqId, await this.pool.client(run.baseModel));
+    } catch (error) {
+      this.log.error({ err: error, modelId: run.modelId, seqId }, `snapshot of ${run.modelId} at seq ${seqId} failed`);
+    }
   }
 
   // ---- sampling -------------------------------------------------------------------------------
@@ -427,7 +467,7 @@ export class Services {
     await Promise.all([...this.lanes.values()].map((lane) => lane.stop()));
     const unrecorded = await this.completion.flush();
     this.completion.close();
-    if (unrecorded > 0) console.error(`${unrecorded} finished requests could not be recorded; they run again when the server restarts`);
+    if (unrecorded > 0) this.log.error(`${unrecorded} finished requests could not be recorded; they run again when the server restarts`);
     this.hub.close();
     this.sessionFutures.close();
   }
