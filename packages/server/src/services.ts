@@ -15,44 +15,24 @@
  * same refusal. Requests waiting for a missing `seq_id` are bounded and time out (see `Lane`).
  */
 import { decode, encode } from '@msgpack/msgpack';
-import { folderBytes, SnapshotFiles } from './checkpoints/snapshots.js';
+import { SnapshotFiles } from './checkpoints/snapshots.js';
 import { badRequest, HttpError, serviceUnavailable, tooManyRequests } from './http/errors.js';
 import { defaultLogger, type Logger } from './log.js';
 import type { CsrIndex } from './protocol/proto.js';
 import { sampleResult, type StoredResult } from './protocol/results.js';
 import { FutureHub } from './scheduler/futures.js';
 import { Lane, type JobError, type Reservation, type SampleJob, type SchedulingOptions } from './scheduler/lane.js';
-import { OutcomeRecorder, recordWithRetry } from './scheduler/outcomes.js';
+import { OutcomeRecorder } from './scheduler/outcomes.js';
+import { trainingResult, type JobMeta, type ResultContext } from './scheduler/training-results.js';
 import { RunRecovery, type Recovery, type ReplayStep } from './scheduler/recovery.js';
 import { SessionFutures } from './scheduler/session-futures.js';
 import type { RequestRow, RunRow, Store } from './store/index.js';
 import type { ModelCatalogue, ModelEntry } from './worker/catalogue.js';
 import type { TrainingOp } from './worker/ops.js';
 import type { WorkerPool } from './worker/pool.js';
-import type { WireTensor } from './worker/tensor.js';
 
 /** Take a snapshot of a run's adapter and optimizer state every this many optimizer steps (default). */
 export const SNAPSHOT_EVERY = 10;
-
-/** What a training request's result needs beyond the worker's reply (logged with the op). */
-export type JobMeta =
-  | { kind: 'create_model' | 'forward' | 'forward_backward' | 'optim_step' | 'unload_model' }
-  | { kind: 'load_weights'; path: string }
-  | {
-      kind: 'save';
-      checkpointType: 'training' | 'sampler' | 'external';
-      checkpointId: string;
-      tinkerPath: string;
-      storagePath: string;
-      ttlSeconds: number | null;
-      ephemeral: boolean;
-      /** For unnamed sampler saves: the sampling session to create on the weights. */
-      sampler: { samplerId: string; sessionId: string; baseModel: string } | null;
-      userMetadata?: Record<string, string> | null;
-    };
-
-/** The future result `type` of each kind of save. */
-const SAVE_RESULT_TYPE = { training: 'save_weights', sampler: 'save_weights_for_sampler', external: 'save_weights_external' } as const;
 
 interface LoggedTraining {
   op: TrainingOp;
@@ -99,7 +79,8 @@ export class Services {
   /** Sampling completions per session clone, for `retrieve_futures`. */
   readonly sessionFutures = new SessionFutures();
   private readonly lanes = new Map<string, Lane>();
-  private readonly optimSteps = new Map<string, number>();
+  /** What finished training requests record their results with. */
+  private readonly results: ResultContext;
   private stopping = false;
   /** Where the lanes record outcomes; holds them in memory while the store cannot write. */
   readonly completion: OutcomeRecorder;
@@ -114,7 +95,6 @@ export class Services {
   readonly serverId: string;
   private readonly maxQueuedSamples: number | undefined;
   private readonly ordering: SchedulingOptions;
-  private readonly snapshotEvery: number;
   private readonly log: Logger;
 
   constructor(options: ServicesOptions) {
@@ -126,9 +106,7 @@ export class Services {
     this.serverId = options.serverId ?? 'local';
     this.maxQueuedSamples = options.maxQueuedSamples;
     this.ordering = options.ordering ?? {};
-    this.snapshotEvery = options.snapshotEvery ?? SNAPSHOT_EVERY;
     this.log = options.logger ?? defaultLogger();
-    if (!Number.isSafeInteger(this.snapshotEvery) || this.snapshotEvery < 1) throw new Error(`snapshotEvery must be a positive integer, got ${this.snapshotEvery}`);
     this.completion = new OutcomeRecorder({
       requests: store.requests,
       notify: (requestId, status) => {
@@ -140,7 +118,15 @@ export class Services {
     });
     // The listener looks the method up at each crash (tests wrap it).
     pool.onCrash((baseModel) => this.workerCrashed(baseModel));
-    this.recovery = new RunRecovery({ requests: store.requests, completion: this.completion, snapshots: new SnapshotFiles(dataDir) });
+    this.recovery = new RunRecovery({
+      requests: store.requests,
+      completion: this.completion,
+      snapshots: new SnapshotFiles(dataDir),
+      worker: (baseModel) => this.pool.client(baseModel),
+      snapshotEvery: options.snapshotEvery ?? SNAPSHOT_EVERY,
+      logger: this.log,
+    });
+    this.results = { store, recovery: this.recovery, forgetSampler: (baseModel, adapter) => this.lane(baseModel).forgetAdapter(adapter) };
   }
 
   /** The latest rebuilds of runs after a worker crash or a restart, oldest first. */
@@ -320,75 +306,9 @@ export class Services {
     // A run's outcomes reach the log in seq order, even while some are held in memory.
     this.completion.track(requestId, run.modelId, { seqId, op: logged.op } satisfies ReplayStep);
     this.lane(run.baseModel).submitTraining(
-      { requestId, owner, modelId: run.modelId, seqId, op: logged.op, bytes, finalize: (reply) => this.finalizeTraining(owner, run, seqId, logged.meta, reply) },
+      { requestId, owner, modelId: run.modelId, seqId, op: logged.op, bytes, finalize: (reply) => trainingResult(this.results, owner, run, seqId, logged.meta, reply) },
       place,
     );
-  }
-
-  /** Turns a worker reply into the future's result, recording checkpoints and snapshots on the way. */
-  private async finalizeTraining(owner: string, run: RunRow, seqId: number, meta: JobMeta, reply: Record<string, unknown>): Promise<StoredResult> {
-    const json = (value: unknown): StoredResult => ({ kind: 'json', value });
-    switch (meta.kind) {
-      case 'create_model':
-        await recordWithRetry(() => this.store.runs.setState(run.modelId, 'ready'));
-        return json({ model_id: run.modelId, type: 'create_model' });
-      case 'forward':
-      case 'forward_backward':
-        return { kind: 'fwdbwd', loss_fn_outputs: reply['loss_fn_outputs'] as Record<string, WireTensor>[], metrics: reply['metrics'] as Record<string, number> };
-      case 'optim_step': {
-        const steps = (this.optimSteps.get(run.modelId) ?? 0) + 1;
-        this.optimSteps.set(run.modelId, steps);
-        if (steps % this.snapshotEvery === 0) {
-          // The step is applied whatever happens to the snapshot; without it, recovery starts from the
-          // previous one and replays more of the log.
-          await this.snapshot(run, seqId);
-        }
-        return json({ metrics: (reply['metrics'] as Record<string, number>) ?? {}, type: 'optim_step' });
-      }
-      case 'unload_model':
-        await recordWithRetry(() => this.store.runs.setState(run.modelId, 'unloaded'));
-        return json({ model_id: run.modelId, type: 'unload_model' });
-      case 'load_weights':
-        // The run's own snapshot now holds the loaded weights: recovery never reads the checkpoint,
-        // which its owner may delete or let expire. (If this fails, recovery replays the load.)
-        await this.snapshot(run, seqId);
-        return json({ path: meta.path, model_id: run.modelId, type: 'load_weights' });
-      case 'save': {
-        const now = Date.now();
-        // The worker counts the bytes of what it saved; a PEFT export is measured here.
-        const sizeBytes = reply['bytes'] !== undefined ? Number(reply['bytes']) : folderBytes(meta.storagePath);
-        await recordWithRetry(() => this.store.checkpoints.put({
-          modelId: run.modelId,
-          checkpointId: meta.checkpointId,
-          owner,
-          checkpointType: meta.checkpointType,
-          tinkerPath: meta.tinkerPath,
-          storagePath: meta.storagePath,
-          sizeBytes,
-          expiresAt: meta.ttlSeconds ? now + meta.ttlSeconds * 1000 : null,
-          ephemeral: meta.ephemeral,
-          userMetadata: meta.userMetadata ?? null,
-          now,
-        }));
-        this.lane(run.baseModel).forgetAdapter(samplerAdapter(meta.tinkerPath));
-        const sampler = meta.sampler;
-        if (sampler) {
-          await recordWithRetry(() => this.store.samplers.create({ ...sampler, owner, modelPath: meta.tinkerPath, now }));
-          return json({ sampling_session_id: sampler.samplerId, type: 'save_weights_for_sampler' });
-        }
-        if (meta.checkpointType === 'external') return json({ path: meta.tinkerPath, size_bytes: sizeBytes, type: SAVE_RESULT_TYPE.external });
-        return json({ path: meta.tinkerPath, type: SAVE_RESULT_TYPE[meta.checkpointType] });
-      }
-    }
-  }
-
-  /** Snapshots a run as of `seqId` (see {@link RunRecovery.snapshot}); a failure is logged, not thrown. */
-  private async snapshot(run: RunRow, seqId: number): Promise<void> {
-    try {
-      await this.recovery.snapshot(run.modelId, seqId, await this.pool.client(run.baseModel));
-    } catch (error) {
-      this.log.error({ err: error, modelId: run.modelId, seqId }, `snapshot of ${run.modelId} at seq ${seqId} failed`);
-    }
   }
 
   // ---- sampling -------------------------------------------------------------------------------
@@ -516,9 +436,6 @@ function original(row: RequestRow): string {
   return row.requestId;
 }
 
-/** The worker adapter slot that serves a sampler checkpoint. */
-export function samplerAdapter(tinkerPath: string): string {
-  return `sampler:${tinkerPath}`;
-}
-
 export type { RequestRow };
+// Routes name these by the services that run them.
+export { samplerAdapter, type JobMeta } from './scheduler/training-results.js';

@@ -6,7 +6,8 @@
  */
 import { decode } from '@msgpack/msgpack';
 import type { SnapshotFiles } from '../checkpoints/snapshots.js';
-import type { RequestRepo } from '../store/index.js';
+import type { Logger } from '../log.js';
+import type { RequestRepo, RunRow } from '../store/index.js';
 import type { WorkerClient } from '../worker/client.js';
 import { changesAdapter, toWorkerRequest, type TrainingOp } from '../worker/ops.js';
 import type { OutcomeRecorder } from './outcomes.js';
@@ -60,27 +61,57 @@ export interface RunRecoveryOptions {
   /** Where finished outcomes the store has not taken yet are held. */
   completion: Pick<OutcomeRecorder, 'heldFor'>;
   snapshots: SnapshotFiles;
+  /** The worker of a base model (where a run's snapshot is taken). */
+  worker: (baseModel: string) => Promise<WorkerClient>;
+  /** Snapshot each run every this many optimizer steps: fewer means less to replay after a crash. */
+  snapshotEvery: number;
+  /** Where a snapshot that failed is logged. */
+  logger: Logger;
 }
+
+/** A run as snapshots know it. */
+type RunRef = Pick<RunRow, 'modelId' | 'baseModel'>;
 
 /**
  * Snapshots runs and rebuilds them from their snapshot and log.
  *
  * @example
- * const recovery = new RunRecovery({ requests: store.requests, completion, snapshots: new SnapshotFiles(dataDir) });
- * await recovery.snapshot(modelId, seqId, client); // every few optimizer steps
- * await recovery.recover(modelId, freshClient);    // after the worker died
+ * const recovery = new RunRecovery({ requests: store.requests, completion, snapshots: new SnapshotFiles(dataDir), worker: (m) => pool.client(m), snapshotEvery: 10, logger });
+ * await recovery.optimStepped(run, seqId);      // snapshots every tenth step
+ * await recovery.recover(run.modelId, client);  // after the worker died
  */
 export class RunRecovery {
   /** The latest rebuilds, oldest first (at most {@link RECOVERY_HISTORY}). */
   readonly history: Recovery[] = [];
 
-  constructor(private readonly options: RunRecoveryOptions) {}
+  private readonly optimSteps = new Map<string, number>();
 
-  /** Saves the run's adapter and optimizer state as of `seqId`, replacing its previous snapshot. */
-  async snapshot(modelId: string, seqId: number, client: WorkerClient): Promise<void> {
-    await this.options.snapshots.replace(modelId, seqId, (folder) => client.request('snapshot', { adapter: modelId, path: folder }));
-    // Recovery starts from here now; the batches logged before it are never replayed again.
-    await this.options.requests.dropPayloads(modelId, seqId);
+  constructor(private readonly options: RunRecoveryOptions) {
+    if (!Number.isSafeInteger(options.snapshotEvery) || options.snapshotEvery < 1) throw new Error(`snapshotEvery must be a positive integer, got ${options.snapshotEvery}`);
+  }
+
+  /** Counts an optimizer step of the run (request `seqId`), and snapshots the run when one is due. */
+  async optimStepped(run: RunRef, seqId: number): Promise<void> {
+    const steps = (this.optimSteps.get(run.modelId) ?? 0) + 1;
+    this.optimSteps.set(run.modelId, steps);
+    if (steps % this.options.snapshotEvery === 0) await this.snapshot(run, seqId);
+  }
+
+  /**
+   * Saves the run's adapter and optimizer state as of `seqId`, replacing its previous snapshot. A
+   * failure is logged, not thrown: the step stands, and recovery starts from the previous snapshot
+   * (replaying more of the log).
+   */
+  async snapshot(run: RunRef, seqId: number): Promise<void> {
+    const { modelId } = run;
+    try {
+      const client = await this.options.worker(run.baseModel);
+      await this.options.snapshots.replace(modelId, seqId, (folder) => client.request('snapshot', { adapter: modelId, path: folder }));
+      // Recovery starts from here now; the batches logged before it are never replayed again.
+      await this.options.requests.dropPayloads(modelId, seqId);
+    } catch (error) {
+      this.options.logger.error({ err: error, modelId, seqId }, `snapshot of ${modelId} at seq ${seqId} failed`);
+    }
   }
 
   /** Rebuilds a run's adapter in `client`: last snapshot, then every state-changing request since. */
