@@ -7,13 +7,14 @@ import os from 'node:os';
 import path from 'node:path';
 import swagger from '@fastify/swagger';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
-import Fastify, { type FastifyError, type FastifyRequest } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyRequest } from 'fastify';
 import { ArchiveSigner } from './checkpoints/signing.js';
 import { lockDataDir, prepareDataDir, type DataDirError } from './datadir.js';
 import { apiKeyAuth } from './http/auth.js';
 import { HttpError } from './http/errors.js';
 import { useJsonBodies } from './http/json.js';
 import { pathRedactor } from './http/redact.js';
+import { serverLogger, type Logger } from './log.js';
 import { decompressZstd, ZstdDecodeError } from './protocol/zstd.js';
 import { dashboardRoutes } from './routes/dashboard.js';
 import { restRoutes } from './routes/rest.js';
@@ -66,8 +67,11 @@ export interface ServerOptions {
    * After a worker crash a run is rebuilt from its snapshot plus the steps logged since.
    */
   snapshotEvery?: number;
-  /** Log requests (pino). */
-  logger?: boolean;
+  /**
+   * The server's pino logger (requests, and errors it survives), or whether a new one on stderr logs
+   * requests (`true`) or only warnings and errors (`false`, the default).
+   */
+  logger?: boolean | Logger;
   /**
    * Open a TCP port that remote workers dial (`lathe worker --connect HOST:PORT`); 0 picks a free
    * one (see `LatheServer.workerPort`). Default: no port, local workers only.
@@ -81,7 +85,7 @@ export interface ServerOptions {
   localWorkers?: boolean;
   /** Without local workers: how long a request waits for a remote worker to connect (ms); default 60 000. */
   remoteWaitMs?: number;
-  /** Lines worth an operator's attention (a refused worker); default `console.error`. */
+  /** Lines worth an operator's attention (a refused worker); default: the logger, as warnings. */
   log?: (line: string) => void;
   /**
    * Adapters each worker keeps on its compute device (weights, gradients, optimizer state); the least
@@ -171,14 +175,14 @@ export async function createServer(options: ServerOptions): Promise<LatheServer>
 }
 
 /** The remote workers' port, when asked for. */
-async function listenForWorkers(options: ServerOptions, onWorker: (registration: RemoteRegistration) => void): Promise<WorkerListener | undefined> {
+async function listenForWorkers(options: ServerOptions, log: Logger, onWorker: (registration: RemoteRegistration) => void): Promise<WorkerListener | undefined> {
   if (options.workerPort === undefined || !options.workerToken) return undefined; // createServer checked the token
   return WorkerListener.listen({
     host: options.workerHost ?? '0.0.0.0',
     port: options.workerPort,
     token: options.workerToken,
     onWorker,
-    log: options.log ?? ((line) => console.error(line)),
+    log: options.log ?? ((line) => log.warn(line)),
   });
 }
 
@@ -196,24 +200,35 @@ async function buildServer(options: ServerOptions, unlock: () => void): Promise<
     { path: os.tmpdir(), label: '<tmp>' },
     { path: os.homedir(), label: '~' },
   ]);
-  let services: Services | undefined;
   const pool = new WorkerPool({
     modelsDir,
     workerArgs,
     source: (model) => catalogue.source(model),
-    onCrash: (model) => services?.workerCrashed(model),
     ...(options.localWorkers !== undefined ? { localWorkers: options.localWorkers } : {}),
     ...(options.remoteWaitMs !== undefined ? { remoteWaitMs: options.remoteWaitMs } : {}),
   });
   const serverId = serverIdentity(options.dataDir);
-  services = new Services(store, pool, catalogue, options.dataDir, options.maxQueuedSamples, options.ordering, redact, options.snapshotEvery, serverId);
+  const logger = serverLogger(options.logger);
+  const services = new Services({
+    store,
+    pool,
+    catalogue,
+    dataDir: options.dataDir,
+    ordering: options.ordering ?? {},
+    redact,
+    serverId,
+    logger,
+    ...(options.maxQueuedSamples !== undefined ? { maxQueuedSamples: options.maxQueuedSamples } : {}),
+    ...(options.snapshotEvery !== undefined ? { snapshotEvery: options.snapshotEvery } : {}),
+  });
   await store.adoptUnowned(serverId);
   await services.resumeInterruptedRequests();
   const bodyLimit = options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT;
 
   // Signed archive tokens are long path parameters.
   const app = Fastify({
-    logger: options.logger ?? false,
+    // Typed as Fastify's base logger, so the app keeps the TypedApp shape the routes take.
+    loggerInstance: logger as FastifyBaseLogger,
     bodyLimit,
     routerOptions: { maxParamLength: 2048 },
     // No type coercion: it would turn `seed: 0` into null or `ttl_seconds: null` into 0.
@@ -288,7 +303,7 @@ async function buildServer(options: ServerOptions, unlock: () => void): Promise<
   // above wait for remote workers to (re)connect here (WorkerPoolOptions.remoteWaitMs).
   let workers: WorkerListener | undefined;
   try {
-    workers = await listenForWorkers(options, (registration) => {
+    workers = await listenForWorkers(options, logger, (registration) => {
       catalogue.announce(registration.models);
       pool.attach(registration);
     });

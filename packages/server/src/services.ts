@@ -14,68 +14,25 @@
  * place, because the SDK has used the `seq_id` up: the run goes past it, and a retry gets the
  * same refusal. Requests waiting for a missing `seq_id` are bounded and time out (see `Lane`).
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import path from 'node:path';
 import { decode, encode } from '@msgpack/msgpack';
+import { SnapshotFiles } from './checkpoints/snapshots.js';
 import { badRequest, HttpError, serviceUnavailable, tooManyRequests } from './http/errors.js';
+import { defaultLogger, type Logger } from './log.js';
 import type { CsrIndex } from './protocol/proto.js';
 import { sampleResult, type StoredResult } from './protocol/results.js';
 import { FutureHub } from './scheduler/futures.js';
-import { Lane, opFields, type JobError, type Reservation, type SampleJob, type SchedulingOptions, type TrainingOp } from './scheduler/lane.js';
-import { OutcomeRecorder, recordWithRetry } from './scheduler/outcomes.js';
+import { Lane, type JobError, type Reservation, type SampleJob, type SchedulingOptions } from './scheduler/lane.js';
+import { OutcomeRecorder } from './scheduler/outcomes.js';
+import { trainingResult, type JobMeta, type ResultContext } from './scheduler/training-results.js';
+import { RunRecovery, type Recovery, type ReplayStep } from './scheduler/recovery.js';
 import { SessionFutures } from './scheduler/session-futures.js';
 import type { RequestRow, RunRow, Store } from './store/index.js';
 import type { ModelCatalogue, ModelEntry } from './worker/catalogue.js';
-import type { WorkerClient } from './worker/client.js';
+import type { TrainingOp } from './worker/ops.js';
 import type { WorkerPool } from './worker/pool.js';
-import type { WireTensor } from './worker/tensor.js';
 
 /** Take a snapshot of a run's adapter and optimizer state every this many optimizer steps (default). */
 export const SNAPSHOT_EVERY = 10;
-
-/** One rebuild of a run's adapter: from the snapshot after `fromSeq` (-1: none), replaying `replayed` logged requests. */
-export interface Recovery {
-  modelId: string;
-  fromSeq: number;
-  /** State-changing requests run again (forward_backward, optim_step, create, load). */
-  replayed: number;
-  /** Time the rebuild took (ms). */
-  ms: number;
-}
-
-/** How many {@link Recovery} records a server keeps. */
-const RECOVERY_HISTORY = 100;
-
-/** What a training request's result needs beyond the worker's reply (logged with the op). */
-export type JobMeta =
-  | { kind: 'create_model' | 'forward' | 'forward_backward' | 'optim_step' | 'unload_model' }
-  | { kind: 'load_weights'; path: string }
-  | {
-      kind: 'save';
-      checkpointType: 'training' | 'sampler' | 'external';
-      checkpointId: string;
-      tinkerPath: string;
-      storagePath: string;
-      ttlSeconds: number | null;
-      ephemeral: boolean;
-      /** For unnamed sampler saves: the sampling session to create on the weights. */
-      sampler: { samplerId: string; sessionId: string; baseModel: string } | null;
-      userMetadata?: Record<string, string> | null;
-    };
-
-/** The future result `type` of each kind of save. */
-const SAVE_RESULT_TYPE = { training: 'save_weights', sampler: 'save_weights_for_sampler', external: 'save_weights_external' } as const;
-
-/** Bytes of the files directly in a folder (a checkpoint is one flat folder). */
-export function folderBytes(dir: string): number {
-  return readdirSync(dir, { withFileTypes: true }).reduce((sum, entry) => sum + (entry.isFile() ? statSync(path.join(dir, entry.name)).size : 0), 0);
-}
-
-/** A finished request that changed a run's adapter, as recovery replays it. */
-interface ReplayStep {
-  seqId: number;
-  op: TrainingOp;
-}
 
 interface LoggedTraining {
   op: TrainingOp;
@@ -87,46 +44,94 @@ type LoggedSample = Omit<SampleJob, 'requestId' | 'finalize' | 'owner' | 'bytes'
   targetCsr?: CsrIndex;
 };
 
-/** Everything a route needs. */
+/** What {@link Services} is built from. */
+export interface ServicesOptions {
+  store: Store;
+  pool: WorkerPool;
+  catalogue: ModelCatalogue;
+  /** Holds the runs' snapshots (and checkpoints). */
+  dataDir: string;
+  /** Sampling requests queued per base model before submits get 429. */
+  maxQueuedSamples?: number;
+  ordering?: SchedulingOptions;
+  /** Rewrites error messages before clients see them (hides server paths). */
+  redact?: (message: string) => string;
+  /** Snapshot each run every this many optimizer steps (default {@link SNAPSHOT_EVERY}): fewer means less to replay after a crash. */
+  snapshotEvery?: number;
+  /**
+   * This server's identity in a database several servers share (see {@link Services.checkLocal}): the
+   * runs it creates and the requests it accepts carry it, and only it resumes them after a restart.
+   */
+  serverId?: string;
+  /** Where errors the server survives are logged; default stderr. */
+  logger?: Logger;
+}
+
+/**
+ * Everything a route needs.
+ *
+ * @example
+ * const services = new Services({ store, pool, catalogue, dataDir: '.lathe', logger: app.log });
+ * await services.resumeInterruptedRequests();
+ */
 export class Services {
   readonly hub = new FutureHub();
   /** Sampling completions per session clone, for `retrieve_futures`. */
   readonly sessionFutures = new SessionFutures();
   private readonly lanes = new Map<string, Lane>();
-  private readonly optimSteps = new Map<string, number>();
+  /** What finished training requests record their results with. */
+  private readonly results: ResultContext;
   private stopping = false;
-  /** The latest rebuilds of runs after a worker crash or a restart, oldest first (at most {@link RECOVERY_HISTORY}). */
-  readonly recoveries: Recovery[] = [];
   /** Where the lanes record outcomes; holds them in memory while the store cannot write. */
   readonly completion: OutcomeRecorder;
+  /** Snapshots runs and rebuilds them after a worker crash or a restart. */
+  private readonly recovery: RunRecovery;
 
-  constructor(
-    readonly store: Store,
-    readonly pool: WorkerPool,
-    readonly catalogue: ModelCatalogue,
-    readonly dataDir: string,
-    private readonly maxQueuedSamples?: number,
-    private readonly ordering: SchedulingOptions = {},
-    /** Rewrites error messages before clients see them (hides server paths). */
-    private readonly redact: (message: string) => string = (message) => message,
-    /** Snapshot each run every this many optimizer steps: fewer means less to replay after a crash. */
-    private readonly snapshotEvery: number = SNAPSHOT_EVERY,
-    /**
-     * This server's identity in a database several servers share (see {@link checkLocal}): the runs it
-     * creates and the requests it accepts carry it, and only it resumes them after a restart.
-     */
-    readonly serverId = 'local',
-  ) {
-    if (!Number.isSafeInteger(snapshotEvery) || snapshotEvery < 1) throw new Error(`snapshotEvery must be a positive integer, got ${snapshotEvery}`);
+  readonly store: Store;
+  readonly pool: WorkerPool;
+  readonly catalogue: ModelCatalogue;
+  readonly dataDir: string;
+  /** See {@link ServicesOptions.serverId}. */
+  readonly serverId: string;
+  private readonly maxQueuedSamples: number | undefined;
+  private readonly ordering: SchedulingOptions;
+  private readonly log: Logger;
+
+  constructor(options: ServicesOptions) {
+    const { store, pool, dataDir } = options;
+    this.store = store;
+    this.pool = pool;
+    this.catalogue = options.catalogue;
+    this.dataDir = dataDir;
+    this.serverId = options.serverId ?? 'local';
+    this.maxQueuedSamples = options.maxQueuedSamples;
+    this.ordering = options.ordering ?? {};
+    this.log = options.logger ?? defaultLogger();
     this.completion = new OutcomeRecorder({
       requests: store.requests,
       notify: (requestId, status) => {
         this.hub.notify(requestId);
         this.sessionFutures.settled(requestId, status);
       },
-      logError: (message, error) => console.error(message, error),
-      redact,
+      logError: (message, error) => this.log.error({ err: error }, message),
+      ...(options.redact ? { redact: options.redact } : {}),
     });
+    // The listener looks the method up at each crash (tests wrap it).
+    pool.onCrash((baseModel) => this.workerCrashed(baseModel));
+    this.recovery = new RunRecovery({
+      requests: store.requests,
+      completion: this.completion,
+      snapshots: new SnapshotFiles(dataDir),
+      worker: (baseModel) => this.pool.client(baseModel),
+      snapshotEvery: options.snapshotEvery ?? SNAPSHOT_EVERY,
+      logger: this.log,
+    });
+    this.results = { store, recovery: this.recovery, forgetSampler: (baseModel, adapter) => this.lane(baseModel).forgetAdapter(adapter) };
+  }
+
+  /** The latest rebuilds of runs after a worker crash or a restart, oldest first. */
+  get recoveries(): readonly Recovery[] {
+    return this.recovery.history;
   }
 
   /**
@@ -172,8 +177,9 @@ export class Services {
         baseModel,
         worker: () => this.pool.client(baseModel),
         completion: this.completion,
-        recover: (modelId, client) => this.recover(modelId, client),
+        recover: (modelId, client) => this.recovery.recover(modelId, client),
         recordLost: (owner, modelId, seqIds, error) => this.recordLost(owner, modelId, seqIds, error),
+        logger: this.log,
         ...this.ordering,
         ...(this.maxQueuedSamples !== undefined ? { maxQueuedSamples: this.maxQueuedSamples } : {}),
       });
@@ -300,128 +306,9 @@ export class Services {
     // A run's outcomes reach the log in seq order, even while some are held in memory.
     this.completion.track(requestId, run.modelId, { seqId, op: logged.op } satisfies ReplayStep);
     this.lane(run.baseModel).submitTraining(
-      { requestId, owner, modelId: run.modelId, seqId, op: logged.op, bytes, finalize: (reply) => this.finalizeTraining(owner, run, seqId, logged.meta, reply) },
+      { requestId, owner, modelId: run.modelId, seqId, op: logged.op, bytes, finalize: (reply) => trainingResult(this.results, owner, run, seqId, logged.meta, reply) },
       place,
     );
-  }
-
-  /** Turns a worker reply into the future's result, recording checkpoints and snapshots on the way. */
-  private async finalizeTraining(owner: string, run: RunRow, seqId: number, meta: JobMeta, reply: Record<string, unknown>): Promise<StoredResult> {
-    const json = (value: unknown): StoredResult => ({ kind: 'json', value });
-    switch (meta.kind) {
-      case 'create_model':
-        await recordWithRetry(() => this.store.runs.setState(run.modelId, 'ready'));
-        return json({ model_id: run.modelId, type: 'create_model' });
-      case 'forward':
-      case 'forward_backward':
-        return { kind: 'fwdbwd', loss_fn_outputs: reply['loss_fn_outputs'] as Record<string, WireTensor>[], metrics: reply['metrics'] as Record<string, number> };
-      case 'optim_step': {
-        const steps = (this.optimSteps.get(run.modelId) ?? 0) + 1;
-        this.optimSteps.set(run.modelId, steps);
-        if (steps % this.snapshotEvery === 0) {
-          // The step is applied whatever happens to the snapshot; without it, recovery starts from the
-          // previous one and replays more of the log.
-          await this.snapshot(run, seqId).catch((error: unknown) => console.error(`snapshot of ${run.modelId} at seq ${seqId} failed`, error));
-        }
-        return json({ metrics: (reply['metrics'] as Record<string, number>) ?? {}, type: 'optim_step' });
-      }
-      case 'unload_model':
-        await recordWithRetry(() => this.store.runs.setState(run.modelId, 'unloaded'));
-        return json({ model_id: run.modelId, type: 'unload_model' });
-      case 'load_weights':
-        // The run's own snapshot now holds the loaded weights: recovery never reads the checkpoint,
-        // which its owner may delete or let expire. (If this fails, recovery replays the load.)
-        await this.snapshot(run, seqId).catch((error: unknown) => console.error(`snapshot of ${run.modelId} at seq ${seqId} failed`, error));
-        return json({ path: meta.path, model_id: run.modelId, type: 'load_weights' });
-      case 'save': {
-        const now = Date.now();
-        // The worker counts the bytes of what it saved; a PEFT export is measured here.
-        const sizeBytes = reply['bytes'] !== undefined ? Number(reply['bytes']) : folderBytes(meta.storagePath);
-        await recordWithRetry(() => this.store.checkpoints.put({
-          modelId: run.modelId,
-          checkpointId: meta.checkpointId,
-          owner,
-          checkpointType: meta.checkpointType,
-          tinkerPath: meta.tinkerPath,
-          storagePath: meta.storagePath,
-          sizeBytes,
-          expiresAt: meta.ttlSeconds ? now + meta.ttlSeconds * 1000 : null,
-          ephemeral: meta.ephemeral,
-          userMetadata: meta.userMetadata ?? null,
-          now,
-        }));
-        this.lane(run.baseModel).forgetAdapter(samplerAdapter(meta.tinkerPath));
-        const sampler = meta.sampler;
-        if (sampler) {
-          await recordWithRetry(() => this.store.samplers.create({ ...sampler, owner, modelPath: meta.tinkerPath, now }));
-          return json({ sampling_session_id: sampler.samplerId, type: 'save_weights_for_sampler' });
-        }
-        if (meta.checkpointType === 'external') return json({ path: meta.tinkerPath, size_bytes: sizeBytes, type: SAVE_RESULT_TYPE.external });
-        return json({ path: meta.tinkerPath, type: SAVE_RESULT_TYPE[meta.checkpointType] });
-      }
-    }
-  }
-
-  private snapshotDir(modelId: string): string {
-    return path.join(this.dataDir, 'snapshots', encodeURIComponent(modelId));
-  }
-
-  /** Saves adapter + optimizer state as of `seqId`, replacing the previous snapshot. */
-  private async snapshot(run: RunRow, seqId: number): Promise<void> {
-    const dir = this.snapshotDir(run.modelId);
-    mkdirSync(dir, { recursive: true });
-    const previous = this.latestSnapshot(run.modelId);
-    const target = path.join(dir, `seq-${seqId}`);
-    const client = await this.pool.client(run.baseModel);
-    await client.request('snapshot', { adapter: run.modelId, path: target });
-    writeFileSync(path.join(dir, 'latest.json.tmp'), JSON.stringify({ seq: seqId, path: target }));
-    renameSync(path.join(dir, 'latest.json.tmp'), path.join(dir, 'latest.json'));
-    if (previous && previous.path !== target) rmSync(previous.path, { recursive: true, force: true });
-    // Recovery starts from here now; the batches logged before it are never replayed again.
-    await this.store.requests.dropPayloads(run.modelId, seqId);
-  }
-
-  private latestSnapshot(modelId: string): { seq: number; path: string } | undefined {
-    const file = path.join(this.snapshotDir(modelId), 'latest.json');
-    return existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as { seq: number; path: string }) : undefined;
-  }
-
-  /** Rebuilds a run's adapter in `client`: last snapshot, then every state-changing request since. */
-  private async recover(modelId: string, client: WorkerClient): Promise<void> {
-    const started = Date.now();
-    const snapshot = this.latestSnapshot(modelId);
-    if (snapshot) await client.request('load_adapter', { adapter: modelId, path: snapshot.path, include_optimizer: true });
-    // The log holds a prefix of the run's finished requests; the rest is held in memory. Read the
-    // memory first: an outcome written meanwhile is then in one of the two (or both, once).
-    const held = this.completion.heldFor(modelId).flatMap((h) => (h.outcome.status === 'complete' ? [h.context as ReplayStep] : []));
-    const steps: ReplayStep[] = (await this.store.requests.completedSince(modelId, snapshot?.seq ?? -1)).map((row) => ({ seqId: row.seqId!, op: (decode(row.payload!) as LoggedTraining).op }));
-    const logged = new Set(steps.map((step) => step.seqId));
-    steps.push(...held.filter((step) => step.seqId > (snapshot?.seq ?? -1) && !logged.has(step.seqId)));
-    for (const { seqId, op } of steps) {
-      switch (op.kind) {
-        case 'forward_backward': {
-          const reply = await client.request<{ results: { ok: boolean; error?: { message: string } }[] }>('forward_backward', {
-            items: [{ adapter: modelId, loss_fn: op.lossFn, loss_fn_config: op.lossFnConfig, data: op.data }],
-          });
-          if (!reply.results[0]?.ok) throw new Error(`replaying seq ${seqId} failed: ${reply.results[0]?.error?.message}`);
-          break;
-        }
-        // With the run's optimizer where it was chosen: the slot comes back with the same one.
-        case 'create_adapter':
-        case 'optim_step':
-        case 'load_adapter':
-        case 'drop_adapter':
-          await client.request(op.kind, { adapter: modelId, ...opFields(op) });
-          break;
-        case 'forward':
-        case 'save_adapter':
-        case 'export_peft':
-          break; // no state change
-      }
-    }
-    const replayed = steps.filter(({ op }) => op.kind !== 'forward' && op.kind !== 'save_adapter' && op.kind !== 'export_peft').length;
-    this.recoveries.push({ modelId, fromSeq: snapshot?.seq ?? -1, replayed, ms: Date.now() - started });
-    if (this.recoveries.length > RECOVERY_HISTORY) this.recoveries.shift();
   }
 
   // ---- sampling -------------------------------------------------------------------------------
@@ -500,7 +387,7 @@ export class Services {
     await Promise.all([...this.lanes.values()].map((lane) => lane.stop()));
     const unrecorded = await this.completion.flush();
     this.completion.close();
-    if (unrecorded > 0) console.error(`${unrecorded} finished requests could not be recorded; they run again when the server restarts`);
+    if (unrecorded > 0) this.log.error(`${unrecorded} finished requests could not be recorded; they run again when the server restarts`);
     this.hub.close();
     this.sessionFutures.close();
   }
@@ -549,9 +436,6 @@ function original(row: RequestRow): string {
   return row.requestId;
 }
 
-/** The worker adapter slot that serves a sampler checkpoint. */
-export function samplerAdapter(tinkerPath: string): string {
-  return `sampler:${tinkerPath}`;
-}
-
 export type { RequestRow };
+// Routes name these by the services that run them.
+export { samplerAdapter, type JobMeta } from './scheduler/training-results.js';

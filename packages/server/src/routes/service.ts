@@ -3,6 +3,7 @@
  */
 import type { FastifyInstance } from 'fastify';
 import { gone, notFound } from '../http/errors.js';
+import { CapabilitiesReply, CreateSessionReply, FinishSessionReply, HealthReply, HeartbeatReply, TelemetryReply } from './responses.js';
 import { CreateSessionBody, FinishSessionBody, ProjectBody, SdkVersionBody, SessionIdBody, TelemetryBody } from '../protocol/schemas.js';
 import type { Services } from '../services.js';
 import { owner, type TypedApp } from './context.js';
@@ -49,7 +50,7 @@ export function serviceRoutes(app: TypedApp, services: Services): void {
   app.post('/api/v1/client/config', { schema: { body: SdkVersionBody } }, async () => CLIENT_CONFIG);
   app.post('/api/v1/client/dynamic_config', { schema: { body: SdkVersionBody } }, async () => DYNAMIC_CONFIG);
 
-  app.post('/api/v1/create_session', { schema: { body: CreateSessionBody } }, async (request) => {
+  app.post('/api/v1/create_session', { schema: { body: CreateSessionBody, response: CreateSessionReply } }, async (request) => {
     const body = request.body;
     const session = await store.sessions.create({
       owner: owner(request),
@@ -61,7 +62,7 @@ export function serviceRoutes(app: TypedApp, services: Services): void {
     return { type: 'create_session', session_id: session.sessionId };
   });
 
-  app.post('/api/v1/session_heartbeat', { schema: { body: SessionIdBody } }, async (request) => {
+  app.post('/api/v1/session_heartbeat', { schema: { body: SessionIdBody, response: HeartbeatReply } }, async (request) => {
     const state = await store.sessions.heartbeat(request.body.session_id, owner(request), Date.now());
     if (state === 'missing') throw notFound('session', request.body.session_id);
     if (state === 'finished') throw gone(`session ${request.body.session_id} is finished`);
@@ -70,27 +71,27 @@ export function serviceRoutes(app: TypedApp, services: Services): void {
 
   // `ServiceClient.close()` (SDK >= 0.32). The reason is accepted and not kept: nothing reads it back.
   // Later heartbeats get 410, which stops the SDK's heartbeat loop.
-  app.post<{ Params: { sessionId: string } }>('/api/v1/sessions/:sessionId/finish', { schema: { body: FinishSessionBody } }, async (request) => {
+  app.post<{ Params: { sessionId: string } }>('/api/v1/sessions/:sessionId/finish', { schema: { body: FinishSessionBody, response: FinishSessionReply } }, async (request) => {
     const finished = await store.sessions.finish(request.params.sessionId, owner(request), Date.now());
     if (!finished) throw notFound('session', request.params.sessionId);
     return { type: 'finish_session', session_id: request.params.sessionId };
   });
 
-  app.get('/api/v1/get_server_capabilities', async () => {
+  app.get('/api/v1/get_server_capabilities', { schema: { response: CapabilitiesReply } }, async () => {
     await services.catalogue.refresh(); // lists models added since start
     return {
       supported_models: services.models.map((m) => ({ model_name: m.model_name, max_context_length: m.max_context_length, trainable: true, sampleable: true })),
     };
   });
 
-  app.get('/api/v1/healthz', async () => ({ status: 'ok' }));
+  app.get('/api/v1/healthz', { schema: { response: HealthReply } }, async () => ({ status: 'ok' }));
 
   // Lathe's own: the workers (local and remote), their devices and the base models they hold. Behind
   // the API key (unlike healthz): it names hosts and devices.
   app.get('/api/v1/lathe/workers', { schema: { hide: true } }, async () => ({ workers: await services.pool.workersInfo() }));
 
   // A sink: the SDK retries a rejected batch forever, so accept everything well-formed.
-  app.post('/api/v1/telemetry', { schema: { body: TelemetryBody } }, async () => ({ status: 'accepted' }));
+  app.post('/api/v1/telemetry', { schema: { body: TelemetryBody, response: TelemetryReply } }, async () => ({ status: 'accepted' }));
 
   app.put<{ Params: { sessionId: string } }>('/api/v1/sessions/:sessionId/project', { schema: { body: ProjectBody } }, async (request) => {
     const ok = await store.sessions.setProject(request.params.sessionId, owner(request), (request.body as { project_id: string }).project_id);

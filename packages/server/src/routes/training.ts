@@ -24,6 +24,7 @@ import {
   type LoraConfigWire,
 } from '../protocol/schemas.js';
 import type { TrainingOp } from '../scheduler/lane.js';
+import { FutureReply } from './responses.js';
 import type { JobMeta, Services } from '../services.js';
 import type { RunRow } from '../store/index.js';
 import { owner, type TypedApp } from './context.js';
@@ -67,7 +68,7 @@ export function trainingRoutes(app: TypedApp, services: Services): void {
     return found;
   }
 
-  app.post('/api/v1/create_model', { schema: { body: CreateModelBody } }, async (request) => {
+  app.post('/api/v1/create_model', { schema: { body: CreateModelBody, response: FutureReply } }, async (request) => {
     const body = request.body;
     const who = owner(request);
     const session = await store.sessions.get(body.session_id, who);
@@ -109,7 +110,7 @@ export function trainingRoutes(app: TypedApp, services: Services): void {
     };
   });
 
-  app.post('/api/v1/unload_model', { schema: { body: ModelIdBody } }, async (request) => {
+  app.post('/api/v1/unload_model', { schema: { body: ModelIdBody, response: FutureReply } }, async (request) => {
     const found = await run(request, request.body.model_id);
     // Unload carries no seq_id of its own: it goes after everything logged for the run (and after
     // what the lane expects, should old rows have been pruned), so it never aliases another request.
@@ -207,7 +208,7 @@ export function trainingRoutes(app: TypedApp, services: Services): void {
 
   // Protobuf (SDK >= 0.23, optionally zstd) or the JSON form of older SDKs.
   // Only JSON bodies have a schema: a protobuf body is checked by its decoder.
-  app.post('/api/v1/forward_backward', { schema: { body: { content: { 'application/json': { schema: ForwardBackwardBody } } } } }, async (request) => {
+  app.post('/api/v1/forward_backward', { schema: { body: { content: { 'application/json': { schema: ForwardBackwardBody } } }, response: FutureReply } }, async (request) => {
     if (request.body instanceof Uint8Array) {
       let envelope: ForwardBackwardEnvelope;
       try {
@@ -221,11 +222,11 @@ export function trainingRoutes(app: TypedApp, services: Services): void {
     return submitForward(request, fromJsonInput(request.body, 'forward_backward_input', false));
   });
 
-  app.post('/api/v1/forward', { schema: { body: ForwardBody } }, async (request) =>
+  app.post('/api/v1/forward', { schema: { body: ForwardBody, response: FutureReply } }, async (request) =>
     submitForward(request, fromJsonInput(request.body, 'forward_input', true)),
   );
 
-  app.post('/api/v1/optim_step', { schema: { body: OptimStepBody } }, async (request) => {
+  app.post('/api/v1/optim_step', { schema: { body: OptimStepBody, response: FutureReply } }, async (request) => {
     const body = request.body;
     const found = await run(request, body.model_id);
     return submitChecked(request, found, body.seq_id, 'optim_step', () => ({
@@ -280,7 +281,7 @@ export function trainingRoutes(app: TypedApp, services: Services): void {
     };
   }
 
-  app.post('/api/v1/save_weights', { schema: { body: SaveWeightsBody } }, async (request) => {
+  app.post('/api/v1/save_weights', { schema: { body: SaveWeightsBody, response: FutureReply } }, async (request) => {
     const body = request.body;
     const found = await run(request, body.model_id);
     return submitChecked(request, found, body.seq_id, 'save', () =>

@@ -12,7 +12,7 @@
  */
 import { packResult, type StoredResult } from '../protocol/results.js';
 import type { RequestRepo } from '../store/index.js';
-import type { Completion, JobError } from './lane.js';
+import type { Completion, JobError } from './jobs.js';
 
 /** How a finished request ended, as the log stores it. */
 export type Outcome = { status: 'complete'; result: Uint8Array } | { status: 'failed'; error: JobError };

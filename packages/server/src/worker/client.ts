@@ -3,6 +3,7 @@
  */
 import net from 'node:net';
 import { encodeFrame, FrameReader } from './frames.js';
+import type { WorkerCalls, WorkerOp } from './ops.js';
 
 /** An error reply from the worker. `category` is `user` when the request itself was bad. */
 export class WorkerRequestError extends Error {
@@ -89,12 +90,23 @@ export class WorkerClient {
     this.socket.destroy();
   }
 
-  /** Sends one op; resolves with the reply's fields, rejects with a {@link WorkerRequestError}. */
-  request<T = Record<string, unknown>>(op: string, fields: Record<string, unknown> = {}): Promise<T> {
+  /**
+   * Sends one op; resolves with the reply's fields, rejects with a {@link WorkerRequestError}. An op
+   * of {@link WorkerCalls} takes and returns its typed fields; any other op name (a tool's, a test's)
+   * goes untyped.
+   *
+   * @example
+   * const { results } = await worker.request('forward', { items: [forwardItem('run-1', op)] });
+   */
+  request<K extends WorkerOp>(op: K, fields: WorkerCalls[K]['fields']): Promise<WorkerCalls[K]['reply']>;
+  request<K extends WorkerOp>(op: K & ('hello' | 'stats' | 'shutdown')): Promise<WorkerCalls[K]['reply']>;
+  // `O` is inferred only when no type argument is given: a known op then cannot bypass its typed fields.
+  request<T = Record<string, unknown>, O extends string = string>(op: O extends WorkerOp ? never : O, fields?: Record<string, unknown>): Promise<T>;
+  request(op: string, fields: Record<string, unknown> = {}): Promise<unknown> {
     if (this.closedError) return Promise.reject(this.closedError);
     const id = this.nextId++;
-    return new Promise<T>((resolve, reject) => {
-      this.pending.set(id, { resolve: resolve as (reply: Record<string, unknown>) => void, reject });
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
       this.socket.write(encodeFrame({ ...fields, op, id }));
     });
   }

@@ -18,8 +18,6 @@ export interface WorkerPoolOptions {
   workerArgs?: string[];
   /** What a worker loads for a base model (a folder for an alias); default the name itself. */
   source?: (baseModel: string) => string;
-  /** Called when a worker dies without being asked to (its in-memory adapters are gone). */
-  onCrash?: (baseModel: string, code: number | null) => void;
   /** Start local worker processes for models no remote worker serves; default true. */
   localWorkers?: boolean;
   /**
@@ -33,6 +31,9 @@ export interface WorkerPoolOptions {
 export class WorkerUnavailableError extends WorkerConnectionError {
   override name = 'WorkerUnavailableError';
 }
+
+/** Told when a worker dies without being asked to (its in-memory adapters are gone); `code` is null for a closed connection. */
+export type CrashListener = (baseModel: string, code: number | null) => void;
 
 /** One worker as {@link WorkerPool.workers} lists it. */
 export interface WorkerInfo {
@@ -72,6 +73,7 @@ interface PooledWorker {
 /**
  * @example
  * const pool = new WorkerPool({ modelsDir: '.lathe/models' });
+ * pool.onCrash((baseModel) => rebuildRunsOf(baseModel));
  * const client = await pool.client('lathe/tiny-qwen3');
  * // with a worker port: listener's onWorker → pool.attach(registration)
  */
@@ -81,10 +83,16 @@ export class WorkerPool {
   /** Connected remote workers, placed or free. */
   private readonly remotes = new Map<string, PooledWorker>();
   private readonly waiters = new Set<() => void>();
+  private readonly crashListeners: CrashListener[] = [];
   private nextLocalId = 1;
   private stopping = false;
 
   constructor(private readonly options: WorkerPoolOptions) {}
+
+  /** Calls `listener` whenever a worker dies without being asked to (not while the pool closes). */
+  onCrash(listener: CrashListener): void {
+    this.crashListeners.push(listener);
+  }
 
   /** The worker for `baseModel`, placing it (and loading the model) if needed. */
   async client(baseModel: string): Promise<WorkerClient> {
@@ -244,7 +252,7 @@ export class WorkerPool {
       worker.kill();
       this.remotes.delete(worker.id);
     });
-    if (!this.stopping) this.options.onCrash?.(baseModel, code);
+    if (!this.stopping) for (const listener of this.crashListeners) listener(baseModel, code);
   }
 
   /** Process ids of live workers, by base model (for stats and crash tests). */
