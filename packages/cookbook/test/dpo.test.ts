@@ -11,6 +11,7 @@ import {
   answerFormatPairs,
   dpoLoss,
   loadTokenizer,
+  parsePreferencePairsJsonl,
   preferenceDatasets,
   readCheckpoints,
   readMetrics,
@@ -92,6 +93,15 @@ test('preference batches keep each chosen datum next to its rejected one across 
       }
     }
   }
+});
+
+test('preference pairs are read from JSONL; a malformed line is an error naming it', () => {
+  const turn = (role: string, content: string): { role: string; content: string } => ({ role, content });
+  const pair = { chosen: [turn('user', '1+1?'), turn('assistant', 'The answer is 2.')], rejected: [turn('user', '1+1?'), turn('assistant', '2')] };
+  assert.deepEqual(parsePreferencePairsJsonl(`${JSON.stringify(pair)}\n\n${JSON.stringify(pair)}\n`, 'pairs.jsonl'), [pair, pair]);
+  assert.throws(() => parsePreferencePairsJsonl(`${JSON.stringify(pair)}\n{"chosen": []}\n`, 'pairs.jsonl'), /^TypeError: pairs\.jsonl line 2: expected an object with "chosen" and "rejected" message arrays$/);
+  assert.throws(() => parsePreferencePairsJsonl('{"chosen": [{"role": "user"}], "rejected": []}', 'pairs.jsonl'), /pairs\.jsonl line 1 "chosen": message 0 needs string "role" and "content"/);
+  assert.throws(() => parsePreferencePairsJsonl('{"chosen":', 'pairs.jsonl'), /pairs\.jsonl line 1: not JSON/);
 });
 
 let server: LatheServer;
