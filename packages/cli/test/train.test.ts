@@ -114,6 +114,7 @@ test('lathe train refuses bad input in one line before it starts a server', asyn
     [['sft', '--renderer', 'nope'], /^lathe train sft: unknown renderer "nope"/],
     [['sft', '--data', path.join(scratch, 'missing.jsonl')], /^lathe train sft: .*missing\.jsonl/],
     [['dpo', '--data', badPairs], /^lathe train dpo: .*bad-pairs\.jsonl line 1: expected an object with "chosen" and "rejected" message arrays$/m],
+    [['distill', '--teacher', 'lathe/tiny-llama3'], /^lathe train distill: the teacher lathe\/tiny-llama3 \(base model lathe\/tiny-llama3\) does not share lathe\/tiny-qwen3's tokenizer$/m],
     [['distill', '--teacher', 'lathe/tiny-qwen3', '--data', answersOnly], /^lathe train distill: .*answers-only\.jsonl: conversation 1 has no message before its answer/],
   ] as const) {
     const run = lathe(['train', ...args, '--model', 'lathe/tiny-qwen3', '--log-dir', path.join(parent, 'log'), '--data-dir', path.join(parent, 'data')]);

@@ -139,8 +139,7 @@ export async function trainDPO(config: DpoConfig): Promise<DpoResult> {
 
   const loopState = (steps: number): LoopState => ({ epoch: Math.floor(steps / batchesPerEpoch), batch: steps % batchesPerEpoch, step: steps });
   let epoch = -1;
-  let step = startStep;
-  for (; step < totalSteps; step++) {
+  for (let step = startStep; step < totalSteps; step++) {
     if (config.signal?.aborted === true) {
       return { training, reference, steps: step, totalSteps, interrupted: true, ...(resumedFrom !== undefined && { resumedFrom }) };
     }

@@ -2,7 +2,8 @@
  * @module `lathe train distill`: on-policy distillation of a teacher (a base model or saved sampler
  * weights) into a LoRA student on prompts, with the cookbook's `trainOnPolicyDistillation`.
  */
-import { catchphraseConversations, readConversationsJsonl, splitHeldOut, trainOnPolicyDistillation, type Conversation } from '@lathe/cookbook';
+import { catchphraseConversations, getTokenizer, readConversationsJsonl, splitHeldOut, trainOnPolicyDistillation, type Conversation } from '@lathe/cookbook';
+import type { SamplingClient, ServiceClient } from '@lathe/sdk';
 import { rendererFor, toMessages } from '../chat.js';
 import { defaultLearningRate, defaultTestSize, runTraining, type TrainCommonOptions, type TrainResult } from './run.js';
 
@@ -47,6 +48,8 @@ export async function runTrainDistill(options: TrainDistillOptions): Promise<Tra
   const testSize = options.testSize ?? defaultTestSize(prompts.length);
   const { train, test } = splitHeldOut(prompts, testSize, options.seed);
   const teacherIsPath = options.teacher.startsWith('tinker://');
+  // A named teacher is checked before a server is started; saved weights once their base model is known.
+  if (!teacherIsPath) checkTeacherTokenizer(options, options.teacher);
   return runTraining(options, {
     summary: `${options.model} (${renderer.name} renderer) distilled from ${options.teacher} on ${train.length} prompts of ${source}, ${testSize} held out, ${options.steps} steps, lr ${learningRate}`,
     totalSteps: options.steps,
@@ -56,7 +59,7 @@ export async function runTrainDistill(options: TrainDistillOptions): Promise<Tra
         service,
         ...hooks,
         modelName: options.model,
-        teacher: await service.createSamplingClient(teacherIsPath ? { modelPath: options.teacher } : { baseModel: options.teacher }),
+        teacher: await openTeacher(service, options),
         prompts: train,
         testPrompts: test,
         numSteps: options.steps,
@@ -73,6 +76,21 @@ export async function runTrainDistill(options: TrainDistillOptions): Promise<Tra
         saveEvery: options.saveEvery,
       }),
   });
+}
+
+/** The teacher's sampler; saved weights must sit on a base model with the student's tokenizer. */
+async function openTeacher(service: ServiceClient, options: TrainDistillOptions): Promise<SamplingClient> {
+  if (!options.teacher.startsWith('tinker://')) return service.createSamplingClient({ baseModel: options.teacher });
+  checkTeacherTokenizer(options, (await service.createRestClient().getWeightsInfoByTinkerPath(options.teacher)).baseModel);
+  return service.createSamplingClient({ modelPath: options.teacher });
+}
+
+/** The teacher scores the student's tokens, so both must read them alike. */
+function checkTeacherTokenizer(options: TrainDistillOptions, teacherBase: string): void {
+  const [teacher, student] = [getTokenizer(teacherBase), getTokenizer(options.model)];
+  if (teacher !== student && (teacher.family === undefined || teacher.family !== student.family)) {
+    throw new Error(`the teacher ${options.teacher} (base model ${teacherBase}) does not share ${options.model}'s tokenizer`);
+  }
 }
 
 /** A conversation without its trailing assistant messages: what the student answers. */
