@@ -197,17 +197,17 @@ export function buildProgram(): Command {
       process.exitCode = await runWorker({ ...opts, token });
     });
   const train = program.command('train').description('training recipes from the cookbook');
-  const getLrDefault = "peak learning rate (default: the cookbook's getLr for the model)";
+  const getLrDefault = "(default: the cookbook's getLr for the model)";
   stepsOrEpochs(
     chatOptions(
-      trainCommand<TrainSftOptions>(train, { name: 'sft', description: 'supervised fine-tuning on a conversation JSONL file', data: 'one {"messages": [{"role", "content"}, ...]} per line (default: a small built-in set of capitals)', lr: `${getLrDefault}, linear decay` }, runTrainSft),
+      trainCommand<TrainSftOptions>(train, { name: 'sft', description: 'supervised fine-tuning on a conversation JSONL file', data: 'one {"messages": [{"role", "content"}, ...]} per line (default: a small built-in set of capitals)', lr: `peak learning rate, linear decay ${getLrDefault}` }, runTrainSft),
       'conversations',
     ),
     'data',
   )
     .option('--batch-size <n>', 'conversations per step', parseInteger('--batch-size', { min: 1 }), 4)
     .option('--max-length <n>', 'truncate examples to this many tokens', parseInteger('--max-length', { min: 2 }));
-  trainCommand<TrainRlOptions>(train, { name: 'rl', description: 'reinforcement learning on a built-in environment', lr: getLrDefault }, runTrainRl)
+  trainCommand<TrainRlOptions>(train, { name: 'rl', description: 'reinforcement learning on a built-in environment', lr: `learning rate ${getLrDefault}` }, runTrainRl)
     .option('--env <name>', `environment: ${RL_ENVS.join(' or ')}`, parseChoice<RlEnvName>('--env', RL_ENVS), 'arithmetic')
     .option('--steps <n>', 'training steps (batches of groups)', parseInteger('--steps', { min: 1 }), 20)
     .option('--batch-size <n>', 'groups (problems) per step', parseInteger('--batch-size', { min: 1 }), 8)
@@ -233,7 +233,7 @@ export function buildProgram(): Command {
   chatOptions(
     trainCommand<TrainDistillOptions>(
       train,
-      { name: 'distill', description: 'on-policy distillation from a teacher model', data: 'conversations ({"messages": [...]} per line) whose messages before the final answer are the prompts (default: built-in questions)', lr: getLrDefault },
+      { name: 'distill', description: 'on-policy distillation from a teacher model', data: 'conversations ({"messages": [...]} per line) whose messages before the final answer are the prompts (default: built-in questions)', lr: `learning rate ${getLrDefault}` },
       runTrainDistill,
     ),
     'prompts',
