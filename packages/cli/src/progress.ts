@@ -1,6 +1,7 @@
 /**
- * @module Progress lines on stderr: training (step/total, loss and ETA) and downloads (bytes, rate
- * and ETA); redrawn in place on a terminal, plain lines otherwise (logs, pipes, tests).
+ * @module Progress lines on stderr: training (step/total, the run's headline metric — loss, reward,
+ * KL… — and ETA) and downloads (bytes, rate and ETA); redrawn in place on a terminal, plain lines
+ * otherwise (logs, pipes, tests).
  */
 import { formatBytes } from './table.js';
 
@@ -17,25 +18,31 @@ export interface ProgressStream {
  * const progress = new ProgressBar(process.stderr, 100, 0);
  * progress.update(1, 2.31); // [#---------]   1/100  loss 2.3100  ETA 0:42
  * progress.done();
+ * new ProgressBar(process.stderr, 20, 0, 'reward').update(1, 0.25); // [#---------]  1/20  reward 0.2500  ETA 0:19
  */
 export class ProgressBar {
   readonly #stream: ProgressStream;
   readonly #total: number;
   readonly #firstStep: number;
+  readonly #label: string;
   readonly #startedAt = performance.now();
   #drawn = false;
 
-  /** `firstStep`: the steps done before this process (a resumed run), left out of the ETA's rate. */
-  constructor(stream: ProgressStream, total: number, firstStep: number) {
+  /**
+   * `firstStep`: the steps done before this process (a resumed run), left out of the ETA's rate;
+   * `label`: the name shown before each step's value.
+   */
+  constructor(stream: ProgressStream, total: number, firstStep: number, label = 'loss') {
     this.#stream = stream;
     this.#total = total;
     this.#firstStep = firstStep;
+    this.#label = label;
   }
 
-  /** Reports that `done` steps of the total are done, the last with training loss `loss`. */
-  update(done: number, loss: number): void {
+  /** Reports that `done` steps of the total are done, the last with headline metric `value`. */
+  update(done: number, value: number): void {
     const steps = `${String(done).padStart(String(this.#total).length)}/${this.#total}`;
-    const line = `${bar(done / this.#total)} ${steps}  loss ${loss.toFixed(4)}  ETA ${formatDuration(this.#eta(done))}`;
+    const line = `${bar(done / this.#total)} ${steps}  ${this.#label} ${value.toFixed(4)}  ETA ${formatDuration(this.#eta(done))}`;
     if (this.#stream.isTTY === true) {
       this.#stream.write(`\r\x1b[2K${line}`);
       this.#drawn = true;

@@ -82,8 +82,9 @@ test('lathe serve scheduling limits must be positive integers: a usage error nam
   }
 });
 
-describe('lathe train sft and lathe sample usage errors', () => {
-  const sft = ['train', 'sft', '--model', 'lathe/tiny-qwen3', '--log-dir', 'runs/x'];
+describe('lathe train and lathe sample usage errors', () => {
+  const recipe = (name: string): string[] => ['train', name, '--model', 'lathe/tiny-qwen3', '--log-dir', 'runs/x'];
+  const sft = recipe('sft');
   const sample = ['sample', '--model', 'lathe/tiny-qwen3', '--prompt', 'Hi'];
   for (const [argv, code, message] of [
     [[...sft, '--steps', '0'], 'commander.invalidArgument', '--steps must be an integer >= 1, got "0"'],
@@ -92,6 +93,12 @@ describe('lathe train sft and lathe sample usage errors', () => {
     [[...sft, '--lr', '0'], 'commander.invalidArgument', '--lr must be a number > 0, got "0"'],
     [[...sft, '--save-every', '-1'], 'commander.invalidArgument', '--save-every must be an integer >= 0, got "-1"'],
     [['train', 'sft', '--model', 'lathe/tiny-qwen3'], 'commander.missingMandatoryOptionValue', "required option '--log-dir <dir>' not specified"],
+    [[...recipe('rl'), '--env', 'chess'], 'commander.invalidArgument', '--env must be one of arithmetic, guess-number, got "chess"'],
+    [[...recipe('rl'), '--loss-fn', 'cispo'], 'commander.invalidArgument', '--loss-fn must be one of importance_sampling, ppo, got "cispo"'],
+    [[...recipe('rl'), '--group-size', '1'], 'commander.invalidArgument', '--group-size must be an integer >= 2, got "1"'],
+    [[...recipe('dpo'), '--beta', '0'], 'commander.invalidArgument', '--beta must be a number > 0, got "0"'],
+    [[...recipe('distill'), '--teacher', 'lathe/tiny-qwen3', '--kl-coef', 'x'], 'commander.invalidArgument', '--kl-coef must be a number > 0, got "x"'],
+    [recipe('distill'), 'commander.missingMandatoryOptionValue', "required option '--teacher <model-or-path>' not specified"],
     [[...sample, '--temperature', '-1'], 'commander.invalidArgument', '--temperature must be a number >= 0, got "-1"'],
     [[...sample, '--max-tokens', '0'], 'commander.invalidArgument', '--max-tokens must be an integer >= 1, got "0"'],
     [['sample', '--model', 'lathe/tiny-qwen3'], 'commander.missingMandatoryOptionValue', "required option '--prompt <text>' not specified"],
@@ -109,14 +116,16 @@ describe('lathe train sft and lathe sample usage errors', () => {
     });
   }
 
-  test('lathe train sft with both --steps and --epochs is a usage error', async () => {
-    const { root, stderr } = program();
-    const error = await root.parseAsync(['node', 'lathe', ...sft, '--steps', '5', '--epochs', '2']).then(
-      () => undefined,
-      (e: unknown) => e,
-    );
-    assert.ok(error instanceof CommanderError, String(error));
-    assert.equal(error.exitCode, 1);
-    assert.match(stderr.join(''), /give --steps or --epochs, not both/);
-  });
+  for (const name of ['sft', 'dpo']) {
+    test(`lathe train ${name} with both --steps and --epochs is a usage error`, async () => {
+      const { root, stderr } = program();
+      const error = await root.parseAsync(['node', 'lathe', ...recipe(name), '--steps', '5', '--epochs', '2']).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      assert.ok(error instanceof CommanderError, String(error));
+      assert.equal(error.exitCode, 1);
+      assert.match(stderr.join(''), /give --steps or --epochs, not both/);
+    });
+  }
 });

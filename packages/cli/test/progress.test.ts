@@ -23,6 +23,13 @@ test('the progress bar redraws one line on a terminal and prints plain lines els
   assert.equal(plain.length, 2, 'done() adds nothing after plain lines');
 });
 
+test('the progress bar names the run\'s headline metric', () => {
+  const lines: string[] = [];
+  const bar = new ProgressBar({ write: (s: string) => lines.push(s) }, 20, 0, 'reward');
+  bar.update(2, 0.25);
+  assert.match(lines[0]!, /^\[#{2}-{18}\]  2\/20 {2}reward 0\.2500 {2}ETA \d+:\d\d\n$/);
+});
+
 test('formatDuration', () => {
   assert.equal(formatDuration(0), '0:00');
   assert.equal(formatDuration(75.4), '1:15');

@@ -1,65 +1,15 @@
 // `lathe train sft` and `lathe sample` as processes on an embedded server and the tiny model:
 // training logs, Ctrl-C (SIGINT) with a checkpoint and a resume, sampling, and refusals.
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { after, test } from 'node:test';
+import { finished, lathe, readJsonl, stderrMatches, type Run } from './fixtures/run-lathe.js';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
-const LATHE = path.join(ROOT, 'packages/cli/test/fixtures/lathe.ts');
 const MODELS_DIR = path.join(os.tmpdir(), 'lathe-sdk-test-models');
 const scratch = mkdtempSync(path.join(os.tmpdir(), 'lathe-cli-train-'));
 after(() => rmSync(scratch, { recursive: true, force: true }));
-
-interface Run {
-  child: ChildProcess;
-  stdout: string[];
-  stderr: string[];
-  exited: Promise<number | null>;
-}
-
-/** `detached`: in a process group of its own, so a test can signal the group as a terminal's Ctrl-C does. */
-function lathe(args: string[], options: { detached?: boolean } = {}): Run {
-  const child = spawn(process.execPath, ['--conditions=lathe-source', '--import', 'tsx', LATHE, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], detached: options.detached ?? false });
-  const run: Run = { child, stdout: [], stderr: [], exited: new Promise((resolve) => child.once('exit', (code) => resolve(code))) };
-  child.stdout!.on('data', (chunk: Buffer) => run.stdout.push(chunk.toString()));
-  child.stderr!.on('data', (chunk: Buffer) => run.stderr.push(chunk.toString()));
-  return run;
-}
-
-/** Exit code, stdout and stderr of a finished run. */
-async function finished(run: Run): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const code = await run.exited;
-  return { code, stdout: run.stdout.join(''), stderr: run.stderr.join('') };
-}
-
-/** Resolves once stderr matches `pattern`; rejects if the process exits first or after `timeoutMs`. */
-async function stderrMatches(run: Run, pattern: RegExp, timeoutMs = 90_000): Promise<void> {
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no ${pattern} on stderr within ${timeoutMs} ms:\n${run.stderr.join('')}`)), timeoutMs);
-    const check = (): void => {
-      if (pattern.test(run.stderr.join(''))) {
-        clearTimeout(timer);
-        resolve();
-      }
-    };
-    run.child.stderr!.on('data', check);
-    check();
-    void run.exited.then((code) => {
-      clearTimeout(timer);
-      reject(new Error(`lathe exited (${code}) before ${pattern}:\n${run.stderr.join('')}`));
-    });
-  });
-}
-
-const readJsonl = (file: string): Record<string, unknown>[] =>
-  readFileSync(file, 'utf8')
-    .split('\n')
-    .filter((line) => line.trim() !== '')
-    .map((line) => JSON.parse(line) as Record<string, unknown>);
 
 const dataDir = path.join(scratch, 'data');
 const sft = (logDir: string, args: string[], options: { detached?: boolean } = {}): Run =>
@@ -154,27 +104,26 @@ test('lathe sample prints a reply from the tiny model and from trained sampler w
   assert.ok(trained.stdout.endsWith('\n'));
 });
 
-test('lathe train sft refuses bad input in one line before it starts a server', async () => {
+test('lathe train refuses bad input in one line before it starts a server', async () => {
   const parent = path.join(scratch, 'refused');
+  const badPairs = path.join(scratch, 'bad-pairs.jsonl');
+  writeFileSync(badPairs, '{"chosen": [{"role": "user", "content": "Hi"}]}\n');
+  const answersOnly = path.join(scratch, 'answers-only.jsonl');
+  writeFileSync(answersOnly, '{"messages": [{"role": "assistant", "content": "Hi"}]}\n');
   for (const [args, pattern] of [
-    [['--renderer', 'nope'], /^lathe train sft: unknown renderer "nope"/],
-    [['--data', path.join(scratch, 'missing.jsonl')], /^lathe train sft: .*missing\.jsonl/],
+    [['sft', '--renderer', 'nope'], /^lathe train sft: unknown renderer "nope"/],
+    [['sft', '--data', path.join(scratch, 'missing.jsonl')], /^lathe train sft: .*missing\.jsonl/],
+    [['dpo', '--data', badPairs], /^lathe train dpo: .*bad-pairs\.jsonl line 1: expected an object with "chosen" and "rejected" message arrays$/m],
+    [['distill', '--teacher', 'lathe/tiny-llama3'], /^lathe train distill: the teacher lathe\/tiny-llama3 \(base model lathe\/tiny-llama3\) does not share lathe\/tiny-qwen3's tokenizer$/m],
+    [['distill', '--teacher', 'lathe/tiny-qwen3', '--data', answersOnly], /^lathe train distill: .*answers-only\.jsonl: conversation 1 has no message before its answer/],
   ] as const) {
-    const run = lathe(['train', 'sft', '--model', 'lathe/tiny-qwen3', '--log-dir', path.join(parent, 'log'), '--data-dir', path.join(parent, 'data'), ...args]);
+    const run = lathe(['train', ...args, '--model', 'lathe/tiny-qwen3', '--log-dir', path.join(parent, 'log'), '--data-dir', path.join(parent, 'data')]);
     const { code, stderr } = await finished(run);
     assert.equal(code, 1, stderr);
     assert.match(stderr, pattern);
     assert.equal(stderr.trimEnd().split('\n').length, 1, stderr);
   }
   assert.equal(existsSync(path.join(parent, 'data')), false, 'no server was started');
-});
-
-test('lathe train rl, dpo and distill say they are not available yet (exit code 2)', async () => {
-  for (const recipe of ['rl', 'dpo', 'distill']) {
-    const { code, stderr } = await finished(lathe(['train', recipe, '--model', 'lathe/tiny-qwen3']));
-    assert.equal(code, 2, stderr);
-    assert.match(stderr, new RegExp(`^lathe train ${recipe}: .* not available yet in this version`));
-  }
 });
 
 test('with --base-url and --api-key, lathe train sft and lathe sample use a running lathe serve', async () => {

@@ -103,6 +103,41 @@ test('on-policy distillation lowers the held-out KL to an SFT-trained teacher', 
   assert.equal(final?.name, 'final');
 });
 
+test('an interrupted distillation run resumes from its last checkpoint and retraces the uninterrupted run', async () => {
+  const renderer = getRenderer('role_colon', loadTokenizer('qwen3'));
+  // A teacher that differs from the fresh student: two quick SFT steps on the catchphrase.
+  const teacherRun = await trainSupervised({
+    service, logPath: path.join(root, 'resume-teacher'), modelName: MODEL, loraRank: 8, seed: 1, learningRate: 2e-2, lrSchedule: 'constant',
+    dataset: conversationDatasets(catchphraseConversations(8), (c) => renderer.buildSupervisedExample(c as Message[]), { batchSize: 4, seed: 0 }).train,
+    saveEvery: 0, evalEvery: 0, console: () => {},
+  });
+  const teacher = await service.createSamplingClient({ modelPath: teacherRun.finalCheckpoint!.sampler_path! });
+  const steps = 4;
+  const config = (name: string) => ({
+    service, logPath: path.join(root, name), modelName: MODEL, teacher,
+    prompts: catchphraseConversations(8).map((c) => renderer.buildGenerationPrompt(c.slice(0, 1) as Message[])),
+    numSteps: steps, promptsPerStep: 2, samplesPerPrompt: 2, maxTokens: 6, loraRank: 8, seed: 3, learningRate: 1e-2, saveEvery: 2, console: () => {},
+  });
+  await trainOnPolicyDistillation(config('distill-whole'));
+  const stop = new AbortController();
+  const first = await trainOnPolicyDistillation({ ...config('distill-resumed'), signal: stop.signal, onStep: (step) => step === 1 && stop.abort() });
+  assert.deepEqual([first.interrupted, first.steps, first.finalCheckpoint], [true, 2, undefined]);
+  const second = await trainOnPolicyDistillation(config('distill-resumed'));
+  assert.deepEqual([second.resumedFrom?.step, second.interrupted, second.steps], [2, false, steps]);
+  const logPath = path.join(root, 'distill-resumed');
+  assert.deepEqual(readCheckpoints(logPath).map((c) => [c.name, c.step]), [['000002', 2], ['final', steps]]);
+  const resumed = readMetrics(logPath);
+  const whole = readMetrics(path.join(root, 'distill-whole'));
+  assert.deepEqual(resumed.map((r) => r.step), [...Array(steps).keys()]);
+  // The same weights, Adam moments and sampling seeds: the same rollouts, so the same KL per step.
+  assert.ok(whole.some((r) => r['teacher_kl']! > 0.01), `the teacher differs from the student: ${whole.map((r) => r['teacher_kl']).join(', ')}`);
+  for (const [i, r] of resumed.entries()) {
+    assert.ok(relDiff(r['teacher_kl']!, whole[i]!['teacher_kl']!) < 1e-3, `step ${i}: resumed KL ${r['teacher_kl']} vs uninterrupted ${whole[i]!['teacher_kl']}`);
+  }
+  const again = await trainOnPolicyDistillation(config('distill-resumed'));
+  assert.deepEqual([again.steps, again.finalCheckpoint?.name, readMetrics(logPath).length], [steps, 'final', steps]);
+});
+
 test('trainOnPolicyDistillation rejects bad settings before it creates anything', async () => {
   const teacher = await service.createSamplingClient({ baseModel: MODEL });
   const base = { service, logPath: path.join(root, 'bad'), modelName: MODEL, teacher, prompts: [[1, 2, 3]], numSteps: 1, console: () => {} };

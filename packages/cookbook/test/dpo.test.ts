@@ -11,11 +11,14 @@ import {
   answerFormatPairs,
   dpoLoss,
   loadTokenizer,
+  parsePreferencePairsJsonl,
   preferenceDatasets,
   readCheckpoints,
   readMetrics,
   roleColonExample,
   trainDPO,
+  type DpoConfig,
+  type MetricsRecord,
 } from '../src/index.js';
 
 const MODEL = 'lathe/tiny-qwen3';
@@ -92,6 +95,15 @@ test('preference batches keep each chosen datum next to its rejected one across 
   }
 });
 
+test('preference pairs are read from JSONL; a malformed line is an error naming it', () => {
+  const turn = (role: string, content: string): { role: string; content: string } => ({ role, content });
+  const pair = { chosen: [turn('user', '1+1?'), turn('assistant', 'The answer is 2.')], rejected: [turn('user', '1+1?'), turn('assistant', '2')] };
+  assert.deepEqual(parsePreferencePairsJsonl(`${JSON.stringify(pair)}\n\n${JSON.stringify(pair)}\n`, 'pairs.jsonl'), [pair, pair]);
+  assert.throws(() => parsePreferencePairsJsonl(`${JSON.stringify(pair)}\n{"chosen": []}\n`, 'pairs.jsonl'), /^TypeError: pairs\.jsonl line 2: expected an object with "chosen" and "rejected" message arrays$/);
+  assert.throws(() => parsePreferencePairsJsonl('{"chosen": [{"role": "user"}], "rejected": []}', 'pairs.jsonl'), /pairs\.jsonl line 1 "chosen": message 0 needs string "role" and "content"/);
+  assert.throws(() => parsePreferencePairsJsonl('{"chosen":', 'pairs.jsonl'), /pairs\.jsonl line 1: not JSON/);
+});
+
 let server: LatheServer;
 let root: string;
 let service: ServiceClient;
@@ -110,16 +122,25 @@ after(async () => {
   rmSync(root, { recursive: true, force: true });
 });
 
+/** The settings of the uninterrupted run; the resume test repeats them. */
+function dpoConfig(logPath: string): DpoConfig {
+  const { train, test: heldOut } = preferenceDatasets(answerFormatPairs(20), roleColonExample(loadTokenizer('qwen3')), { batchSize: 4, testSize: 4, seed: 0 });
+  return {
+    service, logPath, modelName: MODEL, dataset: train, testData: heldOut,
+    beta: 0.1, loraRank: 8, seed: 0, learningRate: 1e-2, lrSchedule: 'constant', numEpochs: 2, maxSteps: STEPS, evalEvery: 0, console: () => {},
+  };
+}
+const STEPS = 6;
+// The metrics of the first run, which the resumed run of the next test must reproduce.
+let uninterrupted: MetricsRecord[] | undefined;
+
 test('DPO raises held-out preference accuracy and margin', async () => {
   const logPath = path.join(root, 'dpo');
-  const { train, test: heldOut } = preferenceDatasets(answerFormatPairs(20), roleColonExample(loadTokenizer('qwen3')), { batchSize: 4, testSize: 4, seed: 0 });
-  const steps = 6;
-  const result = await trainDPO({
-    service, logPath, modelName: MODEL, dataset: train, testData: heldOut,
-    beta: 0.1, loraRank: 8, seed: 0, learningRate: 1e-2, lrSchedule: 'constant', numEpochs: 2, maxSteps: steps, evalEvery: 0, console: () => {},
-  });
+  const steps = STEPS;
+  const result = await trainDPO(dpoConfig(logPath));
   assert.equal(result.steps, steps);
   const records = readMetrics(logPath);
+  uninterrupted = records;
   assert.deepEqual(records.map((r) => r.step), [...Array(steps + 1).keys()]);
   for (const r of records.slice(0, steps)) {
     for (const key of ['dpo_loss', 'accuracy', 'margin', 'chosen_reward', 'rejected_reward', 'learning_rate']) assert.ok(Number.isFinite(r[key]), `${key} at step ${r.step}`);
@@ -131,18 +152,47 @@ test('DPO raises held-out preference accuracy and margin', async () => {
   // Before any update the policy is its reference: every implicit reward is ~0 and the loss is log 2.
   assert.ok(Math.abs(first['test/margin']!) < 1e-2, `initial held-out margin ${first['test/margin']}`);
   assert.ok(relDiff(first['test/dpo_loss']!, Math.LN2) < 1e-2);
-  // After 6 steps (measured: accuracy 0.25 → 1, margin 0 → 11.3, loss 0.693 → 1.3e-5) every
-  // held-out pair prefers the sentence answer by a wide margin.
+  // After 6 steps (measured: margin 0 → 11.3, loss 0.693 → 1.3e-5) every held-out pair prefers the
+  // sentence answer by a wide margin. (The initial accuracy is a coin toss on margins of ~1e-20.)
   assert.equal(last['test/accuracy'], 1, `held-out accuracy ${first['test/accuracy']} → ${last['test/accuracy']}`);
-  assert.ok(last['test/accuracy']! - first['test/accuracy']! >= 0.5);
   assert.ok(last['test/margin']! - first['test/margin']! > 5, `held-out margin ${first['test/margin']} → ${last['test/margin']}`);
   assert.ok(last['test/dpo_loss']! < Math.LN2 * 0.01, `held-out DPO loss ${first['test/dpo_loss']} → ${last['test/dpo_loss']}`);
   // The training batches show the same: the last batch is scored after 5 updates.
   assert.ok(records[steps - 1]!['accuracy'] === 1 && records[steps - 1]!['margin']! > 5);
-  const [final] = readCheckpoints(logPath);
+  const [reference, final, ...more] = readCheckpoints(logPath);
+  assert.deepEqual([reference?.name, reference?.step, reference?.state_path], ['reference', 0, undefined], 'the reference is recorded first, as sampler weights only');
   assert.equal(final?.name, 'final');
   assert.equal(final?.step, steps);
   assert.match(final!.sampler_path!, /sampler_weights\/final$/);
+  assert.deepEqual(more, []);
+});
+
+test('an interrupted DPO run resumes from its last checkpoint with its optimizer state and reference', async () => {
+  assert.ok(uninterrupted !== undefined, 'needs the uninterrupted run of the previous test');
+  const logPath = path.join(root, 'dpo-resumed');
+  const stop = new AbortController();
+  const first = await trainDPO({ ...dpoConfig(logPath), saveEvery: 2, signal: stop.signal, onStep: (step) => step === 2 && stop.abort() });
+  assert.deepEqual([first.interrupted, first.steps, first.finalCheckpoint], [true, 3, undefined]);
+  assert.deepEqual(readCheckpoints(logPath).map((c) => [c.name, c.step]), [['reference', 0], ['000002', 2]]);
+
+  const second = await trainDPO({ ...dpoConfig(logPath), saveEvery: 2 });
+  assert.deepEqual([second.resumedFrom?.step, second.interrupted, second.steps], [2, false, STEPS]);
+  assert.deepEqual(readCheckpoints(logPath).map((c) => [c.name, c.step]), [['reference', 0], ['000002', 2], ['000004', 4], ['final', STEPS]]);
+  const resumed = readMetrics(logPath);
+  assert.deepEqual(resumed.map((r) => r.step), [...Array(STEPS + 1).keys()], 'step 2, logged before the stop, is redone once');
+  // Same weights, Adam moments, reference and batches as the uninterrupted run: the same numbers.
+  for (const [i, r] of resumed.entries()) {
+    for (const key of ['margin', 'chosen_reward', 'test/margin']) {
+      const ref = uninterrupted[i]![key];
+      assert.equal(key in r, ref !== undefined, `step ${i} ${key} present in one run only`);
+      // Relative to at least 1: before any update the margins are rounding noise around 0.
+      if (ref !== undefined) assert.ok(Math.abs(r[key]! - ref) < 1e-3 * Math.max(Math.abs(ref), 1), `step ${i} ${key}: resumed ${r[key]} vs uninterrupted ${ref}`);
+    }
+  }
+  // A complete log dir is returned as is.
+  const again = await trainDPO(dpoConfig(logPath));
+  assert.deepEqual([again.steps, again.finalCheckpoint?.name], [STEPS, 'final']);
+  assert.equal(readMetrics(logPath).length, STEPS + 1);
 });
 
 test('trainDPO rejects bad settings before it creates anything', async () => {

@@ -2,8 +2,9 @@
  * @module `lathe sample`: one chat reply from a base model or saved sampler weights, with the
  * model's chat template (prompt rendering, stop sequences, response parsing).
  */
-import { getRenderer, getTokenizer, recommendedRendererName, textOf, type Message, type Renderer } from '@lathe/cookbook';
+import { textOf, type Message } from '@lathe/cookbook';
 import { ModelInput } from '@lathe/sdk';
+import { rendererFor } from './chat.js';
 import { withService, type ConnectOptions } from './connect.js';
 
 /** Options of {@link runSample} (the command's flags). */
@@ -57,8 +58,4 @@ export async function runSample(options: SampleOptions): Promise<SampleResult> {
     const parsed = renderer.parseResponse(result.sequences[0]?.tokens ?? []);
     return { reply: textOf(parsed.message, renderer.name), complete: parsed.ok, baseModel };
   });
-}
-
-function rendererFor(baseModel: string, name: string | undefined): Renderer {
-  return getRenderer(name ?? recommendedRendererName(baseModel), getTokenizer(baseModel));
 }

@@ -2,10 +2,11 @@
  * @module On-policy distillation (the cookbook's `distillation/train_on_policy.py`): the student
  * samples completions, the teacher scores the student's tokens (prompt logprobs of the full
  * sequence), and each token's advantage is the negative per-token reverse KL,
- * −coef·(logp_student − logp_teacher), trained with the `importance_sampling` loss.
+ * −coef·(logp_student − logp_teacher), trained with the `importance_sampling` loss. Logs
+ * `metrics.jsonl`, `config.json` and `checkpoints.jsonl` under `logPath` and resumes from there.
  */
 import { ModelInput, TensorData, type Datum, type SampledSequence, type SamplingClient, type ServiceClient, type TrainingClient } from '@lathe/sdk';
-import { submitCheckpoint, type CheckpointRecord } from '../utils/checkpoints.js';
+import { getLastCheckpoint, isSaveStep, openTrainingClient, submitCheckpoint, submitStepCheckpoint, type CheckpointRecord, type LoopState } from '../utils/checkpoints.js';
 import { lrMultiplier, type LrSchedule } from '../utils/lr-schedule.js';
 import { loopLoggerOptions, MetricsLogger, prefixMetrics, type LineSink, type Metrics, type MetricsReporter } from '../utils/ml-log.js';
 import type { AdamSettings } from '../supervised/train.js';
@@ -27,6 +28,7 @@ export interface StudentSampling {
 /** Settings of {@link trainOnPolicyDistillation}; the first six are required. */
 export interface DistillationConfig extends StudentSampling {
   service: ServiceClient;
+  /** Where `config.json`, `metrics.jsonl` and `checkpoints.jsonl` go; a run found here is resumed (or, if complete, returned as is). */
   logPath: string;
   /** The student's base model; it must share the teacher's tokenizer. */
   modelName: string;
@@ -51,8 +53,14 @@ export interface DistillationConfig extends StudentSampling {
   adam?: Partial<AdamSettings>;
   /** Default 10 (0 = only before the first step and after the last). */
   evalEvery?: number;
-  /** Start the student from these weights instead of a fresh LoRA adapter. */
+  /** Save state + sampler weights every this many steps (default 20; 0 = only the final save). */
+  saveEvery?: number;
+  /** Lifetime of periodic checkpoints (default 7 days); the final one is kept. */
+  ttlSeconds?: number;
+  /** Start the student from these weights instead of a fresh LoRA adapter (fresh optimizer; ignored when resuming). */
   loadCheckpointPath?: string;
+  /** Stops the loop before the next step (no final checkpoint then). */
+  signal?: AbortSignal;
   onStep?: (step: number, metrics: Metrics) => void;
   console?: LineSink;
   /** Also report each metrics row to the server's dashboard (best effort; see `MetricsLoggerOptions.report`). */
@@ -62,7 +70,13 @@ export interface DistillationConfig extends StudentSampling {
 /** What {@link trainOnPolicyDistillation} did. */
 export interface DistillationResult {
   training: TrainingClient;
-  finalCheckpoint: CheckpointRecord;
+  /** Steps done in all, counting those before a resume. */
+  steps: number;
+  totalSteps: number;
+  /** True when `signal` stopped the run before the end (no final checkpoint then). */
+  interrupted: boolean;
+  resumedFrom?: CheckpointRecord;
+  finalCheckpoint?: CheckpointRecord;
 }
 
 /** One scored rollout: the student's sampled tokens with both models' logprobs of them. */
@@ -77,7 +91,8 @@ export interface ScoredRollout {
  * Distils `teacher` into a student LoRA on the student's own samples, logging per step
  * `teacher_kl` (mean per-token logp_student − logp_teacher of the rollouts), `learning_rate`,
  * `num_sequences`, `num_tokens`, `progress/*`, `optim/*`, `time/step`, and `test/teacher_kl`
- * on `testPrompts` before every `evalEvery`-th step and after the last one.
+ * on `testPrompts` before every `evalEvery`-th step and after the last one; checkpoints every
+ * `saveEvery` steps and at the end. A run found in `logPath` is resumed with its optimizer state.
  *
  * @example
  * const renderer = getRenderer('qwen3', loadTokenizer('qwen3'));
@@ -95,17 +110,30 @@ export async function trainOnPolicyDistillation(config: DistillationConfig): Pro
   const learningRate = config.learningRate ?? 1e-4;
   const schedule = config.lrSchedule ?? 'constant';
   const evalEvery = config.evalEvery ?? 10;
+  const saveEvery = config.saveEvery ?? 20;
   const adam = { beta1: 0.9, beta2: 0.95, eps: 1e-8, ...config.adam };
   const seed = config.seed ?? 0;
   if (prompts.length === 0) throw new RangeError('no training prompts');
   for (const [name, value] of Object.entries({ numSteps, promptsPerStep })) {
     if (!Number.isInteger(value) || value < 1) throw new RangeError(`${name} must be a positive integer, got ${value}`);
   }
-  if (!Number.isInteger(evalEvery) || evalEvery < 0) throw new RangeError(`evalEvery must be a non-negative integer, got ${evalEvery}`);
+  for (const [name, value] of Object.entries({ evalEvery, saveEvery })) {
+    if (!Number.isInteger(value) || value < 0) throw new RangeError(`${name} must be a non-negative integer, got ${value}`);
+  }
   if (!(learningRate > 0)) throw new RangeError(`learningRate must be positive, got ${learningRate}`);
   lrMultiplier(schedule, 0, numSteps);
 
-  const logger = new MetricsLogger(config.logPath, loopLoggerOptions(config, () => training.modelId));
+  const { logPath } = config;
+  const logger = new MetricsLogger(logPath, loopLoggerOptions(config, () => training.modelId));
+  const resumedFrom = getLastCheckpoint(logPath);
+  if (resumedFrom?.final === true) {
+    // The run in logPath is complete: hand back its final weights rather than train or log again.
+    const training = await openTrainingClient({ ...config, seed }, resumedFrom);
+    return { training, steps: resumedFrom.step, totalSteps: resumedFrom.step, interrupted: false, resumedFrom, finalCheckpoint: resumedFrom };
+  }
+  const startStep = resumedFrom?.step ?? 0;
+  // A fresh start also clears the metrics of an earlier attempt that saved no checkpoint.
+  logger.truncateFrom(startStep);
   logger.logConfig({
     modelName: config.modelName,
     numSteps,
@@ -120,19 +148,23 @@ export async function trainOnPolicyDistillation(config: DistillationConfig): Pro
     lrSchedule: schedule,
     adam,
     evalEvery,
+    saveEvery,
+    ttlSeconds: config.ttlSeconds ?? null,
     loadCheckpointPath: config.loadCheckpointPath ?? null,
     numPrompts: prompts.length,
     numTestPrompts: testPrompts?.length ?? 0,
+    resumedFrom: resumedFrom?.state_path ?? null,
   });
-  const training =
-    config.loadCheckpointPath !== undefined
-      ? await service.createTrainingClientFromState(config.loadCheckpointPath)
-      : await service.createLoraTrainingClient({ baseModel: config.modelName, rank: config.loraRank ?? 32, seed });
+  const training = await openTrainingClient({ ...config, seed }, resumedFrom);
   // Held-out rollouts use one fixed seed, so successive estimates differ by the weights only.
   const evaluate = async (student: SamplingClient): Promise<Metrics> =>
     testPrompts === undefined || testPrompts.length === 0 ? {} : { 'test/teacher_kl': await teacherKl(student, teacher, testPrompts, { ...config, seed: seed + 1_000_003 }) };
 
-  for (let step = 0; step < numSteps; step++) {
+  const loopState = (steps: number): LoopState => ({ epoch: 0, batch: steps, step: steps });
+  for (let step = startStep; step < numSteps; step++) {
+    if (config.signal?.aborted === true) {
+      return { training, steps: step, totalSteps: numSteps, interrupted: true, ...(resumedFrom !== undefined && { resumedFrom }) };
+    }
     const started = performance.now();
     const student = await training.saveWeightsAndGetSamplingClient();
     const evaluation = step === 0 || (evalEvery > 0 && step % evalEvery === 0) ? await evaluate(student) : {};
@@ -141,6 +173,7 @@ export async function trainOnPolicyDistillation(config: DistillationConfig): Pro
     const stepLr = learningRate * lrMultiplier(schedule, step, numSteps);
     const data = rollouts.map((r) => distillationDatum(r, klPenaltyCoef));
     const [, optim] = await Promise.all([training.forwardBackward(data, 'importance_sampling'), training.optimStep({ learningRate: stepLr, ...adam })]);
+    if (isSaveStep(step + 1, saveEvery, numSteps)) await submitStepCheckpoint(training, logPath, loopState(step + 1), config.ttlSeconds)();
     const metrics: Metrics = {
       teacher_kl: meanReverseKl(rollouts),
       learning_rate: stepLr,
@@ -155,14 +188,14 @@ export async function trainOnPolicyDistillation(config: DistillationConfig): Pro
     logger.logMetrics(step, metrics);
     config.onStep?.(step, metrics);
   }
-  const finalCheckpoint = await submitCheckpoint(training, 'final', config.logPath, { epoch: 0, batch: numSteps, step: numSteps }, { kind: 'both', final: true })();
+  const finalCheckpoint = await submitCheckpoint(training, 'final', logPath, loopState(numSteps), { kind: 'both', final: true })();
   const finalEvaluation = await evaluate(await service.createSamplingClient({ modelPath: finalCheckpoint.sampler_path! }));
   if (Object.keys(finalEvaluation).length > 0) {
     const metrics = { ...finalEvaluation, 'progress/done_frac': 1 };
     logger.logMetrics(numSteps, metrics);
     config.onStep?.(numSteps, metrics);
   }
-  return { training, finalCheckpoint };
+  return { training, steps: numSteps, totalSteps: numSteps, interrupted: false, finalCheckpoint, ...(resumedFrom !== undefined && { resumedFrom }) };
 }
 
 /**

@@ -4,7 +4,8 @@
  * completions), chosen at even and rejected at odd positions of every batch.
  */
 import type { Datum } from '@lathe/sdk';
-import { DatumDataset, splitHeldOut, type Conversation, type ConversationToExample, type SupervisedDataset } from '../supervised/data.js';
+import { readFileSync } from 'node:fs';
+import { DatumDataset, parseJsonlRows, parseMessages, splitHeldOut, type Conversation, type ConversationToExample, type SupervisedDataset } from '../supervised/data.js';
 import { datumFromExample } from '../supervised/datum.js';
 
 /** One labelled comparison: the same prompt with a preferred and a dispreferred completion. */
@@ -71,6 +72,27 @@ export function preferenceDatasets(
   const datumOptions = { reduction: 'none' as const, ...(options.maxLength !== undefined && { maxLength: options.maxLength }) };
   const toDatums = (pair: PreferencePair): [Datum, Datum] => [datumFromExample(toExample(pair.chosen), datumOptions), datumFromExample(toExample(pair.rejected), datumOptions)];
   return { train: new PreferenceDataset(train.map(toDatums), { batchSize: options.batchSize, seed }), test: test.flatMap(toDatums) };
+}
+
+/**
+ * Parses preference-pair JSONL: one `{"chosen": [messages], "rejected": [messages]}` object per
+ * non-blank line, each a whole conversation (`{"role", "content"}` messages) that usually shares
+ * its prompt with the other and differs in the last assistant message. Errors name the line.
+ *
+ * @example
+ * parsePreferencePairsJsonl('{"chosen":[{"role":"user","content":"1+1?"},{"role":"assistant","content":"2"}],"rejected":[{"role":"user","content":"1+1?"},{"role":"assistant","content":"3"}]}\n');
+ */
+export function parsePreferencePairsJsonl(text: string, source = 'input'): PreferencePair[] {
+  return parseJsonlRows(text, source, (row, where) => {
+    const { chosen, rejected } = (row ?? {}) as Partial<Record<string, unknown>>;
+    if (!Array.isArray(chosen) || !Array.isArray(rejected)) throw new TypeError(`${where}: expected an object with "chosen" and "rejected" message arrays`);
+    return { chosen: parseMessages(chosen, `${where} "chosen"`), rejected: parseMessages(rejected, `${where} "rejected"`) };
+  });
+}
+
+/** Reads a preference-pair JSONL file (see {@link parsePreferencePairsJsonl}). */
+export function readPreferencePairsJsonl(file: string): PreferencePair[] {
+  return parsePreferencePairsJsonl(readFileSync(file, 'utf8'), file);
 }
 
 /**

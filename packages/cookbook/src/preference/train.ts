@@ -2,9 +2,10 @@
  * @module Direct preference optimisation (the cookbook's `preference/train_dpo.py`): each step
  * scores the batch's chosen/rejected pairs under a frozen reference, then trains the DPO loss
  * through `forwardBackwardCustom` (loss and gradient computed here, sent back as a linear surrogate).
+ * Logs `metrics.jsonl`, `config.json` and `checkpoints.jsonl` under `logPath` and resumes from there.
  */
 import { ModelInput, TensorData, type Datum, type SamplingClient, type ServiceClient, type TrainingClient } from '@lathe/sdk';
-import { submitCheckpoint, type CheckpointRecord } from '../utils/checkpoints.js';
+import { getLastCheckpoint, isSaveStep, openTrainingClient, readCheckpoints, submitCheckpoint, submitStepCheckpoint, type CheckpointRecord, type LoopState } from '../utils/checkpoints.js';
 import { lrMultiplier, type LrSchedule } from '../utils/lr-schedule.js';
 import { loopLoggerOptions, MetricsLogger, prefixMetrics, type LineSink, type Metrics, type MetricsReporter } from '../utils/ml-log.js';
 import type { SupervisedDataset } from '../supervised/data.js';
@@ -14,7 +15,7 @@ import { dpoLoss, logprobValues, type DpoMetrics } from './dpo-loss.js';
 /** Settings of {@link trainDPO}; only the first four are required. */
 export interface DpoConfig {
   service: ServiceClient;
-  /** Where `config.json`, `metrics.jsonl` and `checkpoints.jsonl` go. */
+  /** Where `config.json`, `metrics.jsonl` and `checkpoints.jsonl` go; a run found here is resumed (or, if complete, returned as is). */
   logPath: string;
   modelName: string;
   /** Batches laid out as chosen/rejected pairs ({@link PreferenceDataset}). */
@@ -37,10 +38,16 @@ export interface DpoConfig {
   adam?: Partial<AdamSettings>;
   /** Default 10 (0 = only before the first step and after the last). */
   evalEvery?: number;
-  /** Start the policy from these weights (fresh optimizer); the reference is then these weights too. */
+  /** Save state + sampler weights every this many steps (default 20; 0 = only the final save). */
+  saveEvery?: number;
+  /** Lifetime of periodic checkpoints (default 7 days); the final one and the reference are kept. */
+  ttlSeconds?: number;
+  /** Start the policy from these weights (fresh optimizer; ignored when resuming); the reference is then these weights too. */
   loadCheckpointPath?: string;
   /** Sampler weights of a separate frozen reference; default: a snapshot of the starting weights. */
   referenceModelPath?: string;
+  /** Stops the loop before the next step (no final checkpoint then). */
+  signal?: AbortSignal;
   onStep?: (step: number, metrics: Metrics) => void;
   console?: LineSink;
   /** Also report each metrics row to the server's dashboard (best effort; see `MetricsLoggerOptions.report`). */
@@ -51,15 +58,24 @@ export interface DpoConfig {
 export interface DpoResult {
   training: TrainingClient;
   reference: SamplingClient;
+  /** Steps done in all, counting those before a resume. */
   steps: number;
-  finalCheckpoint: CheckpointRecord;
+  totalSteps: number;
+  /** True when `signal` stopped the run before the end (no final checkpoint then). */
+  interrupted: boolean;
+  resumedFrom?: CheckpointRecord;
+  finalCheckpoint?: CheckpointRecord;
 }
 
+/** The name of the `checkpoints.jsonl` record of a run's frozen reference (sampler weights, step 0). */
+export const DPO_REFERENCE_CHECKPOINT = 'reference';
+
 /**
- * Trains with DPO on every batch of `dataset` for `numEpochs`, logging `dpo_loss`, `accuracy`,
+ * Trains with DPO on every batch of `dataset` for `numEpochs` (resuming the run in `logPath`, with
+ * its optimizer state and its reference, if there is one), logging `dpo_loss`, `accuracy`,
  * `margin`, `chosen_reward`, `rejected_reward` (of each batch, before its update), `learning_rate`,
- * `num_pairs`, `progress/*`, `optim/*`, `time/step` and `test/<same>` to `metrics.jsonl`, and a final
- * checkpoint (state + sampler weights).
+ * `num_pairs`, `progress/*`, `optim/*`, `time/step` and `test/<same>` to `metrics.jsonl`, checkpoints every
+ * `saveEvery` steps and a final one (state + sampler weights).
  *
  * @example
  * const { train, test } = preferenceDatasets(answerFormatPairs(), roleColonExample(loadTokenizer('qwen3')), { batchSize: 4, testSize: 4 });
@@ -71,17 +87,30 @@ export async function trainDPO(config: DpoConfig): Promise<DpoResult> {
   const learningRate = config.learningRate ?? 1e-5;
   const schedule = config.lrSchedule ?? 'linear';
   const evalEvery = config.evalEvery ?? 10;
+  const saveEvery = config.saveEvery ?? 20;
   const adam = { beta1: 0.9, beta2: 0.95, eps: 1e-8, ...config.adam };
   if (!(beta > 0)) throw new RangeError(`beta must be positive, got ${beta}`);
   if (!(learningRate > 0)) throw new RangeError(`learningRate must be positive, got ${learningRate}`);
-  if (!Number.isInteger(evalEvery) || evalEvery < 0) throw new RangeError(`evalEvery must be a non-negative integer, got ${evalEvery}`);
+  for (const [name, value] of Object.entries({ evalEvery, saveEvery })) {
+    if (!Number.isInteger(value) || value < 0) throw new RangeError(`${name} must be a non-negative integer, got ${value}`);
+  }
   if (testData !== undefined && testData.length % 2 !== 0) throw new RangeError(`testData must hold chosen/rejected pairs, got ${testData.length} datums`);
   const batchesPerEpoch = dataset.length;
   const totalSteps = Math.min(batchesPerEpoch * (config.numEpochs ?? 1), config.maxSteps ?? Number.POSITIVE_INFINITY);
   if (!(totalSteps >= 1)) throw new RangeError(`nothing to train: ${totalSteps} steps`);
   lrMultiplier(schedule, 0, totalSteps);
 
-  const logger = new MetricsLogger(config.logPath, loopLoggerOptions(config, () => training.modelId));
+  const { logPath } = config;
+  const logger = new MetricsLogger(logPath, loopLoggerOptions(config, () => training.modelId));
+  const resumedFrom = getLastCheckpoint(logPath);
+  if (resumedFrom?.final === true) {
+    // The run in logPath is complete: hand back its final weights rather than train or log again.
+    const [training, reference] = await Promise.all([openTrainingClient(config, resumedFrom), openReference(config)]);
+    return { training, reference, steps: resumedFrom.step, totalSteps: resumedFrom.step, interrupted: false, resumedFrom, finalCheckpoint: resumedFrom };
+  }
+  const startStep = resumedFrom?.step ?? 0;
+  // A fresh start also clears the metrics of an earlier attempt that saved no checkpoint.
+  logger.truncateFrom(startStep);
   logger.logConfig({
     modelName: config.modelName,
     beta,
@@ -93,28 +122,29 @@ export async function trainDPO(config: DpoConfig): Promise<DpoResult> {
     maxSteps: config.maxSteps ?? null,
     adam,
     evalEvery,
+    saveEvery,
+    ttlSeconds: config.ttlSeconds ?? null,
     loadCheckpointPath: config.loadCheckpointPath ?? null,
     referenceModelPath: config.referenceModelPath ?? null,
     batchesPerEpoch,
     totalSteps,
     testPairs: (testData?.length ?? 0) / 2,
+    resumedFrom: resumedFrom?.state_path ?? null,
   });
 
-  const training =
-    config.loadCheckpointPath !== undefined
-      ? await service.createTrainingClientFromState(config.loadCheckpointPath)
-      : await service.createLoraTrainingClient({ baseModel: config.modelName, rank: config.loraRank ?? 32, ...(config.seed !== undefined && { seed: config.seed }) });
-  // Frozen: the starting weights, snapshotted before any update (or a separate saved model).
-  const reference =
-    config.referenceModelPath !== undefined
-      ? await service.createSamplingClient({ modelPath: config.referenceModelPath })
-      : await training.saveWeightsAndGetSamplingClient();
+  const training = await openTrainingClient(config, resumedFrom);
+  // Frozen: the starting weights, saved (and recorded, for a resume) before any update, or a separate saved model.
+  const reference = resumedFrom !== undefined || config.referenceModelPath !== undefined ? await openReference(config) : await snapshotReference(training, logPath);
   const testReference = testData !== undefined && testData.length > 0 ? await referenceLogprobs(reference, testData) : undefined;
   const evaluate = async (): Promise<Metrics> =>
     testData === undefined || testReference === undefined ? {} : prefixMetrics('test/', { ...(await evaluateDpo(training, testData, testReference, beta)) });
 
+  const loopState = (steps: number): LoopState => ({ epoch: Math.floor(steps / batchesPerEpoch), batch: steps % batchesPerEpoch, step: steps });
   let epoch = -1;
-  for (let step = 0; step < totalSteps; step++) {
+  for (let step = startStep; step < totalSteps; step++) {
+    if (config.signal?.aborted === true) {
+      return { training, reference, steps: step, totalSteps, interrupted: true, ...(resumedFrom !== undefined && { resumedFrom }) };
+    }
     const started = performance.now();
     const stepEpoch = Math.floor(step / batchesPerEpoch);
     if (stepEpoch !== epoch) dataset.setEpoch((epoch = stepEpoch));
@@ -131,6 +161,7 @@ export async function trainDPO(config: DpoConfig): Promise<DpoResult> {
     const optim = training.optimStep({ learningRate: stepLr, ...adam });
     await backward;
     const optimOut = await optim;
+    if (isSaveStep(step + 1, saveEvery, totalSteps)) await submitStepCheckpoint(training, logPath, loopState(step + 1), config.ttlSeconds)();
     const metrics: Metrics = {
       ...dpo!,
       learning_rate: stepLr,
@@ -145,14 +176,28 @@ export async function trainDPO(config: DpoConfig): Promise<DpoResult> {
     logger.logMetrics(step, metrics);
     config.onStep?.(step, metrics);
   }
-  const finalCheckpoint = await submitCheckpoint(training, 'final', config.logPath, { epoch: totalSteps / batchesPerEpoch, batch: 0, step: totalSteps }, { kind: 'both', final: true })();
+  const finalCheckpoint = await submitCheckpoint(training, 'final', logPath, loopState(totalSteps), { kind: 'both', final: true })();
   const finalEvaluation = await evaluate();
   if (Object.keys(finalEvaluation).length > 0) {
     const metrics = { ...finalEvaluation, 'progress/done_frac': 1 };
     logger.logMetrics(totalSteps, metrics);
     config.onStep?.(totalSteps, metrics);
   }
-  return { training, reference, steps: totalSteps, finalCheckpoint };
+  return { training, reference, steps: totalSteps, totalSteps, interrupted: false, finalCheckpoint, ...(resumedFrom !== undefined && { resumedFrom }) };
+}
+
+/** Saves the starting weights as the run's reference and records them in `checkpoints.jsonl` (step 0, no state). */
+async function snapshotReference(training: TrainingClient, logPath: string): Promise<SamplingClient> {
+  const record = await submitCheckpoint(training, DPO_REFERENCE_CHECKPOINT, logPath, { epoch: 0, batch: 0, step: 0 }, { kind: 'sampler' })();
+  return training.createSamplingClient(record.sampler_path!);
+}
+
+/** The reference of a run being resumed: `referenceModelPath`, else the one recorded when the run started. */
+async function openReference(config: DpoConfig): Promise<SamplingClient> {
+  if (config.referenceModelPath !== undefined) return config.service.createSamplingClient({ modelPath: config.referenceModelPath });
+  const recorded = readCheckpoints(config.logPath).findLast((record) => record.name === DPO_REFERENCE_CHECKPOINT && typeof record.sampler_path === 'string');
+  if (recorded === undefined) throw new Error(`${config.logPath} has checkpoints but no "${DPO_REFERENCE_CHECKPOINT}" record: cannot resume DPO without its reference (pass referenceModelPath)`);
+  return config.service.createSamplingClient({ modelPath: recorded.sampler_path! });
 }
 
 /**

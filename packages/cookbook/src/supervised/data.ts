@@ -28,7 +28,22 @@ export type ConversationToExample = (conversation: Conversation) => SupervisedEx
  * parseConversationsJsonl('{"messages":[{"role":"user","content":"Hi"}]}\n'); // [[{ role: 'user', content: 'Hi' }]]
  */
 export function parseConversationsJsonl(text: string, source = 'input'): Conversation[] {
-  const conversations: Conversation[] = [];
+  return parseJsonlRows(text, source, (row, where) => {
+    const messages = (row as { messages?: unknown } | null)?.messages;
+    if (!Array.isArray(messages)) throw new TypeError(`${where}: expected an object with a "messages" array`);
+    return parseMessages(messages, where);
+  });
+}
+
+/**
+ * Parses each non-blank line of JSONL text and hands it to `parseRow` with its place
+ * (`source line N`), for error messages that name the line.
+ *
+ * @example
+ * parseJsonlRows('{"a":1}\n', 'x.jsonl', (row) => row); // [{ a: 1 }]
+ */
+export function parseJsonlRows<T>(text: string, source: string, parseRow: (row: unknown, where: string) => T): T[] {
+  const rows: T[] = [];
   text.split('\n').forEach((line, index) => {
     if (line.trim() === '') return;
     const where = `${source} line ${index + 1}`;
@@ -38,19 +53,25 @@ export function parseConversationsJsonl(text: string, source = 'input'): Convers
     } catch (error) {
       throw new SyntaxError(`${where}: not JSON (${(error as Error).message})`);
     }
-    const messages = (row as { messages?: unknown } | null)?.messages;
-    if (!Array.isArray(messages)) throw new TypeError(`${where}: expected an object with a "messages" array`);
-    conversations.push(
-      messages.map((m: unknown, i) => {
-        const { role, content } = (m ?? {}) as Partial<Record<string, unknown>>;
-        if (typeof role !== 'string' || typeof content !== 'string') {
-          throw new TypeError(`${where}: message ${i} needs string "role" and "content"`);
-        }
-        return { role, content };
-      }),
-    );
+    rows.push(parseRow(row, where));
   });
-  return conversations;
+  return rows;
+}
+
+/**
+ * A JSON array of `{"role", "content"}` objects as a conversation; `where` prefixes errors.
+ *
+ * @example
+ * parseMessages([{ role: 'user', content: 'Hi' }], 'line 1'); // [{ role: 'user', content: 'Hi' }]
+ */
+export function parseMessages(messages: readonly unknown[], where: string): Conversation {
+  return messages.map((m: unknown, i) => {
+    const { role, content } = (m ?? {}) as Partial<Record<string, unknown>>;
+    if (typeof role !== 'string' || typeof content !== 'string') {
+      throw new TypeError(`${where}: message ${i} needs string "role" and "content"`);
+    }
+    return { role, content };
+  });
 }
 
 /** Reads a conversation JSONL file (see {@link parseConversationsJsonl}). */

@@ -88,6 +88,32 @@ export function submitCheckpoint(
   };
 }
 
+/** How long periodic checkpoints are kept by default: 7 days. */
+export const DEFAULT_CHECKPOINT_TTL_SECONDS = 604_800;
+
+/**
+ * Submits a mid-run checkpoint (state + sampler weights) named after its step, e.g. `000020`,
+ * and returns a function that awaits it and records it (as {@link submitCheckpoint}).
+ *
+ * @example
+ * const record = await submitStepCheckpoint(training, 'runs/dpo', { epoch: 0, batch: 20, step: 20 })();
+ */
+export function submitStepCheckpoint(training: TrainingClient, logPath: string, loopState: LoopState, ttlSeconds = DEFAULT_CHECKPOINT_TTL_SECONDS): () => Promise<CheckpointRecord> {
+  return submitCheckpoint(training, String(loopState.step).padStart(6, '0'), logPath, loopState, { kind: 'both', ttlSeconds });
+}
+
+/**
+ * Whether a loop saves after finishing step `done` - 1: every `saveEvery` steps (0 = never), except
+ * the last, which gets the final checkpoint instead.
+ *
+ * @example
+ * isSaveStep(20, 20, 100); // true
+ * isSaveStep(100, 20, 100); // false: the final save covers it
+ */
+export function isSaveStep(done: number, saveEvery: number, totalSteps: number): boolean {
+  return saveEvery > 0 && done % saveEvery === 0 && done < totalSteps;
+}
+
 /** What a training loop needs to open its training client (see {@link openTrainingClient}). */
 export interface TrainingClientSource {
   service: ServiceClient;
