@@ -107,7 +107,7 @@ class Engine:
     model: Transformer | None = None
     adapters: dict[str, AdapterSlot] = field(default_factory=dict)
     # Token ids -> text, from the model folder's tokenizer.json; only stop strings need it.
-    decode: Callable[[list[int]], str] | None = None
+    detokenize: Callable[[list[int]], str] | None = None
     op_counts: dict[str, int] = field(default_factory=dict)
     # How the base model is split over a tensor-parallel group (`parallel.TensorParallel`); None: whole.
     sharding: ModelSharding | None = None
@@ -134,9 +134,9 @@ class Engine:
                 f"this worker holds {self.model_name!r}; start another worker for {name!r}",
             )
         folder = self.registry.resolve(name)
-        decode = _load_decoder(folder)  # before the model: a bad tokenizer must leave the worker empty
+        detokenize = _load_detokenizer(folder)  # before the model: a bad tokenizer must leave the worker empty
         self.model = load_model(folder, dtype=self.dtype, device=self.device, sharding=self.sharding)
-        self.model_name, self.decode = name, decode
+        self.model_name, self.detokenize = name, detokenize
         return self.model_info()
 
     def model_info(self) -> dict[str, Any]:
@@ -432,7 +432,7 @@ class Engine:
                 # Without max_tokens it decodes until the context is full, so one new token must fit.
                 self.validate_tokens(request.prompt, "prompt", extra_len=request.params.max_tokens or 1)
                 request.validate_extras(model.config.vocab_size)
-                if request.params.stop_strings and self.decode is None:
+                if request.params.stop_strings and self.detokenize is None:
                     raise UserError(
                         "stop_strings_unsupported",
                         "this model's folder has no tokenizer.json, so stop strings cannot be matched; pass stop token ids",
@@ -443,7 +443,7 @@ class Engine:
             except UserError as exc:
                 outcome.append(exc)
         with self.placement.using(request.adapter_id for request in valid):
-            results = iter(sample_batch(model, valid, self.device, self.decode) if valid else [])
+            results = iter(sample_batch(model, valid, self.device, self.detokenize) if valid else [])
         return [o if isinstance(o, UserError) else next(results) for o in outcome]
 
     # ---- checkpoints -----------------------------------------------------------------
@@ -520,7 +520,7 @@ class Engine:
         }
 
 
-def _load_decoder(folder: Path) -> Callable[[list[int]], str] | None:
+def _load_detokenizer(folder: Path) -> Callable[[list[int]], str] | None:
     if not (folder / "tokenizer.json").is_file():
         return None
     from tokenizers import Tokenizer

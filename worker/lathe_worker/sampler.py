@@ -260,8 +260,8 @@ def draw_tokens(logprobs: Tensor, k: int, temperature: float, generator: torch.G
     return torch.multinomial(torch.softmax(logprobs / temperature, dim=-1), k, replacement=True, generator=generator)
 
 
-def _stop_string_hit(tokens: list[int], stops: list[str], decode: Callable[[list[int]], str]) -> bool:
-    text = decode(tokens)
+def _stop_string_hit(tokens: list[int], stops: list[str], detokenize: Callable[[list[int]], str]) -> bool:
+    text = detokenize(tokens)
     return any(s in text for s in stops)
 
 
@@ -269,7 +269,7 @@ def sample_batch(
     model: Transformer,
     requests: list[SampleRequest],
     device: torch.device,
-    decode: Callable[[list[int]], str] | None = None,
+    detokenize: Callable[[list[int]], str] | None = None,
 ) -> list[dict[str, Any]]:
     """Decode all requests together; returns one result dict per request, in order."""
     context = model.config.max_position_embeddings
@@ -333,7 +333,7 @@ def sample_batch(
                 row.tokens.append(token)
                 row.logprobs.append(logprob_list[i])
                 stops = requests[row.request].params.stop_strings
-                if token in row.stop_ids or (stops and decode and _stop_string_hit(row.tokens, stops, decode)):
+                if token in row.stop_ids or (stops and detokenize and _stop_string_hit(row.tokens, stops, detokenize)):
                     row.stop_reason = "stop"
                 elif len(row.tokens) >= row.max_new:
                     row.stop_reason = "length"
