@@ -92,6 +92,12 @@ class SamplingParams:
             raise bad("stop strings must not be empty")
 
 
+def _check_k(value: Any, name: str, code: str) -> None:
+    """A per-token count of alternatives: an int in [0, MAX_TOPK_PROMPT_LOGPROBS], else error `code`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOPK_PROMPT_LOGPROBS:
+        raise UserError(code, f"{name} must be in [0, {MAX_TOPK_PROMPT_LOGPROBS}], got {value!r}")
+
+
 @dataclass
 class SampleRequest:
     adapter_id: str | None
@@ -125,10 +131,8 @@ class SampleRequest:
 
     def validate_extras(self, vocab_size: int) -> None:
         """The sampling extras, against the (already validated, 1-D) prompt and the vocabulary."""
-        for name in ("topk_sample_logprobs", "prompt_alt_tokens_k"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOPK_PROMPT_LOGPROBS:
-                raise UserError(f"invalid_{name}", f"{name} must be in [0, {MAX_TOPK_PROMPT_LOGPROBS}], got {value!r}")
+        _check_k(self.topk_sample_logprobs, "topk_sample_logprobs", code="invalid_topk_sample_logprobs")
+        _check_k(self.prompt_alt_tokens_k, "prompt_alt_tokens_k", code="invalid_prompt_alt_tokens_k")
         n = self.prompt_logprobs_last_n
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
             raise UserError("invalid_prompt_logprobs_last_n", f"prompt_logprobs_last_n must be an integer >= 0, got {n!r}")
