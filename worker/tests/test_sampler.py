@@ -7,7 +7,8 @@ import torch
 
 from lathe_worker.errors import UserError
 from lathe_worker.lora import LoraConfig
-from lathe_worker.sampler import MAX_TOPK_PROMPT_LOGPROBS, SampleRequest, SamplingParams, draw_tokens
+from lathe_worker.sample_request import MAX_TOPK_PROMPT_LOGPROBS, SampleRequest, SamplingParams
+from lathe_worker.sampler import draw_tokens
 
 from small_model import make_engine, random_tokens, sft_item, write_small_model
 from tolerance import assert_close_rel
