@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 
 from . import checkpoint
+from .adapter_slot import AdapterSlot
 from .errors import UserError
 from .lora import LoraAdapter, LoraConfig
 from .losses import compute_loss, validate_loss_inputs
@@ -22,29 +23,11 @@ from .micro_batches import Chunk, WorkItem, plan_micro_batches, run_micro_batch
 from .models.loading import ModelSharding, load_model
 from .models.registry import ModelRegistry
 from .models.transformer import Transformer
-from .optim import ADAMW, AdamParams, DimuonParams, SlotOptimizer, make_optimizer
+from .optim import AdamParams, DimuonParams
 from .peft_export import export_peft
 from .placement import Placement
 from .sample_request import SampleRequest
 from .sampler import sample_batch
-
-
-@dataclass
-class AdapterSlot:
-    adapter: LoraAdapter
-    optimizer: SlotOptimizer
-    pending_grad: bool = False  # forward_backward ran since the last optim_step
-    steps: int = 0
-    num_params: int = field(init=False)  # counted at creation: an adapter moved to disk keeps only empty placeholders
-
-    def __post_init__(self) -> None:
-        self.num_params = sum(p.numel() for p in self.adapter.parameters())
-
-    @classmethod
-    def fresh(cls, adapter: LoraAdapter, optimizer: dict[str, Any] | None = None) -> AdapterSlot:
-        """A slot for `adapter` with a new optimizer of the kind `optimizer` names (default AdamW)."""
-        config = optimizer or {"type": ADAMW}
-        return cls(adapter=adapter, optimizer=make_optimizer(config, list(adapter.parameters()), adapter.config.rank))
 
 
 @dataclass

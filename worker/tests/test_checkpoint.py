@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lathe_worker.engine import AdapterSlot
+from lathe_worker.adapter_slot import AdapterSlot
 from lathe_worker.errors import UserError
 from lathe_worker.lora import LoraAdapter, LoraConfig
 from lathe_worker.optim import AdamParams, DimuonParams
