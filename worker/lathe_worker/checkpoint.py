@@ -1,6 +1,7 @@
 """Adapter checkpoints: a folder with `adapter.safetensors` (LoRA A/B by module path, the LoRA config,
-its alpha and the base model in its metadata) and, when saved with optimizer state, `optimizer.safetensors` (its
-metadata names the optimizer, e.g. `{"type": "dimuon", "version": 1}`; none means AdamW).
+its alpha and the base model in its metadata) and, when saved with optimizer state,
+`optimizer.safetensors` (its metadata names the optimizer, e.g. `{"type": "dimuon", "version": 1}`;
+none means AdamW).
 
 Writes go to a temporary sibling folder that is renamed into place, so a crash mid-save never
 leaves a half-written checkpoint under the final name.
