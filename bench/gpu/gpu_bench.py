@@ -68,13 +68,14 @@ try:
 except ImportError:
     _stub_safetensors()
 
-from lathe_worker.engine import Datum, Engine, WorkItem  # noqa: E402
+from lathe_worker.engine import Engine  # noqa: E402
+from lathe_worker.micro_batches import Datum, WorkItem  # noqa: E402
 from lathe_worker.lora import LoraBatch, LoraConfig  # noqa: E402
 from lathe_worker.models.config import ModelConfig  # noqa: E402
 from lathe_worker.models.registry import ModelRegistry  # noqa: E402
 from lathe_worker.models.transformer import Transformer, causal_padding_mask  # noqa: E402
 from lathe_worker.optim import AdamParams  # noqa: E402
-from lathe_worker.sampler import SampleRequest, SamplingParams  # noqa: E402
+from lathe_worker.sample_request import SampleRequest, SamplingParams  # noqa: E402
 
 H200_BF16_DENSE_TFLOPS = 989.0
 

@@ -35,7 +35,7 @@ def main() -> int:
     C.setup(args)
 
     from lathe_worker.lora import LoraConfig
-    from lathe_worker.sampler import SampleRequest, SamplingParams
+    from lathe_worker.sample_request import SampleRequest, SamplingParams
 
     shared = C.SharedModel(args)
     engine, hf = shared.engine, shared.hf

@@ -34,7 +34,7 @@ def main() -> int:
     args = p.parse_args()
     C.setup(args)
 
-    from lathe_worker.engine import Datum, WorkItem
+    from lathe_worker.micro_batches import Datum, WorkItem
     from lathe_worker.lora import LoraConfig
     from lathe_worker.optim import AdamParams
 

@@ -1,6 +1,7 @@
-"""Adapter checkpoints: a folder with `adapter.safetensors` (LoRA A/B by module path, the LoRA config
-and base model in its metadata) and, when saved with optimizer state, `optimizer.safetensors` (its
-metadata names the optimizer, e.g. `{"type": "dimuon", "version": 1}`; none means AdamW).
+"""Adapter checkpoints: a folder with `adapter.safetensors` (LoRA A/B by module path, the LoRA config,
+its alpha and the base model in its metadata) and, when saved with optimizer state,
+`optimizer.safetensors` (its metadata names the optimizer, e.g. `{"type": "dimuon", "version": 1}`;
+none means AdamW).
 
 Writes go to a temporary sibling folder that is renamed into place, so a crash mid-save never
 leaves a half-written checkpoint under the final name.
@@ -20,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import UserError
-from .lora import LoraAdapter, LoraConfig
+from .lora import LORA_ALPHA, LoraAdapter, LoraConfig
 from .models.transformer import Transformer
 from .optim import SlotOptimizer, config_from_metadata, state_metadata
 
@@ -35,6 +36,7 @@ class SavedOptimizer(NamedTuple):
 
 
 def lora_config_to_wire(config: LoraConfig) -> dict[str, Any]:
+    """Tinker's `LoraConfig` fields (no alpha: the protocol has none; checkpoints keep it apart)."""
     return {
         "rank": config.rank,
         "seed": config.seed,
@@ -59,6 +61,8 @@ def save(path: Path, adapter: LoraAdapter, optimizer: SlotOptimizer | None, base
             "format_version": FORMAT_VERSION,
             "base_model": base_model or "",
             "lora_config": json.dumps(lora_config_to_wire(adapter.config)),
+            # A key of its own, so workers that predate it still read the checkpoint.
+            "lora_alpha": json.dumps(adapter.config.alpha),
         }
         save_file(tensors, str(tmp / ADAPTER_FILE), metadata=metadata)
         if optimizer is not None:
@@ -96,7 +100,9 @@ def load(
             f"checkpoint {path} was trained on {saved_base!r}, but this worker holds {base_model!r}",
         )
     try:
-        config = LoraConfig(**json.loads(metadata["lora_config"]))
+        # Checkpoints from before per-adapter alpha have no `lora_alpha`: theirs was the default.
+        alpha = json.loads(metadata["lora_alpha"]) if "lora_alpha" in metadata else LORA_ALPHA
+        config = LoraConfig(**json.loads(metadata["lora_config"]), alpha=alpha)
     except (KeyError, ValueError, TypeError) as exc:
         raise UserError("checkpoint_corrupt", f"{adapter_file}: missing or invalid lora_config metadata ({exc})") from None
     config.validate()

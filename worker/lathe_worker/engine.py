@@ -15,81 +15,19 @@ from typing import Any, Callable
 import torch
 
 from . import checkpoint
+from .adapter_slot import AdapterSlot
 from .errors import UserError
-from .logprobs import head_chunk_tokens, target_logprobs
-from .lora import LoraAdapter, LoraBatch, LoraConfig
+from .lora import LoraAdapter, LoraConfig
 from .losses import compute_loss, validate_loss_inputs
+from .micro_batches import Chunk, WorkItem, plan_micro_batches, run_micro_batch
 from .models.loading import ModelSharding, load_model
 from .models.registry import ModelRegistry
 from .models.transformer import Transformer
-from .optim import ADAMW, AdamParams, DimuonParams, SlotOptimizer, make_optimizer
+from .optim import AdamParams, DimuonParams
 from .peft_export import export_peft
 from .placement import Placement
-from .sampler import SampleRequest, sample_batch
-
-
-@dataclass
-class AdapterSlot:
-    adapter: LoraAdapter
-    optimizer: SlotOptimizer
-    pending_grad: bool = False  # forward_backward ran since the last optim_step
-    steps: int = 0
-    num_params: int = field(init=False)  # counted at creation: an adapter moved to disk keeps only empty placeholders
-
-    def __post_init__(self) -> None:
-        self.num_params = sum(p.numel() for p in self.adapter.parameters())
-
-    @classmethod
-    def fresh(cls, adapter: LoraAdapter, optimizer: dict[str, Any] | None = None) -> AdapterSlot:
-        """A slot for `adapter` with a new optimizer of the kind `optimizer` names (default AdamW)."""
-        config = optimizer or {"type": ADAMW}
-        return cls(adapter=adapter, optimizer=make_optimizer(config, list(adapter.parameters()), adapter.config.rank))
-
-
-@dataclass
-class Datum:
-    tokens: torch.Tensor  # int64 [N]
-    inputs: dict[str, torch.Tensor]
-
-
-@dataclass
-class WorkItem:
-    """One caller's forward(_backward) request: a list of datums for one adapter."""
-
-    adapter_id: str | None
-    loss_fn: str
-    loss_config: dict[str, float] | None
-    data: list[Datum]
-
-
-@dataclass
-class _Chunk:
-    """Rows of one item that run in one micro-batch (see `Engine._plan`)."""
-
-    item: int
-    datums: list[int]  # indices into the item's data
-    width: int  # padded length: the item's longest datum
-    runs: list[tuple[int, int, bool]]  # [start, end) of `datums` sharing an LM-head pass; keep its logits?
-    kept_bytes: int  # logits kept from forward to backward
-
-    @classmethod
-    def plan(cls, item_index: int, datums: list[int], width: int, item: WorkItem, row_bytes: int, budget: int) -> _Chunk:
-        """Groups consecutive datums with the same target trailing shape; each group keeps its logits
-        for backward while they fit what is left of `budget` (else they are recomputed chunk by chunk)."""
-        runs: list[tuple[int, int, bool]] = []
-        kept = 0
-        start = 0
-        while start < len(datums):
-            shape = item.data[datums[start]].inputs["target_tokens"].shape[1:]
-            end = start + 1
-            while end < len(datums) and item.data[datums[end]].inputs["target_tokens"].shape[1:] == shape:
-                end += 1
-            need = sum(item.data[j].tokens.numel() for j in datums[start:end]) * row_bytes
-            keep = kept + need <= budget
-            kept += need if keep else 0
-            runs.append((start, end, keep))
-            start = end
-        return cls(item_index, datums, width, runs, kept)
+from .sample_request import SampleRequest
+from .sampler import sample_batch
 
 
 @dataclass
@@ -107,7 +45,7 @@ class Engine:
     model: Transformer | None = None
     adapters: dict[str, AdapterSlot] = field(default_factory=dict)
     # Token ids -> text, from the model folder's tokenizer.json; only stop strings need it.
-    decode: Callable[[list[int]], str] | None = None
+    detokenize: Callable[[list[int]], str] | None = None
     op_counts: dict[str, int] = field(default_factory=dict)
     # How the base model is split over a tensor-parallel group (`parallel.TensorParallel`); None: whole.
     sharding: ModelSharding | None = None
@@ -134,9 +72,9 @@ class Engine:
                 f"this worker holds {self.model_name!r}; start another worker for {name!r}",
             )
         folder = self.registry.resolve(name)
-        decode = _load_decoder(folder)  # before the model: a bad tokenizer must leave the worker empty
+        detokenize = _load_detokenizer(folder)  # before the model: a bad tokenizer must leave the worker empty
         self.model = load_model(folder, dtype=self.dtype, device=self.device, sharding=self.sharding)
-        self.model_name, self.decode = name, decode
+        self.model_name, self.detokenize = name, detokenize
         return self.model_info()
 
     def model_info(self) -> dict[str, Any]:
@@ -226,7 +164,7 @@ class Engine:
     def forward_backward(self, items: list[WorkItem], backward: bool) -> list[dict[str, Any] | UserError]:
         """Run many callers' items as one batch. Returns a result or a UserError per item.
 
-        Each item's numbers are bit-for-bit those it gets alone (see `_plan`), so a run replayed after a
+        Each item's numbers are bit-for-bit those it gets alone (see `plan_micro_batches`), so a run replayed after a
         crash, one request per call, retraces the weights it had. With `backward`, an item whose loss
         or gradients are not finite fails alone (`non_finite_loss`) and its adapter's gradients go back
         to what they were before the call: one poisoned request never reaches an optimizer step.
@@ -324,87 +262,14 @@ class Engine:
             restorers[adapter_id] = restore
         return restorers
 
-    def _plan(self, items: list[WorkItem], valid: list[int]) -> list[list[_Chunk]]:
-        """The call's micro-batches, so that nothing an item computes depends on what else is in the call.
+    def _plan(self, items: list[WorkItem], valid: list[int]) -> list[list[Chunk]]:
+        """The call's micro-batches under this engine's limits (`micro_batches.plan_micro_batches`)."""
+        return plan_micro_batches(items, valid, self._require_model().config.vocab_size, self.dtype.itemsize,
+                                  self.max_batch_tokens, self._head_logits_budget())
 
-        Each item is cut into chunks by its own data alone: rows padded to the item's longest datum, at
-        most `max_batch_tokens` padded tokens a chunk and no more rows than the head budget can keep
-        logits for (a chunk whose logits fit is cheaper than one whose head is recomputed in backward;
-        one datum beyond the budget still runs alone, recomputing), and which LM-head logits a chunk keeps for backward
-        is decided against the whole head budget. Chunks of equal width then share a micro-batch while
-        its padded tokens and kept logits fit both limits. Float sums depend on shapes (padding width
-        changes the order of a gradient's reduction over tokens), not on other rows, so an item packed
-        with others gets the bits it gets alone; which rows share a batch never changes the weights.
-        """
-        vocab = self._require_model().config.vocab_size
-        itemsize = self.dtype.itemsize
-        budget = self._head_logits_budget()
-        chunks: list[_Chunk] = []
-        for i in valid:
-            data = items[i].data
-            width = max(d.tokens.numel() for d in data)
-            per_chunk = max(1, min(self.max_batch_tokens, budget // (vocab * itemsize)) // width)
-            for first in range(0, len(data), per_chunk):
-                datums = list(range(first, min(first + per_chunk, len(data))))
-                chunks.append(_Chunk.plan(i, datums, width, items[i], vocab * itemsize, budget))
-        batches: list[list[_Chunk]] = []
-        open_batches: dict[int, list[_Chunk]] = {}  # the micro-batch still filling, by width
-        for chunk in chunks:
-            current = open_batches.get(chunk.width)
-            fits = current is not None and (
-                (sum(len(c.datums) for c in current) + len(chunk.datums)) * chunk.width <= self.max_batch_tokens
-                and sum(c.kept_bytes for c in current) + chunk.kept_bytes <= budget)
-            if current is not None and fits:
-                current.append(chunk)
-            else:
-                open_batches[chunk.width] = [chunk]
-                batches.append(open_batches[chunk.width])
-        return batches
-
-    def _run_micro_batch(
-        self,
-        model: Transformer,
-        items: list[WorkItem],
-        chunks: list[_Chunk],
-        logprobs_per_item: dict[int, list[torch.Tensor]],
-    ) -> torch.Tensor | None:
-        rows = [(chunk.item, j) for chunk in chunks for j in chunk.datums]
-        lengths = [items[i].data[j].tokens.numel() for i, j in rows]
-        width = chunks[0].width
-        input_ids = torch.zeros(len(rows), width, dtype=torch.long)
-        for r, (i, j) in enumerate(rows):
-            input_ids[r, : lengths[r]] = items[i].data[j].tokens
-        positions = torch.arange(width, device=self.device).expand(len(rows), width)
-        lora = LoraBatch.from_rows([self._adapter_or_base(items[i].adapter_id) for i, _ in rows])
-        # Right padding: a plain causal mask (attn_mask=None) is exact for every real token, and the
-        # outputs at padding positions are never read.
-        hidden = model(input_ids.to(self.device), positions, None, lora=lora)
-        chunk_tokens = head_chunk_tokens(model.config.vocab_size, self.device, hidden.element_size())
-        total: torch.Tensor | None = None
-        r = 0
-        for chunk in chunks:
-            # A chunk's rows share a loss call, and rows whose targets have the same trailing shape share
-            # one LM-head pass (fewer, fuller chunks); per-datum logprobs are split back.
-            item = items[chunk.item]
-            adapter = self._adapter_or_base(item.adapter_id)
-            datums = [item.data[j] for j in chunk.datums]
-            lps: list[torch.Tensor] = []
-            for start, end, keep in chunk.runs:
-                run_lengths = lengths[r + start : r + end]
-                if end - start == 1:
-                    h = hidden[r + start, : run_lengths[0]]
-                    targets = datums[start].inputs["target_tokens"]
-                else:
-                    h = torch.cat([hidden[r + k, :n] for k, n in zip(range(start, end), run_lengths)])
-                    targets = torch.cat([d.inputs["target_tokens"] for d in datums[start:end]])
-                out = target_logprobs(h, lambda x, a=adapter: model.lm_head_logits(x, a), targets.to(self.device),
-                                      chunk_tokens=chunk_tokens, recompute=not keep)
-                lps.extend(out.split(run_lengths) if end - start > 1 else [out])
-            result = compute_loss(item.loss_fn, lps, [d.inputs for d in datums], item.loss_config, with_metrics=False)
-            logprobs_per_item[chunk.item].extend(lps)
-            total = result.loss if total is None else total + result.loss
-            r += len(chunk.datums)
-        return total
+    def _run_micro_batch(self, model: Transformer, items: list[WorkItem], chunks: list[Chunk],
+                         logprobs_per_item: dict[int, list[torch.Tensor]]) -> torch.Tensor | None:
+        return run_micro_batch(model, items, chunks, self._adapter_or_base, self.device, logprobs_per_item)
 
     def _head_logits_budget(self) -> int:
         if self.head_logits_budget is not None:
@@ -432,7 +297,7 @@ class Engine:
                 # Without max_tokens it decodes until the context is full, so one new token must fit.
                 self.validate_tokens(request.prompt, "prompt", extra_len=request.params.max_tokens or 1)
                 request.validate_extras(model.config.vocab_size)
-                if request.params.stop_strings and self.decode is None:
+                if request.params.stop_strings and self.detokenize is None:
                     raise UserError(
                         "stop_strings_unsupported",
                         "this model's folder has no tokenizer.json, so stop strings cannot be matched; pass stop token ids",
@@ -443,7 +308,7 @@ class Engine:
             except UserError as exc:
                 outcome.append(exc)
         with self.placement.using(request.adapter_id for request in valid):
-            results = iter(sample_batch(model, valid, self.device, self.decode) if valid else [])
+            results = iter(sample_batch(model, valid, self.device, self.detokenize) if valid else [])
         return [o if isinstance(o, UserError) else next(results) for o in outcome]
 
     # ---- checkpoints -----------------------------------------------------------------
@@ -520,7 +385,7 @@ class Engine:
         }
 
 
-def _load_decoder(folder: Path) -> Callable[[list[int]], str] | None:
+def _load_detokenizer(folder: Path) -> Callable[[list[int]], str] | None:
     if not (folder / "tokenizer.json").is_file():
         return None
     from tokenizers import Tokenizer

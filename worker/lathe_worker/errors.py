@@ -1,5 +1,6 @@
 """Typed errors. A `UserError` is the caller's fault and becomes an error reply with
-category "user" (the server maps it to a 4xx); anything else is a server fault."""
+category "user" (the server maps it to a 4xx); anything else is a server fault. Every code, with
+its HTTP status, is listed in `error_codes.py`."""
 
 from __future__ import annotations
 

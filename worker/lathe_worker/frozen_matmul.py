@@ -1,8 +1,8 @@
 """`x W^T` for a frozen base weight W, on the fastest kernel the device offers.
 
-On CPUs `F.linear` goes to MKL's sgemm, which on the AMD EPYC machines this project is developed on
-reaches 40-85 GFLOP/s per core, against 140-180 GFLOP/s for oneDNN on the same shapes (and 2-3x more
-for the 8-row products of decoding; `bench/RESULTS.md`). Base weights never change while adapters
+On CPUs `F.linear` goes to MKL's sgemm, which on some CPUs (AMD's, where it skips its AVX-512 path) is
+much slower than oneDNN on the same float32 shapes, most of all for the few-row products of
+decoding (figures: `bench/RESULTS.md`, "base matmuls through oneDNN"). Base weights never change while adapters
 train, so each is reordered once into oneDNN's blocked layout, and W^T likewise on the first backward
 pass (the input gradient is `gy W`); the products then run through `mkldnn._linear_pointwise`.
 Elsewhere (CUDA, a bias, other dtypes, a build without oneDNN, or `LATHE_CPU_ONEDNN=0`) it is plain
@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# Rows oneDNN is told to expect when it picks the packed layout; this layout was the fastest here from
-# 8 rows (decoding) to 1024 (training micro-batches), at one and two threads.
+# Rows oneDNN is told to expect when it picks the packed layout; one layout for decoding (few rows) and
+# training micro-batches (about 1024) alike, measured in `bench/RESULTS.md`.
 _BATCH_HINT = 1024
 
 

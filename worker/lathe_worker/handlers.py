@@ -13,12 +13,13 @@ from typing import Any, Callable
 import torch
 
 from .devices import describe_device
-from .engine import Datum, Engine, WorkItem
+from .engine import Engine
+from .micro_batches import Datum, WorkItem
 from .errors import UserError
 from .lora import LoraConfig
 from .optim import optim_params_from_wire, optimizer_config_from_wire
 from .protocol import decode_tensor, encode_tensor
-from .sampler import SampleRequest, SamplingParams
+from .sample_request import SampleRequest, SamplingParams
 
 INT_INPUTS = {"target_tokens"}
 

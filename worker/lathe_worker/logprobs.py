@@ -27,7 +27,7 @@ class _GatherLogprob(torch.autograd.Function):
     [n, V] gradients; this builds one float32 [n, V] gradient and works on it in place.
     The fused (log_)softmax kernels are used rather than `logsumexp` / `exp(logits - lse)`: on CPU the
     vectorised `exp` takes a slow path for very negative arguments, which a peaked next-token
-    distribution has in abundance (a [256, 32000] logsumexp: 130 ms vs 11 ms for log_softmax).
+    distribution has in abundance (an order of magnitude slower; `bench/RESULTS.md`, "Training LM head").
     """
 
     @staticmethod
@@ -66,7 +66,7 @@ def head_chunk_tokens(vocab_size: int, device: torch.device | str, itemsize: int
     mean fewer launches). On CPU a chunk's logits stay within `cpu_chunk_bytes()`, and between
     MIN_CHUNK_TOKENS and 1024 rows: fewer, fuller chunks make fewer passes over the [V, D] weight, but with
     glibc's default malloc every block above ~32 MiB is a fresh mmap that is page-faulted in 4 KiB at a
-    time (~100 ms for one [256, 32000] float32 tensor on a VM)."""
+    time (costly on a VM; `bench/RESULTS.md`, "Allocator")."""
     if torch.device(device).type != "cpu":
         return 1024
     return min(1024, max(MIN_CHUNK_TOKENS, cpu_chunk_bytes() // max(1, vocab_size * itemsize)))

@@ -1,7 +1,8 @@
 """LoRA for many adapters at once.
 
-`y = W x + (alpha / r) * B (A x)` with `alpha = LORA_ALPHA`. A batch may mix rows of different adapters
-(and of the plain base model): `LoraBatch.groups` says which contiguous row range uses which adapter.
+`y = W x + (alpha / r) * B (A x)`, alpha per adapter (`LoraConfig.alpha`, default `LORA_ALPHA`). A batch
+may mix rows of different adapters (and of the plain base model): `LoraBatch.groups` says which
+contiguous row range uses which adapter.
 `MultiLoraLinear` does the frozen base matmul once for the whole batch and adds each group's low-rank
 delta on its row slice, so one forward/backward pass trains many adapters together.
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -23,27 +24,43 @@ from torch import Tensor, nn
 from .errors import UserError
 from .frozen_matmul import FrozenMatmul
 
-if TYPE_CHECKING:
-    from .models.transformer import Transformer
-
 LORA_ALPHA = 32
 ATTN_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
 UNEMBED_TARGET = "lm_head"
 
 
+class HasLoraTargets(Protocol):
+    """A model that adapters can be made for (e.g. `models.transformer.Transformer`); this module needs
+    no more of it, so it does not import the model (which imports this module)."""
+
+    def lora_targets(self) -> list[tuple[str, int, int]]:
+        """(module_path, in_features, out_features) of every LoRA-able module, in a fixed order."""
+        ...
+
+
 @dataclass(frozen=True)
 class LoraConfig:
+    """Tinker's `LoraConfig` fields, plus `alpha`, which Tinker's create_model does not carry (so it is
+    `LORA_ALPHA` for every adapter made over the wire; a checkpoint records its adapter's alpha).
+
+    Example: `LoraAdapter.create(model, LoraConfig(rank=8, seed=1, alpha=16))` scales deltas by 16 / 8.
+    """
+
     rank: int = 32
     seed: int | None = None
     train_attn: bool = True
     train_mlp: bool = True
     train_unembed: bool = True
+    alpha: float = LORA_ALPHA
 
     def validate(self) -> None:
         r = self.rank
         if isinstance(r, bool) or not isinstance(r, int) or r <= 0 or r & (r - 1):
             raise UserError("invalid_lora_rank", f"LoRA rank must be a positive power of 2, got {r}")
+        a = self.alpha
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or a <= 0:
+            raise UserError("invalid_lora_alpha", f"LoRA alpha must be a finite number > 0, got {a!r}")
         if not (self.train_attn or self.train_mlp or self.train_unembed):
             raise UserError(
                 "invalid_lora_targets",
@@ -75,7 +92,7 @@ class LoraAdapter(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
-        self.scale = LORA_ALPHA / config.rank
+        self.scale = config.alpha / config.rank
         self.lora_A = nn.ParameterDict()
         self.lora_B = nn.ParameterDict()
         for path, (n_in, n_out) in shapes.items():
@@ -84,7 +101,7 @@ class LoraAdapter(nn.Module):
         self._paths = list(shapes)
 
     @classmethod
-    def create(cls, model: Transformer, config: LoraConfig, device=None) -> LoraAdapter:
+    def create(cls, model: HasLoraTargets, config: LoraConfig, device=None) -> LoraAdapter:
         """A ~ kaiming_uniform(a=sqrt(5)) as PEFT does, B = 0, so a fresh adapter is a no-op.
         A is drawn on the CPU from a generator seeded by `config.seed` (0 if None), in the
         deterministic order of `model.lora_targets()`, so the same seed gives the same adapter on
@@ -226,21 +243,20 @@ class LoraBatch:
 
 class FrozenLora:
     """An adapter's factors for passes without autograd (decoding), made once per call instead of at every
-    step: cast to the activation dtype, with the scale folded into A. The scale is alpha / rank with
-    alpha 32 and a power-of-two rank, so a power of two, and scaling by it is exact: results are
-    bit-identical. On an accelerator this turns five kernels per module and step (two casts, two
-    matmuls, a scale) into two.
+    step: cast to the activation dtype, with the scale folded into A when it is a power of two (alpha 32
+    and a power-of-two rank, the default), where scaling is exact and results are bit-identical. On an
+    accelerator this turns five kernels per module and step (two casts, two matmuls, a scale) into two.
+    Any other scale (a custom alpha) stays separate, applied where the unfolded adapter applies it.
 
     Example: `model(ids, pos, mask, lora=LoraBatch.single(adapter, n).frozen(torch.bfloat16))`
     """
 
-    scale = 1.0  # folded into A
-
     def __init__(self, adapter: LoraAdapter, dtype: torch.dtype) -> None:
-        assert math.frexp(adapter.scale)[0] == 0.5, f"LoRA scale {adapter.scale} is not a power of two"
+        fold = math.frexp(adapter.scale)[0] == 0.5
+        self.scale = 1.0 if fold else adapter.scale
         with torch.no_grad():
             self._factors = {
-                path: ((a if adapter.scale == 1.0 else a * adapter.scale).to(dtype), b.to(dtype))
+                path: ((a * adapter.scale if fold and adapter.scale != 1.0 else a).to(dtype), b.to(dtype))
                 for path, a, b in adapter.named_factors()
             }
 

@@ -3,8 +3,8 @@
 PyTorch's CPU allocator is plain `malloc`. With glibc's defaults every block above the dynamic mmap
 threshold (at most 32 MiB, e.g. one [256, 32000] float32 logits chunk) is a fresh `mmap` that is
 page-faulted in 4 KiB at a time and unmapped again on free, and the heap is trimmed whenever its free
-top grows past the trim threshold, so the next step faults the same memory in again. On a VM one such
-fault costs microseconds: a training step on a 100M model spent >1 s of system time in page faults.
+top grows past the trim threshold, so the next step faults the same memory in again. On a VM those
+faults add up to a large part of a training step (`bench/RESULTS.md`, "Allocator").
 
 Setting the thresholds high keeps freed blocks in the heap for reuse, and `glibc.malloc.hugetlb=1` has
 malloc ask for transparent huge pages (madvise), so what still has to be faulted in comes in 2 MiB pages.

@@ -40,8 +40,8 @@ class AdamParams:
     @classmethod
     def from_wire(cls, d: dict) -> "AdamParams":
         """Validate a wire `adam_params` map; missing fields take the defaults."""
-        hp = cls(**_finite_numbers(d, cls, "adam_params"))
-        _check_rules(hp, "adam_params", (
+        hp = cls(**_finite_numbers(d, cls, "adam_params", code="invalid_adam_params"))
+        _check_rules(hp, "adam_params", code="invalid_adam_params", rules=(
             ("learning_rate", hp.learning_rate >= 0, ">= 0"),
             ("beta1", 0 <= hp.beta1 < 1, "in [0, 1)"),
             ("beta2", 0 <= hp.beta2 < 1, "in [0, 1)"),
@@ -71,11 +71,11 @@ class DimuonParams:
     @classmethod
     def from_wire(cls, d: dict) -> "DimuonParams":
         """Validate a wire `optimizer_params` map (its `type` already checked and removed)."""
-        values = _finite_numbers(d, cls, "optimizer_params")
+        values = _finite_numbers(d, cls, "optimizer_params", code="invalid_optimizer_params")
         if "learning_rate" not in values:
             raise UserError("invalid_optimizer_params", "optimizer_params.learning_rate is required")
         hp = cls(**values)
-        _check_rules(hp, "optimizer_params", (
+        _check_rules(hp, "optimizer_params", code="invalid_optimizer_params", rules=(
             ("learning_rate", hp.learning_rate >= 0, ">= 0"),
             ("beta1", 0 <= hp.beta1 < 1, "in [0, 1)"),
             ("damping", hp.damping > 0, "> 0"),
@@ -83,9 +83,8 @@ class DimuonParams:
         return hp
 
 
-def _finite_numbers(d: dict, cls: type, where: str) -> dict[str, float]:
-    """The entries of wire map `d` as floats; each key must be a field of dataclass `cls`."""
-    code = f"invalid_{where}"
+def _finite_numbers(d: dict, cls: type, where: str, code: str) -> dict[str, float]:
+    """The entries of wire map `d` as floats; each key must be a field of dataclass `cls` (else error `code`)."""
     names = {f.name for f in fields(cls)}
     for key in d:
         if key not in names:
@@ -98,10 +97,10 @@ def _finite_numbers(d: dict, cls: type, where: str) -> dict[str, float]:
     return values
 
 
-def _check_rules(hp: Any, where: str, rules: tuple[tuple[str, bool, str], ...]) -> None:
+def _check_rules(hp: Any, where: str, code: str, rules: tuple[tuple[str, bool, str], ...]) -> None:
     for key, ok, rule in rules:
         if not ok:
-            raise UserError(f"invalid_{where}", f"{where}.{key} must be {rule}, got {getattr(hp, key)}")
+            raise UserError(code, f"{where}.{key} must be {rule}, got {getattr(hp, key)}")
 
 
 ADAMW = "adamw"

@@ -9,8 +9,8 @@ under one of two namings (`NAMINGS`) that differ only in the LM head's LoRA:
   the transformers model of the same base (PEFT finds no module for `model.unembed_tokens`).
 
 Other keys are PEFT's saved form in both, `base_model.model.<module_path>.lora_{A,B}.weight`; our scale
-alpha/r with alpha = LORA_ALPHA is PEFT's default (non-rslora) scaling, so the numbers carry over
-unchanged. `target_modules` lists the short module names ("q_proj", ..., "lm_head" or
+alpha/r (the adapter's own alpha, written as `lora_alpha`) is PEFT's default (non-rslora) scaling, so
+the numbers carry over unchanged. `target_modules` lists the short module names ("q_proj", ..., "lm_head" or
 "unembed_tokens"), which PEFT matches by suffix; that is exact because our adapters always target a
 module kind in every layer.
 
@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import save_file
 
 from .errors import UserError
-from .lora import ATTN_TARGETS, LORA_ALPHA, MLP_TARGETS, UNEMBED_TARGET, LoraAdapter
+from .lora import ATTN_TARGETS, MLP_TARGETS, UNEMBED_TARGET, LoraAdapter
 from .models.config import ModelConfig
 
 _KNOWN = (*ATTN_TARGETS, *MLP_TARGETS, UNEMBED_TARGET)
@@ -77,7 +77,7 @@ def export_peft(adapter: LoraAdapter, base_model_name: str, config: ModelConfig,
         "task_type": "CAUSAL_LM",
         "base_model_name_or_path": base_model_name,
         "r": adapter.config.rank,
-        "lora_alpha": LORA_ALPHA,
+        "lora_alpha": adapter.config.alpha,
         "lora_dropout": 0.0,
         "bias": "none",
         "fan_in_fan_out": False,

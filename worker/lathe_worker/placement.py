@@ -29,15 +29,13 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator, Literal, Mapping
+from typing import Iterable, Iterator, Literal, Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from .adapter_slot import AdapterSlot
 from .errors import UserError
-
-if TYPE_CHECKING:
-    from .engine import AdapterSlot
 
 Tier = Literal["device", "host", "disk"]
 TIERS: tuple[Tier, ...] = ("device", "host", "disk")

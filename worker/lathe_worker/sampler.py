@@ -31,125 +31,10 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from .errors import UserError
 from .logprobs import log_softmax_chunks, logsumexp, topk_rows
-from .lora import LoraAdapter, LoraBatch
+from .lora import LoraBatch
 from .models.transformer import KVCache, Transformer, causal_padding_mask
-
-MAX_TOPK_PROMPT_LOGPROBS = 100
-MAX_NUM_SAMPLES = 128
-
-
-@dataclass
-class SamplingParams:
-    """Tinker's `SamplingParams`. `max_tokens=None` decodes until the context is full."""
-
-    max_tokens: int | None = None
-    temperature: float = 1.0
-    top_k: int = -1
-    top_p: float = 1.0
-    stop_token_ids: list[int] = field(default_factory=list)
-    stop_strings: list[str] = field(default_factory=list)
-    seed: int | None = None
-
-    @classmethod
-    def from_wire(cls, d: dict[str, Any] | None) -> "SamplingParams":
-        d = dict(d or {})
-        stop = d.pop("stop", None)
-        known = {"max_tokens", "temperature", "top_k", "top_p", "seed"}
-        unknown = set(d) - known
-        if unknown:
-            raise UserError("invalid_sampling_params", f"unknown sampling_params keys: {sorted(unknown)}")
-        params = cls(**{k: v for k, v in d.items() if v is not None})
-        if isinstance(stop, str):
-            stop = [stop]
-        for s in stop or []:
-            if isinstance(s, bool) or not isinstance(s, (int, str)):
-                raise UserError("invalid_sampling_params", f"stop entries must be token ids or strings, got {s!r}")
-            (params.stop_strings if isinstance(s, str) else params.stop_token_ids).append(s)
-        return params
-
-    def validate(self, vocab_size: int) -> None:
-        def bad(message: str) -> UserError:
-            return UserError("invalid_sampling_params", message)
-
-        if self.max_tokens is not None and (
-            isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1
-        ):
-            raise bad(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
-        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) or self.temperature < 0:
-            raise bad(f"temperature must be a finite number >= 0, got {self.temperature!r}")
-        if not isinstance(self.top_k, int) or (self.top_k < 1 and self.top_k != -1):
-            raise bad(f"top_k must be -1 (off) or a positive integer, got {self.top_k!r}")
-        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
-            raise bad(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if self.seed is not None and not isinstance(self.seed, int):
-            raise bad(f"seed must be an integer, got {self.seed!r}")
-        for t in self.stop_token_ids:
-            if not 0 <= t < vocab_size:
-                raise bad(f"stop token id {t} is outside the vocabulary [0, {vocab_size})")
-        if any(s == "" for s in self.stop_strings):
-            raise bad("stop strings must not be empty")
-
-
-@dataclass
-class SampleRequest:
-    adapter_id: str | None
-    prompt: torch.Tensor  # int64 [P]
-    num_samples: int
-    params: SamplingParams
-    prompt_logprobs: bool = False
-    topk_prompt_logprobs: int = 0
-    topk_sample_logprobs: int = 0  # top-k (id, logprob) at every sampled position
-    prompt_alt_tokens_k: int = 0  # draws per prompt position after the first
-    target_prompt_logprobs: torch.Tensor | None = None  # int64 [len(prompt) - 1, K] ids to score; -1 = none
-    prompt_logprobs_last_n: int | None = None  # prompt (top-k) logprobs only for the last n positions
-    # Index of this request's first sample within a larger seeded request the server split into pieces:
-    # sample s draws from row_seed(seed, first_sample_index + s), so the pieces equal the unsplit request.
-    first_sample_index: int = 0
-    adapter: LoraAdapter | None = None  # resolved by the engine
-
-    def validate_counts(self) -> None:
-        if not isinstance(self.num_samples, int) or not 1 <= self.num_samples <= MAX_NUM_SAMPLES:
-            raise UserError("invalid_num_samples", f"num_samples must be in [1, {MAX_NUM_SAMPLES}], got {self.num_samples!r}")
-        first = self.first_sample_index
-        if isinstance(first, bool) or not isinstance(first, int) or not 0 <= first < MAX_NUM_SAMPLES:
-            raise UserError("invalid_first_sample_index",
-                            f"first_sample_index must be in [0, {MAX_NUM_SAMPLES}), got {first!r}")
-        k = self.topk_prompt_logprobs
-        if not isinstance(k, int) or not 0 <= k <= MAX_TOPK_PROMPT_LOGPROBS:
-            raise UserError(
-                "invalid_topk_prompt_logprobs",
-                f"topk_prompt_logprobs must be in [0, {MAX_TOPK_PROMPT_LOGPROBS}], got {k!r}",
-            )
-
-    def validate_extras(self, vocab_size: int) -> None:
-        """The sampling extras, against the (already validated, 1-D) prompt and the vocabulary."""
-        for name in ("topk_sample_logprobs", "prompt_alt_tokens_k"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOPK_PROMPT_LOGPROBS:
-                raise UserError(f"invalid_{name}", f"{name} must be in [0, {MAX_TOPK_PROMPT_LOGPROBS}], got {value!r}")
-        n = self.prompt_logprobs_last_n
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
-            raise UserError("invalid_prompt_logprobs_last_n", f"prompt_logprobs_last_n must be an integer >= 0, got {n!r}")
-        targets = self.target_prompt_logprobs
-        if targets is None:
-            return
-
-        def bad(message: str) -> UserError:
-            return UserError("invalid_target_prompt_logprobs", f"target_prompt_logprobs: {message}")
-
-        rows = self.prompt.numel() - 1
-        if targets.dim() != 2 or targets.shape[0] != rows:
-            raise bad(f"must have shape [len(prompt) - 1, K] = [{rows}, K], got {list(targets.shape)}")
-        if not 1 <= targets.shape[1] <= MAX_TOPK_PROMPT_LOGPROBS:
-            raise bad(f"K (ids per position) must be in [1, {MAX_TOPK_PROMPT_LOGPROBS}], got {targets.shape[1]}")
-        if not bool((targets >= 0).any()):
-            raise bad("names no token id (every cell is -1)")
-        low, high = int(targets.min()), int(targets.max())
-        if low < -1 or high >= vocab_size:
-            raise bad(f"token id {low if low < -1 else high} is outside the vocabulary [0, {vocab_size}) (-1 = no request)")
-
+from .sample_request import SampleRequest, SamplingParams
 
 @dataclass
 class _Row:
@@ -260,8 +145,8 @@ def draw_tokens(logprobs: Tensor, k: int, temperature: float, generator: torch.G
     return torch.multinomial(torch.softmax(logprobs / temperature, dim=-1), k, replacement=True, generator=generator)
 
 
-def _stop_string_hit(tokens: list[int], stops: list[str], decode: Callable[[list[int]], str]) -> bool:
-    text = decode(tokens)
+def _stop_string_hit(tokens: list[int], stops: list[str], detokenize: Callable[[list[int]], str]) -> bool:
+    text = detokenize(tokens)
     return any(s in text for s in stops)
 
 
@@ -269,7 +154,7 @@ def sample_batch(
     model: Transformer,
     requests: list[SampleRequest],
     device: torch.device,
-    decode: Callable[[list[int]], str] | None = None,
+    detokenize: Callable[[list[int]], str] | None = None,
 ) -> list[dict[str, Any]]:
     """Decode all requests together; returns one result dict per request, in order."""
     context = model.config.max_position_embeddings
@@ -333,7 +218,7 @@ def sample_batch(
                 row.tokens.append(token)
                 row.logprobs.append(logprob_list[i])
                 stops = requests[row.request].params.stop_strings
-                if token in row.stop_ids or (stops and decode and _stop_string_hit(row.tokens, stops, decode)):
+                if token in row.stop_ids or (stops and detokenize and _stop_string_hit(row.tokens, stops, detokenize)):
                     row.stop_reason = "stop"
                 elif len(row.tokens) >= row.max_new:
                     row.stop_reason = "length"

@@ -79,7 +79,7 @@ class WorkerServer:
             return error_reply(request_id, exc.to_reply())
         except Exception as exc:  # a bug or resource failure: report it, keep serving
             log.error("op %r failed:\n%s", request.get("op"), traceback.format_exc())
-            return error_reply(request_id, {"code": "internal", "message": f"{type(exc).__name__}: {exc}", "category": "server"})
+            return error_reply(request_id, WorkerError("internal", f"{type(exc).__name__}: {exc}").to_reply())
 
     async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()
@@ -117,7 +117,7 @@ class WorkerServer:
                 if not authenticated:
                     token = request.get("token")
                     if request.get("op") != "hello" or not isinstance(token, str) or not hmac.compare_digest(token, self.token or ""):
-                        await send(error_reply(request.get("id"), {"code": "unauthorized", "message": "send hello with the worker token first", "category": "user"}))
+                        await send(error_reply(request.get("id"), UserError("unauthorized", "send hello with the worker token first").to_reply()))
                         break
                     authenticated = True
                     self.connected += 1

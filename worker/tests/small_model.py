@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from lathe_worker.engine import Datum, Engine, WorkItem
+from lathe_worker.engine import Engine
+from lathe_worker.micro_batches import Datum, WorkItem
 from lathe_worker.models.loading import save_model
 from lathe_worker.models.registry import ModelRegistry
 from lathe_worker.models.tiny import TINY_MODELS, init_weights

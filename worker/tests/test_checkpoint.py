@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lathe_worker.adapter_slot import AdapterSlot
 from lathe_worker.errors import UserError
-from lathe_worker.lora import LoraConfig
+from lathe_worker.lora import LoraAdapter, LoraConfig
 from lathe_worker.optim import AdamParams, DimuonParams
 
 from small_model import make_engine, random_tokens, sft_item, write_small_model
@@ -201,3 +202,32 @@ def test_optimizer_state_saved_before_dimuon_loads_as_adamw(folder, tmp_path):
     assert engine.load_adapter("b", tmp_path / "old", include_optimizer=True)["optimizer"] == {"type": "adamw"}
     with pytest.raises(UserError, match="adamw optimizer state"):
         engine.load_adapter("c", tmp_path / "old", include_optimizer=True, optimizer=DIMUON)
+
+
+def test_adapter_alpha_round_trips_and_old_checkpoints_keep_the_default(folder, tmp_path):
+    """A checkpoint records its adapter's alpha in a metadata key of its own; one written before that
+    key existed loads with the default alpha (32), the only one there was."""
+    from safetensors import safe_open
+
+    engine = make_engine(folder)
+    engine.adapters["a"] = AdapterSlot.fresh(LoraAdapter.create(engine.model, LoraConfig(rank=4, seed=2, alpha=6.0)))
+    train(engine, "a", 1)
+    engine.save_adapter("a", tmp_path / "custom", include_optimizer=False)
+    info = engine.load_adapter("b", tmp_path / "custom", include_optimizer=False)
+    assert "alpha" not in info["lora"]  # the wire form stays Tinker's LoraConfig
+    assert engine.adapters["b"].adapter.config.alpha == 6.0 and engine.adapters["b"].adapter.scale == 1.5
+    for p, q in zip(engine.adapters["a"].adapter.parameters(), engine.adapters["b"].adapter.parameters()):
+        assert torch.equal(p, q)
+
+    engine.create_adapter("plain", LoraConfig(rank=4, seed=2))
+    engine.save_adapter("plain", tmp_path / "old", include_optimizer=False)
+    with safe_open(str(tmp_path / "old" / "adapter.safetensors"), framework="pt") as f:
+        meta = {k: v for k, v in f.metadata().items() if k != "lora_alpha"}
+    _rewrite(tmp_path / "old", metadata=meta)
+    engine.load_adapter("c", tmp_path / "old", include_optimizer=False)
+    assert engine.adapters["c"].adapter.config.alpha == 32 and engine.adapters["c"].adapter.scale == 8.0
+
+    _rewrite(tmp_path / "custom", metadata={**meta, "lora_alpha": "-1"})
+    with pytest.raises(UserError) as bad:
+        engine.load_adapter("d", tmp_path / "custom", include_optimizer=False)
+    assert bad.value.code == "invalid_lora_alpha"

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from lathe_worker.engine import Datum, WorkItem
+from lathe_worker.micro_batches import Datum, WorkItem
 from lathe_worker.errors import UserError
 from lathe_worker.lora import LoraConfig
 from lathe_worker.optim import AdamParams

@@ -74,6 +74,13 @@ def test_rank_validation(rank):
     assert e.value.message == f"LoRA rank must be a positive power of 2, got {rank}"
 
 
+@pytest.mark.parametrize("alpha", [0, -8, float("nan"), float("inf"), True, "32"])
+def test_alpha_validation(alpha):
+    with pytest.raises(UserError) as e:
+        LoraConfig(rank=8, alpha=alpha).validate()
+    assert e.value.code == "invalid_lora_alpha" and e.value.message.startswith("LoRA alpha must be")
+
+
 def test_needs_a_target():
     with pytest.raises(UserError):
         LoraConfig(train_attn=False, train_mlp=False, train_unembed=False).validate()
@@ -155,10 +162,13 @@ def test_mixed_batch_matches_separate_batches(arch):
     assert all(not p.requires_grad and p.grad is None for p in model.parameters())
 
 
-def test_lora_forward_equals_merged_weights():
-    """y = W x + (alpha/r) B A x, checked against a model with the merged weights."""
+@pytest.mark.parametrize("alpha", [32, 6.0])
+def test_lora_forward_equals_merged_weights(alpha):
+    """y = W x + (alpha/r) B A x, checked against a model with the merged weights, for the default alpha
+    and an adapter's own."""
     model, merged = small_model("llama"), small_model("llama")
-    adapter = perturbed(model, LoraConfig(rank=4, seed=5))
+    adapter = perturbed(model, LoraConfig(rank=4, seed=5, alpha=alpha))
+    assert adapter.scale == alpha / 4
     with torch.no_grad():
         for path, a, b in adapter.named_factors():
             merged.get_submodule(path).weight += adapter.scale * b @ a
@@ -254,6 +264,23 @@ def test_frozen_lora_is_bit_identical_to_the_live_adapters(dtype):
     a, b = view.factors("lm_head")
     assert view.scale == 1.0 and a.dtype == b.dtype == dtype and not a.requires_grad
     assert view.factors("not.a.module") is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_frozen_lora_keeps_a_scale_that_is_not_a_power_of_two(dtype):
+    """A custom alpha (6 / rank 4 = 1.5) cannot be folded into A exactly, so the decoding view keeps it
+    apart and still gives the live adapter's logits bit for bit."""
+    model = small_model().to(dtype)
+    adapter = perturbed(model, LoraConfig(rank=4, seed=4, alpha=6))
+    lora = LoraBatch([(adapter, 0, 2), (None, 2, 3)])
+    frozen = lora.frozen(dtype)
+    assert frozen.groups[0][0].scale == 1.5
+    ids = torch.randint(0, V, (3, 5), generator=torch.Generator().manual_seed(3))
+    pos, mask = torch.arange(5)[None].expand(3, 5), causal_padding_mask(torch.full((3,), 5), 5)
+    with torch.no_grad():
+        live = model.lm_head_logits(model(ids, pos, mask, lora=lora), lora=lora)
+        fast = model.lm_head_logits(model(ids, pos, mask, lora=frozen), lora=frozen)
+    assert torch.equal(live, fast)
 
 
 def test_grouped_linear_leaves_no_full_size_gradient_copies():

@@ -176,3 +176,22 @@ def test_causal_mask_refuses_a_filled_cache(tmp_path):
         model(ids, torch.arange(3)[None], None, cache=cache)  # empty cache: plain causal prefill is fine
         with pytest.raises(ValueError):
             model(ids[:, :1], torch.tensor([[3]]), None, cache=cache)
+
+
+def test_kv_cache_advances_after_its_last_layer():
+    """The cache moves `length` itself: every layer of a pass writes at the same positions, and only the
+    last layer's write advances it (the model never touches `length`)."""
+    cfg = ModelConfig(architecture="llama", vocab_size=11, hidden_size=8, intermediate_size=16, num_hidden_layers=3,
+                      num_attention_heads=2, num_key_value_heads=1, head_dim=4, rms_norm_eps=1e-6,
+                      rope_theta=10000.0, rope_scaling=None, max_position_embeddings=16,
+                      tie_word_embeddings=True, qk_norm=False, attention_bias=False)
+    cache = KVCache(cfg, 2, max_len=5, dtype=torch.float32, device="cpu")
+    for step, T in enumerate((3, 1)):
+        start = cache.length
+        for layer in range(3):
+            k, v = torch.full((2, 1, T, 4), float(layer + 1)), torch.full((2, 1, T, 4), -float(step))
+            filled_k, filled_v = cache.update(layer, k, v)
+            assert filled_k.shape[2] == start + T and torch.equal(filled_k[:, :, start:], k)
+            assert cache.length == (start + T if layer == 2 else start)
+    with pytest.raises(ValueError, match="overflow"):
+        cache.update(0, torch.zeros(2, 1, 2, 4), torch.zeros(2, 1, 2, 4))

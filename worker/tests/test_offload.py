@@ -11,7 +11,7 @@ from lathe_worker.errors import UserError
 from lathe_worker.lora import LoraConfig
 from lathe_worker.optim import AdamParams, DimuonParams
 from lathe_worker.placement import slot_tensors
-from lathe_worker.sampler import SampleRequest, SamplingParams
+from lathe_worker.sample_request import SampleRequest, SamplingParams
 
 from small_model import make_engine, random_tokens, sft_item, write_small_model
 

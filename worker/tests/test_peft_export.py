@@ -51,21 +51,23 @@ def random_adapter(model: Transformer, cfg: LoraConfig) -> LoraAdapter:
 
 # PEFT warns when a LoRA sits on an lm_head tied to the embeddings; that only matters for merging.
 @pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`")
-@pytest.mark.parametrize("arch,attn,mlp,unembed", [
-    ("qwen3", True, True, False),
-    ("qwen3", True, True, True),  # tied embeddings + lm_head LoRA
-    ("llama", True, True, True),
-    ("llama", False, False, True),
+@pytest.mark.parametrize("arch,attn,mlp,unembed,alpha", [
+    ("qwen3", True, True, False, 32),
+    ("qwen3", True, True, True, 32),  # tied embeddings + lm_head LoRA
+    ("llama", True, True, True, 32),
+    ("llama", False, False, True, 32),
+    ("llama", True, True, True, 12),  # an adapter's own alpha is what PEFT gets
 ])
-def test_peft_logits_match(tmp_path, arch, attn, mlp, unembed):
+def test_peft_logits_match(tmp_path, arch, attn, mlp, unembed, alpha):
     folder = base_folder(tmp_path, arch)
     ours = load_model(folder)
-    adapter = random_adapter(ours, LoraConfig(rank=8, seed=1, train_attn=attn, train_mlp=mlp, train_unembed=unembed))
+    adapter = random_adapter(ours, LoraConfig(rank=8, seed=1, train_attn=attn, train_mlp=mlp, train_unembed=unembed,
+                                              alpha=alpha))
     export_peft(adapter, "org/base-model", ours.config, tmp_path / "peft", naming="peft")
 
     cfg = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "LORA" and cfg["task_type"] == "CAUSAL_LM" and cfg["r"] == 8
-    assert cfg["lora_alpha"] == 32 and cfg["lora_dropout"] == 0 and cfg["bias"] == "none"
+    assert cfg["lora_alpha"] == alpha and cfg["lora_dropout"] == 0 and cfg["bias"] == "none"
     assert cfg["base_model_name_or_path"] == "org/base-model" and cfg["fan_in_fan_out"] is False
     assert ("lm_head" in cfg["target_modules"]) == unembed and ("q_proj" in cfg["target_modules"]) == attn
     keys = load_file(tmp_path / "peft" / "adapter_model.safetensors")

@@ -7,7 +7,8 @@ import torch
 
 from lathe_worker.errors import UserError
 from lathe_worker.lora import LoraConfig
-from lathe_worker.sampler import MAX_TOPK_PROMPT_LOGPROBS, SampleRequest, SamplingParams, draw_tokens
+from lathe_worker.sample_request import MAX_TOPK_PROMPT_LOGPROBS, SampleRequest, SamplingParams
+from lathe_worker.sampler import draw_tokens
 
 from small_model import make_engine, random_tokens, sft_item, write_small_model
 from tolerance import assert_close_rel
@@ -220,10 +221,10 @@ def test_stop_strings_with_the_tiny_models_real_tokenizer(models_dir):
     assert (models_dir / "lathe__tiny-qwen3" / "tokenizer.json").is_file()
     prompt = [9707, 1879]  # "Hello world"
     free = engine.sample([request(None, prompt, max_tokens=12, temperature=0)])[0]["sequences"][0]["tokens"]
-    text = engine.decode(free)
+    text = engine.detokenize(free)
     # Stop on the text of tokens 4..5; decoding must stop at the token that completes it.
-    stop = engine.decode(free[4:6])
-    first_hit = next(i for i in range(1, len(free) + 1) if stop in engine.decode(free[:i]))
+    stop = engine.detokenize(free[4:6])
+    first_hit = next(i for i in range(1, len(free) + 1) if stop in engine.detokenize(free[:i]))
     seq = engine.sample([request(None, prompt, max_tokens=12, temperature=0, stop_strings=[stop])])[0]["sequences"][0]
     assert stop in text
     assert seq["tokens"] == free[:first_hit] and seq["stop_reason"] == "stop"

@@ -22,7 +22,7 @@ from lathe_worker.models.tiny import TINY_MODELS, init_weights
 from lathe_worker.models.transformer import Transformer
 from lathe_worker.optim import AdamParams
 from lathe_worker.protocol import decode_tensor, encode_tensor
-from lathe_worker.sampler import SampleRequest, SamplingParams
+from lathe_worker.sample_request import SampleRequest, SamplingParams
 from small_model import SMALL_CONFIG, make_engine, random_tokens, sft_item
 from test_worker_process import Connection, datum
 from tolerance import assert_close_rel

@@ -19,7 +19,7 @@ from lathe_worker.engine import Engine  # noqa: E402
 from lathe_worker.lora import LoraConfig  # noqa: E402
 from lathe_worker.models.registry import ModelRegistry  # noqa: E402
 from lathe_worker.optim import AdamParams  # noqa: E402
-from lathe_worker.sampler import SampleRequest, SamplingParams  # noqa: E402
+from lathe_worker.sample_request import SampleRequest, SamplingParams  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from small_model import random_tokens, sft_item  # noqa: E402

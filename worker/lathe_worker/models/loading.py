@@ -117,8 +117,8 @@ def load_model(folder: Path, dtype=torch.float32, device=None, sharding: ModelSh
                 tensor = f.get_tensor(name) if sharding is None else sharding.read(name, f.get_slice(name))
                 # On CPU, safetensors hands out tensors that live in the file's (private) mmap: 4 KiB page-
                 # cache pages, not 64-byte aligned, and still tied to the file. Decoding streams every weight
-                # once per step, and from such pages the same matmuls ran up to 1.4x slower (TLB misses)
-                # than from malloc'd memory, which the worker asks to back with huge pages (malloc_env.py).
+                # once per step, and from such pages the same matmuls ran measurably slower (TLB misses;
+                # `bench/RESULTS.md`, "Weights out of the safetensors mmap") than from malloc'd memory, which the worker asks to back with huge pages (malloc_env.py).
                 state[name] = tensor.to(dtype, copy=True) if device.type == "cpu" else tensor.to(dtype)
     if sharding is not None:
         sharding.apply(model)

@@ -61,7 +61,8 @@ def rotate_half(x: Tensor) -> Tensor:
 
 class KVCache:
     """Static per-layer K/V buffers [B, Hkv, max_len, head_dim]. `length` positions are filled (the
-    same for all rows; per-row padding is the caller's business, through the attention mask)."""
+    same for all rows; per-row padding is the caller's business, through the attention mask). The cache
+    advances `length` itself, once the last layer has written a forward pass's new positions."""
 
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int, dtype, device,
                  kv_heads: int | None = None) -> None:
@@ -73,14 +74,17 @@ class KVCache:
         self.length = 0
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write k/v [B, Hkv, T, hd] at `length`..`length+T`; return the filled prefix incl. them.
-        (`length` itself is advanced once per forward pass, by `Transformer.forward`.)"""
+        """Write k/v [B, Hkv, T, hd] at `length`..`length+T`; return the filled prefix incl. them. Every
+        layer of a pass writes at the same positions; the last one moves `length` past them."""
         start, end = self.length, self.length + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache overflow: {end} > max_len {self.max_len}")
         self.k[layer][:, :, start:end] = k
         self.v[layer][:, :, start:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+        filled = self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+        if layer == len(self.k) - 1:
+            self.length = end
+        return filled
 
 
 class Attention(nn.Module):
@@ -237,7 +241,7 @@ class Transformer(nn.Module):
                 lora: LoraBatch | None = None, cache: KVCache | None = None) -> Tensor:
         """input_ids/position_ids [B, T]; attn_mask bool [B, T, S] (True = may attend) with
         S = T, or cache.length + T when decoding with `cache` (the new K/V are written at
-        cache.length.., then cache.length += T); or an additive float mask of that shape; or None
+        cache.length.., and the cache advances by T); or an additive float mask of that shape; or None
         for a plain causal mask, which is exact for RIGHT-padded rows (a real token only ever sees
         earlier real tokens; the outputs at padding positions are garbage and must be ignored).
         Returns final-normed hidden states [B, T, D]."""
@@ -249,8 +253,6 @@ class Transformer(nn.Module):
         mask = self.prepare_mask(attn_mask, T, x.dtype)
         for layer in self.model.layers:
             x = layer(x, cos, sin, mask, lora, cache)
-        if cache is not None:
-            cache.length += T
         return self.model.norm(x)
 
     def prepare_mask(self, attn_mask: Tensor | None, T: int, dtype: torch.dtype) -> Tensor | None:
