@@ -18,7 +18,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, s
 import path from 'node:path';
 import { decode, encode } from '@msgpack/msgpack';
 import { badRequest, HttpError, serviceUnavailable, tooManyRequests } from './http/errors.js';
-import type { CsrIndex } from './protocol/proto.js';
+import type { CsrIndex } from '@lathe/protocol';
 import { sampleResult, type StoredResult } from './protocol/results.js';
 import { FutureHub } from './scheduler/futures.js';
 import { Lane, opFields, type JobError, type Reservation, type SampleJob, type SchedulingOptions, type TrainingOp } from './scheduler/lane.js';

@@ -2,6 +2,7 @@
  * @module `TrainingClient`: one LoRA training run. Forward/backward passes, optimizer steps,
  * checkpoints, and sampling clients on its weights.
  */
+import { encodeForwardBackwardRequest, type DatumIn } from '@lathe/protocol';
 import { APIFuture } from './api-future.js';
 import { APIError, APIUserAbortError, InvalidArgumentError, LatheError } from './errors.js';
 import type { RequestOptions } from './request-options.js';
@@ -25,7 +26,6 @@ import type {
 import { chunkData, combineOutputs } from '../internal/chunks.js';
 import { withOptions, type ClientContext } from '../internal/context.js';
 import { retrieveFuture, type ResultKind, type ResultOf } from '../internal/futures.js';
-import { encodeForwardBackwardRequest, type PbDatumIn } from '../internal/protobuf.js';
 import { abortable, type ServerClientConfig } from '../internal/session.js';
 import { responseJson, type HttpRequest } from '../internal/transport.js';
 import { adamParamsToJson, datumToProto, dimuonParamsToJson, getInfoFromJson, requireString } from '../internal/wire.js';
@@ -182,7 +182,7 @@ export class TrainingClient {
   // Forward / backward
 
   #fwdBwd(data: readonly Datum[], lossFn: LossFnType, lossFnConfig: LossFnConfig | undefined, forwardOnly: boolean, options: RequestOptions | undefined, turn?: Turn): APIFuture<ForwardBackwardOutput> {
-    let chunks: PbDatumIn[][];
+    let chunks: DatumIn[][];
     try {
       if (data.length === 0) throw new InvalidArgumentError('forwardBackward needs at least one datum');
       const converted = new Map(data.map((d, i) => [d, datumToProto(d, i)]));

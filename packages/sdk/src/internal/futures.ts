@@ -6,7 +6,7 @@
  */
 import { APIConnectionError, APIError, APIResponseValidationError, FutureExpiredError, RequestFailedError, type RequestErrorCategory } from '../core/errors.js';
 import type { ForwardBackwardOutput, SampleResponse } from '../core/types.js';
-import { decodeForwardBackwardOutput, decodeSampleResponse, ProtobufDecodeError } from './protobuf.js';
+import { decodeForwardBackwardOutput, decodeSampleResponse, ProtoDecodeError } from '@lathe/protocol';
 import { backoffMs, errorBody, responseJson, retryAfterMs, type Transport } from './transport.js';
 import { forwardBackwardOutputFromJson, forwardBackwardOutputFromProto, sampleResponseFromJson, sampleResponseFromProto } from './wire.js';
 
@@ -120,7 +120,7 @@ export async function retrieveFuture<K extends ResultKind>(transport: Transport,
         const result = options.kind === 'fwdbwd' ? forwardBackwardOutputFromProto(decodeForwardBackwardOutput(res.body)) : sampleResponseFromProto(decodeSampleResponse(res.body));
         return result as ResultOf<K>;
       } catch (error) {
-        if (error instanceof ProtobufDecodeError) throw new APIResponseValidationError(`retrieve_future ${requestId}: ${error.message}`, { cause: error });
+        if (error instanceof ProtoDecodeError) throw new APIResponseValidationError(`retrieve_future ${requestId}: ${error.message}`, { cause: error });
         throw error;
       }
     }
