@@ -38,6 +38,7 @@ export {
   UnprocessableEntityError,
   type RequestErrorCategory,
 } from './core/errors.js';
+export type { Logger } from './core/logger.js';
 export type { RequestOptions } from './core/request-options.js';
 export { RestClient, type ListTrainingRunsOptions, type PageOptions } from './core/rest-client.js';
 export { SamplingClient, type SamplingClientTarget } from './core/sampling-client.js';
