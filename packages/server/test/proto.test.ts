@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { test } from 'node:test';
-import { decodeForwardBackwardRequest, encodeForwardBackwardRequest, ProtoDecodeError, type ForwardBackwardRequestMsg, type TensorData } from '@lathe/protocol';
+import { decodeForwardBackwardRequest, encodeForwardBackwardRequest, ProtoDecodeError, type TensorData } from '@lathe/protocol';
 import { pythonExecutable } from '../src/index.js';
 import { modelInputFromJson, tensorFromJson } from '../src/protocol/proto.js';
 import { decompressZstd, ZstdDecodeError } from '../src/protocol/zstd.js';
@@ -11,16 +11,6 @@ import { decompressZstd, ZstdDecodeError } from '../src/protocol/zstd.js';
 const i64 = (...v: number[]): TensorData => ({ dtype: 'int64', shape: [v.length], data: BigInt64Array.from(v, BigInt) });
 const f32 = (...v: number[]): TensorData => ({ dtype: 'float32', shape: [v.length], data: Float32Array.from(v) });
 const shaped = (t: TensorData, shape: number[]): TensorData => ({ ...t, shape });
-
-const request = (over: Partial<ForwardBackwardRequestMsg> = {}): ForwardBackwardRequestMsg => ({
-  modelId: 'S:train:0',
-  seqId: 3,
-  lossFn: 'cross_entropy',
-  lossFnConfig: {},
-  forwardOnly: false,
-  data: [{ modelInput: [1, 2, 3], lossFnInputs: { target_tokens: i64(2, 3, 4), weights: f32(0, 1, 1) } }],
-  ...over,
-});
 
 test('tensorFromJson reads TensorData objects and plain lists with the same checks', () => {
   assert.deepEqual(tensorFromJson({ data: [1, 2, 3, 4], dtype: 'int64', shape: [2, 2] }, 'target_tokens'), shaped(i64(1, 2, 3, 4), [2, 2]));
@@ -85,7 +75,8 @@ print(json.dumps({
 `;
 
 test('zstd: decompresses Python-compressed bodies and refuses oversize or invalid ones', async () => {
-  const body = encodeForwardBackwardRequest(request({ data: Array.from({ length: 20 }, () => request().data[0]!) }));
+  const datum = { modelInput: [1, 2, 3], lossFnInputs: { target_tokens: i64(2, 3, 4), weights: f32(0, 1, 1) } };
+  const body = encodeForwardBackwardRequest({ modelId: 'S:train:0', seqId: 3, lossFn: 'cross_entropy', lossFnConfig: {}, forwardOnly: false, data: Array(20).fill(datum) });
   const run = spawnSync(pythonExecutable(), ['-c', ZSTD_SCRIPT], { input: body, encoding: 'buffer' });
   assert.equal(run.status, 0, run.stderr.toString());
   const fx = Object.fromEntries(Object.entries(JSON.parse(run.stdout.toString()) as Record<string, string>).map(([k, v]) => [k, Uint8Array.from(Buffer.from(v, 'hex'))]));
