@@ -2,7 +2,7 @@
  * @module `TensorData`: a dense, row-major tensor of `float32` or `int64` values, backed by a typed
  * array, with its shape. This is what loss-function inputs and outputs are made of.
  */
-import { lossInputDtype } from '@lathe/protocol';
+import { lossInputDtype, type Dtype } from '@lathe/protocol';
 import { InvalidArgumentError } from './errors.js';
 
 /**
@@ -11,7 +11,7 @@ import { InvalidArgumentError } from './errors.js';
  * @example
  * const dtype: TensorDtype = 'float32';
  */
-export type TensorDtype = 'int64' | 'float32';
+export type TensorDtype = Dtype;
 
 /**
  * The typed array behind a dtype: `Float32Array` for `float32`, `BigInt64Array` for `int64`.
