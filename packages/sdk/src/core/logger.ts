@@ -15,6 +15,3 @@ export interface Logger {
   debug(message: string, fields?: Record<string, unknown>): void;
   warn(message: string, fields?: Record<string, unknown>): void;
 }
-
-/** A logger that drops everything. */
-export const SILENT_LOGGER: Logger = { debug: () => undefined, warn: () => undefined };

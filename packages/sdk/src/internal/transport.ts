@@ -5,7 +5,7 @@
  * request is reused across its retries, and so is its body (hence its `seq_id`).
  */
 import { APIConnectionError, APIError, APIResponseValidationError, APITimeoutError, APIUserAbortError, InvalidArgumentError } from '../core/errors.js';
-import { SILENT_LOGGER, type Logger } from '../core/logger.js';
+import type { Logger } from '../core/logger.js';
 import { raceAbort } from './abort.js';
 
 /** Resolved transport settings. */
@@ -56,6 +56,9 @@ export interface HttpResponse {
 }
 
 const textDecoder = new TextDecoder();
+
+/** The default logger: drops everything. */
+const SILENT_LOGGER: Logger = { debug: () => undefined, warn: () => undefined };
 
 /** The body as text. */
 export function responseText(res: HttpResponse): string {
