@@ -78,11 +78,10 @@ export function readIndices(bytes: Uint8Array, what: string): number[] {
  */
 export function int32Tokens(tokens: readonly number[] | Int32Array, what: string): Int32Array {
   if (tokens instanceof Int32Array) return tokens;
-  const out = new Int32Array(tokens.length);
-  for (let i = 0; i < tokens.length; i++) {
-    const t = tokens[i]!;
-    if (!Number.isInteger(t) || t < -0x80000000 || t > 0x7fffffff) throw new RangeError(`${what}[${i}] = ${t} is not an int32 token id`);
-    out[i] = t;
+  const out = Int32Array.from(tokens);
+  // The conversion wraps and truncates silently, so compare back.
+  for (let i = 0; i < out.length; i++) {
+    if (out[i] !== tokens[i]) throw new RangeError(`${what}[${i}] = ${tokens[i]} is not an int32 token id`);
   }
   return out;
 }
