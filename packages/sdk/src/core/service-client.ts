@@ -254,17 +254,7 @@ export class ServiceClient {
   async createLoraTrainingClient(args: LoraTrainingClientArgs, options?: RequestOptions): Promise<TrainingClient> {
     const { sessionId, config } = await this.#ctx.session.ensure(options?.signal);
     const modelSeqId = this.#ctx.session.nextModelSeqId();
-    const lora: Record<string, unknown> = {
-      rank: args.rank ?? 32,
-      train_unembed: args.trainUnembed ?? true,
-      train_mlp: args.trainMlp ?? true,
-      train_attn: args.trainAttn ?? true,
-    };
-    if (args.seed !== undefined) lora['seed'] = args.seed;
-    const body: Record<string, unknown> = { session_id: sessionId, model_seq_id: modelSeqId, base_model: args.baseModel, lora_config: lora };
-    if (args.userMetadata !== undefined) body['user_metadata'] = args.userMetadata;
-    if (args.optimizerConfig !== undefined) body['optimizer_config'] = args.optimizerConfig;
-    const submitted = await api.createModel(this.#ctx.transport, body, options);
+    const submitted = await api.createModel(this.#ctx.transport, { ...args, sessionId, modelSeqId }, options);
     const result = await retrieveFuture(this.#ctx.transport, submitted.requestId, { kind: 'json', requestType: 'CreateModel', pollTimeoutMs: this.#ctx.pollTimeoutMs, signal: options?.signal });
     return new TrainingClient(this.#ctx, config, api.createModelResult(result, submitted.modelId));
   }

@@ -8,6 +8,7 @@
 import { encodeForwardBackwardRequest, type DatumIn } from '@lathe/protocol';
 import { APIError, APIResponseValidationError, InvalidArgumentError } from '../core/errors.js';
 import type { RequestOptions } from '../core/request-options.js';
+import type { LoraTrainingClientArgs } from '../core/service-client.js';
 import type {
   AccessScope,
   CheckpointArchiveUrlResponse,
@@ -112,9 +113,22 @@ export async function getServerCapabilities(t: Transport, options?: RequestOptio
   return capabilitiesFromJson(await json(t, { method: 'GET', path: `${V1}get_server_capabilities` }, options));
 }
 
-/** `POST /create_model`: the future's request id, and the model id when the server answers it at once. */
-export async function createModel(t: Transport, body: Json, options?: RequestOptions): Promise<{ requestId: string; modelId: string | undefined }> {
-  const submitted = await json(t, { method: 'POST', path: `${V1}create_model`, json: { ...body, type: 'create_model' } }, options);
+/**
+ * `POST /create_model` with the Python SDK's LoRA defaults (rank 32, every target on): the
+ * future's request id, and the model id when the server answers it at once.
+ */
+export async function createModel(t: Transport, args: LoraTrainingClientArgs & { sessionId: string; modelSeqId: number }, options?: RequestOptions): Promise<{ requestId: string; modelId: string | undefined }> {
+  const lora = defined({ rank: args.rank ?? 32, train_unembed: args.trainUnembed ?? true, train_mlp: args.trainMlp ?? true, train_attn: args.trainAttn ?? true, seed: args.seed });
+  const body = defined({
+    session_id: args.sessionId,
+    model_seq_id: args.modelSeqId,
+    base_model: args.baseModel,
+    lora_config: lora,
+    user_metadata: args.userMetadata,
+    optimizer_config: args.optimizerConfig,
+    type: 'create_model',
+  });
+  const submitted = await json(t, { method: 'POST', path: `${V1}create_model`, json: body }, options);
   return { requestId: requireString(submitted, 'request_id', 'create_model'), modelId: string(submitted['model_id']) };
 }
 
