@@ -2,7 +2,7 @@
 same paths, headers and bodies as the official Python SDK (0.25: protobuf forward_backward, optional
 zstd, `Accept: application/x-protobuf` when polling training and sampling results), so a server that
 answers it correctly answers the SDK. Protobuf classes come from our own .proto, compiled with
-Google's protoc at test time (an implementation independent of the server's protobufjs)."""
+Google's protoc at test time (an implementation independent of the TypeScript codec in @lathe/protocol)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import numpy as np
 import zstandard
 
 REPO = Path(__file__).resolve().parents[1]
-PROTO = REPO / "packages" / "server" / "src" / "protocol" / "tinker_public.proto"
+PROTO = REPO / "packages" / "protocol" / "src" / "tinker_public.proto"
 SDK_VERSION = "0.25.0"
 
 

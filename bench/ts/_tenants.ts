@@ -9,7 +9,7 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { createServer, type LatheServer } from '../../packages/server/src/app.js';
-import { encodeForwardBackwardRequest, type WireDatum } from '../../packages/server/src/protocol/proto.js';
+import { encodeForwardBackwardRequest, type WireDatum } from '@lathe/protocol';
 import type { SchedulingOptions } from '../../packages/server/src/scheduler/lane.js';
 import { jsonOf, request } from './_http.js';
 

@@ -27,7 +27,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { createServer, type LatheServer } from '../../packages/server/src/app.js';
 import { prepareData } from '../../packages/server/src/protocol/datums.js';
-import { decodeForwardBackwardOutput, encodeForwardBackwardRequest, type WireDatum } from '../../packages/server/src/protocol/proto.js';
+import { decodeForwardBackwardOutput, encodeForwardBackwardRequest, type WireDatum } from '@lathe/protocol';
 import type { WorkerClient } from '../../packages/server/src/worker/client.js';
 import { REPO_ROOT, startLocalWorker, type LocalWorker } from '../../packages/server/src/worker/process.js';
 import { fromWire, type WireTensor } from '../../packages/server/src/worker/tensor.js';

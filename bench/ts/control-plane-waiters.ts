@@ -28,7 +28,7 @@ import path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { createServer, type LatheServer } from '../../packages/server/src/app.js';
-import { encodeForwardBackwardRequest, type WireDatum } from '../../packages/server/src/protocol/proto.js';
+import { encodeForwardBackwardRequest, type WireDatum } from '@lathe/protocol';
 import { REPO_ROOT } from '../../packages/server/src/worker/process.js';
 import { jsonOf, quantile, request, type Reply, runBench } from './_http.js';
 

@@ -19,7 +19,7 @@
  */
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import type { WireDatum } from '../../packages/server/src/protocol/proto.js';
+import type { WireDatum } from '@lathe/protocol';
 import { REPO_ROOT } from '../../packages/server/src/worker/process.js';
 import { datum, startBenchServer, type BenchRun, type BenchServer, type Tenant } from './_tenants.js';
 import { runBench } from './_http.js';

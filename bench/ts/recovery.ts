@@ -19,7 +19,7 @@
  */
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import type { WireDatum } from '../../packages/server/src/protocol/proto.js';
+import type { WireDatum } from '@lathe/protocol';
 import { REPO_ROOT, startLocalWorker } from '../../packages/server/src/worker/process.js';
 import { quantile, runBench } from './_http.js';
 import { startBenchServer, type BenchServer } from './_tenants.js';

@@ -1,7 +1,7 @@
-"""Cross-checks the TypeScript protobuf codec (packages/server/src/protocol/proto.ts) against Google's protobuf.
+"""Cross-checks the TypeScript protobuf codec (@lathe/protocol, packages/protocol/src) against Google's protobuf.
 
 The schema is compiled with grpc_tools.protoc at test time. Requests are built the way the Python Tinker
-SDK builds them and decoded by the TS server code; TS-encoded results are parsed here and read back with
+SDK builds them and decoded by the TS codec; TS-encoded results are parsed here and read back with
 the SDK's decoding rules (spec §7, `proto/response_conv.py`), re-implemented below with numpy.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PROTO = REPO / "packages/server/src/protocol/tinker_public.proto"
+PROTO = REPO / "packages/protocol/src/tinker_public.proto"
 TSX = REPO / "node_modules/.bin/tsx"
 
 pytest.importorskip("grpc_tools")
@@ -28,7 +28,7 @@ if shutil.which("node") is None or not TSX.exists():
 
 # Runs a list of ops through the TS codec; binary payloads travel as hex, bigints as strings.
 NODE_DRIVER = r"""
-const proto = await import('./packages/server/src/protocol/proto.ts');
+const proto = await import('./packages/protocol/src/index.ts');
 const { decompressZstd } = await import('./packages/server/src/protocol/zstd.ts');
 const chunks = [];
 for await (const c of process.stdin) chunks.push(c);

@@ -39,6 +39,7 @@ export {
   type RequestErrorCategory,
 } from './core/errors.js';
 export { LatheExtensions, type LatheExtensionsOptions, type MetricPoint, type MetricsRow, type RunStatus, type RunSummary, type ServiceStatus } from './core/lathe-extensions.js';
+export type { Logger } from './core/logger.js';
 export type { RequestOptions } from './core/request-options.js';
 export { RestClient, type ListTrainingRunsOptions, type PageOptions } from './core/rest-client.js';
 export { SamplingClient, type SamplingClientTarget } from './core/sampling-client.js';

@@ -126,6 +126,21 @@ describe('retries', () => {
     assert.equal(broken.to('client/config').length, 4);
   });
 
+  test('the logger hears each exchange (debug) and each retry (warn), with the reason and the wait', async () => {
+    const lines: [string, string, Record<string, unknown> | undefined][] = [];
+    const logger = { debug: (m: string, f?: Record<string, unknown>) => void lines.push(['debug', m, f]), warn: (m: string, f?: Record<string, unknown>) => void lines.push(['warn', m, f]) };
+    const server = new FakeServer();
+    failFirst(server, 'client/config', 1, () => json({ error: 'busy' }, 503, { 'retry-after-ms': '3' }));
+    failFirst(server, 'create_session', 1, () => reset());
+    await client(server, { logger, sleep: async () => undefined }).createSamplingClient({ baseModel: 'm' });
+    const warns = lines.filter(([level]) => level === 'warn');
+    assert.equal(warns.length, 2);
+    assert.deepEqual(warns[0]!.slice(1), ['POST api/v1/client/config: status 503; retry 1 of 6 in 3 ms', { method: 'POST', path: 'api/v1/client/config', attempt: 0, waitMs: 3 }]);
+    assert.match(warns[1]![1], /^POST api\/v1\/create_session: Connection error: fetch failed; retry 1 of 6 in \d+ ms$/);
+    const debug = lines.filter(([level]) => level === 'debug').map(([, m]) => m);
+    assert.deepEqual(debug, ['POST api/v1/client/config -> 503', 'POST api/v1/client/config -> 200', 'POST api/v1/create_session -> 200', 'POST api/v1/create_sampling_session -> 200']);
+  });
+
   test('other 4xx are never retried and map to typed errors with the message verbatim', async () => {
     const message = 'unknown base model "nope"; this server serves: lathe/tiny-qwen3';
     const server = new FakeServer();
@@ -724,11 +739,14 @@ describe('service, session and REST', () => {
       n++;
       return n === 1 ? json({ error: 'x' }, 500) : json({ error: 'session S is finished' }, 410);
     });
-    const service = client(server, { heartbeatIntervalMs: 20 });
+    const warned: string[] = [];
+    const service = client(server, { heartbeatIntervalMs: 20, logger: { debug: () => undefined, warn: (m) => void warned.push(m) } });
     await service.createSamplingClient({ baseModel: 'm' });
     for (let waited = 0; n < 2 && waited < 2000; waited += 20) await new Promise((r) => setTimeout(r, 20));
     await new Promise((r) => setTimeout(r, 100));
     assert.equal(n, 2, 'one failure (ignored), then 410 stops the heartbeat');
+    assert.deepEqual(warned.length, 2, 'each failed heartbeat is logged');
+    assert.match(warned[1]!, /heartbeat failed: session S is finished/);
     await service.close();
   });
 

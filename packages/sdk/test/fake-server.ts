@@ -1,6 +1,6 @@
 // A scripted stand-in for a Tinker server behind an injected `fetch`, for what a real server will
 // not do on demand (resets, 429s, hangs, 5xx). Unscripted requests get sensible default answers.
-import { decodeForwardBackwardRequest, encodeForwardBackwardOutput, encodeSampleResponse, type TensorData } from '../../server/src/protocol/proto.js';
+import { decodeForwardBackwardRequest, encodeForwardBackwardOutput, encodeSampleResponse, type TensorData } from '@lathe/protocol';
 
 /** One request as the fake server saw it. */
 export interface Call {

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { InvalidArgumentError, LatheError, ModelInput, TensorData, toTensorData, type Datum, type ForwardBackwardOutput } from '../src/index.js';
 import { chunkData, combineOutputs, mergeMetrics } from '../src/internal/chunks.js';
-import { adamParamsToJson, modelInputToJson, parseTinkerPath, samplingParamsToJson } from '../src/internal/wire.js';
+import { adamParamsToJson, datumToProto, modelInputToJson, parseTinkerPath, sampleResponseFromProto, samplingParamsToJson } from '../src/internal/wire.js';
 
 /** An assert.throws validator: an {@link InvalidArgumentError} whose message matches `pattern`. */
 function invalid(pattern: RegExp): (error: unknown) => boolean {
@@ -105,6 +105,25 @@ describe('request bodies', () => {
     assert.throws(() => parseTinkerPath('tinker://S:train:0/other/x'), invalid(/invalid tinker path/));
     assert.throws(() => parseTinkerPath('s3://x'), invalid(/not a tinker/));
   });
+
+  test('protobuf datums: token ids that are not int32 are refused before anything is sent', () => {
+    const datum = (tokens: number[]): Datum => ({ modelInput: ModelInput.fromInts(tokens), lossFnInputs: {} });
+    assert.deepEqual(datumToProto(datum([1, 2 ** 31 - 1]), 0).chunks, [{ kind: 'encoded_text', tokens: Int32Array.of(1, 2 ** 31 - 1) }]);
+    assert.throws(() => datumToProto(datum([1, 2 ** 31]), 3), invalid(/data\[3\]\.modelInput\.chunks\[0\]\.tokens\[1\] = 2147483648 is not an int32/));
+  });
+
+  test('protobuf sample results: a CSR targetPromptLogprobs is densified with NaN', () => {
+    const csr = { crow: [0, 1, 2], col: [2, 0] };
+    const out = sampleResponseFromProto({
+      sequences: [],
+      promptLogprobs: null,
+      topkPromptLogprobs: null,
+      promptCacheHitTokens: 0,
+      targetPromptLogprobs: { dtype: 'float32', shape: [2, 3], data: Float32Array.of(-0.5, -4), csr },
+    });
+    assert.deepEqual(out.targetPromptLogprobs?.shape, [2, 3]);
+    assert.deepEqual(Array.from(out.targetPromptLogprobs!.data), [NaN, NaN, -0.5, -4, NaN, NaN]);
+  });
 });
 
 describe('chunking and merging (Python SDK rules)', () => {
@@ -142,24 +161,25 @@ describe('chunking and merging (Python SDK rules)', () => {
 });
 
 describe('runtime-agnostic core', () => {
-  test('src/ imports nothing from Node or other packages, and touches `process` only behind a typeof guard', async () => {
+  test('src/ (and @lathe/protocol\'s) import nothing from Node or other packages, and touch `process` only behind a typeof guard', async () => {
     const { readdirSync, readFileSync } = await import('node:fs');
     const { join } = await import('node:path');
-    const root = join(import.meta.dirname, '../src');
-    const files = (readdirSync(root, { recursive: true }) as string[]).filter((f) => f.endsWith('.ts'));
-    assert.ok(files.length > 10);
-    for (const file of files) {
-      // Code only: doc comments may show `import … from '@lathe/sdk'`.
-      const text = readFileSync(join(root, file), 'utf8')
-        .split('\n')
-        .filter((l) => !/^\s*(\*|\/\*\*|\/\/)/.test(l))
-        .join('\n');
-      for (const [, spec] of text.matchAll(/(?:from|import)\s*\(?\s*'([^']+)'/g)) {
-        assert.ok(spec!.startsWith('.'), `${file} imports ${spec}`);
-      }
-      assert.doesNotMatch(text, /\bBuffer\.|\brequire\(/, file);
-      for (const line of text.split('\n').filter((l) => /\bprocess\./.test(l))) {
-        assert.match(line, /typeof process !== 'undefined'/, `${file}: ${line.trim()}`);
+    for (const root of [join(import.meta.dirname, '../src'), join(import.meta.dirname, '../../protocol/src')]) {
+      const files = (readdirSync(root, { recursive: true }) as string[]).filter((f) => f.endsWith('.ts'));
+      assert.ok(files.length > 5, root);
+      for (const file of files) {
+        // Code only: doc comments may show `import … from '@lathe/sdk'`.
+        const text = readFileSync(join(root, file), 'utf8')
+          .split('\n')
+          .filter((l) => !/^\s*(\*|\/\*\*|\/\/)/.test(l))
+          .join('\n');
+        for (const [, spec] of text.matchAll(/(?:from|import)\s*\(?\s*'([^']+)'/g)) {
+          assert.ok(spec!.startsWith('.') || spec === '@lathe/protocol', `${file} imports ${spec}`);
+        }
+        assert.doesNotMatch(text, /\bBuffer\.|\brequire\(/, file);
+        for (const line of text.split('\n').filter((l) => /\bprocess\./.test(l))) {
+          assert.match(line, /typeof process !== 'undefined'/, `${file}: ${line.trim()}`);
+        }
       }
     }
   });

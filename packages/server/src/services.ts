@@ -18,7 +18,7 @@ import { decode, encode } from '@msgpack/msgpack';
 import { SnapshotFiles } from './checkpoints/snapshots.js';
 import { badRequest, HttpError, serviceUnavailable, tooManyRequests } from './http/errors.js';
 import { defaultLogger, type Logger } from './log.js';
-import type { CsrIndex } from './protocol/proto.js';
+import type { CsrIndex } from '@lathe/protocol';
 import { sampleResult, type StoredResult } from './protocol/results.js';
 import { FutureHub } from './scheduler/futures.js';
 import { Lane, type JobError, type Reservation, type SampleJob, type SchedulingOptions } from './scheduler/lane.js';

@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { createServer, type LatheServer } from '../src/index.js';
-import { encodeForwardBackwardRequest } from '../src/protocol/proto.js';
+import { encodeForwardBackwardRequest } from '@lathe/protocol';
 import { zstdProgress } from '../src/protocol/zstd.js';
 
 let server: LatheServer;

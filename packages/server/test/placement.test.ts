@@ -16,7 +16,7 @@ import { describe, test } from 'node:test';
 import { encode } from '@msgpack/msgpack';
 import pg from 'pg';
 import { createServer, type LatheServer } from '../src/index.js';
-import { encodeForwardBackwardRequest } from '../src/protocol/proto.js';
+import { encodeForwardBackwardRequest } from '@lathe/protocol';
 import { openStore, type Store } from '../src/store/index.js';
 import { tokensToWire } from '../src/worker/tensor.js';
 import { until } from './until.js';

@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { createServer, type LatheServer } from '../src/index.js';
-import { encodeForwardBackwardRequest } from '../src/protocol/proto.js';
+import { encodeForwardBackwardRequest, type WireDatum } from '@lathe/protocol';
 import { tokensToWire } from '../src/worker/tensor.js';
 import { until as untilEvery } from './until.js';
 
@@ -74,7 +74,7 @@ class Tenant {
   }
 }
 
-type Datum = Parameters<typeof encodeForwardBackwardRequest>[0]['data'][number];
+type Datum = WireDatum;
 
 /** A next-token datum of `length` targets, different for every (tenant, step, row). */
 function datum(tenant: number, step: number, row: number, length: number): Datum {

@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { createServer, type LatheServer } from '../src/index.js';
-import { encodeForwardBackwardRequest } from '../src/protocol/proto.js';
+import { encodeForwardBackwardRequest } from '@lathe/protocol';
 import { encodeFrame, FrameReader } from '../src/worker/frames.js';
 import type { WorkerInfo } from '../src/worker/pool.js';
 import { pythonExecutable, REPO_ROOT } from '../src/worker/process.js';

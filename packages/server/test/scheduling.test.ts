@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { createServer, type LatheServer } from '../src/index.js';
-import { encodeForwardBackwardRequest } from '../src/protocol/proto.js';
+import { encodeForwardBackwardRequest } from '@lathe/protocol';
 import { Lane, type JobError, type LaneOptions, type SampleJob, type TrainingOp } from '../src/scheduler/lane.js';
 import type { WorkerClient } from '../src/worker/client.js';
 import { startLocalWorker, type LocalWorker } from '../src/worker/process.js';

@@ -7,7 +7,7 @@ import { encode } from '@msgpack/msgpack';
 import SqliteDatabase from 'better-sqlite3';
 import { sql } from 'kysely';
 import { createServer, type LatheServer } from '../src/index.js';
-import { encodeForwardBackwardRequest } from '../src/protocol/proto.js';
+import { encodeForwardBackwardRequest } from '@lathe/protocol';
 import { SNAPSHOT_EVERY } from '../src/services.js';
 import { openStore } from '../src/store/index.js';
 import { WorkerPool } from '../src/worker/pool.js';

@@ -2,7 +2,6 @@
  * @module `RestClient`: training runs, checkpoints, sessions and samplers (tinker-protocol.md §4.6).
  * Plain request/response calls; none needs a session.
  */
-import { APIError, APIResponseValidationError, InvalidArgumentError } from './errors.js';
 import type { RequestOptions } from './request-options.js';
 import type {
   AccessScope,
@@ -18,18 +17,9 @@ import type {
   TrainingRunsResponse,
   WeightsInfoResponse,
 } from './types.js';
-import { withOptions } from '../internal/context.js';
-import { responseJson, type HttpRequest, type HttpResponse, type Transport } from '../internal/transport.js';
-import {
-  checkpointsListFromJson,
-  cursorFromJson,
-  escapeSegment,
-  metadataFromJson,
-  parseTinkerPath,
-  requireString,
-  trainingRunFromJson,
-  weightsInfoFromJson,
-} from '../internal/wire.js';
+import * as api from '../internal/api.js';
+import type { Transport } from '../internal/transport.js';
+import { parseTinkerPath } from '../internal/wire.js';
 
 /**
  * Paging of list calls.
@@ -52,9 +42,6 @@ export interface ListTrainingRunsOptions extends PageOptions {
   accessScope?: AccessScope;
   projectId?: string;
 }
-
-/** Default archive-link lifetime when a redirect carries no `Expires`. */
-const ARCHIVE_DEFAULT_TTL_MS = 15 * 60 * 1000;
 
 /**
  * Browses and manages what the server stores: training runs, checkpoints (list, delete, archive
@@ -81,14 +68,6 @@ export class RestClient {
     this.#transport = transport;
   }
 
-  async #json(req: HttpRequest, options: RequestOptions | undefined): Promise<unknown> {
-    return responseJson(await this.#transport.send(withOptions(req, options)));
-  }
-
-  #checkpointPath(trainingRunId: string, checkpointId: string, action = ''): string {
-    return `api/v1/training_runs/${escapeSegment(trainingRunId)}/checkpoints/${escapeSegment(checkpointId, true)}${action ? `/${action}` : ''}`;
-  }
-
   // -------------------------------------------------------------------------------------------
   // Training runs
 
@@ -100,8 +79,7 @@ export class RestClient {
    * run.loraRank; run.lastCheckpoint?.tinkerPath;
    */
   async getTrainingRun(trainingRunId: string, options?: RequestOptions & { accessScope?: AccessScope }): Promise<TrainingRun> {
-    const query = options?.accessScope ? { access_scope: options.accessScope } : undefined;
-    return trainingRunFromJson(await this.#json({ method: 'GET', path: `api/v1/training_runs/${escapeSegment(trainingRunId)}`, query }, options));
+    return api.getTrainingRun(this.#transport, trainingRunId, options?.accessScope, options);
   }
 
   /**
@@ -121,17 +99,7 @@ export class RestClient {
    * const { trainingRuns, cursor } = await rest.listTrainingRuns({ limit: 20, offset: 0 });
    */
   async listTrainingRuns(page: ListTrainingRunsOptions = {}, options?: RequestOptions): Promise<TrainingRunsResponse> {
-    const body = (await this.#json(
-      {
-        method: 'GET',
-        path: 'api/v1/training_runs',
-        query: { limit: page.limit ?? 20, offset: page.offset ?? 0, access_scope: page.accessScope, project_id: page.projectId },
-      },
-      options,
-    )) as Record<string, unknown>;
-    const runs = Array.isArray(body['training_runs']) ? (body['training_runs'] as unknown[]) : [];
-    const trainingRuns = runs.map(trainingRunFromJson);
-    return { trainingRuns, cursor: cursorFromJson(body['cursor']) ?? { offset: page.offset ?? 0, limit: page.limit ?? 20, totalCount: trainingRuns.length } };
+    return api.listTrainingRuns(this.#transport, { limit: page.limit ?? 20, offset: page.offset ?? 0, accessScope: page.accessScope, projectId: page.projectId }, options);
   }
 
   /**
@@ -160,7 +128,7 @@ export class RestClient {
    * const info = await rest.getWeightsInfoByTinkerPath('tinker://S:train:0/weights/step-10');
    */
   async getWeightsInfoByTinkerPath(tinkerPath: string, options?: RequestOptions): Promise<WeightsInfoResponse> {
-    return weightsInfoFromJson(await this.#json({ method: 'POST', path: 'api/v1/weights_info', json: { tinker_path: tinkerPath } }, options));
+    return api.weightsInfo(this.#transport, tinkerPath, options);
   }
 
   /**
@@ -170,7 +138,7 @@ export class RestClient {
    * const { checkpoints } = await rest.listCheckpoints(training.modelId);
    */
   async listCheckpoints(trainingRunId: string, options?: RequestOptions): Promise<CheckpointsListResponse> {
-    return checkpointsListFromJson(await this.#json({ method: 'GET', path: `api/v1/training_runs/${escapeSegment(trainingRunId)}/checkpoints` }, options));
+    return api.listCheckpoints(this.#transport, trainingRunId, options);
   }
 
   /**
@@ -180,7 +148,7 @@ export class RestClient {
    * const { checkpoints, cursor } = await rest.listUserCheckpoints({ limit: 100 });
    */
   async listUserCheckpoints(page: PageOptions = {}, options?: RequestOptions): Promise<CheckpointsListResponse> {
-    return checkpointsListFromJson(await this.#json({ method: 'GET', path: 'api/v1/checkpoints', query: { limit: page.limit ?? 100, offset: page.offset ?? 0 } }, options));
+    return api.listUserCheckpoints(this.#transport, { limit: page.limit ?? 100, offset: page.offset ?? 0 }, options);
   }
 
   /**
@@ -208,17 +176,7 @@ export class RestClient {
    * const tar = await (await fetch(url)).arrayBuffer();
    */
   async getCheckpointArchiveUrl(trainingRunId: string, checkpointId: string, options?: RequestOptions): Promise<CheckpointArchiveUrlResponse> {
-    const res: HttpResponse = await this.#transport.send(withOptions({ method: 'GET', path: this.#checkpointPath(trainingRunId, checkpointId, 'archive'), redirect: 'manual' }, options));
-    if (res.status >= 300 && res.status < 400) {
-      const location = res.headers.get('location');
-      if (!location) throw new APIError(res.status, undefined, res.headers, `archive redirect (${res.status}) without a Location header`);
-      const expires = Date.parse(res.headers.get('expires') ?? '');
-      return { url: location, expires: new Date(Number.isFinite(expires) ? expires : Date.now() + ARCHIVE_DEFAULT_TTL_MS).toISOString() };
-    }
-    const body = responseJson(res);
-    const expires = (body as { expires?: unknown }).expires;
-    if (typeof expires !== 'string') throw new APIResponseValidationError('checkpoint archive: expected "expires"');
-    return { url: requireString(body, 'url', 'checkpoint archive'), expires };
+    return api.checkpointArchiveUrl(this.#transport, trainingRunId, checkpointId, options);
   }
 
   /**
@@ -243,11 +201,7 @@ export class RestClient {
    */
   async getExternalWeightsUrls(tinkerPath: string, options?: RequestOptions): Promise<ExternalWeightsUrlsResponse> {
     const { trainingRunId, checkpointId } = parseTinkerPath(tinkerPath);
-    if (!checkpointId.startsWith('external_weights/')) throw new InvalidArgumentError(`${tinkerPath} is not an external_weights/ checkpoint`);
-    const body = (await this.#json({ method: 'GET', path: this.#checkpointPath(trainingRunId, checkpointId, 'external_weights_urls') }, options)) as Record<string, unknown>;
-    const urls = body['urls'];
-    if (typeof urls !== 'object' || urls === null || typeof body['expires'] !== 'string') throw new APIResponseValidationError('external_weights_urls: expected {urls, expires}');
-    return { urls: { ...(urls as Record<string, string>) }, expires: body['expires'] };
+    return api.externalWeightsUrls(this.#transport, trainingRunId, checkpointId, options);
   }
 
   /**
@@ -257,11 +211,7 @@ export class RestClient {
    * const { checkpointCount, sizeBytes } = await rest.getCurrentCheckpointStorageUsage();
    */
   async getCurrentCheckpointStorageUsage(options?: RequestOptions & { projectId?: string }): Promise<CheckpointStorageUsage> {
-    const query = options?.projectId !== undefined ? { project_id: options.projectId } : undefined;
-    const body = (await this.#json({ method: 'GET', path: 'api/v1/billing/usage/checkpoints/current', query }, options)) as Record<string, unknown>;
-    const rows = Array.isArray(body['data']) ? (body['data'] as Record<string, unknown>[]) : [];
-    const sum = (key: string): number => rows.reduce((total, row) => total + (typeof row[key] === 'number' ? (row[key] as number) : 0), 0);
-    return { checkpointCount: sum('checkpoint_count'), sizeBytes: sum('size_bytes') };
+    return api.checkpointStorageUsage(this.#transport, options?.projectId, options);
   }
 
   /**
@@ -271,7 +221,7 @@ export class RestClient {
    * await rest.deleteCheckpoint(training.modelId, 'weights/step-10');
    */
   async deleteCheckpoint(trainingRunId: string, checkpointId: string, options?: RequestOptions): Promise<void> {
-    await this.#transport.send(withOptions({ method: 'DELETE', path: this.#checkpointPath(trainingRunId, checkpointId) }, options));
+    await api.deleteCheckpoint(this.#transport, trainingRunId, checkpointId, options);
   }
 
   /**
@@ -293,7 +243,7 @@ export class RestClient {
    */
   async publishCheckpointFromTinkerPath(tinkerPath: string, options?: RequestOptions): Promise<void> {
     const { trainingRunId, checkpointId } = parseTinkerPath(tinkerPath);
-    await this.#transport.send(withOptions({ method: 'POST', path: this.#checkpointPath(trainingRunId, checkpointId, 'publish') }, options));
+    await api.publishCheckpoint(this.#transport, trainingRunId, checkpointId, true, options);
   }
 
   /**
@@ -304,7 +254,7 @@ export class RestClient {
    */
   async unpublishCheckpointFromTinkerPath(tinkerPath: string, options?: RequestOptions): Promise<void> {
     const { trainingRunId, checkpointId } = parseTinkerPath(tinkerPath);
-    await this.#transport.send(withOptions({ method: 'DELETE', path: this.#checkpointPath(trainingRunId, checkpointId, 'publish') }, options));
+    await api.publishCheckpoint(this.#transport, trainingRunId, checkpointId, false, options);
   }
 
   /**
@@ -316,7 +266,7 @@ export class RestClient {
    */
   async setCheckpointTtlFromTinkerPath(tinkerPath: string, ttlSeconds: number | null, options?: RequestOptions): Promise<void> {
     const { trainingRunId, checkpointId } = parseTinkerPath(tinkerPath);
-    await this.#transport.send(withOptions({ method: 'PUT', path: this.#checkpointPath(trainingRunId, checkpointId, 'ttl'), json: { ttl_seconds: ttlSeconds } }, options));
+    await api.setCheckpointTtl(this.#transport, trainingRunId, checkpointId, ttlSeconds, options);
   }
 
   // -------------------------------------------------------------------------------------------
@@ -329,13 +279,7 @@ export class RestClient {
    * const { trainingRunIds, samplerIds } = await rest.getSession(service.sessionId!);
    */
   async getSession(sessionId: string, options?: RequestOptions & { accessScope?: AccessScope }): Promise<GetSessionResponse> {
-    const query = options?.accessScope ? { access_scope: options.accessScope } : undefined;
-    const body = (await this.#json({ method: 'GET', path: `api/v1/sessions/${escapeSegment(sessionId)}`, query }, options)) as Record<string, unknown>;
-    return {
-      trainingRunIds: Array.isArray(body['training_run_ids']) ? (body['training_run_ids'] as string[]) : [],
-      samplerIds: Array.isArray(body['sampler_ids']) ? (body['sampler_ids'] as string[]) : [],
-      userMetadata: metadataFromJson(body['user_metadata']),
-    };
+    return api.getSession(this.#transport, sessionId, options?.accessScope, options);
   }
 
   /**
@@ -345,11 +289,7 @@ export class RestClient {
    * const { sessions } = await rest.listSessions({ limit: 20 });
    */
   async listSessions(page: PageOptions & { accessScope?: AccessScope } = {}, options?: RequestOptions): Promise<ListSessionsResponse> {
-    const body = (await this.#json(
-      { method: 'GET', path: 'api/v1/sessions', query: { limit: page.limit ?? 20, offset: page.offset ?? 0, access_scope: page.accessScope } },
-      options,
-    )) as Record<string, unknown>;
-    return { sessions: Array.isArray(body['sessions']) ? (body['sessions'] as string[]) : [] };
+    return api.listSessions(this.#transport, { limit: page.limit ?? 20, offset: page.offset ?? 0, accessScope: page.accessScope }, options);
   }
 
   /**
@@ -359,7 +299,7 @@ export class RestClient {
    * await rest.assignSessionProject(sessionId, 'proj-1');
    */
   async assignSessionProject(sessionId: string, projectId: string, options?: RequestOptions): Promise<void> {
-    await this.#transport.send(withOptions({ method: 'PUT', path: `api/v1/sessions/${escapeSegment(sessionId)}/project`, json: { project_id: projectId } }, options));
+    await api.assignSessionProject(this.#transport, sessionId, projectId, options);
   }
 
   /**
@@ -369,12 +309,6 @@ export class RestClient {
    * const { baseModel, modelPath } = await rest.getSampler(sampler.samplingSessionId);
    */
   async getSampler(samplerId: string, options?: RequestOptions): Promise<GetSamplerResponse> {
-    const body = await this.#json({ method: 'GET', path: `api/v1/samplers/${escapeSegment(samplerId)}` }, options);
-    const modelPath = (body as { model_path?: unknown }).model_path;
-    return {
-      samplerId: requireString(body, 'sampler_id', 'get_sampler'),
-      baseModel: requireString(body, 'base_model', 'get_sampler'),
-      modelPath: typeof modelPath === 'string' ? modelPath : undefined,
-    };
+    return api.getSampler(this.#transport, samplerId, options);
   }
 }

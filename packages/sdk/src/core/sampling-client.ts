@@ -5,10 +5,10 @@ import { APIFuture } from './api-future.js';
 import { FutureExpiredError, InvalidArgumentError, LatheError } from './errors.js';
 import type { RequestOptions } from './request-options.js';
 import type { ModelInput, SampleArgs, SampleResponse } from './types.js';
-import { withOptions, type ClientContext } from '../internal/context.js';
+import * as api from '../internal/api.js';
+import type { ClientContext } from '../internal/context.js';
 import { retrieveFuture } from '../internal/futures.js';
-import { responseJson } from '../internal/transport.js';
-import { modelInputToJson, requireString, sampleExtrasToJson, samplingParamsToJson } from '../internal/wire.js';
+import { modelInputToJson, sampleExtrasToJson, samplingParamsToJson } from '../internal/wire.js';
 
 /**
  * What to sample from: saved sampler weights (`tinker://…/sampler_weights/…`, or any checkpoint
@@ -34,15 +34,8 @@ export async function createSamplingSession(ctx: ClientContext, target: Sampling
   }
   if (target.modelPath === undefined && target.baseModel === undefined) throw new InvalidArgumentError('createSamplingClient needs modelPath or baseModel');
   const { sessionId } = await ctx.session.ensure(options?.signal);
-  const body: Record<string, unknown> = {
-    session_id: sessionId,
-    sampling_session_seq_id: ctx.session.nextSamplingSessionSeqId(),
-    type: 'create_sampling_session',
-  };
-  if (target.modelPath !== undefined) body['model_path'] = target.modelPath;
-  else body['base_model'] = target.baseModel;
-  const res = await ctx.transport.send(withOptions({ method: 'POST', path: 'api/v1/create_sampling_session', json: body }, options));
-  return requireString(responseJson(res), 'sampling_session_id', 'create_sampling_session');
+  const body = { sessionId, samplingSessionSeqId: ctx.session.nextSamplingSessionSeqId(), modelPath: target.modelPath, baseModel: target.modelPath === undefined ? target.baseModel : undefined };
+  return api.createSamplingSession(ctx.transport, body, options);
 }
 
 /**
@@ -131,14 +124,8 @@ export class SamplingClient {
       prompt_logprobs: args.includePromptLogprobs ?? false,
       topk_prompt_logprobs: args.topkPromptLogprobs ?? 0,
       ...extras,
-      type: 'sample',
     };
-    const res = await this.#ctx.transport.send(
-      withOptions({ method: 'POST', path: 'api/v1/asample', json: body, headers: { 'x-tinker-sampling-backpressure': '1' } }, options),
-    );
-    const json = responseJson<Record<string, unknown>>(res);
-    const ids = json['sample_sequence_ids'];
-    return { requestId: requireString(json, 'request_id', 'asample'), sequenceIds: Array.isArray(ids) ? ids.map(String) : undefined };
+    return api.asample(this.#ctx.transport, body, options);
   }
 
   /**
@@ -164,7 +151,6 @@ export class SamplingClient {
    * await sampler.getBaseModel(); // 'lathe/tiny-qwen3'
    */
   async getBaseModel(options?: RequestOptions): Promise<string> {
-    const res = await this.#ctx.transport.send(withOptions({ method: 'GET', path: `api/v1/samplers/${encodeURIComponent(this.samplingSessionId)}` }, options));
-    return requireString(responseJson(res), 'base_model', 'get_sampler');
+    return (await api.getSampler(this.#ctx.transport, this.samplingSessionId, options)).baseModel;
   }
 }

@@ -3,16 +3,17 @@
  * creates training, sampling and REST clients.
  */
 import { InvalidArgumentError, LatheError } from './errors.js';
+import type { Logger } from './logger.js';
 import type { RequestOptions } from './request-options.js';
 import { RestClient } from './rest-client.js';
 import { createSamplingSession, SamplingClient, type SamplingClientTarget } from './sampling-client.js';
 import { TrainingClient } from './training-client.js';
 import type { GetServerCapabilitiesResponse, OptimizerConfig } from './types.js';
-import { withOptions, type ClientContext } from '../internal/context.js';
+import * as api from '../internal/api.js';
+import type { ClientContext } from '../internal/context.js';
 import { retrieveFuture } from '../internal/futures.js';
 import { Session, type SessionFinishReason } from '../internal/session.js';
-import { responseJson, Transport } from '../internal/transport.js';
-import { capabilitiesFromJson, requireString } from '../internal/wire.js';
+import { Transport } from '../internal/transport.js';
 import { SDK_VERSION, WIRE_SDK_VERSION } from '../version.js';
 
 /**
@@ -59,6 +60,14 @@ export interface ClientOptions {
    * new ServiceClient({ sleep: async (ms) => void waits.push(ms) });
    */
   sleep?: (ms: number, signal?: AbortSignal) => Promise<void>;
+  /**
+   * Where the client reports what it recovers from without throwing (retried requests, failed
+   * heartbeats: `warn`) and each HTTP exchange (`debug`). Default: silent.
+   *
+   * @example
+   * new ServiceClient({ logger: console });
+   */
+  logger?: Logger;
 }
 
 /**
@@ -190,6 +199,7 @@ export class ServiceClient {
       maxRetryDelayMs: options.maxRetryDelayMs ?? 10_000,
       defaultHeaders: { 'x-lathe-sdk': `typescript/${SDK_VERSION}`, ...options.defaultHeaders },
       sleep: options.sleep,
+      logger: options.logger,
     });
     const session = new Session(transport, {
       sdkVersion: WIRE_SDK_VERSION,
@@ -230,8 +240,7 @@ export class ServiceClient {
    * console.log(supportedModels.map((m) => `${m.modelName} (${m.maxContextLength})`));
    */
   async getServerCapabilities(options?: RequestOptions): Promise<GetServerCapabilitiesResponse> {
-    const res = await this.#ctx.transport.send(withOptions({ method: 'GET', path: 'api/v1/get_server_capabilities' }, options));
-    return capabilitiesFromJson(responseJson(res));
+    return api.getServerCapabilities(this.#ctx.transport, options);
   }
 
   /**
@@ -245,21 +254,9 @@ export class ServiceClient {
   async createLoraTrainingClient(args: LoraTrainingClientArgs, options?: RequestOptions): Promise<TrainingClient> {
     const { sessionId, config } = await this.#ctx.session.ensure(options?.signal);
     const modelSeqId = this.#ctx.session.nextModelSeqId();
-    const lora: Record<string, unknown> = {
-      rank: args.rank ?? 32,
-      train_unembed: args.trainUnembed ?? true,
-      train_mlp: args.trainMlp ?? true,
-      train_attn: args.trainAttn ?? true,
-    };
-    if (args.seed !== undefined) lora['seed'] = args.seed;
-    const body: Record<string, unknown> = { session_id: sessionId, model_seq_id: modelSeqId, base_model: args.baseModel, lora_config: lora, type: 'create_model' };
-    if (args.userMetadata !== undefined) body['user_metadata'] = args.userMetadata;
-    if (args.optimizerConfig !== undefined) body['optimizer_config'] = args.optimizerConfig;
-    const submitted = responseJson(await this.#ctx.transport.send(withOptions({ method: 'POST', path: 'api/v1/create_model', json: body }, options)));
-    const requestId = requireString(submitted, 'request_id', 'create_model');
-    const result = await retrieveFuture(this.#ctx.transport, requestId, { kind: 'json', requestType: 'CreateModel', pollTimeoutMs: this.#ctx.pollTimeoutMs, signal: options?.signal });
-    const modelId = typeof (result as { model_id?: unknown }).model_id === 'string' ? (result as { model_id: string }).model_id : requireString(submitted, 'model_id', 'create_model');
-    return new TrainingClient(this.#ctx, config, modelId);
+    const submitted = await api.createModel(this.#ctx.transport, { ...args, sessionId, modelSeqId }, options);
+    const result = await retrieveFuture(this.#ctx.transport, submitted.requestId, { kind: 'json', requestType: 'CreateModel', pollTimeoutMs: this.#ctx.pollTimeoutMs, signal: options?.signal });
+    return new TrainingClient(this.#ctx, config, api.createModelResult(result, submitted.modelId));
   }
 
   async #fromState(path: string, optimizer: boolean, options: FromStateOptions | undefined): Promise<TrainingClient> {
@@ -321,10 +318,8 @@ export class ServiceClient {
    */
   async copyWeights(path: string, options?: CopyWeightsOptions): Promise<{ tinkerPath: string }> {
     const { sessionId } = await this.#ctx.session.ensure(options?.signal);
-    const body: Record<string, unknown> = { session_id: sessionId, model_seq_id: this.#ctx.session.nextModelSeqId(), source_path: path };
-    if (options?.ttlSeconds !== undefined) body['ttl_seconds'] = options.ttlSeconds;
-    const res = await this.#ctx.transport.send(withOptions({ method: 'POST', path: 'api/v1/copy_weights', json: body }, options));
-    return { tinkerPath: requireString(responseJson(res), 'tinker_path', 'copy_weights') };
+    const body = { sessionId, modelSeqId: this.#ctx.session.nextModelSeqId(), sourcePath: path, ttlSeconds: options?.ttlSeconds };
+    return { tinkerPath: await api.copyWeights(this.#ctx.transport, body, options) };
   }
 
   /**

@@ -2,6 +2,7 @@
  * @module `TensorData`: a dense, row-major tensor of `float32` or `int64` values, backed by a typed
  * array, with its shape. This is what loss-function inputs and outputs are made of.
  */
+import { lossInputDtype, type Dtype } from '@lathe/protocol';
 import { InvalidArgumentError } from './errors.js';
 
 /**
@@ -10,7 +11,7 @@ import { InvalidArgumentError } from './errors.js';
  * @example
  * const dtype: TensorDtype = 'float32';
  */
-export type TensorDtype = 'int64' | 'float32';
+export type TensorDtype = Dtype;
 
 /**
  * The typed array behind a dtype: `Float32Array` for `float32`, `BigInt64Array` for `int64`.
@@ -177,16 +178,6 @@ export class TensorData<D extends TensorDtype = TensorDtype> {
  */
 export type LossFnInput = TensorData | Float32Array | Float64Array | Int32Array | Uint32Array | BigInt64Array | readonly number[];
 
-/** Keys whose plain-array values get a fixed dtype (as the Python SDK's `_KEY_TO_TYPE`). */
-const KEY_DTYPES: Readonly<Record<string, TensorDtype>> = {
-  target_tokens: 'int64',
-  weights: 'float32',
-  advantages: 'float32',
-  logprobs: 'float32',
-  clip_low_threshold: 'float32',
-  clip_high_threshold: 'float32',
-};
-
 /**
  * Converts a loss-function input to a `TensorData`. A `TensorData` is kept as is. A typed array
  * or number list becomes a 1-D tensor whose dtype comes from its key (`target_tokens` → int64;
@@ -199,8 +190,15 @@ const KEY_DTYPES: Readonly<Record<string, TensorDtype>> = {
  */
 export function toTensorData(key: string, value: LossFnInput): TensorData {
   if (value instanceof TensorData) return value;
-  const byKey = KEY_DTYPES[key];
-  const integral = value instanceof BigInt64Array || value instanceof Int32Array || value instanceof Uint32Array;
-  const dtype: TensorDtype = byKey ?? (integral ? 'int64' : 'float32');
-  return TensorData.from(value, dtype);
+  return TensorData.from(value, plainInputDtype(key, value));
+}
+
+/**
+ * The dtype a plain (non-`TensorData`) loss input is sent as: by key, else by the array's kind.
+ *
+ * @example
+ * plainInputDtype('mask', Int32Array.of(1)); // 'int64'
+ */
+export function plainInputDtype(key: string, value: Exclude<LossFnInput, TensorData>): TensorDtype {
+  return lossInputDtype(key, value instanceof BigInt64Array || value instanceof Int32Array || value instanceof Uint32Array);
 }

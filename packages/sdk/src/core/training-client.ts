@@ -2,6 +2,7 @@
  * @module `TrainingClient`: one LoRA training run. Forward/backward passes, optimizer steps,
  * checkpoints, and sampling clients on its weights.
  */
+import type { DatumIn } from '@lathe/protocol';
 import { APIFuture } from './api-future.js';
 import { APIError, APIUserAbortError, InvalidArgumentError, LatheError } from './errors.js';
 import type { RequestOptions } from './request-options.js';
@@ -22,13 +23,12 @@ import type {
   SaveWeightsExternalResponse,
   SaveWeightsResponse,
 } from './types.js';
+import * as api from '../internal/api.js';
 import { chunkData, combineOutputs } from '../internal/chunks.js';
-import { withOptions, type ClientContext } from '../internal/context.js';
+import type { ClientContext } from '../internal/context.js';
 import { retrieveFuture, type ResultKind, type ResultOf } from '../internal/futures.js';
-import { encodeForwardBackwardRequest, type PbDatumIn } from '../internal/protobuf.js';
 import { abortable, type ServerClientConfig } from '../internal/session.js';
-import { responseJson, type HttpRequest } from '../internal/transport.js';
-import { adamParamsToJson, datumToProto, dimuonParamsToJson, getInfoFromJson, requireString } from '../internal/wire.js';
+import { adamParamsToJson, datumToProto, dimuonParamsToJson } from '../internal/wire.js';
 
 /** A place in the client's submission order. */
 interface Turn {
@@ -152,14 +152,15 @@ export class TrainingClient {
    * request was sent, as the Python SDK does: a server logs a request it refuses (a 4xx) in that
    * `seq_id`'s place, so the run goes past it. Only a 429 ("send it again later") takes no place.
    */
-  async #post(build: (seqId: number) => HttpRequest, options: RequestOptions | undefined): Promise<string> {
+  async #post(submit: (seqId: number) => Promise<string>, options: RequestOptions | undefined): Promise<string> {
     const seq = this.#nextSeq;
     if (options?.signal?.aborted) throw new APIUserAbortError(undefined, { cause: options.signal.reason });
-    const request = build(seq);
+    // Called outside the try: a body that cannot be built (thrown synchronously) takes no seq_id.
+    const sent = submit(seq);
     try {
-      const res = await this.#ctx.transport.send(withOptions(request, options));
+      const requestId = await sent;
       this.#nextSeq = seq + 1;
-      return requireString(responseJson(res), 'request_id', request.path);
+      return requestId;
     } catch (error) {
       if (!(error instanceof APIError && error.status === 429)) this.#nextSeq = Math.max(this.#nextSeq, seq + 1);
       throw error;
@@ -171,9 +172,9 @@ export class TrainingClient {
   }
 
   /** A JSON request in the next turn, then its result. */
-  #simple<T>(path: string, requestType: string, body: (seqId: number) => Record<string, unknown>, parse: (result: unknown) => T, options: RequestOptions | undefined): APIFuture<T> {
+  #simple<T>(requestType: string, submit: (seqId: number) => Promise<string>, parse: (result: unknown) => T, options: RequestOptions | undefined): APIFuture<T> {
     const turn = this.#reserveTurn();
-    const submitted = this.#inTurn(turn, options?.signal, async () => [await this.#post((seq) => ({ method: 'POST', path, json: body(seq) }), options)]);
+    const submitted = this.#inTurn(turn, options?.signal, async () => [await this.#post(submit, options)]);
     const result = submitted.then(async ([id]) => parse(await this.#retrieve(id!, 'json', requestType, options)));
     return new APIFuture(submitted, result);
   }
@@ -182,7 +183,7 @@ export class TrainingClient {
   // Forward / backward
 
   #fwdBwd(data: readonly Datum[], lossFn: LossFnType, lossFnConfig: LossFnConfig | undefined, forwardOnly: boolean, options: RequestOptions | undefined, turn?: Turn): APIFuture<ForwardBackwardOutput> {
-    let chunks: PbDatumIn[][];
+    let chunks: DatumIn[][];
     try {
       if (data.length === 0) throw new InvalidArgumentError('forwardBackward needs at least one datum');
       const converted = new Map(data.map((d, i) => [d, datumToProto(d, i)]));
@@ -199,15 +200,7 @@ export class TrainingClient {
       const ids: string[] = [];
       for (const chunk of chunks) {
         ids.push(
-          await this.#post(
-            (seq) => ({
-              method: 'POST',
-              path: 'api/v1/forward_backward',
-              bytes: encodeForwardBackwardRequest({ modelId: this.modelId, seqId: seq, data: chunk, lossFn, lossFnConfig: lossFnConfig ?? {}, forwardOnly }),
-              contentType: 'application/x-protobuf',
-            }),
-            options,
-          ),
+          await this.#post((seq) => api.forwardBackward(this.#ctx.transport, { modelId: this.modelId, seqId: seq, data: chunk, lossFn, lossFnConfig: lossFnConfig ?? {}, forwardOnly }, options), options),
         );
       }
       return ids;
@@ -339,13 +332,7 @@ export class TrainingClient {
    */
   optimStep(params: AdamParams | DimuonParams, options?: RequestOptions): APIFuture<OptimStepResponse> {
     const step = 'type' in params && params.type === 'dimuon' ? { optimizer_params: dimuonParamsToJson(params) } : { adam_params: adamParamsToJson(params as AdamParams) };
-    return this.#simple(
-      'api/v1/optim_step',
-      'OptimStep',
-      (seq) => ({ ...step, model_id: this.modelId, seq_id: seq, type: 'optim_step' }),
-      (r) => ({ metrics: { ...((r as { metrics?: Record<string, number> }).metrics ?? {}) } }),
-      options,
-    );
+    return this.#simple('OptimStep', (seq) => api.optimStep(this.#ctx.transport, this.modelId, seq, step, options), api.optimStepResult, options);
   }
 
   /**
@@ -356,32 +343,13 @@ export class TrainingClient {
    * const { path } = await training.saveState('step-100', { ttlSeconds: 86_400 });
    */
   saveState(name: string, options?: SaveStateOptions): APIFuture<SaveWeightsResponse> {
-    return this.#simple(
-      'api/v1/save_weights',
-      'SaveWeights',
-      (seq) => ({
-        model_id: this.modelId,
-        path: name,
-        seq_id: seq,
-        ...(options?.ttlSeconds !== undefined ? { ttl_seconds: options.ttlSeconds } : {}),
-        overwrite: options?.overwrite ?? false,
-        ...(options?.userMetadata !== undefined ? { user_metadata: options.userMetadata } : {}),
-        type: 'save_weights',
-      }),
-      (r) => ({ path: requireString(r, 'path', 'save_weights') }),
-      options,
-    );
+    const body = { name, ttlSeconds: options?.ttlSeconds, overwrite: options?.overwrite ?? false, userMetadata: options?.userMetadata };
+    return this.#simple('SaveWeights', (seq) => api.saveWeights(this.#ctx.transport, 'save_weights', this.modelId, seq, body, options), api.saveWeightsResult, options);
   }
 
   #load(path: string, optimizer: boolean, options: LoadStateOptions | undefined): APIFuture<LoadWeightsResponse> {
-    const config = options?.optimizerConfig !== undefined ? { optimizer_config: options.optimizerConfig } : {};
-    return this.#simple(
-      'api/v1/load_weights',
-      'LoadWeights',
-      (seq) => ({ model_id: this.modelId, path, seq_id: seq, optimizer, ...config, type: 'load_weights' }),
-      (r) => ({ path: typeof (r as { path?: unknown }).path === 'string' ? (r as { path: string }).path : undefined }),
-      options,
-    );
+    const body = { path, optimizer, optimizerConfig: options?.optimizerConfig };
+    return this.#simple('LoadWeights', (seq) => api.loadWeights(this.#ctx.transport, this.modelId, seq, body, options), api.loadWeightsResult, options);
   }
 
   /**
@@ -412,20 +380,8 @@ export class TrainingClient {
    * const sampler = await service.createSamplingClient({ modelPath: path });
    */
   saveWeightsForSampler(name: string, options?: SaveWeightsForSamplerOptions): APIFuture<SaveWeightsResponse> {
-    return this.#simple(
-      'api/v1/save_weights_for_sampler',
-      'SaveWeightsForSampler',
-      (seq) => ({
-        model_id: this.modelId,
-        path: name,
-        seq_id: seq,
-        ...(options?.ttlSeconds !== undefined ? { ttl_seconds: options.ttlSeconds } : {}),
-        ...(options?.userMetadata !== undefined ? { user_metadata: options.userMetadata } : {}),
-        type: 'save_weights_for_sampler',
-      }),
-      (r) => ({ path: requireString(r, 'path', 'save_weights_for_sampler') }),
-      options,
-    );
+    const body = { name, ttlSeconds: options?.ttlSeconds, userMetadata: options?.userMetadata };
+    return this.#simple('SaveWeightsForSampler', (seq) => api.saveWeights(this.#ctx.transport, 'save_weights_for_sampler', this.modelId, seq, body, options), api.saveWeightsResult, options);
   }
 
   /**
@@ -438,22 +394,8 @@ export class TrainingClient {
    * const { urls } = await service.createRestClient().getExternalWeightsUrls(path);
    */
   saveWeightsExternal(name: string, options?: SaveWeightsExternalOptions): APIFuture<SaveWeightsExternalResponse> {
-    return this.#simple(
-      'api/v1/save_weights_external',
-      'SaveWeightsExternal',
-      (seq) => ({
-        model_id: this.modelId,
-        path: name,
-        seq_id: seq,
-        ...(options?.ttlSeconds !== undefined ? { ttl_seconds: options.ttlSeconds } : {}),
-        type: 'save_weights_external',
-      }),
-      (r) => {
-        const size = (r as { size_bytes?: unknown }).size_bytes;
-        return { path: requireString(r, 'path', 'save_weights_external'), sizeBytes: typeof size === 'number' ? size : undefined };
-      },
-      options,
-    );
+    const body = { name, ttlSeconds: options?.ttlSeconds };
+    return this.#simple('SaveWeightsExternal', (seq) => api.saveWeights(this.#ctx.transport, 'save_weights_external', this.modelId, seq, body, options), api.saveWeightsExternalResult, options);
   }
 
   /**
@@ -465,13 +407,8 @@ export class TrainingClient {
    * const res = await sampler.sample({ prompt, numSamples: 1, samplingParams: { maxTokens: 20 } });
    */
   async saveWeightsAndGetSamplingClient(options?: RequestOptions): Promise<SamplingClient> {
-    const future = this.#simple(
-      'api/v1/save_weights_for_sampler',
-      'SaveWeightsForSampler',
-      (seq) => ({ model_id: this.modelId, seq_id: seq, sampling_session_seq_id: this.#ctx.session.nextSamplingSessionSeqId(), type: 'save_weights_for_sampler' }),
-      (r) => requireString(r, 'sampling_session_id', 'save_weights_for_sampler'),
-      options,
-    );
+    const body = { samplingSessionSeqId: this.#ctx.session.nextSamplingSessionSeqId() };
+    const future = this.#simple('SaveWeightsForSampler', (seq) => api.saveWeights(this.#ctx.transport, 'save_weights_for_sampler', this.modelId, seq, body, options), api.samplingSessionResult, options);
     return new SamplingClient(this.#ctx, await future);
   }
 
@@ -493,7 +430,6 @@ export class TrainingClient {
    * info.loraRank; info.modelData.tokenizerId;
    */
   async getInfo(options?: RequestOptions): Promise<GetInfoResponse> {
-    const res = await this.#ctx.transport.send(withOptions({ method: 'POST', path: 'api/v1/get_info', json: { model_id: this.modelId, type: 'get_info' } }, options));
-    return getInfoFromJson(responseJson(res));
+    return api.getInfo(this.#ctx.transport, this.modelId, options);
   }
 }

@@ -3,6 +3,7 @@
  * and the results of every call. Option and field names are camelCase; the wire stays snake_case
  * (loss-input keys such as `target_tokens` keep their wire names). Results are plain objects.
  */
+import type { LossFnType as ProtocolLossFnType } from '@lathe/protocol';
 import { InvalidArgumentError } from './errors.js';
 import type { LossFnInput, TensorData } from './tensor.js';
 
@@ -150,7 +151,7 @@ export class ModelInput {
  * @example
  * const loss: LossFnType = 'importance_sampling';
  */
-export type LossFnType = 'cross_entropy' | 'importance_sampling' | 'ppo' | 'cispo' | 'dro';
+export type LossFnType = ProtocolLossFnType;
 
 /**
  * One training example. Every loss input has first dimension `modelInput.length`; position `i`

@@ -6,7 +6,8 @@
  */
 import { APIConnectionError, APIError, APIResponseValidationError, FutureExpiredError, RequestFailedError, type RequestErrorCategory } from '../core/errors.js';
 import type { ForwardBackwardOutput, SampleResponse } from '../core/types.js';
-import { decodeForwardBackwardOutput, decodeSampleResponse, ProtobufDecodeError } from './protobuf.js';
+import { decodeForwardBackwardOutput, decodeSampleResponse, ProtoDecodeError } from '@lathe/protocol';
+import { retrieveFuturePoll } from './api.js';
 import { backoffMs, errorBody, responseJson, retryAfterMs, type Transport } from './transport.js';
 import { forwardBackwardOutputFromJson, forwardBackwardOutputFromProto, sampleResponseFromJson, sampleResponseFromProto } from './wire.js';
 
@@ -66,16 +67,13 @@ export async function retrieveFuture<K extends ResultKind>(transport: Transport,
     const sentAt = Date.now();
     let res;
     try {
-      res = await transport.send({
-        method: 'POST',
-        path: 'api/v1/retrieve_future',
-        json: { request_id: requestId, allow_metadata_only: allowMetadataOnly },
+      res = await retrieveFuturePoll(transport, {
+        requestId,
+        allowMetadataOnly,
         accept: binary ? `${PROTO}, application/json` : 'application/json',
         headers,
         timeoutMs: options.pollTimeoutMs,
-        maxRetries: 0,
         signal: options.signal,
-        passStatus: (s) => s === 400 || s === 408 || s === 410 || s === 429 || s >= 500,
       });
     } catch (error) {
       if (error instanceof APIConnectionError && failures < maxRetries) {
@@ -120,7 +118,7 @@ export async function retrieveFuture<K extends ResultKind>(transport: Transport,
         const result = options.kind === 'fwdbwd' ? forwardBackwardOutputFromProto(decodeForwardBackwardOutput(res.body)) : sampleResponseFromProto(decodeSampleResponse(res.body));
         return result as ResultOf<K>;
       } catch (error) {
-        if (error instanceof ProtobufDecodeError) throw new APIResponseValidationError(`retrieve_future ${requestId}: ${error.message}`, { cause: error });
+        if (error instanceof ProtoDecodeError) throw new APIResponseValidationError(`retrieve_future ${requestId}: ${error.message}`, { cause: error });
         throw error;
       }
     }

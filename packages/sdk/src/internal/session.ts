@@ -6,8 +6,8 @@
  */
 import { APIError, APIUserAbortError, LatheError } from '../core/errors.js';
 import { raceAbort } from './abort.js';
-import { responseJson, type Transport } from './transport.js';
-import { requireString } from './wire.js';
+import * as api from './api.js';
+import type { Transport } from './transport.js';
 
 /** The server's client config (tinker-protocol.md §4.1.1), the fields this SDK uses. */
 export interface ServerClientConfig {
@@ -85,17 +85,14 @@ export class Session {
   }
 
   private async start(): Promise<SessionInfo> {
-    const configRes = await this.transport.send({ method: 'POST', path: 'api/v1/client/config', json: { sdk_version: this.options.sdkVersion } });
-    const config = readConfig(responseJson(configRes));
-    const body: Record<string, unknown> = {
+    const config = readConfig(await api.clientConfig(this.transport, this.options.sdkVersion));
+    const sessionId = await api.createSession(this.transport, {
       tags: [...this.options.tags],
-      user_metadata: { ...this.options.userMetadata },
-      sdk_version: this.options.sdkVersion,
-      type: 'create_session',
-    };
-    if (this.options.projectId !== undefined) body['project_id'] = this.options.projectId;
-    const created = responseJson(await this.transport.send({ method: 'POST', path: 'api/v1/create_session', json: body }));
-    const info = { sessionId: requireString(created, 'session_id', 'create_session'), config };
+      userMetadata: { ...this.options.userMetadata },
+      sdkVersion: this.options.sdkVersion,
+      projectId: this.options.projectId,
+    });
+    const info = { sessionId, config };
     if (this.closed) {
       await this.finish(info.sessionId, 'interrupted', undefined);
       throw new LatheError('this ServiceClient is closed');
@@ -109,16 +106,11 @@ export class Session {
     if (this.options.heartbeatIntervalMs <= 0) return;
     const beat = async (): Promise<void> => {
       try {
-        await this.transport.send({
-          method: 'POST',
-          path: 'api/v1/session_heartbeat',
-          json: { session_id: sessionId, type: 'session_heartbeat' },
-          timeoutMs: Math.min(10_000, this.transport.config.timeoutMs),
-          maxRetries: 0,
-        });
+        await api.sessionHeartbeat(this.transport, sessionId);
       } catch (error) {
         // 410: the session is finished, so stop beating. Other failures are transient.
         if (error instanceof APIError && error.status === 410) this.stopHeartbeat();
+        this.transport.config.logger?.warn(`session ${sessionId}: heartbeat failed: ${(error as Error).message}`, { sessionId });
       }
     };
     this.heartbeat = setInterval(() => void beat(), this.options.heartbeatIntervalMs);
@@ -147,9 +139,8 @@ export class Session {
   }
 
   private async finish(sessionId: string, reason: SessionFinishReason, detail: string | undefined): Promise<void> {
-    const body: Record<string, unknown> = { reason: { type: reason }, ...(detail !== undefined ? { detail } : {}) };
     try {
-      await this.transport.send({ method: 'POST', path: `api/v1/sessions/${encodeURIComponent(sessionId)}/finish`, json: body, maxRetries: 1 });
+      await api.finishSession(this.transport, sessionId, reason, detail);
     } catch (error) {
       // Servers without the route (404) or with the session already gone (410) are fine.
       if (!(error instanceof APIError && (error.status === 404 || error.status === 410))) throw error;

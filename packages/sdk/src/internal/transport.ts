@@ -5,6 +5,7 @@
  * request is reused across its retries, and so is its body (hence its `seq_id`).
  */
 import { APIConnectionError, APIError, APIResponseValidationError, APITimeoutError, APIUserAbortError, InvalidArgumentError } from '../core/errors.js';
+import type { Logger } from '../core/logger.js';
 import { raceAbort } from './abort.js';
 
 /** Resolved transport settings. */
@@ -20,6 +21,8 @@ export interface TransportConfig {
   defaultHeaders: Record<string, string>;
   /** How retries and polls wait (default {@link sleep}); tests inject one that records the delays. */
   sleep?: ((ms: number, signal?: AbortSignal) => Promise<void>) | undefined;
+  /** Told of each exchange (debug) and each retry (warn); default silent. */
+  logger?: Logger | undefined;
 }
 
 /** One logical request (retried as a whole). */
@@ -53,6 +56,9 @@ export interface HttpResponse {
 }
 
 const textDecoder = new TextDecoder();
+
+/** The default logger: drops everything. */
+const SILENT_LOGGER: Logger = { debug: () => undefined, warn: () => undefined };
 
 /** The body as text. */
 export function responseText(res: HttpResponse): string {
@@ -182,22 +188,28 @@ export class Transport {
   async send(req: HttpRequest): Promise<HttpResponse> {
     const maxRetries = req.maxRetries ?? this.config.maxRetries;
     const idempotencyKey = req.method === 'GET' ? undefined : `lathe-ts-retry-${uuid4()}`;
+    const logger = this.config.logger ?? SILENT_LOGGER;
+    const retry = (attempt: number, waitMs: number, reason: string): Promise<void> => {
+      logger.warn(`${req.method} ${req.path}: ${reason}; retry ${attempt + 1} of ${maxRetries} in ${Math.round(waitMs)} ms`, { method: req.method, path: req.path, attempt, waitMs });
+      return this.wait(waitMs, req.signal);
+    };
     for (let attempt = 0; ; attempt++) {
       let res: HttpResponse;
+      const started = Date.now();
       try {
         res = await this.attempt(req, attempt, idempotencyKey);
       } catch (error) {
         if (error instanceof APIConnectionError && attempt < maxRetries) {
-          await this.wait(backoffMs(attempt, this.config.initialRetryDelayMs, this.config.maxRetryDelayMs), req.signal);
+          await retry(attempt, backoffMs(attempt, this.config.initialRetryDelayMs, this.config.maxRetryDelayMs), error.message);
           continue;
         }
         throw error;
       }
+      logger.debug(`${req.method} ${req.path} -> ${res.status}`, { method: req.method, path: req.path, status: res.status, attempt, ms: Date.now() - started });
       if ((res.status >= 200 && res.status < 300) || req.passStatus?.(res.status) === true) return res;
       if (req.redirect === 'manual' && res.status >= 300 && res.status < 400) return res;
       if (attempt < maxRetries && isRetryableStatus(res.status, res.headers)) {
-        const wait = retryAfterMs(res.headers) ?? backoffMs(attempt, this.config.initialRetryDelayMs, this.config.maxRetryDelayMs);
-        await this.wait(wait, req.signal);
+        await retry(attempt, retryAfterMs(res.headers) ?? backoffMs(attempt, this.config.initialRetryDelayMs, this.config.maxRetryDelayMs), `status ${res.status}`);
         continue;
       }
       throw APIError.generate(res.status, errorBody(res), res.headers);

@@ -3,7 +3,8 @@
  * protobuf messages). Every response mapper tolerates missing optional fields and ignores extra ones.
  */
 import { APIResponseValidationError, InvalidArgumentError } from '../core/errors.js';
-import { TensorData, toTensorData } from '../core/tensor.js';
+import { denseWithFill, int32Tokens, parseTinkerPath as parseTinker, TinkerPathError, type ChunkIn, type DatumIn, type DecodedForwardBackwardOutput, type SampleResponseMsg, type TensorData as WireTensor, type TensorIn } from '@lathe/protocol';
+import { plainInputDtype, TensorData, toTensorData } from '../core/tensor.js';
 import type {
   AdamParams,
   Checkpoint,
@@ -21,19 +22,23 @@ import type {
   TrainingRun,
   WeightsInfoResponse,
 } from '../core/types.js';
-import type { PbChunkIn, PbDatumIn, PbForwardBackwardOutput, PbSampleResponse, PbTensorOut } from './protobuf.js';
 
 type Json = Record<string, unknown>;
 
 // ---------------------------------------------------------------------------------------------
 // Requests
 
-/** The protobuf form of a datum; loss inputs become dense tensors with their shapes. */
-export function datumToProto(datum: Datum, index: number): PbDatumIn {
-  const chunks: PbChunkIn[] = datum.modelInput.chunks.map((c) =>
-    c.type === 'encoded_text' ? { kind: 'encoded_text', tokens: c.tokens } : { kind: 'image', data: c.data, format: c.format, expectedTokens: c.expectedTokens },
-  );
-  const lossFnInputs: Record<string, PbDatumIn['lossFnInputs'][string]> = {};
+/** The protobuf form of a datum: int32 token chunks, loss inputs as dense tensors with their shapes. */
+export function datumToProto(datum: Datum, index: number): DatumIn & { chunks: ChunkIn[] } {
+  const chunks = datum.modelInput.chunks.map((c, j): ChunkIn => {
+    if (c.type !== 'encoded_text') return { kind: 'image', data: c.data, format: c.format, expectedTokens: c.expectedTokens };
+    try {
+      return { kind: 'encoded_text', tokens: int32Tokens(c.tokens, `data[${index}].modelInput.chunks[${j}].tokens`) };
+    } catch (error) {
+      throw new InvalidArgumentError((error as Error).message, { cause: error });
+    }
+  });
+  const lossFnInputs: Record<string, TensorIn> = {};
   for (const [key, value] of Object.entries(datum.lossFnInputs)) {
     let tensor: TensorData;
     try {
@@ -52,15 +57,9 @@ export function estimateDatumBytes(datum: Datum): number {
   for (const c of datum.modelInput.chunks) bytes += c.type === 'encoded_text' ? c.tokens.length * 4 : c.data.length;
   for (const [key, value] of Object.entries(datum.lossFnInputs)) {
     if (value instanceof TensorData) bytes += value.data.byteLength;
-    else bytes += value.length * (toTensorDtypeWidth(key, value));
+    else bytes += value.length * (plainInputDtype(key, value) === 'int64' ? 8 : 4);
   }
   return bytes;
-}
-
-function toTensorDtypeWidth(key: string, value: Exclude<Datum['lossFnInputs'][string], TensorData>): number {
-  if (key === 'target_tokens') return 8;
-  if (['weights', 'advantages', 'logprobs', 'clip_low_threshold', 'clip_high_threshold'].includes(key)) return 4;
-  return value instanceof BigInt64Array || value instanceof Int32Array || value instanceof Uint32Array ? 8 : 4;
 }
 
 function base64(bytes: Uint8Array): string {
@@ -137,7 +136,7 @@ export function requireString(body: unknown, key: string, what: string): string 
 }
 
 /** A decoded protobuf output as the public type. */
-export function forwardBackwardOutputFromProto(pb: PbForwardBackwardOutput): ForwardBackwardOutput {
+export function forwardBackwardOutputFromProto(pb: DecodedForwardBackwardOutput): ForwardBackwardOutput {
   return {
     lossFnOutputType: pb.lossFnOutputType,
     lossFnOutputs: pb.lossFnOutputs.map((rec) => Object.fromEntries(Object.entries(rec).map(([k, t]) => [k, new TensorData(t.dtype, t.data as never, t.shape)]))),
@@ -164,9 +163,9 @@ export function forwardBackwardOutputFromJson(body: unknown): ForwardBackwardOut
   };
 }
 
-/** A decoded protobuf sample result as the public type. */
-export function sampleResponseFromProto(pb: PbSampleResponse): SampleResponse {
-  const floats = (t: PbTensorOut, what: string): TensorData<'float32'> => {
+/** A decoded protobuf sample result as the public type; a CSR `targetPromptLogprobs` is densified with NaN ("not requested"). */
+export function sampleResponseFromProto(pb: SampleResponseMsg): SampleResponse {
+  const floats = (t: WireTensor, what: string): TensorData<'float32'> => {
     if (t.dtype !== 'float32') throw new APIResponseValidationError(`sample result: ${what} is ${t.dtype}, expected float32`);
     return TensorData.float32(t.data, t.shape);
   };
@@ -175,7 +174,7 @@ export function sampleResponseFromProto(pb: PbSampleResponse): SampleResponse {
     promptLogprobs: pb.promptLogprobs,
     topkPromptLogprobs: pb.topkPromptLogprobs,
     promptCacheHitTokens: pb.promptCacheHitTokens,
-    ...(pb.targetPromptLogprobs ? { targetPromptLogprobs: floats(pb.targetPromptLogprobs, 'target_prompt_logprobs') } : {}),
+    ...(pb.targetPromptLogprobs ? { targetPromptLogprobs: floats(denseWithFill(pb.targetPromptLogprobs, NaN, 'target_prompt_logprobs'), 'target_prompt_logprobs') } : {}),
     ...(pb.promptAltTokens
       ? { promptAltTokens: { tokens: TensorData.int64(pb.promptAltTokens.tokens.data, pb.promptAltTokens.tokens.shape), logprobs: floats(pb.promptAltTokens.logprobs, 'prompt_alt_tokens.logprobs') } }
       : {}),
@@ -330,14 +329,19 @@ export function checkpointsListFromJson(body: unknown): CheckpointsListResponse 
   };
 }
 
-/** Splits `tinker://{model_id}/{weights|sampler_weights|external_weights}/{name}` into run id and checkpoint id. */
+/**
+ * Splits `tinker://{model_id}/{weights|sampler_weights|external_weights}/{name}` into run id and checkpoint id.
+ *
+ * @throws {InvalidArgumentError} when it is not such a path.
+ */
 export function parseTinkerPath(path: string): { trainingRunId: string; checkpointId: string } {
-  if (!path.startsWith('tinker://')) throw new InvalidArgumentError(`not a tinker:// path: ${JSON.stringify(path)}`);
-  const parts = path.slice('tinker://'.length).split('/');
-  if (parts.length !== 3 || !['weights', 'sampler_weights', 'external_weights'].includes(parts[1]!) || !parts[0] || !parts[2]) {
-    throw new InvalidArgumentError(`invalid tinker path ${JSON.stringify(path)}: expected tinker://<run>/weights/<name> or tinker://<run>/sampler_weights/<name>`);
+  try {
+    const { modelId, checkpointId } = parseTinker(path);
+    return { trainingRunId: modelId, checkpointId };
+  } catch (error) {
+    if (error instanceof TinkerPathError) throw new InvalidArgumentError(error.message, { cause: error });
+    throw error;
   }
-  return { trainingRunId: parts[0], checkpointId: `${parts[1]}/${parts[2]}` };
 }
 
 /** A path segment escaped for a URL; checkpoint ids keep their `/`. */

@@ -7,21 +7,10 @@
  * (save_weights_external), for other tools: it is never loaded back.
  */
 import path from 'node:path';
+import { parseTinkerPath as parseTinker, TinkerPathError, type CheckpointKind, type TinkerPath } from '@lathe/protocol';
 import { badRequest } from '../http/errors.js';
 
-/** The kinds of checkpoint, as their path segment. */
-export type CheckpointKind = 'weights' | 'sampler_weights' | 'external_weights';
-
-const KINDS: readonly string[] = ['weights', 'sampler_weights', 'external_weights'] satisfies CheckpointKind[];
-
-/** A parsed `tinker://` path. */
-export interface TinkerPath {
-  modelId: string;
-  kind: CheckpointKind;
-  name: string;
-  /** `{kind}/NAME`, the REST checkpoint id. */
-  checkpointId: string;
-}
+export { formatTinkerPath, type CheckpointKind, type TinkerPath } from '@lathe/protocol';
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
@@ -33,30 +22,27 @@ export function checkName(name: string): string {
   return name;
 }
 
-/** Builds `tinker://{modelId}/{kind}/{name}`. */
-export function formatTinkerPath(modelId: string, kind: CheckpointKind, name: string): string {
-  return `tinker://${modelId}/${kind}/${name}`;
-}
-
 /**
- * Parses a `tinker://` path, as the Python SDK does (exactly three parts after the scheme). With
- * `loadable`, a path that cannot be loaded into a training run or sampler (an external export) is
- * refused too.
+ * Parses a `tinker://` path (see `@lathe/protocol`'s `parseTinkerPath`), as a 400 when it is not
+ * one. With `loadable`, a path that cannot be loaded into a training run or sampler (an external
+ * export) is refused too.
  *
  * @example
  * parseTinkerPath('tinker://S:train:0/weights/step_10'); // { modelId: 'S:train:0', kind: 'weights', name: 'step_10', ... }
  * parseTinkerPath('tinker://S:train:0/external_weights/hf', { loadable: true }); // throws a 400
  */
 export function parseTinkerPath(value: string, options: { loadable?: boolean } = {}): TinkerPath {
-  const parts = value.startsWith('tinker://') ? value.slice('tinker://'.length).split('/') : [];
-  const [modelId, kind, name] = parts;
-  if (parts.length !== 3 || !modelId || kind === undefined || !KINDS.includes(kind) || !name) {
-    throw badRequest(`invalid tinker path ${JSON.stringify(value)}: expected tinker://<model_id>/weights/<name> or tinker://<model_id>/sampler_weights/<name>`);
+  let parsed: TinkerPath;
+  try {
+    parsed = parseTinker(value);
+  } catch (error) {
+    if (error instanceof TinkerPathError) throw badRequest(error.message);
+    throw error;
   }
-  if (options.loadable && kind === 'external_weights') {
+  if (options.loadable && parsed.kind === 'external_weights') {
     throw badRequest(`${value} is a Hugging Face PEFT export (save_weights_external) and cannot be loaded; use a weights/ or sampler_weights/ checkpoint`, 'not_loadable');
   }
-  return { modelId, kind: kind as CheckpointKind, name, checkpointId: `${kind}/${name}` };
+  return parsed;
 }
 
 /** The folder of a checkpoint under the data directory. */

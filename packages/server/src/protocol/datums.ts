@@ -6,10 +6,7 @@ import { badRequest } from '../http/errors.js';
 import type { WorkerDatum } from '../scheduler/lane.js';
 import type { ModelEntry } from '../worker/catalogue.js';
 import { toWire, tokensToWire } from '../worker/tensor.js';
-import type { TensorData, WireDatum } from './proto.js';
-
-/** The loss functions the worker implements (tinker-protocol.md §6.3). */
-export const LOSS_FUNCTIONS = ['cross_entropy', 'importance_sampling', 'ppo', 'cispo', 'dro'] as const;
+import { isLossFn, LOSS_FUNCTIONS, type TensorData, type WireDatum } from '@lathe/protocol';
 
 /** Fails with the hosted service's wording when a sequence cannot fit the context window. */
 export function checkContext(promptLength: number, maxTokens: number, model: ModelEntry): void {
@@ -46,7 +43,7 @@ function checkTensor(key: string, tensor: TensorData, length: number, where: str
 
 /** Validates `loss_fn` and every datum, returning the worker's form of the data. */
 export function prepareData(lossFn: string, data: WireDatum[], model: ModelEntry): WorkerDatum[] {
-  if (!(LOSS_FUNCTIONS as readonly string[]).includes(lossFn)) {
+  if (!isLossFn(lossFn)) {
     throw badRequest(`unknown loss_fn ${JSON.stringify(lossFn)}; expected one of ${LOSS_FUNCTIONS.join(', ')}`, 'unknown_loss_fn');
   }
   if (data.length === 0) throw badRequest('forward_backward needs at least one datum', 'empty_batch');

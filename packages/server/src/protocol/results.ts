@@ -4,7 +4,7 @@
  */
 import { decode, encode } from '@msgpack/msgpack';
 import { fromWire, wireToNumbers, type WireTensor } from '../worker/tensor.js';
-import { encodeForwardBackwardOutput, encodeSampleResponse, inLayout, type CsrIndex, type LaidOutTensor, type TensorData, type TopkRows } from './proto.js';
+import { encodeForwardBackwardOutput, encodeSampleResponse, inLayout, type CsrIndex, type LaidOutTensor, type TensorData, type TopkRows } from '@lathe/protocol';
 
 /** The sampling outputs as the worker replies them (worker/README.md "Sampling extras"). */
 export interface StoredSample {

@@ -5,7 +5,8 @@
 import { badRequest, gone, notFound } from '../http/errors.js';
 import { parseTinkerPath } from '../checkpoints/paths.js';
 import { checkContext, checkTokens } from '../protocol/datums.js';
-import { denseIds, idsFromJson, modelInputFromJson, ProtoDecodeError, type CsrIndex } from '../protocol/proto.js';
+import { denseWithFill as denseIds, ProtoDecodeError, type CsrIndex } from '@lathe/protocol';
+import { idsFromJson, modelInputFromJson } from '../protocol/proto.js';
 import { renderResult, unpackResult } from '../protocol/results.js';
 import {
   CancelFutureBody,

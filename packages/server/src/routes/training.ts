@@ -8,7 +8,8 @@ import { badRequest, HttpError, notFound } from '../http/errors.js';
 import { checkpointDir, checkName, formatTinkerPath, parseTinkerPath, type CheckpointKind } from '../checkpoints/paths.js';
 import { prepareData } from '../protocol/datums.js';
 import { parseOptimizerConfig, optimStepParams } from '../protocol/optimizers.js';
-import { decodeForwardBackwardEnvelope, modelInputFromJson, ProtoDecodeError, tensorFromJson, type ForwardBackwardEnvelope, type WireDatum } from '../protocol/proto.js';
+import { decodeForwardBackwardEnvelope, ProtoDecodeError, type ForwardBackwardEnvelope, type WireDatum } from '@lathe/protocol';
+import { modelInputFromJson, tensorFromJson } from '../protocol/proto.js';
 import {
   CopyWeightsBody,
   CreateModelBody,
