@@ -183,7 +183,7 @@ test('an interrupted DPO run resumes from its last checkpoint with its optimizer
   // Same weights, Adam moments, reference and batches as the uninterrupted run: the same numbers.
   for (const [i, r] of resumed.entries()) {
     for (const key of ['margin', 'chosen_reward', 'test/margin']) {
-      const ref = uninterrupted[i]![key];
+      const ref: number | undefined = uninterrupted[i]![key];
       assert.equal(key in r, ref !== undefined, `step ${i} ${key} present in one run only`);
       // Relative to at least 1: before any update the margins are rounding noise around 0.
       if (ref !== undefined) assert.ok(Math.abs(r[key]! - ref) < 1e-3 * Math.max(Math.abs(ref), 1), `step ${i} ${key}: resumed ${r[key]} vs uninterrupted ${ref}`);

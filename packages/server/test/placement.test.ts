@@ -110,7 +110,7 @@ describe('placement on one server', () => {
       // Twins: the same seed and data give the same losses, wherever the adapters were in between.
       const [first, second, llama] = [await client.createModel(QWEN, 1), await client.createModel(QWEN, 1), await client.createModel(LLAMA, 3)];
       // Interleaved: each qwen run's turn moves the other one to disk and back.
-      const [firstLosses, secondLosses, llamaLosses] = [[], [], []] as number[][];
+      const [firstLosses, secondLosses, llamaLosses]: [number[], number[], number[]] = [[], [], []];
       for (let step = 0; step < 3; step++) {
         firstLosses.push(await client.trainStep(first, 1 + 2 * step));
         secondLosses.push(await client.trainStep(second, 1 + 2 * step));

@@ -314,14 +314,15 @@ for (const lane of lanes) {
         };
         assert.deepEqual(run, expected);
         // A run's optimizer and initial state are kept as given.
+        const { serverId: _serverId, ...runFields } = run; // create takes a server id or none, not null
         const otherSid = await newSession(store, 'dave');
-        const dimuon = await store.runs.create({ ...run, owner: 'dave', sessionId: otherSid, modelId: `${otherSid}:train:0`, optimizerConfig: { type: 'dimuon', version: 1 }, state: 'unloaded', now: 1100 });
+        const dimuon = await store.runs.create({ ...runFields, owner: 'dave', sessionId: otherSid, modelId: `${otherSid}:train:0`, optimizerConfig: { type: 'dimuon', version: 1 }, state: 'unloaded', now: 1100 });
         assert.deepEqual([dimuon.optimizerConfig, dimuon.state], [{ type: 'dimuon', version: 1 }, 'unloaded']);
         assert.deepEqual((await store.runs.get(dimuon.modelId, 'dave'))?.optimizerConfig, { type: 'dimuon', version: 1 });
         // Duplicate model id: the original row, unchanged.
-        const again = await store.runs.create({ ...run, baseModel: 'other', loraRank: 1, now: 5000 });
+        const again = await store.runs.create({ ...runFields, baseModel: 'other', loraRank: 1, now: 5000 });
         assert.deepEqual(again, run);
-        await assert.rejects(store.runs.create({ ...run, owner: 'mallory', now: 6000 }), StoreConflictError);
+        await assert.rejects(store.runs.create({ ...runFields, owner: 'mallory', now: 6000 }), StoreConflictError);
         await assert.rejects(newRun(store, 'alice', 'no-such-session', 0, 1), 'the session must exist');
 
         assert.deepEqual(await store.runs.get(run.modelId, 'alice'), run);
