@@ -1,5 +1,5 @@
 /**
- * @module A training progress line on stderr: step/total, loss and ETA; redrawn in place on a
+ * @module A training progress line on stderr: step/total, a metric (loss, reward) and ETA; redrawn in place on a
  * terminal, one plain line per step otherwise (logs, pipes, tests).
  */
 
@@ -21,23 +21,28 @@ export class ProgressBar {
   readonly #stream: ProgressStream;
   readonly #total: number;
   readonly #firstStep: number;
+  readonly #metric: string;
   readonly #startedAt = performance.now();
   #drawn = false;
 
-  /** `firstStep`: the steps done before this process (a resumed run), left out of the ETA's rate. */
-  constructor(stream: ProgressStream, total: number, firstStep: number) {
+  /**
+   * `firstStep`: the steps done before this process (a resumed run), left out of the ETA's rate;
+   * `metric`: the name shown before each step's value.
+   */
+  constructor(stream: ProgressStream, total: number, firstStep: number, metric = 'loss') {
     this.#stream = stream;
     this.#total = total;
     this.#firstStep = firstStep;
+    this.#metric = metric;
   }
 
-  /** Reports that `done` steps of the total are done, the last with training loss `loss`. */
-  update(done: number, loss: number): void {
+  /** Reports that `done` steps of the total are done, the last with `value` of the metric (the training loss by default). */
+  update(done: number, value: number): void {
     const width = 20;
     const filled = Math.round((width * done) / this.#total);
     const bar = `[${'#'.repeat(filled)}${'-'.repeat(width - filled)}]`;
     const steps = `${String(done).padStart(String(this.#total).length)}/${this.#total}`;
-    const line = `${bar} ${steps}  loss ${loss.toFixed(4)}  ETA ${formatDuration(this.#eta(done))}`;
+    const line = `${bar} ${steps}  ${this.#metric} ${value.toFixed(4)}  ETA ${formatDuration(this.#eta(done))}`;
     if (this.#stream.isTTY === true) {
       this.#stream.write(`\r\x1b[2K${line}`);
       this.#drawn = true;

@@ -23,6 +23,13 @@ test('the progress bar redraws one line on a terminal and prints plain lines els
   assert.equal(plain.length, 2, 'done() adds nothing after plain lines');
 });
 
+test('the progress bar shows the metric it was made for', () => {
+  const lines: string[] = [];
+  const bar = new ProgressBar({ write: (s: string) => lines.push(s) }, 10, 0, 'reward');
+  bar.update(3, 0.3125);
+  assert.match(lines[0]!, / 3\/10 {2}reward 0\.3125 {2}ETA /);
+});
+
 test('formatDuration', () => {
   assert.equal(formatDuration(0), '0:00');
   assert.equal(formatDuration(75.4), '1:15');
