@@ -110,7 +110,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
 
   return withService({ dataDir: options.dataDir, ...(options.modelsDir !== undefined && { modelsDir: options.modelsDir }) }, log, async (service) => {
     const probe = async (sampler: SamplingClient, when: string): Promise<DemoProbe> => {
-      const [{ reply }, arithmetic] = await Promise.all([sampleChatReply(sampler, renderer, question, { maxTokens: 16, temperature: 0 }), sampledArithmetic(sampler, tokenizer)]);
+      const [{ reply }, arithmetic] = await Promise.all([sampleChatReply(sampler, renderer, question, { maxTokens: 10, temperature: 0 }), sampledArithmetic(sampler, tokenizer)]);
       log(`${when}: ${JSON.stringify(DEMO_QUESTION)} -> ${JSON.stringify(reply)}; arithmetic ${arithmetic.text}`);
       return { reply, arithmetic: arithmetic.accuracy };
     };
