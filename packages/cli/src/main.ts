@@ -5,7 +5,7 @@ import path from 'node:path';
 import { DataDirError, parseAlias } from '@lathe/server';
 import { Command, InvalidArgumentError } from 'commander';
 import { checkpointsTable, deleteCheckpoint, downloadCheckpoint, exportCheckpoint, listCheckpoints } from './commands/checkpoints.js';
-import { runDemo } from './commands/demo.js';
+import { runDemo, type DemoOptions } from './commands/demo.js';
 import { listModels, modelsTable, pullIntoModelsDir } from './commands/models.js';
 import { formatRunDetails, listRuns, runsTable, showRun } from './commands/runs.js';
 import { runSample, type SampleOptions } from './commands/sample.js';
@@ -150,13 +150,15 @@ export function buildProgram(): Command {
   const program = new Command('lathe').description('Lathe: self-hostable LoRA fine-tuning, Tinker-compatible').version('0.1.0');
   program
     .command('demo')
-    .description('start an embedded server and fine-tune the built-in tiny model through the SDK; print loss and samples before and after')
+    .description('start an embedded server; fine-tune the built-in tiny model (SFT, then RL) through the SDK and cookbook, with samples before and after and plots of the loss and reward')
     .option('--model <name>', 'base model', 'lathe/tiny-qwen3')
-    .option('--steps <n>', 'training steps', parseInteger('--steps', { min: 1 }), 30)
+    .option('--sft-steps <n>', 'supervised fine-tuning steps', parseInteger('--sft-steps', { min: 1 }), 12)
+    .option('--rl-steps <n>', 'RL steps', parseInteger('--rl-steps', { min: 1 }), 14)
     .option('--data-dir <dir>', 'the embedded server data directory', DEFAULT_DATA_DIR)
     .option('--models-dir <dir>', 'where models are found and tiny models are written (default <data-dir>/models)')
-    .action(async (opts: { model: string; steps: number; dataDir: string; modelsDir?: string }) => {
-      await runDemo({ ...opts, log: (line) => console.log(line) });
+    .option('--log-dir <dir>', 'where the runs log (sft/, rl/; default a new <data-dir>/demo/<time>)')
+    .action(async (opts: Omit<DemoOptions, 'progress' | 'log'>) => {
+      await runDemo({ ...opts, progress: process.stderr, log: (line) => console.log(line) });
     });
   program
     .command('serve')

@@ -38,7 +38,7 @@ describe('parseInteger', () => {
 
 describe('the lathe command', () => {
   for (const [argv, flag] of [
-    [['demo', '--steps', 'ten'], '--steps'],
+    [['demo', '--rl-steps', 'ten'], '--rl-steps'],
     [['serve', '--port', 'http'], '--port'],
     [['serve', '--port', '99999'], '--port'],
     [['serve', '--max-resident-adapters', '0'], '--max-resident-adapters'],

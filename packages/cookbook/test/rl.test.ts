@@ -12,6 +12,7 @@ import {
   applyKlPenalty,
   ArithmeticDataset,
   ArithmeticEnv,
+  arithmeticFormatExamples,
   assembleTrainingData,
   computeAdvantages,
   computeReferenceLogprobs,
@@ -81,12 +82,8 @@ test('RL raises the arithmetic reward of a model that only knows the answer form
   // The tiny model's weights are random: it almost never emits a digit (1 in ~15 000 tokens), so
   // RL alone gets no signal. A few SFT steps on uniformly random answers in 0..4 teach the format
   // only; RL must then find which answer is right for each question.
-  const formatExamples = PROBLEMS.flatMap(([a, b]) =>
-    [0, 1, 2, 3, 4].map((answer) => {
-      const prompt = tokenizer.encode(ArithmeticEnv.question(a, b));
-      return datumFromExample({ tokens: [...prompt, ...tokenizer.encode(String(answer))], weights: [...prompt.map(() => 0), 1] });
-    }),
-  );
+  const formatExamples = arithmeticFormatExamples(tokenizer, MAX_SUM).map((example) => datumFromExample(example));
+  assert.equal(formatExamples.length, PROBLEMS.length * (MAX_SUM + 1));
   const warmup = await trainSupervised({
     service, logPath: path.join(root, 'format'), modelName: MODEL, dataset: new DatumDataset(formatExamples, { batchSize: formatExamples.length, seed: 0 }),
     loraRank: 8, seed: 0, learningRate: 1e-2, lrSchedule: 'linear', numEpochs: 12, saveEvery: 0, evalEvery: 0, console: () => {},

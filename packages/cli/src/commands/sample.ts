@@ -2,8 +2,8 @@
  * @module `lathe sample`: one chat reply from a base model or saved sampler weights, with the
  * model's chat template (prompt rendering, stop sequences, response parsing).
  */
-import { textOf, type Message } from '@lathe/cookbook';
-import { ModelInput } from '@lathe/sdk';
+import { textOf, type Message, type Renderer } from '@lathe/cookbook';
+import { ModelInput, type SamplingClient } from '@lathe/sdk';
 import { rendererFor } from './chat.js';
 import { withService, type ConnectOptions } from './connect.js';
 
@@ -45,17 +45,33 @@ export async function runSample(options: SampleOptions): Promise<SampleResult> {
     const renderer = rendererFor(baseModel, options.renderer);
     const messages: Message[] = [...(options.system !== undefined ? [{ role: 'system' as const, content: options.system }] : []), { role: 'user', content: options.prompt }];
     const sampler = await service.createSamplingClient(isPath ? { modelPath: options.model } : { baseModel });
-    const result = await sampler.sample({
-      prompt: ModelInput.fromInts(renderer.buildGenerationPrompt(messages)),
-      numSamples: 1,
-      samplingParams: {
-        maxTokens: options.maxTokens,
-        temperature: options.temperature,
-        stop: renderer.getStopSequences(),
-        ...(options.seed !== undefined && { seed: options.seed }),
-      },
-    });
-    const parsed = renderer.parseResponse(result.sequences[0]?.tokens ?? []);
-    return { reply: textOf(parsed.message, renderer.name), complete: parsed.ok, baseModel };
+    return { ...(await sampleChatReply(sampler, renderer, messages, options)), baseModel };
   });
+}
+
+/**
+ * Renders `messages` with `renderer`'s chat template, samples the assistant's turn (stopping at the
+ * template's end of turn) and parses it.
+ *
+ * @example
+ * const { reply } = await sampleChatReply(sampler, renderer, [{ role: 'user', content: 'Hi' }], { maxTokens: 32, temperature: 0 });
+ */
+export async function sampleChatReply(
+  sampler: SamplingClient,
+  renderer: Renderer,
+  messages: Message[],
+  params: { maxTokens: number; temperature: number; seed?: number },
+): Promise<Omit<SampleResult, 'baseModel'>> {
+  const result = await sampler.sample({
+    prompt: ModelInput.fromInts(renderer.buildGenerationPrompt(messages)),
+    numSamples: 1,
+    samplingParams: {
+      maxTokens: params.maxTokens,
+      temperature: params.temperature,
+      stop: renderer.getStopSequences(),
+      ...(params.seed !== undefined && { seed: params.seed }),
+    },
+  });
+  const parsed = renderer.parseResponse(result.sequences[0]?.tokens ?? []);
+  return { reply: textOf(parsed.message, renderer.name), complete: parsed.ok };
 }

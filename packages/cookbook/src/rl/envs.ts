@@ -4,6 +4,7 @@
  * groups for each. Both read the first integer of the decoded action.
  */
 import { ModelInput, type StopReason } from '@lathe/sdk';
+import type { SupervisedExample } from '../renderers/types.js';
 import { seededRandom } from '../supervised/data.js';
 import type { TextTokenizer } from '../tokenizers.js';
 import type { Action, Env, EnvGroupBuilder, Observation, RLDataset, StepResult } from './types.js';
@@ -56,6 +57,29 @@ export class ArithmeticEnv implements Env {
     const correct = answer === this.a + this.b ? 1 : 0;
     return { reward: this.#formatCoef * (formatOk - 1) + correct, episodeDone: true, metrics: { correct, format: formatOk } };
   }
+}
+
+/**
+ * A format warm-up for {@link ArithmeticEnv}: every problem with a sum in 0..maxSum (default 9),
+ * answered once with each of 0..maxSum, the loss on the answer only. The answers are uniform, so a
+ * model trained on them learns to answer with a number but not which one: a randomly initialised
+ * model (which almost never emits a digit) then gets mixed rewards, and RL a signal.
+ *
+ * @example
+ * const examples = arithmeticFormatExamples(loadTokenizer('qwen3'), 4); // 15 problems × 5 answers
+ * const dataset = new DatumDataset(examples.map((e) => datumFromExample(e)), { batchSize: examples.length });
+ */
+export function arithmeticFormatExamples(tokenizer: TextTokenizer, maxSum = 9): SupervisedExample[] {
+  const answers = Array.from({ length: maxSum + 1 }, (_, n) => n);
+  return answers.flatMap((sum) =>
+    answers.slice(0, sum + 1).flatMap((a) => {
+      const prompt = tokenizer.encode(ArithmeticEnv.question(a, sum - a));
+      return answers.map((answer) => {
+        const completion = tokenizer.encode(String(answer));
+        return { tokens: [...prompt, ...completion], weights: [...prompt.map(() => 0), ...completion.map(() => 1)] };
+      });
+    }),
+  );
 }
 
 /** Options of {@link ArithmeticDataset}. */
