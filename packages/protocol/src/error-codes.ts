@@ -3,6 +3,9 @@
  * and the `code` of a worker error reply, each with its HTTP status and whose fault it is
  * (`user`: the caller sent something wrong, retrying the same request fails again; `server`: we
  * failed). The worker's Python table (`lathe_worker.error_codes`) lists the same worker codes.
+ * Tests keep both tables true: `packages/server/test/worker-tables.test.ts` compares the worker
+ * codes with the Python table, `server-error-codes.test.ts` the server codes with the server's
+ * raise sites.
  */
 
 /** Whose fault an error is. */
