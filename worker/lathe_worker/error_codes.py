@@ -12,10 +12,10 @@ their raise sites (the first argument of an error class, or a `code=` argument),
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from typing import Literal, NamedTuple
+
+from .table_cli import print_table
 
 Category = Literal["user", "server"]
 
@@ -107,17 +107,8 @@ def as_json() -> dict[str, dict[str, int | str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lathe_worker.error_codes",
-                                     description="Print the worker's error codes.")
-    parser.add_argument("--json", action="store_true", help="as one JSON object (what the cross-check test reads)")
-    args = parser.parse_args(argv)
-    if args.json:
-        json.dump(as_json(), sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        for code, entry in as_json().items():
-            print(f"{code:34} {entry['status']}  {entry['category']}")
-    return 0
+    return print_table(argv, "python -m lathe_worker.error_codes", "the worker's error codes", as_json(),
+                       lambda code, entry: f"{code:34} {entry['status']}  {entry['category']}")
 
 
 if __name__ == "__main__":

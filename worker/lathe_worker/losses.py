@@ -12,17 +12,24 @@ normalisation by length or batch. Notation: `lp` = learner log-prob of `target_t
 
 (*) Tinker documents no default for `beta`; 0.05 is ours (the value of its docs' example).
 Keys of `loss_fn_inputs` that a loss does not use are ignored (clients may send extras).
+
+The protocol package keeps the same names in TypeScript (`packages/protocol/src/loss-functions.ts`); a
+test compares the two through this module's JSON form:
+
+    python -m lathe_worker.losses --json   # {"cross_entropy": {}, "ppo": {"clip_low_threshold": 0.8, ...}, ...}
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .errors import UserError
+from .table_cli import print_table
 
 LOSS_FUNCTIONS = ("cross_entropy", "importance_sampling", "ppo", "cispo", "dro")
 
@@ -153,3 +160,21 @@ def compute_loss(loss_fn: str, logprobs: list[Tensor], inputs: list[dict[str, Te
         n_active = float(torch.stack(active).sum()) if active else 0.0
         metrics["clip_fraction:mean"] = float(torch.stack(clipped).sum()) / n_active if n_active else 0.0
     return LossResult(loss=loss, metrics=metrics)
+
+
+def as_json() -> dict[str, dict[str, float]]:
+    """Each loss function, in `LOSS_FUNCTIONS` order, with its `loss_fn_config` defaults.
+
+    >>> as_json()["ppo"]
+    {'clip_low_threshold': 0.8, 'clip_high_threshold': 1.2}
+    """
+    return {name: dict(_CONFIG_DEFAULTS[name]) for name in LOSS_FUNCTIONS}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return print_table(argv, "python -m lathe_worker.losses", "the worker's loss functions", as_json(),
+                       lambda name, defaults: f"{name:20} {', '.join(f'{k}={v}' for k, v in defaults.items()) or '-'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,6 +3,9 @@
  * and the `code` of a worker error reply, each with its HTTP status and whose fault it is
  * (`user`: the caller sent something wrong, retrying the same request fails again; `server`: we
  * failed). The worker's Python table (`lathe_worker.error_codes`) lists the same worker codes.
+ * Tests keep both tables true: `packages/server/test/worker-tables.test.ts` compares the worker
+ * codes with the Python table, `server-error-codes.test.ts` the server codes with the server's
+ * raise sites.
  */
 
 /** Whose fault an error is. */
@@ -67,17 +70,24 @@ export const SERVER_ERROR_CODES = {
  * 400-class answer; `internal` is the worker's own failure.
  */
 export const WORKER_ERROR_CODES = {
-  adapter_exists: user(),
+  adapter_exists: user(409),
   adapter_unavailable: user(),
   checkpoint_corrupt: user(),
-  checkpoint_not_found: user(),
+  checkpoint_mismatch: user(),
+  checkpoint_model_mismatch: user(),
+  checkpoint_not_found: user(404),
+  context_too_long: user(),
   empty_batch: user(),
   empty_input: user(),
-  frame_too_large: user(),
+  frame_too_large: user(413),
+  internal: server(),
+  invalid_adam_params: user(),
   invalid_dtype: user(),
   invalid_field: user(),
   invalid_first_sample_index: user(),
+  invalid_lora_alpha: user(),
   invalid_lora_rank: user(),
+  invalid_lora_targets: user(),
   invalid_loss_fn_config: user(),
   invalid_loss_fn_input: user(),
   invalid_model_config: user(),
@@ -86,31 +96,38 @@ export const WORKER_ERROR_CODES = {
   invalid_optimizer: user(),
   invalid_optimizer_params: user(),
   invalid_optimizer_state: user(),
+  invalid_prompt_alt_tokens_k: user(),
   invalid_prompt_logprobs_last_n: user(),
   invalid_sampling_params: user(),
   invalid_shape: user(),
   invalid_target_prompt_logprobs: user(),
   invalid_tensor: user(),
+  invalid_topk_prompt_logprobs: user(),
+  invalid_topk_sample_logprobs: user(),
   malformed_frame: user(),
   missing_field: user(),
   missing_loss_fn_input: user(),
+  model_already_loaded: user(409),
   model_files_missing: user(),
   model_tensor_missing: user(),
+  model_tensor_shape: user(),
   model_tensor_unexpected: user(),
   no_model: user(),
   no_optimizer_state: user(),
   non_finite_gradient: user(),
+  non_finite_loss: user(),
   non_finite_loss_fn_input: user(),
   optimizer_mismatch: user(),
   peft_export_unsupported: user(),
+  stop_strings_unsupported: user(),
+  token_out_of_vocab: user(),
   unauthorized: user(401),
-  unknown_adapter: user(),
+  unknown_adapter: user(404),
   unknown_loss_fn: user(),
   unknown_model: user(),
   unknown_op: user(),
   unshardable_model: user(),
   unsupported_architecture: user(),
-  internal: server(),
 } as const satisfies Record<string, ErrorCodeInfo>;
 
 /** A server error reply's `type`. */

@@ -1,6 +1,7 @@
 /**
  * @module The built-in loss functions (tinker-protocol.md §6.3): what `forward_backward`'s
- * `loss_fn` may name.
+ * `loss_fn` may name. The worker implements them in `worker/lathe_worker/losses.py`;
+ * `packages/server/test/worker-tables.test.ts` checks that both list the same names in the same order.
  */
 
 /**
