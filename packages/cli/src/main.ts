@@ -328,7 +328,7 @@ export function buildProgram(): Command {
       });
     });
   const models = program.command('models').description('models to fine-tune: list them, pull one from the Hugging Face Hub');
-  connectionOptions(models.command('list').description('with --base-url: what that server serves; else the built-in models and those in --models-dir and the Hugging Face cache'))
+  connectionOptions(models.command('list').description('with --base-url: what that server serves; else the built-in models, those in --models-dir and the Hugging Face cache, and the models.json aliases'))
     .option('--json', 'print JSON instead of a table')
     .action(async (opts: ConnectionFlags & { json?: boolean }) => {
       await reportFailure('models list', async () => {

@@ -19,6 +19,15 @@ export interface TextTokenizer {
   decode(tokens: readonly number[]): string;
   /** The id of a special token such as `<|im_end|>`. */
   tokenId(token: string): number;
+  /**
+   * UTF-8 bytes of the text one token stands for (cached per id); 0 for special tokens, which are
+   * markup rather than text. Exact for byte-level BPE, where a token may hold part of a character.
+   *
+   * @example
+   * tok.byteLength(tok.encode(' world')[0]!); // 6
+   * tok.byteLength(tok.tokenId('<|im_end|>')); // 0
+   */
+  byteLength(token: number): number;
 }
 
 /** The tokenizer family for a model name (`Qwen/Qwen3-8B` → qwen3, `meta-llama/Llama-3.1-8B` → llama3). */
@@ -39,6 +48,7 @@ export function familyForModel(model: string): TokenizerFamily {
  */
 export function tokenizerFromJson(json: Record<string, unknown>, config: Record<string, unknown>, where: string): TextTokenizer {
   const tokenizer = new Tokenizer(json, config);
+  const byteLength = tokenByteLengths(tokenizer, json);
   const family = tokenizer.token_to_id('<|im_start|>') !== undefined ? 'qwen3' : tokenizer.token_to_id('<|begin_of_text|>') !== undefined ? 'llama3' : undefined;
   return {
     family,
@@ -52,6 +62,29 @@ export function tokenizerFromJson(json: Record<string, unknown>, config: Record<
       if (id === undefined) throw new Error(`tokenizer in ${where} has no token ${JSON.stringify(token)}`);
       return id;
     },
+    byteLength,
+  };
+}
+
+const utf8 = new TextEncoder();
+
+/** Byte lengths of tokens, computed on first use of each id. */
+function tokenByteLengths(tokenizer: Tokenizer, json: Record<string, unknown>): (token: number) => number {
+  const added = tokenizer.get_added_tokens_decoder();
+  // A byte-level vocabulary spells each byte as one character; decoding a single token instead would
+  // turn a partial UTF-8 character into a 3-byte replacement character.
+  const byteLevel = (json.decoder as { type?: unknown } | null | undefined)?.type === 'ByteLevel';
+  const cache = new Map<number, number>();
+  return (token) => {
+    let bytes = cache.get(token);
+    if (bytes !== undefined) return bytes;
+    const piece = tokenizer.id_to_token(token);
+    if (piece === undefined) throw new RangeError(`token ${token} is not in the vocabulary`);
+    const addedToken = added.get(token);
+    if (addedToken !== undefined) bytes = addedToken.special ? 0 : utf8.encode(addedToken.content).length;
+    else bytes = byteLevel ? [...piece].length : utf8.encode(tokenizer.decode([token], { skip_special_tokens: false })).length;
+    cache.set(token, bytes);
+    return bytes;
   };
 }
 

@@ -12,6 +12,7 @@ import {
   applyReduction,
   conversationDatasets,
   datumFromExample,
+  datumWeights,
   DatumDataset,
   formatMetricsTable,
   getLoraLrOverFullFinetuneLr,
@@ -19,6 +20,7 @@ import {
   getLr,
   loadTokenizer,
   lrMultiplier,
+  meanBitsPerByte,
   meanNll,
   parseConversationsJsonl,
   readConversationsJsonl,
@@ -61,6 +63,26 @@ test('meanNll is the weight-averaged negative logprob', () => {
   const data = [datumFromExample({ tokens: [1, 2, 3], weights: [0, 1, 1] }, { reduction: 'none' }), datumFromExample({ tokens: [4, 5], weights: [0, 2] }, { reduction: 'none' })];
   const logprobs = [TensorData.float32([-1, -3]), TensorData.float32([-0.5])];
   close(meanNll(data, logprobs), (1 + 3 + 2 * 0.5) / 4);
+});
+
+test('meanBitsPerByte is the NLL in bits times loss tokens per byte of their text', () => {
+  const tokenizer = loadTokenizer('qwen3');
+  const answer = ' Paris is the capital of France. ½ €\n\n';
+  const example = roleColonExample(tokenizer)([{ role: 'user', content: 'Capital of France?' }, { role: 'assistant', content: answer.slice(1, -2) }]);
+  const datum = datumFromExample(example);
+  const weights = datumWeights(datum);
+  const lossTokens = weights.filter((w) => w > 0).length;
+  // Distinct logprobs per position, so a misaligned weight or target would change the result.
+  const logprobs = [TensorData.float32(weights.map((_, i) => -0.25 * (i + 1)))];
+  const nll = meanNll([datum], logprobs);
+  close(meanBitsPerByte([datum], logprobs, (t) => tokenizer.byteLength(t)), (nll / Math.LN2) * (lossTokens / Buffer.byteLength(answer)));
+
+  // A special token adds its loss but no bytes.
+  const imEnd = tokenizer.tokenId('<|im_end|>');
+  const withEnd = datumFromExample({ tokens: [...example.tokens, imEnd], weights: [...example.weights, 1] });
+  const endLogprobs = [TensorData.float32(Array<number>(weights.length + 1).fill(-1))];
+  close(meanBitsPerByte([withEnd], endLogprobs, (t) => tokenizer.byteLength(t)), (1 / Math.LN2) * ((lossTokens + 1) / Buffer.byteLength(answer)));
+  assert.ok(Number.isNaN(meanBitsPerByte([datumFromExample({ tokens: [1, imEnd], weights: [0, 1] })], [TensorData.float32([-1])], (t) => tokenizer.byteLength(t))));
 });
 
 test('conversation JSONL parses, and bad lines are named', () => {

@@ -8,9 +8,11 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, test } from 'node:test';
 import { createServer, type LatheServer } from '@lathe/server';
-import { ServiceClient } from '@lathe/sdk';
+import { ServiceClient, type Datum, type TensorData } from '@lathe/sdk';
 import {
   conversationDatasets,
+  datumWeights,
+  type DatumDataset,
   loadTokenizer,
   readCheckpoints,
   readConversationsJsonl,
@@ -38,8 +40,11 @@ let baseUrl: string;
 let apiKey: string;
 let reference: MetricsRecord[];
 
+const tokenizer = loadTokenizer('qwen3');
+const datasets = (): { train: DatumDataset; test: Datum[] } => conversationDatasets(CONVERSATIONS, roleColonExample(tokenizer), { batchSize: 2, testSize: 2, seed: 0 });
+
 function config(logPath: string): SupervisedConfig {
-  const { train, test: heldOut } = conversationDatasets(CONVERSATIONS, roleColonExample(loadTokenizer('qwen3')), { batchSize: 2, testSize: 2, seed: 0 });
+  const { train, test: heldOut } = datasets();
   return {
     service,
     logPath,
@@ -93,6 +98,21 @@ test('SFT lowers held-out NLL and writes metrics, config and checkpoints', async
   }
   // Held-out NLL at steps 0 and 5 (before those updates) and after the last step.
   assert.deepEqual(reference.filter((r) => 'test/nll' in r).map((r) => r.step), [0, 5, STEPS]);
+  // Bits per byte: the NLL in bits over the weighted mean bytes per loss token of the same data.
+  const { train, test: heldOut } = datasets();
+  const bytesPerToken = (data: readonly Datum[]): number => {
+    const pairs = data.flatMap((d) => datumWeights(d).map((w, i) => [w, tokenizer.byteLength(Number((d.lossFnInputs['target_tokens'] as TensorData).data[i]))] as const));
+    return pairs.reduce((n, [w, b]) => n + w * b, 0) / pairs.reduce((n, [w]) => n + w, 0);
+  };
+  for (const r of reference) {
+    if (r.step < STEPS) {
+      train.setEpoch(Math.floor(r.step / 5));
+      const expected = r['train_mean_nll']! / Math.LN2 / bytesPerToken(train.getBatch(r.step % 5));
+      assert.ok(relDiff(r['train_mean_bpb']!, expected) < 1e-9, `step ${r.step} train_mean_bpb ${r['train_mean_bpb']} vs ${expected}`);
+    }
+    assert.equal('test/bpb' in r, 'test/nll' in r);
+    if ('test/nll' in r) assert.ok(relDiff(r['test/bpb']!, r['test/nll']! / Math.LN2 / bytesPerToken(heldOut)) < 1e-9, `step ${r.step} test/bpb`);
+  }
   const before = reference[0]!['test/nll']!;
   const afterTraining = reference[STEPS]!['test/nll']!;
   // The tiny model's weights are random: its predictions start far from the data.

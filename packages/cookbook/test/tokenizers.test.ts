@@ -72,3 +72,18 @@ test('getTokenizer: model names, a local Hugging Face folder, and clear errors',
   }
   assert.throws(() => getTokenizer('gpt2'), /no bundled tokenizer/);
 });
+
+test('byteLength: token byte counts add up to the UTF-8 length of the text; special tokens count 0', () => {
+  // CJK and emoji split across tokens: decoding such a token alone would give a 3-byte U+FFFD.
+  const text = 'héllo 你好世界 🙂 Hello, world!\n\n';
+  for (const family of ['qwen3', 'llama3'] as const) {
+    const tokenizer = loadTokenizer(family);
+    const ids = tokenizer.encode(text);
+    assert.equal(ids.reduce((sum, id) => sum + tokenizer.byteLength(id), 0), Buffer.byteLength(text), family);
+  }
+  const qwen = loadTokenizer('qwen3');
+  assert.equal(qwen.byteLength(qwen.tokenId('<|im_end|>')), 0);
+  // <think> is an added token that is not special: it is text the model writes.
+  assert.equal(qwen.byteLength(qwen.tokenId('<think>')), '<think>'.length);
+  assert.throws(() => qwen.byteLength(10_000_000), /token 10000000 is not in the vocabulary/);
+});

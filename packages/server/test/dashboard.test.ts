@@ -136,6 +136,20 @@ for (const [dialect, databaseUrl] of databases) {
       assert.deepEqual(bob.models.find((m) => m.modelName === QWEN)?.yourAdapters, []);
     });
 
+    test('the service view counts sampled tokens in tokens/s (anyone\'s: it shows the shared hardware)', async () => {
+      const extensions = new LatheExtensions({ baseUrl, apiKey: keys.bob });
+      const windowTokens = async (): Promise<number> => (await extensions.serviceStatus()).throughput.perMinute.reduce((sum, b) => sum + b.tokens, 0);
+      const before = await windowTokens();
+      const sampler = await service.createSamplingClient({ baseModel: QWEN });
+      const response = await sampler.sample({ prompt: ModelInput.fromInts(TOKENS), numSamples: 3, samplingParams: { maxTokens: 7, seed: 5 } });
+      const generated = response.sequences.reduce((sum, seq) => sum + seq.tokens.length, 0);
+      assert.ok(generated >= 3, `sampled ${generated} tokens`);
+      // Counted once: a second poll finds the request already counted and adds nothing.
+      assert.equal(await windowTokens(), before + generated);
+      const status = await extensions.serviceStatus();
+      assert.ok(Math.abs(status.throughput.tokensPerSecond - (before + generated) / status.throughput.windowSeconds) < 1e-9);
+    });
+
     test('the dashboard page is served without a key; files outside the build are not', async () => {
       const page = await server.app.inject({ method: 'GET', url: '/' });
       assert.ok([200, 503].includes(page.statusCode), String(page.statusCode));

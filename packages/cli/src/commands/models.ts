@@ -2,7 +2,8 @@
  * @module `lathe models list|pull`: the models a server can train, and downloading one from the
  * Hugging Face Hub into the models directory (see ../hub.ts).
  */
-import { scanModels } from '@lathe/server';
+import path from 'node:path';
+import { ModelCatalogue, readModelsConfig, scanModels } from '@lathe/server';
 import { pullModel, type PullOptions, type PullResult } from '../hub.js';
 import { formatTable } from '../table.js';
 import { modelsDirOf, withService, type ConnectOptions } from './connect.js';
@@ -16,9 +17,10 @@ export interface ModelListing {
 }
 
 /**
- * The models of the server at `baseUrl` (its capabilities), or else those in the local models
- * directory and Hugging Face cache plus the built-in tiny models (read from their config.json; no
- * server is started).
+ * The models of the server at `baseUrl` (its capabilities), or else those an embedded server on
+ * `dataDir` would serve: the built-in tiny models, those in the models directory and Hugging Face
+ * cache, and the aliases of `<dataDir>/models.json` (read from their config.json; no server is
+ * started). As on the server, a folder behind an alias is listed under the alias only.
  *
  * @example
  * const models = await listModels({ dataDir: '.lathe', log: console.error });
@@ -30,8 +32,10 @@ export async function listModels(options: ConnectOptions & { log: (line: string)
       (await service.getServerCapabilities()).supportedModels.map((m) => ({ name: m.modelName ?? '?', maxContextLength: m.maxContextLength })),
     );
   }
-  const { models } = await scanModels(modelsDirOf(options));
-  return models.map((m) => ({ name: m.model_name, maxContextLength: m.max_context_length, architecture: m.architecture, vocabSize: m.vocab_size }));
+  const modelsDir = modelsDirOf(options);
+  const aliases = readModelsConfig(path.resolve(options.dataDir));
+  const catalogue = await ModelCatalogue.open({ scan: (describe) => scanModels(modelsDir, describe), aliases });
+  return catalogue.entries.map((m) => ({ name: m.model_name, maxContextLength: m.max_context_length, architecture: m.architecture, vocabSize: m.vocab_size }));
 }
 
 /**

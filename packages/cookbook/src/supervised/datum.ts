@@ -85,16 +85,41 @@ function numbersOf(datum: Datum, key: string): number[] {
  * meanNll(batch, out.lossFnOutputs.map((o) => o['logprobs']!));
  */
 export function meanNll(data: readonly Datum[], logprobs: readonly TensorData[]): number {
+  const { nats, weight } = weightedLoss(data, logprobs);
+  return weight === 0 ? Number.NaN : nats / weight;
+}
+
+/**
+ * Bits per byte of a batch: Σ −w·logprob / ln 2 / Σ w·bytes, where `bytes` is the UTF-8 length of
+ * each target token's text (`TextTokenizer.byteLength`: 0 for special tokens, whose loss still
+ * counts). Tokens are weighted as in {@link meanNll}, so this is that NLL in bits divided by the
+ * weighted mean bytes per token; unlike NLL it compares across tokenizers.
+ *
+ * @example
+ * meanBitsPerByte(batch, out.lossFnOutputs.map((o) => o['logprobs']!), (t) => tokenizer.byteLength(t));
+ */
+export function meanBitsPerByte(data: readonly Datum[], logprobs: readonly TensorData[], byteLength: (token: number) => number): number {
+  const { nats, bytes } = weightedLoss(data, logprobs, byteLength);
+  return bytes === 0 ? Number.NaN : nats / Math.LN2 / bytes;
+}
+
+/** Weighted sums over a batch's target tokens: nats of loss, weight, and (given `byteLength`) bytes. */
+function weightedLoss(
+  data: readonly Datum[],
+  logprobs: readonly TensorData[],
+  byteLength?: (token: number) => number,
+): { nats: number; weight: number; bytes: number } {
   if (data.length !== logprobs.length) throw new RangeError(`${data.length} datums but ${logprobs.length} logprob vectors`);
-  let weighted = 0;
-  let total = 0;
+  const sums = { nats: 0, weight: 0, bytes: 0 };
   data.forEach((datum, d) => {
     const weights = datumWeights(datum);
+    const targets = byteLength === undefined ? undefined : numbersOf(datum, 'target_tokens');
     const lp = logprobs[d]!.data;
     weights.forEach((w, i) => {
-      weighted -= w * Number(lp[i]);
-      total += w;
+      sums.nats -= w * Number(lp[i]);
+      sums.weight += w;
+      if (targets !== undefined && w !== 0) sums.bytes += w * byteLength!(targets[i]!);
     });
   });
-  return total === 0 ? Number.NaN : weighted / total;
+  return sums;
 }

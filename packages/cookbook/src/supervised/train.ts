@@ -8,7 +8,8 @@ import type { APIFuture, Datum, ForwardBackwardOutput, OptimStepResponse, Servic
 import { getLastCheckpoint, submitCheckpoint, openTrainingClient, type CheckpointRecord } from '../utils/checkpoints.js';
 import { lrMultiplier, type LrSchedule } from '../utils/lr-schedule.js';
 import { loopLoggerOptions, MetricsLogger, prefixMetrics, type LineSink, type Metrics, type MetricsReporter } from '../utils/ml-log.js';
-import { datumWeights, meanNll } from './datum.js';
+import { getTokenizer, type TextTokenizer } from '../tokenizers.js';
+import { datumWeights, meanBitsPerByte, meanNll } from './datum.js';
 import type { SupervisedDataset } from './data.js';
 
 /** Adam settings of every step (the cookbook's SFT defaults). */
@@ -28,6 +29,11 @@ export interface SupervisedConfig {
   dataset: SupervisedDataset;
   /** Held-out datums whose NLL is logged as `test/nll` every `evalEvery` steps and at the end. */
   testData?: readonly Datum[];
+  /**
+   * Gives each target token's byte length for `train_mean_bpb` and `test/bpb` (bits per byte).
+   * Default: `getTokenizer(modelName)`; without one (a model of no bundled family) no bpb is logged.
+   */
+  tokenizer?: TextTokenizer;
   /** Default 32. */
   loraRank?: number;
   /** Seed of a new adapter's initialisation. */
@@ -151,12 +157,21 @@ export async function trainSupervised(config: SupervisedConfig): Promise<Supervi
   const evaluate = (): APIFuture<ForwardBackwardOutput> | undefined =>
     testData !== undefined && testData.length > 0 ? training.forward(testData, 'cross_entropy') : undefined;
 
+  const byteLength = tokenByteLength(config);
+  const lossMetrics = (prefix: 'train_mean_' | 'test/', data: readonly Datum[], out: ForwardBackwardOutput): Metrics => {
+    const logprobs = out.lossFnOutputs.map((o) => o['logprobs']!);
+    return {
+      [`${prefix}nll`]: meanNll(data, logprobs),
+      ...(byteLength !== undefined && { [`${prefix}bpb`]: meanBitsPerByte(data, logprobs, byteLength) }),
+    };
+  };
+
   const inFlight: InFlight[] = [];
   const finish = async (entry: InFlight): Promise<void> => {
     const [out, optim, evaluation] = await Promise.all([entry.forwardBackward, entry.optim, entry.evaluation]);
     const weights = entry.batch.map(datumWeights);
     const metrics: Metrics = {
-      train_mean_nll: meanNll(entry.batch, out.lossFnOutputs.map((o) => o['logprobs']!)),
+      ...lossMetrics('train_mean_', entry.batch, out),
       learning_rate: entry.learningRate,
       num_sequences: entry.batch.length,
       num_tokens: entry.batch.reduce((n, d) => n + d.modelInput.length + 1, 0),
@@ -165,7 +180,7 @@ export async function trainSupervised(config: SupervisedConfig): Promise<Supervi
       'progress/batch': entry.step,
       'progress/done_frac': (entry.step + 1) / totalSteps,
       ...prefixMetrics('optim/', optim.metrics),
-      ...(evaluation !== undefined && testData !== undefined && { 'test/nll': nllOf(testData, evaluation) }),
+      ...(evaluation !== undefined && testData !== undefined && lossMetrics('test/', testData, evaluation)),
       'time/step': (performance.now() - entry.submittedAt) / 1000,
     };
     logger.logMetrics(entry.step, metrics);
@@ -215,7 +230,7 @@ export async function trainSupervised(config: SupervisedConfig): Promise<Supervi
   const finalEvaluation = evaluate();
   const finalCheckpoint = await submitCheckpoint(training, 'final', logPath, loopState(totalSteps, batchesPerEpoch), { kind: 'both', final: true })();
   if (finalEvaluation !== undefined && testData !== undefined) {
-    const metrics: Metrics = { 'test/nll': nllOf(testData, await finalEvaluation), 'progress/done_frac': 1 };
+    const metrics: Metrics = { ...lossMetrics('test/', testData, await finalEvaluation), 'progress/done_frac': 1 };
     logger.logMetrics(totalSteps, metrics);
     config.onStep?.(totalSteps, metrics);
   }
@@ -229,6 +244,13 @@ function loopState(steps: number, batchesPerEpoch: number): { epoch: number; bat
   return { epoch: Math.floor(steps / batchesPerEpoch), batch: steps % batchesPerEpoch, step: steps };
 }
 
-function nllOf(data: readonly Datum[], out: ForwardBackwardOutput): number {
-  return meanNll(data, out.lossFnOutputs.map((o) => o['logprobs']!));
+/** The configured tokenizer's byte lengths, else those of the model's bundled tokenizer, if any. */
+function tokenByteLength(config: SupervisedConfig): ((token: number) => number) | undefined {
+  let tokenizer = config.tokenizer;
+  try {
+    tokenizer ??= getTokenizer(config.modelName);
+  } catch {
+    return undefined; // no bundled tokenizer for this model: bpb is simply not logged
+  }
+  return (token) => tokenizer.byteLength(token);
 }

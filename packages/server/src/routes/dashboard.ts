@@ -6,10 +6,12 @@
  * - `GET  /api/v1/lathe/runs`: the caller's runs with steps, tokens trained, last activity, status.
  * - `GET  /api/v1/lathe/runs/:modelId/metrics?after=ID&limit=N`: metric points newer than `after`.
  * - `POST /api/v1/lathe/runs/:modelId/metrics`: `{rows: [{step, metrics: {name: number}}]}`.
- * - `GET  /api/v1/lathe/service`: workers, models with queue depths and adapters, tokens/s.
+ * - `GET  /api/v1/lathe/service`: workers, models with queue depths and adapters, tokens/s (trained
+ *   and sampled).
  */
 import { Type, type Static } from 'typebox';
 import { recordRunMetrics } from '../dashboard/recorder.js';
+import { SampledTokens } from '../dashboard/sampled.js';
 import { serveDashboard } from '../dashboard/static.js';
 import { notFound } from '../http/errors.js';
 import { paging, PagingQuery } from '../protocol/schemas.js';
@@ -59,6 +61,7 @@ function runStatus(run: RunRow, busy: boolean, now: number): RunStatus {
 export function dashboardRoutes(app: TypedApp, services: Services): void {
   const { store } = services;
   const hide = { hide: true };
+  const sampled = new SampledTokens(store);
 
   async function ownRun(modelId: string, who: string): Promise<RunRow> {
     // Someone else's run answers exactly as an unknown one.
@@ -109,7 +112,12 @@ export function dashboardRoutes(app: TypedApp, services: Services): void {
     const now = Date.now();
     const since = now - THROUGHPUT_MINUTES * 60_000;
     for (const id of await store.metrics.activeSince(since)) await recordRunMetrics(store, id);
-    const [workers, trained, mine] = await Promise.all([services.pool.workersInfo(), store.metrics.trainedSince(since), store.runs.list(who, 1000, 0)]);
+    const [workers, trained, generated, mine] = await Promise.all([
+      services.pool.workersInfo(),
+      store.metrics.trainedSince(since),
+      sampled.since(since),
+      store.runs.list(who, 1000, 0),
+    ]);
     const queues = services.queues();
     const adapters = await store.metrics.adaptersByModel(services.serverId);
     const models = services.models.map((m) => ({
@@ -118,17 +126,17 @@ export function dashboardRoutes(app: TypedApp, services: Services): void {
       adapters: adapters.get(m.model_name) ?? 0,
       your_adapters: mine.runs.filter((r) => r.baseModel === m.model_name && r.state === 'ready').map((r) => r.modelId),
     }));
-    return { workers, models, throughput: throughput(trained, now) };
+    return { workers, models, throughput: throughput([...trained, ...generated], now) };
   });
 
   serveDashboard(app);
 }
 
-/** Trained tokens per minute over the window, oldest minute first, and the window's average rate. */
-function throughput(trained: readonly { time: number; tokens: number }[], now: number): { window_s: number; tokens_per_s: number; per_minute: { start: number; tokens: number; tokens_per_s: number }[] } {
+/** Tokens (trained and sampled) per minute over the window, oldest minute first, and the window's average rate. */
+function throughput(processed: readonly { time: number; tokens: number }[], now: number): { window_s: number; tokens_per_s: number; per_minute: { start: number; tokens: number; tokens_per_s: number }[] } {
   const start = now - THROUGHPUT_MINUTES * 60_000;
   const per = Array.from({ length: THROUGHPUT_MINUTES }, (_, i) => ({ start: start + i * 60_000, tokens: 0, tokens_per_s: 0 }));
-  for (const point of trained) {
+  for (const point of processed) {
     const bucket = per[Math.min(THROUGHPUT_MINUTES - 1, Math.floor((point.time - start) / 60_000))];
     if (bucket) bucket.tokens += point.tokens;
   }

@@ -72,6 +72,10 @@ export interface MetricsRepo {
   adaptersByModel(serverId: string): Promise<Map<string, number>>;
   /** `(time, tokens)` of every forward_backward point recorded since `since`. */
   trainedSince(since: number): Promise<{ time: number; tokens: number }[]>;
+  /** Sampling requests (any owner) completed since `since`: their ids and completion times, not their results. */
+  samplesCompletedSince(since: number): Promise<{ requestId: string; time: number }[]>;
+  /** The stored results of the sampling requests `requestIds` (those that have one). */
+  sampleResults(requestIds: readonly string[]): Promise<Map<string, Uint8Array>>;
 }
 
 const TRAINING_KINDS = ['forward_backward', 'optim_step'] as const;
@@ -189,6 +193,28 @@ export function createMetricsRepo(db: Kysely<Database>): MetricsRepo {
     async trainedSince(since) {
       const rows = await db.selectFrom('run_metrics').select(['recorded_at', 'tokens']).where('kind', '=', 'forward_backward').where('recorded_at', '>=', since).execute();
       return rows.map((r) => ({ time: Number(r.recorded_at), tokens: Number(r.tokens) }));
+    },
+
+    async samplesCompletedSince(since) {
+      const rows = await db
+        .selectFrom('requests')
+        .select(['request_id', 'completed_at'])
+        .where('completed_at', '>=', since)
+        .where('kind', '=', 'sample')
+        .where('status', '=', 'complete')
+        .execute();
+      return rows.map((r) => ({ requestId: r.request_id, time: Number(r.completed_at) }));
+    },
+
+    async sampleResults(requestIds) {
+      const results = new Map<string, Uint8Array>();
+      if (requestIds.length === 0) return results;
+      const rows = await db.selectFrom('requests').select(['request_id', 'result']).where('request_id', 'in', requestIds).where('kind', '=', 'sample').execute();
+      for (const row of rows) {
+        const result = toBytes(row.result);
+        if (result !== null) results.set(row.request_id, result);
+      }
+      return results;
     },
   };
 }
