@@ -27,6 +27,25 @@ export interface TrainCommonOptions extends ConnectOptions {
   log: (line: string) => void;
 }
 
+/** The flags of the recipes that train on a rendered, held-out-split data set (sft, dpo, distill). */
+export interface RenderedDataOptions {
+  /** Default: the model's recommended renderer. */
+  renderer?: string;
+  evalEvery: number;
+  /** Items held out for the `test/*` metrics (default: a tenth, at most 16). */
+  testSize?: number;
+}
+
+/** The flags of the recipes that make epochs of batches over a data set (sft, dpo). */
+export interface EpochDataOptions extends RenderedDataOptions {
+  /** Exactly this many steps (epochs as needed); else `epochs` passes over the data. */
+  steps?: number;
+  epochs?: number;
+  /** Items per step. */
+  batchSize: number;
+  maxLength?: number;
+}
+
 /** How a `lathe train` run ended. */
 export interface TrainResult {
   steps: number;
@@ -119,6 +138,48 @@ export function defaultLearningRate(model: string): number {
 /** Items held out for evaluation when no size is given: a tenth, at most 16. */
 export function defaultTestSize(count: number): number {
   return Math.min(16, Math.floor(count / 10));
+}
+
+/**
+ * The batching of an epoch recipe's data set: its flags plus the held-out count it settled on.
+ *
+ * @example
+ * preferenceDatasets(pairs, toExample, batchingOf(options, testSize)); // { batchSize, testSize, seed, maxLength? }
+ */
+export function batchingOf(options: EpochDataOptions & Pick<TrainCommonOptions, 'seed'>, testSize: number): { batchSize: number; testSize: number; seed: number; maxLength?: number } {
+  return {
+    batchSize: options.batchSize,
+    testSize,
+    seed: options.seed,
+    ...(options.maxLength !== undefined && { maxLength: options.maxLength }),
+  };
+}
+
+/**
+ * The options an epoch recipe passes to its cookbook loop: its data sets, the learning rate and
+ * epoch count it settled on, and the flags the loop takes unchanged.
+ *
+ * @example
+ * trainSupervised({ service, ...hooks, ...epochLoopOptions(options, { train, test }, 1e-4, 3) });
+ */
+export function epochLoopOptions<Train, Test>(
+  options: EpochDataOptions & TrainCommonOptions,
+  data: { train: Train; test: Test },
+  learningRate: number,
+  numEpochs: number,
+): { modelName: string; dataset: Train; testData: Test; loraRank: number; seed: number; learningRate: number; numEpochs: number; maxSteps?: number; saveEvery: number; evalEvery: number } {
+  return {
+    modelName: options.model,
+    dataset: data.train,
+    testData: data.test,
+    loraRank: options.loraRank,
+    seed: options.seed,
+    learningRate,
+    numEpochs,
+    ...(options.steps !== undefined && { maxSteps: options.steps }),
+    saveEvery: options.saveEvery,
+    evalEvery: options.evalEvery,
+  };
 }
 
 /**
