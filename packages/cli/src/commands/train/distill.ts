@@ -49,12 +49,11 @@ export async function runTrainDistill(options: TrainDistillOptions): Promise<Tra
     summary: `${options.model} (${renderer.name} renderer) distilled from ${options.teacher} on ${train.length} prompts of ${source}, ${testSize} held out, ${options.steps} steps, lr ${learningRate}`,
     totalSteps: options.steps,
     headline: { label: 'KL', metric: 'teacher_kl' },
-    train: async (service, hooks) =>
+    train: async (hooks) =>
       trainOnPolicyDistillation({
-        service,
         ...hooks,
         modelName: options.model,
-        teacher: await openTeacher(service, options),
+        teacher: await openTeacher(hooks.service, options),
         prompts: train,
         testPrompts: test,
         numSteps: options.steps,

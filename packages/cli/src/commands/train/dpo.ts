@@ -37,9 +37,8 @@ export async function runTrainDpo(options: TrainDpoOptions): Promise<TrainResult
     totalSteps,
     batchesPerEpoch: train.length,
     headline: { label: 'loss', metric: 'dpo_loss' },
-    train: (service, hooks) =>
+    train: (hooks) =>
       trainDPO({
-        service,
         ...hooks,
         beta: options.beta,
         ...epochLoopOptions(options, { train, test }, learningRate, numEpochs),

@@ -57,6 +57,7 @@ export interface TrainResult {
 
 /** What the CLI hands a recipe's cookbook loop. */
 export interface LoopHooks {
+  service: ServiceClient;
   logPath: string;
   signal?: AbortSignal;
   onStep: (step: number, metrics: Metrics) => void;
@@ -82,7 +83,7 @@ export interface TrainingPlan {
   /** The progress bar's metric: its label and its name in a step's metrics. */
   headline: { label: string; metric: string };
   /** Runs the cookbook loop. */
-  train(service: ServiceClient, hooks: LoopHooks): Promise<LoopOutcome>;
+  train(hooks: LoopHooks): Promise<LoopOutcome>;
 }
 
 /**
@@ -91,7 +92,7 @@ export interface TrainingPlan {
  * loop saved one there), so running again with the same `logDir` continues from it.
  *
  * @example
- * const plan: TrainingPlan = { summary: 'rl on arithmetic', totalSteps: 20, headline: { label: 'reward', metric: 'env/all/reward/total' }, train: (service, hooks) => trainRL({ service, ...hooks, modelName, dataset, learningRate: 1e-4, maxTokens: 4 }) };
+ * const plan: TrainingPlan = { summary: 'rl on arithmetic', totalSteps: 20, headline: { label: 'reward', metric: 'env/all/reward/total' }, train: (hooks) => trainRL({ ...hooks, modelName, dataset, learningRate: 1e-4, maxTokens: 4 }) };
  * const result = await runTraining(options, plan); // { steps: 20, totalSteps: 20, interrupted: false, checkpoint: { name: 'final', … } }
  */
 export async function runTraining(options: TrainCommonOptions, plan: TrainingPlan): Promise<TrainResult> {
@@ -102,7 +103,8 @@ export async function runTraining(options: TrainCommonOptions, plan: TrainingPla
   return withService(options, options.log, async (service) => {
     const progress = new ProgressBar(options.progress, plan.totalSteps, resumeFrom?.step ?? 0, plan.headline.label);
     const outcome = await plan
-      .train(service, {
+      .train({
+        service,
         logPath,
         ...(options.signal !== undefined && { signal: options.signal }),
         onStep: (step, metrics) => {
@@ -160,7 +162,7 @@ export function batchingOf(options: EpochDataOptions & Pick<TrainCommonOptions, 
  * epoch count it settled on, and the flags the loop takes unchanged.
  *
  * @example
- * trainSupervised({ service, ...hooks, ...epochLoopOptions(options, { train, test }, 1e-4, 3) });
+ * trainSupervised({ ...hooks, ...epochLoopOptions(options, { train, test }, 1e-4, 3) });
  */
 export function epochLoopOptions<Train, Test>(
   options: EpochDataOptions & TrainCommonOptions,

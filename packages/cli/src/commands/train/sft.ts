@@ -40,9 +40,8 @@ export async function runTrainSft(options: TrainSftOptions): Promise<TrainResult
     totalSteps,
     batchesPerEpoch: train.length,
     headline: { label: 'loss', metric: 'train_mean_nll' },
-    train: (service, hooks) =>
+    train: (hooks) =>
       trainSupervised({
-        service,
         ...hooks,
         ...epochLoopOptions(options, { train, test }, learningRate, numEpochs),
       }),
