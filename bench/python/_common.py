@@ -8,6 +8,7 @@ adapters into the PEFT model, so both sides train / sample exactly the same func
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import os
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 WORKER = Path(__file__).resolve().parents[2] / "worker"
 if str(WORKER) not in sys.path:
@@ -59,6 +61,17 @@ def add_model_args(p, hidden=768, layers=12, heads=12, kv_heads=4, head_dim=64, 
     g.add_argument("--profile", action="store_true",
                    help="after the timed part, print a torch.profiler table of one call of each side")
     g.add_argument("--profile-rows", type=int, default=25)
+
+
+def parse_bench_args(doc: str, add_args: Callable[[argparse.ArgumentParser], None]) -> argparse.Namespace:
+    """Parse a benchmark's command line (its docstring as help, the model flags, then its own flags
+    added by `add_args`) and resolve it with `setup`."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    add_args(p)
+    args = p.parse_args()
+    setup(args)
+    return args
 
 
 def setup(args) -> None:
@@ -279,6 +292,24 @@ def env_info(args) -> dict:
         "machine": platform.machine(),
         "python": platform.python_version(),
     }
+
+
+def compare_sides(times: dict, cpu: dict, fast: str, slow: str, *, work: float, unit: str, period: str,
+                  ratio_label: str, target: float) -> dict:
+    """Print and return how side `fast` compares with side `slow` over the timed periods.
+
+    `work` is the units (e.g. tokens) done per side over all of them. Returns each side's units/s
+    (keyed by side), `ratio` (fast over slow throughput), `cpu_ratio` (by process CPU time) and
+    `best_ratio` (fastest period against fastest period: robust to outside load)."""
+    rates = {side: work / sum(times[side]) for side in (fast, slow)}
+    ratio = rates[fast] / rates[slow]
+    cpu_ratio = sum(cpu[slow]) / sum(cpu[fast])
+    best_ratio = min(times[slow]) / min(times[fast])
+    for side in (fast, slow):
+        print(f"{side + ':':<10}{rates[side]:8.1f} {unit}/s  (median {period} {median(times[side]):.2f}s)")
+    print(f"ratio {ratio_label} = {ratio:.3f}  (target >= {target:g}); by process CPU time {cpu_ratio:.3f}; "
+          f"fastest {period} vs fastest {period} {best_ratio:.3f}")
+    return {**rates, "ratio": ratio, "cpu_ratio": cpu_ratio, "best_ratio": best_ratio}
 
 
 def emit(result: dict) -> None:

@@ -18,9 +18,7 @@ import _common as C
 import torch
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_model_args(p)
+def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapters", type=int, default=4)
     p.add_argument("--batch", type=int, default=2, help="sequences per adapter")
     p.add_argument("--seq", type=int, default=128, help="tokens per sequence")
@@ -29,8 +27,10 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds per side")
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--no-unembed", action="store_true", help="no LoRA on lm_head")
-    args = p.parse_args()
-    C.setup(args)
+
+
+def main() -> int:
+    args = C.parse_bench_args(__doc__, add_args)
 
     from lathe_worker.micro_batches import Datum, WorkItem
     from lathe_worker.lora import LoraConfig
@@ -106,25 +106,17 @@ def main() -> int:
     if args.profile:
         C.print_profiles({side: lambda f=fn: f(total - 1) for side, fn in fns.items()}, args, "round")
 
-    t_mixed, t_sep = sum(times["mixed"]), sum(times["separate"])
-    ratio = t_sep / t_mixed
-    cpu_ratio = sum(cpu["separate"]) / sum(cpu["mixed"])
-    best_ratio = min(times["separate"]) / min(times["mixed"])  # fastest round each: robust to outside load
-    mixed_tps = args.rounds * tokens_per_round / t_mixed
-    sep_tps = args.rounds * tokens_per_round / t_sep
-    print(f"mixed:    {mixed_tps:8.1f} tokens/s  (median round {C.median(times['mixed']):.2f}s)")
-    print(f"separate: {sep_tps:8.1f} tokens/s  (median round {C.median(times['separate']):.2f}s)")
-    print(f"ratio separate/mixed time = {ratio:.3f}  (target >= 1.5); by process CPU time {cpu_ratio:.3f}; "
-          f"fastest round vs fastest round {best_ratio:.3f}")
+    r = C.compare_sides(times, cpu, "mixed", "separate", work=args.rounds * tokens_per_round, unit="tokens",
+                        period="round", ratio_label="separate/mixed time", target=1.5)
     shared.close()
     C.emit({
         "bench": "engine-multi-adapter",
-        "ratio": round(ratio, 4),
+        "ratio": round(r["ratio"], 4),
         "baseline": f"{K} single-adapter forward_backward calls + {K} optim_steps, same engine/data",
-        "mixed_tokens_per_s": round(mixed_tps, 2),
-        "separate_tokens_per_s": round(sep_tps, 2),
-        "cpu_time_ratio": round(cpu_ratio, 4),
-        "best_round_ratio": round(best_ratio, 4),
+        "mixed_tokens_per_s": round(r["mixed"], 2),
+        "separate_tokens_per_s": round(r["separate"], 2),
+        "cpu_time_ratio": round(r["cpu_ratio"], 4),
+        "best_round_ratio": round(r["best_ratio"], 4),
         "params": shared.params,
         "adapters": K,
         "batch_per_adapter": B,

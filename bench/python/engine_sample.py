@@ -20,9 +20,7 @@ import _common as C
 import torch
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_model_args(p)
+def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--prompt-len", type=int, default=48, help="longest prompt; others are 1/2..1 of it")
     p.add_argument("--new-tokens", type=int, default=64)
@@ -31,8 +29,10 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=3, help="timed runs per side")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--check-tokens", type=int, default=8, help="first tokens of prompt 0 that must agree")
-    args = p.parse_args()
-    C.setup(args)
+
+
+def main() -> int:
+    args = C.parse_bench_args(__doc__, add_args)
 
     from lathe_worker.lora import LoraConfig
     from lathe_worker.sample_request import SampleRequest, SamplingParams
@@ -153,26 +153,18 @@ def main() -> int:
     if args.profile:
         C.print_profiles(fns, args, "run")
 
-    gen_tokens = P * N
-    lathe_tps = args.runs * gen_tokens / sum(times["lathe"])
-    base_tps = args.runs * gen_tokens / sum(times["baseline"])
-    ratio = lathe_tps / base_tps
-    cpu_ratio = sum(cpu["baseline"]) / sum(cpu["lathe"])
-    best_ratio = min(times["baseline"]) / min(times["lathe"])  # fastest run each: robust to outside load
-    print(f"lathe:    {lathe_tps:8.1f} sampled tokens/s  (median run {C.median(times['lathe']):.2f}s)")
-    print(f"baseline: {base_tps:8.1f} sampled tokens/s  (median run {C.median(times['baseline']):.2f}s)")
-    print(f"ratio lathe/baseline = {ratio:.3f}  (target >= 2); by process CPU time {cpu_ratio:.3f}; "
-          f"fastest run vs fastest run {best_ratio:.3f}")
+    r = C.compare_sides(times, cpu, "lathe", "baseline", work=args.runs * P * N, unit="sampled tokens", period="run",
+                        ratio_label="lathe/baseline", target=2)
     shared.close()
     C.emit({
         "bench": "engine-sample",
-        "ratio": round(ratio, 4),
+        "ratio": round(r["ratio"], 4),
         "baseline": ("transformers generate + PEFT mixed-adapter batch (adapter_names), greedy, same weights/prompts"
                      if A else "transformers generate, greedy, same weights/prompts"),
-        "lathe_tokens_per_s": round(lathe_tps, 2),
-        "baseline_tokens_per_s": round(base_tps, 2),
-        "cpu_time_ratio": round(cpu_ratio, 4),
-        "best_run_ratio": round(best_ratio, 4),
+        "lathe_tokens_per_s": round(r["lathe"], 2),
+        "baseline_tokens_per_s": round(r["baseline"], 2),
+        "cpu_time_ratio": round(r["cpu_ratio"], 4),
+        "best_run_ratio": round(r["best_ratio"], 4),
         "params": shared.params,
         "prompts": P,
         "prompt_lengths": [min(lengths), max(lengths)],

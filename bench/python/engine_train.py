@@ -21,9 +21,7 @@ import torch
 import torch.nn.functional as F
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_model_args(p)
+def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=4, help="sequences per step")
     p.add_argument("--seq", type=int, default=256, help="tokens per sequence")
     p.add_argument("--steps", type=int, default=3, help="timed steps per side")
@@ -31,8 +29,10 @@ def main() -> int:
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--no-unembed", action="store_true", help="no LoRA on lm_head (default: attn+mlp+lm_head)")
     p.add_argument("--lr", type=float, default=1e-4)
-    args = p.parse_args()
-    C.setup(args)
+
+
+def main() -> int:
+    args = C.parse_bench_args(__doc__, add_args)
 
     from lathe_worker.micro_batches import Datum, WorkItem
     from lathe_worker.lora import LoraConfig
@@ -113,30 +113,23 @@ def main() -> int:
         C.print_profiles({"lathe": lambda: lathe_step(batches[-1]),
                           "baseline": lambda: baseline_step(batches[-1])}, args, "step")
 
-    lathe_tps = args.steps * tokens_per_step / sum(times["lathe"])
-    base_tps = args.steps * tokens_per_step / sum(times["baseline"])
-    ratio = lathe_tps / base_tps
-    cpu_ratio = sum(cpu["baseline"]) / sum(cpu["lathe"])
-    best_ratio = min(times["baseline"]) / min(times["lathe"])  # fastest step each: robust to outside load
-    print(f"lathe:    {lathe_tps:8.1f} tokens/s  (median step {C.median(times['lathe']):.2f}s)")
-    print(f"baseline: {base_tps:8.1f} tokens/s  (median step {C.median(times['baseline']):.2f}s)")
-    print(f"ratio lathe/baseline = {ratio:.3f}  (target >= 1.2); by process CPU time {cpu_ratio:.3f}; "
-          f"fastest step vs fastest step {best_ratio:.3f}")
+    r = C.compare_sides(times, cpu, "lathe", "baseline", work=args.steps * tokens_per_step, unit="tokens",
+                        period="step", ratio_label="lathe/baseline", target=1.2)
     shared.close()
     C.emit({
         "bench": "engine-train",
-        "ratio": round(ratio, 4),
+        "ratio": round(r["ratio"], 4),
         "baseline": "transformers+peft training loop, same model/data",
-        "lathe_tokens_per_s": round(lathe_tps, 2),
-        "baseline_tokens_per_s": round(base_tps, 2),
+        "lathe_tokens_per_s": round(r["lathe"], 2),
+        "baseline_tokens_per_s": round(r["baseline"], 2),
         "params": shared.params,
         "lora_params": lora_params,
         "rank": args.rank,
         "batch": B,
         "seq": T,
         "steps": args.steps,
-        "cpu_time_ratio": round(cpu_ratio, 4),
-        "best_step_ratio": round(best_ratio, 4),
+        "cpu_time_ratio": round(r["cpu_ratio"], 4),
+        "best_step_ratio": round(r["best_ratio"], 4),
         "lathe_step_s": [round(t, 4) for t in times["lathe"]],
         "baseline_step_s": [round(t, 4) for t in times["baseline"]],
         "initial_loss": losses["lathe"][0],

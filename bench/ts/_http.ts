@@ -3,6 +3,7 @@
  * quantiles.
  */
 import http from 'node:http';
+import type { LatheServer } from '../../packages/server/src/app.js';
 
 /** A finished HTTP reply. */
 export interface Reply {
@@ -27,6 +28,19 @@ export function request(agent: http.Agent, port: number, apiKey: string, urlPath
     req.on('error', reject);
     req.end(payload);
   });
+}
+
+/**
+ * Starts `server` listening on 127.0.0.1 at a free port and returns the port.
+ *
+ * @example
+ * const port = await listenOnFreePort(server);
+ */
+export async function listenOnFreePort(server: LatheServer): Promise<number> {
+  await server.app.listen({ host: '127.0.0.1', port: 0 });
+  const address = server.app.server.address();
+  if (address === null || typeof address === 'string') throw new Error('server has no TCP address');
+  return address.port;
 }
 
 /** The JSON body of a 200 reply, or an error naming `what`. */

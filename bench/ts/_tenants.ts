@@ -11,7 +11,7 @@ import path from 'node:path';
 import { createServer, type LatheServer } from '../../packages/server/src/app.js';
 import { encodeForwardBackwardRequest, type WireDatum } from '@lathe/protocol';
 import type { SchedulingOptions } from '../../packages/server/src/scheduler/lane.js';
-import { jsonOf, request } from './_http.js';
+import { jsonOf, listenOnFreePort, request } from './_http.js';
 
 const TOKENS = [9707, 1879, 11, 1246, 525, 498, 30];
 
@@ -67,10 +67,7 @@ export async function startBenchServer(options: { model: string; modelsDir: stri
   const dataDir = mkdtempSync(path.join(os.tmpdir(), 'lathe-bench-tenants-'));
   const agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
   const server = await createServer({ dataDir, modelsDir: options.modelsDir, ...(options.ordering ? { ordering: options.ordering } : {}), ...(options.snapshotEvery ? { snapshotEvery: options.snapshotEvery } : {}) });
-  await server.app.listen({ host: '127.0.0.1', port: 0 });
-  const address = server.app.server.address();
-  if (address === null || typeof address === 'string') throw new Error('server has no TCP address');
-  const port = address.port;
+  const port = await listenOnFreePort(server);
 
   const tenant = async (name: string): Promise<Tenant> => {
     const { key } = await server.services.store.keys.create(name);
@@ -112,4 +109,19 @@ export async function startBenchServer(options: { model: string; modelsDir: stri
       rmSync(dataDir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * Runs `body` against a server started as {@link startBenchServer} does, and closes it after.
+ *
+ * @example
+ * return withBenchServer({ model: 'lathe/tiny-qwen3', modelsDir }, async (bench) => { await bench.tenant('alice'); return 0; });
+ */
+export async function withBenchServer<T>(options: Parameters<typeof startBenchServer>[0], body: (bench: BenchServer) => Promise<T>): Promise<T> {
+  const bench = await startBenchServer(options);
+  try {
+    return await body(bench);
+  } finally {
+    await bench.close();
+  }
 }

@@ -24,14 +24,14 @@ import { Session } from 'node:inspector/promises';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import { createServer, type LatheServer } from '../../packages/server/src/app.js';
 import { prepareData } from '../../packages/server/src/protocol/datums.js';
 import { decodeForwardBackwardOutput, encodeForwardBackwardRequest, type WireDatum } from '@lathe/protocol';
 import type { WorkerClient } from '../../packages/server/src/worker/client.js';
-import { REPO_ROOT, startLocalWorker, type LocalWorker } from '../../packages/server/src/worker/process.js';
+import { startLocalWorker, type LocalWorker } from '../../packages/server/src/worker/process.js';
 import { fromWire, type WireTensor } from '../../packages/server/src/worker/tensor.js';
-import { jsonOf, quantile, request, type Reply, runBench } from './_http.js';
+import { jsonOf, listenOnFreePort, quantile, type Reply, request, runBench } from './_http.js';
+import { parseBenchArgs } from './_args.js';
 
 const USAGE = `usage: npm run bench -- control-plane-overhead [options]
 
@@ -80,26 +80,18 @@ const r3 = (x: number): number => Math.round(x * 1000) / 1000;
 // -------------------------------------------------------------------------------------------------
 
 async function main(): Promise<number> {
-  const { values } = parseArgs({
-    options: {
-      iters: { type: 'string', default: '200' },
-      'max-seconds': { type: 'string', default: '75' },
-      warmup: { type: 'string', default: '10' },
-      tokens: { type: 'string', default: '16' },
-      model: { type: 'string', default: 'lathe/tiny-qwen3' },
-      rank: { type: 'string', default: '8' },
-      'json-body': { type: 'boolean', default: false },
-      'separate-worker': { type: 'boolean', default: false },
-      'worker-threads': { type: 'string', default: '1' },
-      'cpu-profile': { type: 'string' },
-      'models-dir': { type: 'string', default: path.join(REPO_ROOT, '.lathe', 'models') },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
+  const values = parseBenchArgs(USAGE, {
+    iters: { type: 'string', default: '200' },
+    'max-seconds': { type: 'string', default: '75' },
+    warmup: { type: 'string', default: '10' },
+    tokens: { type: 'string', default: '16' },
+    rank: { type: 'string', default: '8' },
+    'json-body': { type: 'boolean', default: false },
+    'separate-worker': { type: 'boolean', default: false },
+    'worker-threads': { type: 'string', default: '1' },
+    'cpu-profile': { type: 'string' },
   });
-  if (values.help) {
-    console.log(USAGE);
-    return 0;
-  }
+  if (values === undefined) return 0;
   const maxIters = Math.max(2, Number(values.iters));
   const maxSeconds = Number(values['max-seconds']);
   const warmup = Math.max(1, Number(values.warmup));
@@ -122,10 +114,7 @@ async function main(): Promise<number> {
   try {
     const t0 = performance.now();
     server = await createServer({ dataDir, modelsDir });
-    await server.app.listen({ host: '127.0.0.1', port: 0 });
-    const address = server.app.server.address();
-    if (address === null || typeof address === 'string') throw new Error('server has no TCP address');
-    const port = address.port;
+    const port = await listenOnFreePort(server);
     const { key } = await server.services.store.keys.create('bench-control-plane-overhead');
     const entry = server.services.model(model);
 

@@ -26,11 +26,10 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { parseArgs } from 'node:util';
 import { createServer, type LatheServer } from '../../packages/server/src/app.js';
 import { encodeForwardBackwardRequest, type WireDatum } from '@lathe/protocol';
-import { REPO_ROOT } from '../../packages/server/src/worker/process.js';
-import { jsonOf, quantile, request, type Reply, runBench } from './_http.js';
+import { jsonOf, listenOnFreePort, quantile, type Reply, request, runBench } from './_http.js';
+import { parseBenchArgs } from './_args.js';
 
 const USAGE = `usage: npm run bench -- control-plane-waiters [options]
 
@@ -78,22 +77,14 @@ function fdLimit(): number {
 }
 
 async function main(): Promise<number> {
-  const { values } = parseArgs({
-    options: {
-      waiters: { type: 'string', default: '2000' },
-      heartbeats: { type: 'string', default: '500' },
-      'long-poll-ms': { type: 'string', default: '120000' },
-      batch: { type: 'string', default: '250' },
-      model: { type: 'string', default: 'lathe/tiny-qwen3' },
-      'models-dir': { type: 'string', default: path.join(REPO_ROOT, '.lathe', 'models') },
-      'cpu-profile': { type: 'string' },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
+  const values = parseBenchArgs(USAGE, {
+    waiters: { type: 'string', default: '2000' },
+    heartbeats: { type: 'string', default: '500' },
+    'long-poll-ms': { type: 'string', default: '120000' },
+    batch: { type: 'string', default: '250' },
+    'cpu-profile': { type: 'string' },
   });
-  if (values.help) {
-    console.log(USAGE);
-    return 0;
-  }
+  if (values === undefined) return 0;
   const nWaiters = Math.max(1, Number(values.waiters));
   const nHeartbeats = Math.max(10, Number(values.heartbeats));
   const longPollMs = Number(values['long-poll-ms']);
@@ -119,10 +110,7 @@ async function main(): Promise<number> {
   try {
     const t0 = performance.now();
     server = await createServer({ dataDir, modelsDir, longPollMs });
-    await server.app.listen({ host: '127.0.0.1', port: 0 });
-    const address = server.app.server.address();
-    if (address === null || typeof address === 'string') throw new Error('server has no TCP address');
-    const port = address.port;
+    const port = await listenOnFreePort(server);
     const { key } = await server.services.store.keys.create('bench-control-plane-waiters');
     const hub = server.services.hub;
     const postJson = (agent: http.Agent, p: string, body: unknown, headers: Record<string, string> = {}): Promise<Reply> =>

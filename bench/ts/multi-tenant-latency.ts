@@ -18,10 +18,9 @@
  *   npm run bench -- multi-tenant-latency [--steps 20] [--flood-runs 2] [--window 8] ...
  */
 import path from 'node:path';
-import { parseArgs } from 'node:util';
-import { REPO_ROOT } from '../../packages/server/src/worker/process.js';
 import { quantile, runBench } from './_http.js';
-import { datum, PROMPT, startBenchServer, type BenchServer } from './_tenants.js';
+import { parseBenchArgs } from './_args.js';
+import { datum, PROMPT, withBenchServer } from './_tenants.js';
 
 const USAGE = `usage: npm run bench -- multi-tenant-latency [options]
 
@@ -46,39 +45,29 @@ function stats(samples: number[]): Stats {
 }
 
 async function main(): Promise<number> {
-  const { values } = parseArgs({
-    options: {
-      steps: { type: 'string', default: '20' },
-      'small-tokens': { type: 'string', default: '16' },
-      'flood-runs': { type: 'string', default: '2' },
-      window: { type: 'string', default: '8' },
-      'flood-batch': { type: 'string', default: '8' },
-      'flood-tokens': { type: 'string', default: '256' },
-      'sample-n': { type: 'string', default: '128' },
-      'sample-tokens': { type: 'string', default: '64' },
-      'cycle-tokens': { type: 'string' },
-      'sample-cycle-tokens': { type: 'string' },
-      model: { type: 'string', default: 'lathe/tiny-qwen3' },
-      'models-dir': { type: 'string', default: path.join(REPO_ROOT, '.lathe', 'models') },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
+  const values = parseBenchArgs(USAGE, {
+    steps: { type: 'string', default: '20' },
+    'small-tokens': { type: 'string', default: '16' },
+    'flood-runs': { type: 'string', default: '2' },
+    window: { type: 'string', default: '8' },
+    'flood-batch': { type: 'string', default: '8' },
+    'flood-tokens': { type: 'string', default: '256' },
+    'sample-n': { type: 'string', default: '128' },
+    'sample-tokens': { type: 'string', default: '64' },
+    'cycle-tokens': { type: 'string' },
+    'sample-cycle-tokens': { type: 'string' },
   });
-  if (values.help) {
-    console.log(USAGE);
-    return 0;
-  }
+  if (values === undefined) return 0;
   const n = (name: keyof typeof values): number => Number(values[name]);
   const model = values.model;
-  let bench: BenchServer | undefined;
-  try {
-    bench = await startBenchServer({
+  return withBenchServer({
       model,
       modelsDir: path.resolve(values['models-dir']),
       ordering: {
         ...(values['cycle-tokens'] ? { cycleTokens: n('cycle-tokens') } : {}),
         ...(values['sample-cycle-tokens'] ? { sampleCycleTokens: n('sample-cycle-tokens') } : {}),
       },
-    });
+    }, async (bench) => {
     const lane = bench.server.services.lane(model);
 
     const small = await bench.tenant('small');
@@ -140,9 +129,7 @@ async function main(): Promise<number> {
     console.log(`slowdown loaded / alone: p50 ${slowdown.p50.toFixed(2)}x, p99 ${slowdown.p99.toFixed(2)}x`);
     console.log(JSON.stringify({ bench: 'multi-tenant-latency', model, ratio: slowdown.p99, slowdown, alone: { ms: a, cycles: ca }, loaded: { ms: l, cycles: cl }, flood: { steps: floodSteps, samples: floodSamples } }));
     return 0;
-  } finally {
-    await bench?.close();
-  }
+  });
 }
 
 runBench(main);

@@ -18,11 +18,10 @@
  *   npm run bench -- multi-tenant [--users 8] [--steps 10] [--batch 2] [--tokens 128] [--window 4]
  */
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import type { WireDatum } from '@lathe/protocol';
-import { REPO_ROOT } from '../../packages/server/src/worker/process.js';
-import { datum, startBenchServer, type BenchRun, type BenchServer, type Tenant } from './_tenants.js';
+import { datum, withBenchServer, type BenchRun, type Tenant } from './_tenants.js';
 import { runBench } from './_http.js';
+import { parseBenchArgs } from './_args.js';
 
 const USAGE = `usage: npm run bench -- multi-tenant [options]
 
@@ -52,31 +51,21 @@ async function train(tenant: Tenant, run: BenchRun, data: WireDatum[], steps: nu
 }
 
 async function main(): Promise<number> {
-  const { values } = parseArgs({
-    options: {
-      users: { type: 'string', default: '8' },
-      steps: { type: 'string', default: '10' },
-      batch: { type: 'string', default: '2' },
-      tokens: { type: 'string', default: '128' },
-      window: { type: 'string', default: '4' },
-      model: { type: 'string', default: 'lathe/tiny-qwen3' },
-      'models-dir': { type: 'string', default: path.join(REPO_ROOT, '.lathe', 'models') },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
+  const values = parseBenchArgs(USAGE, {
+    users: { type: 'string', default: '8' },
+    steps: { type: 'string', default: '10' },
+    batch: { type: 'string', default: '2' },
+    tokens: { type: 'string', default: '128' },
+    window: { type: 'string', default: '4' },
   });
-  if (values.help) {
-    console.log(USAGE);
-    return 0;
-  }
+  if (values === undefined) return 0;
   const n = (name: keyof typeof values): number => Number(values[name]);
   const [users, steps, window] = [n('users'), n('steps'), n('window')];
   const userData = Array.from({ length: n('batch') }, () => datum(n('tokens')));
   const stepTokens = n('batch') * n('tokens');
-  let bench: BenchServer | undefined;
-  try {
-    bench = await startBenchServer({ model: values.model, modelsDir: path.resolve(values['models-dir']) });
+  return withBenchServer({ model: values.model, modelsDir: path.resolve(values['models-dir']) }, async (bench) => {
     const lane = bench.server.services.lane(values.model);
-    const tenants = await Promise.all(Array.from({ length: users }, (_, i) => bench!.tenant(`user-${i}`)));
+    const tenants = await Promise.all(Array.from({ length: users }, (_, i) => bench.tenant(`user-${i}`)));
     const runs = await Promise.all(tenants.map((tenant) => tenant.createRun()));
     const singleRun = await tenants[0]!.createRun();
     const singleData = Array.from({ length: users }, () => userData).flat();
@@ -124,9 +113,7 @@ async function main(): Promise<number> {
     console.log(`fairness: tokens served per user when the first finished ${servedAtFirstFinish.join(', ')}; max / min ${fairness.toFixed(2)} (target <= 1.2); finish times last / first ${finishSpread.toFixed(2)}`);
     console.log(JSON.stringify({ bench: 'multi-tenant', model: values.model, ratio: vsSingle, baseline: 'single', vsSequential, fairness, finishSpread, servedAtFirstFinish, seconds: { single: single.seconds, sequential: sequential.seconds, together: together.seconds }, cycles: { single: single.cycles, sequential: sequential.cycles, together: together.cycles }, tokensPerSecond: { single: rate(single), sequential: rate(sequential), together: rate(together) } }));
     return 0;
-  } finally {
-    await bench?.close();
-  }
+  });
 }
 
 runBench(main);

@@ -18,11 +18,11 @@
  *   npm run bench -- recovery [--runs 2] [--steps 30] [--kill-at 15] [--snapshot-every 10] ...
  */
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import type { WireDatum } from '@lathe/protocol';
-import { REPO_ROOT, startLocalWorker } from '../../packages/server/src/worker/process.js';
+import { startLocalWorker } from '../../packages/server/src/worker/process.js';
 import { quantile, runBench } from './_http.js';
-import { startBenchServer, type BenchServer } from './_tenants.js';
+import { parseBenchArgs } from './_args.js';
+import { withBenchServer } from './_tenants.js';
 
 const USAGE = `usage: npm run bench -- recovery [options]
 
@@ -42,40 +42,30 @@ function datum(run: number, step: number, row: number, length: number): WireDatu
 }
 
 async function main(): Promise<number> {
-  const { values } = parseArgs({
-    options: {
-      runs: { type: 'string', default: '2' },
-      steps: { type: 'string', default: '30' },
-      'kill-at': { type: 'string', default: '15' },
-      'snapshot-every': { type: 'string', default: '10' },
-      batch: { type: 'string', default: '4' },
-      tokens: { type: 'string', default: '64' },
-      model: { type: 'string', default: 'lathe/tiny-qwen3' },
-      'models-dir': { type: 'string', default: path.join(REPO_ROOT, '.lathe', 'models') },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
+  const values = parseBenchArgs(USAGE, {
+    runs: { type: 'string', default: '2' },
+    steps: { type: 'string', default: '30' },
+    'kill-at': { type: 'string', default: '15' },
+    'snapshot-every': { type: 'string', default: '10' },
+    batch: { type: 'string', default: '4' },
+    tokens: { type: 'string', default: '64' },
   });
-  if (values.help) {
-    console.log(USAGE);
-    return 0;
-  }
+  if (values === undefined) return 0;
   const n = (name: keyof typeof values): number => Number(values[name]);
   const model = values.model;
   const modelsDir = path.resolve(values['models-dir']);
   if (n('kill-at') < 1 || n('kill-at') >= n('steps')) throw new Error('--kill-at must be at least 1 and below --steps');
-  let bench: BenchServer | undefined;
-  try {
-    // Baseline 2: a worker's cold start (process, model load), on its own.
-    const coldStarted = performance.now();
-    const cold = await startLocalWorker({ modelsDir, model });
-    const coldStartMs = performance.now() - coldStarted;
-    await cold.stop();
+  // Baseline 2: a worker's cold start (process, model load), on its own.
+  const coldStarted = performance.now();
+  const cold = await startLocalWorker({ modelsDir, model });
+  const coldStartMs = performance.now() - coldStarted;
+  await cold.stop();
 
-    bench = await startBenchServer({ model, modelsDir, snapshotEvery: n('snapshot-every') });
+  return withBenchServer({ model, modelsDir, snapshotEvery: n('snapshot-every') }, async (bench) => {
     const server = bench.server;
     const tenants = await Promise.all(
       Array.from({ length: n('runs') }, async (_, i) => {
-        const tenant = await bench!.tenant(`tenant-${i}`);
+        const tenant = await bench.tenant(`tenant-${i}`);
         const run = await tenant.createRun();
         /** When a future finished (ms), re-polling on 408 as the SDK does. */
         const finished = (requestId: unknown) => tenant.result(requestId).then(() => performance.now());
@@ -124,9 +114,7 @@ async function main(): Promise<number> {
       replayed, rebuilt, runs: n('runs'), steps: n('steps'), kill_at: n('kill-at'), snapshot_every: n('snapshot-every'), batch: n('batch'), tokens: n('tokens'),
     }));
     return 0;
-  } finally {
-    await bench?.close();
-  }
+  });
 }
 
 runBench(main);

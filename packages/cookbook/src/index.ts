@@ -16,6 +16,7 @@ export * from './utils/checkpoints.js';
 export * from './utils/hyperparams.js';
 export * from './utils/lr-schedule.js';
 export * from './utils/ml-log.js';
+export { DEFAULT_ADAM, type AdamSettings, type LoopConfig, type LoopResult } from './utils/loop.js';
 export * from './preference/dpo-loss.js';
 export * from './preference/data.js';
 export * from './preference/train.js';

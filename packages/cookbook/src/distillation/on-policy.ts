@@ -5,11 +5,11 @@
  * −coef·(logp_student − logp_teacher), trained with the `importance_sampling` loss. Logs
  * `metrics.jsonl`, `config.json` and `checkpoints.jsonl` under `logPath` and resumes from there.
  */
-import { ModelInput, TensorData, type Datum, type SampledSequence, type SamplingClient, type ServiceClient, type TrainingClient } from '@lathe/sdk';
-import { getLastCheckpoint, isSaveStep, openTrainingClient, submitCheckpoint, submitStepCheckpoint, type CheckpointRecord, type LoopState } from '../utils/checkpoints.js';
+import { ModelInput, TensorData, type Datum, type SampledSequence, type SamplingClient } from '@lathe/sdk';
+import { isSaveStep, openTrainingClient, submitCheckpoint, submitStepCheckpoint, type LoopState } from '../utils/checkpoints.js';
+import { completedRun, DEFAULT_ADAM, logFinalEvaluation, logStep, openRunLog, requireIntegers, requirePositiveLearningRate, type LoopConfig, type LoopResult } from '../utils/loop.js';
 import { lrMultiplier, type LrSchedule } from '../utils/lr-schedule.js';
-import { loopLoggerOptions, MetricsLogger, prefixMetrics, type LineSink, type Metrics, type MetricsReporter } from '../utils/ml-log.js';
-import type { AdamSettings } from '../supervised/train.js';
+import { prefixMetrics, type Metrics } from '../utils/ml-log.js';
 
 /** How the student samples (training rollouts and the held-out KL estimate alike). */
 export interface StudentSampling {
@@ -25,13 +25,11 @@ export interface StudentSampling {
   seed?: number;
 }
 
-/** Settings of {@link trainOnPolicyDistillation}; the first six are required. */
-export interface DistillationConfig extends StudentSampling {
-  service: ServiceClient;
-  /** Where `config.json`, `metrics.jsonl` and `checkpoints.jsonl` go; a run found here is resumed (or, if complete, returned as is). */
-  logPath: string;
-  /** The student's base model; it must share the teacher's tokenizer. */
-  modelName: string;
+/**
+ * Settings of {@link trainOnPolicyDistillation}; `service`, `logPath`, `modelName` (the student's
+ * base model; it must share the teacher's tokenizer), `teacher`, `prompts` and `numSteps` are required.
+ */
+export interface DistillationConfig extends LoopConfig, StudentSampling {
   /** The teacher: any sampler over a model with the same tokenizer (a base model or saved weights). */
   teacher: SamplingClient;
   /** Training prompts as tokens (e.g. a renderer's `buildGenerationPrompt`). */
@@ -43,41 +41,16 @@ export interface DistillationConfig extends StudentSampling {
   promptsPerStep?: number;
   /** Weight of the reverse KL in the advantage (default 1). */
   klPenaltyCoef?: number;
-  /** Default 32. */
-  loraRank?: number;
   /** Default 1e-4. */
   learningRate?: number;
   /** Default `constant`. */
   lrSchedule?: LrSchedule;
-  /** Default { beta1: 0.9, beta2: 0.95, eps: 1e-8 }. */
-  adam?: Partial<AdamSettings>;
   /** Default 10 (0 = only before the first step and after the last). */
   evalEvery?: number;
-  /** Save state + sampler weights every this many steps (default 20; 0 = only the final save). */
-  saveEvery?: number;
-  /** Lifetime of periodic checkpoints (default 7 days); the final one is kept. */
-  ttlSeconds?: number;
-  /** Start the student from these weights instead of a fresh LoRA adapter (fresh optimizer; ignored when resuming). */
-  loadCheckpointPath?: string;
-  /** Stops the loop before the next step (no final checkpoint then). */
-  signal?: AbortSignal;
-  onStep?: (step: number, metrics: Metrics) => void;
-  console?: LineSink;
-  /** Also report each metrics row to the server's dashboard (best effort; see `MetricsLoggerOptions.report`). */
-  reportMetrics?: MetricsReporter;
 }
 
 /** What {@link trainOnPolicyDistillation} did. */
-export interface DistillationResult {
-  training: TrainingClient;
-  /** Steps done in all, counting those before a resume. */
-  steps: number;
-  totalSteps: number;
-  /** True when `signal` stopped the run before the end (no final checkpoint then). */
-  interrupted: boolean;
-  resumedFrom?: CheckpointRecord;
-  finalCheckpoint?: CheckpointRecord;
-}
+export type DistillationResult = LoopResult;
 
 /** One scored rollout: the student's sampled tokens with both models' logprobs of them. */
 export interface ScoredRollout {
@@ -111,27 +84,17 @@ export async function trainOnPolicyDistillation(config: DistillationConfig): Pro
   const schedule = config.lrSchedule ?? 'constant';
   const evalEvery = config.evalEvery ?? 10;
   const saveEvery = config.saveEvery ?? 20;
-  const adam = { beta1: 0.9, beta2: 0.95, eps: 1e-8, ...config.adam };
+  const adam = { ...DEFAULT_ADAM, ...config.adam };
   const seed = config.seed ?? 0;
   if (prompts.length === 0) throw new RangeError('no training prompts');
-  for (const [name, value] of Object.entries({ numSteps, promptsPerStep })) {
-    if (!Number.isInteger(value) || value < 1) throw new RangeError(`${name} must be a positive integer, got ${value}`);
-  }
-  for (const [name, value] of Object.entries({ evalEvery, saveEvery })) {
-    if (!Number.isInteger(value) || value < 0) throw new RangeError(`${name} must be a non-negative integer, got ${value}`);
-  }
-  if (!(learningRate > 0)) throw new RangeError(`learningRate must be positive, got ${learningRate}`);
+  requireIntegers({ numSteps, promptsPerStep }, 1);
+  requireIntegers({ evalEvery, saveEvery });
+  requirePositiveLearningRate(learningRate);
   lrMultiplier(schedule, 0, numSteps);
 
   const { logPath } = config;
-  const logger = new MetricsLogger(logPath, loopLoggerOptions(config, () => training.modelId));
-  const resumedFrom = getLastCheckpoint(logPath);
-  if (resumedFrom?.final === true) {
-    // The run in logPath is complete: hand back its final weights rather than train or log again.
-    const training = await openTrainingClient({ ...config, seed }, resumedFrom);
-    return { training, steps: resumedFrom.step, totalSteps: resumedFrom.step, interrupted: false, resumedFrom, finalCheckpoint: resumedFrom };
-  }
-  const startStep = resumedFrom?.step ?? 0;
+  const { logger, resumedFrom, startStep } = openRunLog(config, () => training.modelId);
+  if (resumedFrom?.final === true) return { training: await openTrainingClient({ ...config, seed }, resumedFrom), ...completedRun(resumedFrom) };
   // A fresh start also clears the metrics of an earlier attempt that saved no checkpoint.
   logger.truncateFrom(startStep);
   logger.logConfig({
@@ -185,16 +148,10 @@ export async function trainOnPolicyDistillation(config: DistillationConfig): Pro
       ...evaluation,
       'time/step': (performance.now() - started) / 1000,
     };
-    logger.logMetrics(step, metrics);
-    config.onStep?.(step, metrics);
+    logStep(logger, config, step, metrics);
   }
   const finalCheckpoint = await submitCheckpoint(training, 'final', logPath, loopState(numSteps), { kind: 'both', final: true })();
-  const finalEvaluation = await evaluate(await service.createSamplingClient({ modelPath: finalCheckpoint.sampler_path! }));
-  if (Object.keys(finalEvaluation).length > 0) {
-    const metrics = { ...finalEvaluation, 'progress/done_frac': 1 };
-    logger.logMetrics(numSteps, metrics);
-    config.onStep?.(numSteps, metrics);
-  }
+  logFinalEvaluation(logger, config, numSteps, await evaluate(await service.createSamplingClient({ modelPath: finalCheckpoint.sampler_path! })));
   return { training, steps: numSteps, totalSteps: numSteps, interrupted: false, finalCheckpoint, ...(resumedFrom !== undefined && { resumedFrom }) };
 }
 

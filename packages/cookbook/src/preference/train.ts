@@ -4,29 +4,22 @@
  * through `forwardBackwardCustom` (loss and gradient computed here, sent back as a linear surrogate).
  * Logs `metrics.jsonl`, `config.json` and `checkpoints.jsonl` under `logPath` and resumes from there.
  */
-import { ModelInput, TensorData, type Datum, type SamplingClient, type ServiceClient, type TrainingClient } from '@lathe/sdk';
-import { getLastCheckpoint, isSaveStep, openTrainingClient, readCheckpoints, submitCheckpoint, submitStepCheckpoint, type CheckpointRecord, type LoopState } from '../utils/checkpoints.js';
+import { ModelInput, TensorData, type Datum, type SamplingClient, type TrainingClient } from '@lathe/sdk';
+import { isSaveStep, openTrainingClient, readCheckpoints, submitCheckpoint, submitStepCheckpoint, type LoopState } from '../utils/checkpoints.js';
+import { completedRun, DEFAULT_ADAM, logFinalEvaluation, logStep, openRunLog, requireIntegers, requirePositiveLearningRate, type LoopConfig, type LoopResult } from '../utils/loop.js';
 import { lrMultiplier, type LrSchedule } from '../utils/lr-schedule.js';
-import { loopLoggerOptions, MetricsLogger, prefixMetrics, type LineSink, type Metrics, type MetricsReporter } from '../utils/ml-log.js';
+import { prefixMetrics, type Metrics } from '../utils/ml-log.js';
 import type { SupervisedDataset } from '../supervised/data.js';
-import type { AdamSettings } from '../supervised/train.js';
 import { dpoLoss, logprobValues, type DpoMetrics } from './dpo-loss.js';
 
-/** Settings of {@link trainDPO}; only the first four are required. */
-export interface DpoConfig {
-  service: ServiceClient;
-  /** Where `config.json`, `metrics.jsonl` and `checkpoints.jsonl` go; a run found here is resumed (or, if complete, returned as is). */
-  logPath: string;
-  modelName: string;
+/** Settings of {@link trainDPO}; `service`, `logPath`, `modelName` and `dataset` are required. */
+export interface DpoConfig extends LoopConfig {
   /** Batches laid out as chosen/rejected pairs ({@link PreferenceDataset}). */
   dataset: SupervisedDataset;
   /** Held-out pairs (same layout), scored as `test/*` before every `evalEvery`-th step and at the end. */
   testData?: readonly Datum[];
   /** Default 0.1. */
   beta?: number;
-  /** Default 32. */
-  loraRank?: number;
-  seed?: number;
   /** Default 1e-5. */
   learningRate?: number;
   /** Default `linear`. */
@@ -34,37 +27,19 @@ export interface DpoConfig {
   /** Default 1. */
   numEpochs?: number;
   maxSteps?: number;
-  /** Default { beta1: 0.9, beta2: 0.95, eps: 1e-8 }. */
-  adam?: Partial<AdamSettings>;
   /** Default 10 (0 = only before the first step and after the last). */
   evalEvery?: number;
-  /** Save state + sampler weights every this many steps (default 20; 0 = only the final save). */
-  saveEvery?: number;
-  /** Lifetime of periodic checkpoints (default 7 days); the final one and the reference are kept. */
-  ttlSeconds?: number;
-  /** Start the policy from these weights (fresh optimizer; ignored when resuming); the reference is then these weights too. */
-  loadCheckpointPath?: string;
-  /** Sampler weights of a separate frozen reference; default: a snapshot of the starting weights. */
+  /**
+   * Sampler weights of a separate frozen reference; default: a snapshot of the starting weights
+   * (those of `loadCheckpointPath` when given), kept like the final checkpoint.
+   */
   referenceModelPath?: string;
-  /** Stops the loop before the next step (no final checkpoint then). */
-  signal?: AbortSignal;
-  onStep?: (step: number, metrics: Metrics) => void;
-  console?: LineSink;
-  /** Also report each metrics row to the server's dashboard (best effort; see `MetricsLoggerOptions.report`). */
-  reportMetrics?: MetricsReporter;
 }
 
 /** What {@link trainDPO} did. */
-export interface DpoResult {
-  training: TrainingClient;
+export interface DpoResult extends LoopResult {
+  /** The frozen reference the run was scored against. */
   reference: SamplingClient;
-  /** Steps done in all, counting those before a resume. */
-  steps: number;
-  totalSteps: number;
-  /** True when `signal` stopped the run before the end (no final checkpoint then). */
-  interrupted: boolean;
-  resumedFrom?: CheckpointRecord;
-  finalCheckpoint?: CheckpointRecord;
 }
 
 /** The name of the `checkpoints.jsonl` record of a run's frozen reference (sampler weights, step 0). */
@@ -88,12 +63,10 @@ export async function trainDPO(config: DpoConfig): Promise<DpoResult> {
   const schedule = config.lrSchedule ?? 'linear';
   const evalEvery = config.evalEvery ?? 10;
   const saveEvery = config.saveEvery ?? 20;
-  const adam = { beta1: 0.9, beta2: 0.95, eps: 1e-8, ...config.adam };
+  const adam = { ...DEFAULT_ADAM, ...config.adam };
   if (!(beta > 0)) throw new RangeError(`beta must be positive, got ${beta}`);
-  if (!(learningRate > 0)) throw new RangeError(`learningRate must be positive, got ${learningRate}`);
-  for (const [name, value] of Object.entries({ evalEvery, saveEvery })) {
-    if (!Number.isInteger(value) || value < 0) throw new RangeError(`${name} must be a non-negative integer, got ${value}`);
-  }
+  requirePositiveLearningRate(learningRate);
+  requireIntegers({ evalEvery, saveEvery });
   if (testData !== undefined && testData.length % 2 !== 0) throw new RangeError(`testData must hold chosen/rejected pairs, got ${testData.length} datums`);
   const batchesPerEpoch = dataset.length;
   const totalSteps = Math.min(batchesPerEpoch * (config.numEpochs ?? 1), config.maxSteps ?? Number.POSITIVE_INFINITY);
@@ -101,14 +74,11 @@ export async function trainDPO(config: DpoConfig): Promise<DpoResult> {
   lrMultiplier(schedule, 0, totalSteps);
 
   const { logPath } = config;
-  const logger = new MetricsLogger(logPath, loopLoggerOptions(config, () => training.modelId));
-  const resumedFrom = getLastCheckpoint(logPath);
+  const { logger, resumedFrom, startStep } = openRunLog(config, () => training.modelId);
   if (resumedFrom?.final === true) {
-    // The run in logPath is complete: hand back its final weights rather than train or log again.
     const [training, reference] = await Promise.all([openTrainingClient(config, resumedFrom), openReference(config)]);
-    return { training, reference, steps: resumedFrom.step, totalSteps: resumedFrom.step, interrupted: false, resumedFrom, finalCheckpoint: resumedFrom };
+    return { training, reference, ...completedRun(resumedFrom) };
   }
-  const startStep = resumedFrom?.step ?? 0;
   // A fresh start also clears the metrics of an earlier attempt that saved no checkpoint.
   logger.truncateFrom(startStep);
   logger.logConfig({
@@ -173,16 +143,10 @@ export async function trainDPO(config: DpoConfig): Promise<DpoResult> {
       ...evaluation,
       'time/step': (performance.now() - started) / 1000,
     };
-    logger.logMetrics(step, metrics);
-    config.onStep?.(step, metrics);
+    logStep(logger, config, step, metrics);
   }
   const finalCheckpoint = await submitCheckpoint(training, 'final', logPath, loopState(totalSteps), { kind: 'both', final: true })();
-  const finalEvaluation = await evaluate();
-  if (Object.keys(finalEvaluation).length > 0) {
-    const metrics = { ...finalEvaluation, 'progress/done_frac': 1 };
-    logger.logMetrics(totalSteps, metrics);
-    config.onStep?.(totalSteps, metrics);
-  }
+  logFinalEvaluation(logger, config, totalSteps, await evaluate());
   return { training, reference, steps: totalSteps, totalSteps, interrupted: false, finalCheckpoint, ...(resumedFrom !== undefined && { resumedFrom }) };
 }
 

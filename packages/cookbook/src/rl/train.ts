@@ -5,20 +5,16 @@
  * the next k batches run while the trainer works (off-policy by at most k steps). Logs
  * `metrics.jsonl`, `config.json` and `checkpoints.jsonl` under `logPath` and resumes from there.
  */
-import type { LossFnConfig, SamplingClient, ServiceClient, TrainingClient } from '@lathe/sdk';
-import type { AdamSettings } from '../supervised/train.js';
-import { getLastCheckpoint, submitCheckpoint, openTrainingClient, type CheckpointRecord } from '../utils/checkpoints.js';
-import { loopLoggerOptions, MetricsLogger, type LineSink, type Metrics, type MetricsReporter } from '../utils/ml-log.js';
+import type { LossFnConfig, SamplingClient } from '@lathe/sdk';
+import { submitCheckpoint, openTrainingClient } from '../utils/checkpoints.js';
+import { completedRun, DEFAULT_ADAM, logStep, openRunLog, requireIntegers, requirePositiveLearningRate, type LoopConfig, type LoopResult } from '../utils/loop.js';
+import type { Metrics } from '../utils/ml-log.js';
 import { applyKlPenalty, assembleTrainingData, computeReferenceLogprobs, sampleTrainKlMetrics, trajectoryMetrics } from './data.js';
 import { doGroupRollout, type RolloutParams } from './rollouts.js';
 import type { RLDataset, TrajectoryGroup } from './types.js';
 
-/** Settings of {@link trainRL}; only the first six are required. */
-export interface RLConfig {
-  service: ServiceClient;
-  /** Where `config.json`, `metrics.jsonl` and `checkpoints.jsonl` go; a run found here is resumed. */
-  logPath: string;
-  modelName: string;
+/** Settings of {@link trainRL}; `service`, `logPath`, `modelName`, `dataset`, `learningRate` and `maxTokens` are required. */
+export interface RLConfig extends LoopConfig {
   dataset: RLDataset;
   learningRate: number;
   /** Most tokens sampled per turn. */
@@ -27,8 +23,6 @@ export interface RLConfig {
   temperature?: number;
   /** Turns before an episode is cut off (default 16). */
   maxTurns?: number;
-  /** Default 32. */
-  loraRank?: number;
   /** Seeds the adapter's initialisation and every rollout's sampling. */
   seed?: number;
   /** Default `importance_sampling`. */
@@ -43,36 +37,13 @@ export interface RLConfig {
   maxStaleness?: number;
   /** Stop after this many steps (default: one per dataset batch). */
   maxSteps?: number;
-  /** Default { beta1: 0.9, beta2: 0.95, eps: 1e-8 }. */
-  adam?: Partial<AdamSettings>;
-  /** Save state + sampler weights every this many steps (default 20; 0 = only the final save). */
-  saveEvery?: number;
-  /** Lifetime of periodic checkpoints (default 7 days); the final one is kept. */
-  ttlSeconds?: number;
-  /** Start a new run from these weights (fresh optimizer); ignored when resuming. */
-  loadCheckpointPath?: string;
-  /** Stops the loop before the next step. */
-  signal?: AbortSignal;
-  onStep?: (step: number, metrics: Metrics) => void;
-  /** Where the metrics table is printed (default `console.log`). */
-  console?: LineSink;
-  /** Also report each metrics row to the server's dashboard (best effort; see `MetricsLoggerOptions.report`). */
-  reportMetrics?: MetricsReporter;
 }
 
 /** What {@link trainRL} did. */
-export interface RLResult {
-  training: TrainingClient;
+export interface RLResult extends LoopResult {
   /** A sampler of the final weights. */
   sampler: SamplingClient;
-  steps: number;
-  totalSteps: number;
-  interrupted: boolean;
-  resumedFrom?: CheckpointRecord;
-  finalCheckpoint?: CheckpointRecord;
 }
-
-const DEFAULT_ADAM: AdamSettings = { beta1: 0.9, beta2: 0.95, eps: 1e-8 };
 
 /**
  * Trains a policy by RL on `dataset`'s groups of environments.
@@ -88,23 +59,18 @@ export async function trainRL(config: RLConfig): Promise<RLResult> {
   const klPenaltyCoef = config.klPenaltyCoef ?? 0;
   const maxStaleness = config.maxStaleness ?? 0;
   const saveEvery = config.saveEvery ?? 20;
-  for (const [name, value] of Object.entries({ maxStaleness, saveEvery, maxTokens: config.maxTokens })) {
-    if (!Number.isInteger(value) || value < 0) throw new RangeError(`${name} must be a non-negative integer, got ${value}`);
-  }
-  if (!(config.learningRate > 0)) throw new RangeError(`learningRate must be positive, got ${config.learningRate}`);
+  requireIntegers({ maxStaleness, saveEvery, maxTokens: config.maxTokens });
+  requirePositiveLearningRate(config.learningRate);
   if (!(klPenaltyCoef >= 0)) throw new RangeError(`klPenaltyCoef must be >= 0, got ${klPenaltyCoef}`);
   if (klPenaltyCoef > 0 && config.klReference === undefined) throw new RangeError('klPenaltyCoef > 0 needs klReference (a sampling client of the reference policy)');
   const totalSteps = Math.min(dataset.length, config.maxSteps ?? Number.POSITIVE_INFINITY);
   if (totalSteps < 1) throw new RangeError(`nothing to train: ${totalSteps} steps`);
 
-  const logger = new MetricsLogger(logPath, loopLoggerOptions(config, () => training.modelId));
-  const resumedFrom = getLastCheckpoint(logPath);
+  const { logger, resumedFrom, startStep } = openRunLog(config, () => training.modelId);
   if (resumedFrom?.final === true) {
     const training = await openTrainingClient(config, resumedFrom);
-    const sampler = await training.createSamplingClient(resumedFrom.sampler_path!);
-    return { training, sampler, steps: resumedFrom.step, totalSteps: resumedFrom.step, interrupted: false, resumedFrom, finalCheckpoint: resumedFrom };
+    return { training, sampler: await training.createSamplingClient(resumedFrom.sampler_path!), ...completedRun(resumedFrom) };
   }
-  const startStep = resumedFrom?.step ?? 0;
   if (resumedFrom !== undefined) logger.truncateFrom(startStep);
   logger.logConfig({
     modelName: config.modelName,
@@ -203,8 +169,7 @@ export async function trainRL(config: RLConfig): Promise<RLResult> {
         'time/rollout': rolloutSeconds,
         'time/step': (performance.now() - started) / 1000,
       });
-      logger.logMetrics(step, metrics);
-      config.onStep?.(step, metrics);
+      logStep(logger, config, step, metrics);
     }
   } finally {
     discard();
@@ -213,5 +178,3 @@ export async function trainRL(config: RLConfig): Promise<RLResult> {
   const finalCheckpoint = await submitCheckpoint(training, 'final', logPath, { epoch: 0, batch: totalSteps, step: totalSteps }, { kind: 'both', final: true })();
   return { training, sampler, steps: totalSteps, totalSteps, interrupted, finalCheckpoint, ...(resumedFrom !== undefined && { resumedFrom }) };
 }
-
-/** Resume with optimizer state, start from given weights, or create a fresh LoRA adapter. */

@@ -4,28 +4,17 @@
  * server always has queued work. Logs `metrics.jsonl`, `config.json` and `checkpoints.jsonl` under
  * `logPath`, and resumes from the last checkpoint there (weights and optimizer state).
  */
-import type { APIFuture, Datum, ForwardBackwardOutput, OptimStepResponse, ServiceClient, TrainingClient } from '@lathe/sdk';
-import { getLastCheckpoint, submitCheckpoint, openTrainingClient, type CheckpointRecord } from '../utils/checkpoints.js';
+import type { APIFuture, Datum, ForwardBackwardOutput, OptimStepResponse } from '@lathe/sdk';
+import { submitCheckpoint, openTrainingClient, type CheckpointRecord } from '../utils/checkpoints.js';
+import { completedRun, DEFAULT_ADAM, logFinalEvaluation, logStep, openRunLog, requireIntegers, requirePositiveLearningRate, type LoopConfig, type LoopResult } from '../utils/loop.js';
 import { lrMultiplier, type LrSchedule } from '../utils/lr-schedule.js';
-import { loopLoggerOptions, MetricsLogger, prefixMetrics, type LineSink, type Metrics, type MetricsReporter } from '../utils/ml-log.js';
+import { prefixMetrics, type Metrics } from '../utils/ml-log.js';
 import { getTokenizer, type TextTokenizer } from '../tokenizers.js';
 import { datumWeights, meanBitsPerByte, meanNll } from './datum.js';
 import type { SupervisedDataset } from './data.js';
 
-/** Adam settings of every step (the cookbook's SFT defaults). */
-export interface AdamSettings {
-  beta1: number;
-  beta2: number;
-  eps: number;
-}
-
-/** Settings of {@link trainSupervised}; only the first five are required. */
-export interface SupervisedConfig {
-  service: ServiceClient;
-  /** Where `config.json`, `metrics.jsonl` and `checkpoints.jsonl` go; a run found here is resumed (or, if complete, returned as is). */
-  logPath: string;
-  /** The base model of a new run. */
-  modelName: string;
+/** Settings of {@link trainSupervised}; `service`, `logPath`, `modelName` and `dataset` are required. */
+export interface SupervisedConfig extends LoopConfig {
   dataset: SupervisedDataset;
   /** Held-out datums whose NLL is logged as `test/nll` every `evalEvery` steps and at the end. */
   testData?: readonly Datum[];
@@ -34,10 +23,6 @@ export interface SupervisedConfig {
    * Default: `getTokenizer(modelName)`; without one (a model of no bundled family) no bpb is logged.
    */
   tokenizer?: TextTokenizer;
-  /** Default 32. */
-  loraRank?: number;
-  /** Seed of a new adapter's initialisation. */
-  seed?: number;
   /** Default 1e-4. */
   learningRate?: number;
   /** Default `linear`. */
@@ -48,39 +33,14 @@ export interface SupervisedConfig {
   numEpochs?: number;
   /** Stop after this many steps in all (the schedule spans them). */
   maxSteps?: number;
-  /** Default { beta1: 0.9, beta2: 0.95, eps: 1e-8 }. */
-  adam?: Partial<AdamSettings>;
-  /** Save state + sampler weights every this many steps (default 20; 0 = only the final save). */
-  saveEvery?: number;
   /** Held-out NLL before every this many steps (default 10; 0 = only before step 0 and after the last). */
   evalEvery?: number;
-  /** Lifetime of periodic checkpoints (default 7 days); the final one is kept. */
-  ttlSeconds?: number;
   /** Steps submitted ahead of the one being awaited (default 1; 0 = no pipelining). */
   submitAhead?: number;
-  /** Start a new run from these weights (fresh optimizer); ignored when resuming. */
-  loadCheckpointPath?: string;
-  /** Stops the loop before the next submission; in-flight steps finish and are logged. */
-  signal?: AbortSignal;
-  /** Called with each step's metrics once they are logged. */
-  onStep?: (step: number, metrics: Metrics) => void;
-  /** Where the metrics table is printed (default `console.log`). */
-  console?: LineSink;
-  /** Also report each metrics row to the server's dashboard (best effort; see `MetricsLoggerOptions.report`). */
-  reportMetrics?: MetricsReporter;
 }
 
 /** What {@link trainSupervised} did. */
-export interface SupervisedResult {
-  training: TrainingClient;
-  /** Steps done in all, counting those before a resume. */
-  steps: number;
-  totalSteps: number;
-  /** True when `signal` stopped the run before the end (no final checkpoint then). */
-  interrupted: boolean;
-  resumedFrom?: CheckpointRecord;
-  finalCheckpoint?: CheckpointRecord;
-}
+export type SupervisedResult = LoopResult;
 
 /** A submitted step whose results are still to be awaited. */
 interface InFlight {
@@ -94,8 +54,6 @@ interface InFlight {
   evaluation?: APIFuture<ForwardBackwardOutput>;
   checkpoint?: () => Promise<CheckpointRecord>;
 }
-
-const DEFAULT_ADAM: AdamSettings = { beta1: 0.9, beta2: 0.95, eps: 1e-8 };
 
 /**
  * Runs supervised fine-tuning with cross-entropy on every batch of `dataset` for `numEpochs`.
@@ -113,24 +71,16 @@ export async function trainSupervised(config: SupervisedConfig): Promise<Supervi
   const saveEvery = config.saveEvery ?? 20;
   const evalEvery = config.evalEvery ?? 10;
   const submitAhead = config.submitAhead ?? 1;
-  for (const [name, value] of Object.entries({ saveEvery, evalEvery, submitAhead })) {
-    if (!Number.isInteger(value) || value < 0) throw new RangeError(`${name} must be a non-negative integer, got ${value}`);
-  }
-  if (!(learningRate > 0)) throw new RangeError(`learningRate must be positive, got ${learningRate}`);
+  requireIntegers({ saveEvery, evalEvery, submitAhead });
+  requirePositiveLearningRate(learningRate);
   const batchesPerEpoch = dataset.length;
   if (batchesPerEpoch < 1) throw new RangeError('the dataset has no batches');
   const totalSteps = Math.min(batchesPerEpoch * (config.numEpochs ?? 1), config.maxSteps ?? Number.POSITIVE_INFINITY);
   if (totalSteps < 1) throw new RangeError(`nothing to train: ${totalSteps} steps`);
   lrMultiplier(schedule, 0, totalSteps, config.warmupSteps ?? 0); // validates the schedule settings up front
 
-  const logger = new MetricsLogger(logPath, loopLoggerOptions(config, () => training.modelId));
-  const resumedFrom = getLastCheckpoint(logPath);
-  if (resumedFrom?.final === true) {
-    // The run in logPath is complete: hand back its final weights rather than train or log again.
-    const training = await openTrainingClient(config, resumedFrom);
-    return { training, steps: resumedFrom.step, totalSteps: resumedFrom.step, interrupted: false, resumedFrom, finalCheckpoint: resumedFrom };
-  }
-  const startStep = resumedFrom?.step ?? 0;
+  const { logger, resumedFrom, startStep } = openRunLog(config, () => training.modelId);
+  if (resumedFrom?.final === true) return { training: await openTrainingClient(config, resumedFrom), ...completedRun(resumedFrom) };
   if (resumedFrom !== undefined) logger.truncateFrom(startStep);
   logger.logConfig({
     modelName: config.modelName,
@@ -183,8 +133,7 @@ export async function trainSupervised(config: SupervisedConfig): Promise<Supervi
       ...(evaluation !== undefined && testData !== undefined && lossMetrics('test/', testData, evaluation)),
       'time/step': (performance.now() - entry.submittedAt) / 1000,
     };
-    logger.logMetrics(entry.step, metrics);
-    config.onStep?.(entry.step, metrics);
+    logStep(logger, config, entry.step, metrics);
     if (entry.checkpoint !== undefined) await entry.checkpoint();
   };
 
@@ -229,15 +178,9 @@ export async function trainSupervised(config: SupervisedConfig): Promise<Supervi
 
   const finalEvaluation = evaluate();
   const finalCheckpoint = await submitCheckpoint(training, 'final', logPath, loopState(totalSteps, batchesPerEpoch), { kind: 'both', final: true })();
-  if (finalEvaluation !== undefined && testData !== undefined) {
-    const metrics: Metrics = { ...lossMetrics('test/', testData, await finalEvaluation), 'progress/done_frac': 1 };
-    logger.logMetrics(totalSteps, metrics);
-    config.onStep?.(totalSteps, metrics);
-  }
+  logFinalEvaluation(logger, config, totalSteps, finalEvaluation !== undefined && testData !== undefined ? lossMetrics('test/', testData, await finalEvaluation) : {});
   return { training, steps: totalSteps, totalSteps, interrupted, finalCheckpoint, ...(resumedFrom !== undefined && { resumedFrom }) };
 }
-
-/** Resume with optimizer state, start from given weights, or create a fresh LoRA adapter. */
 
 /** Where a run that has done `steps` steps continues. */
 function loopState(steps: number, batchesPerEpoch: number): { epoch: number; batch: number; step: number } {

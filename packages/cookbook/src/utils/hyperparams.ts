@@ -17,29 +17,48 @@ export interface DenseModelDims {
   vocabSize: number;
 }
 
-/** Dims from the models' Hugging Face configs; MoE and hybrid models have their hidden size only. */
+const QWEN3_VOCAB = 151936;
+const LLAMA3_VOCAB = 128256;
+
+/** The built-in tiny models' dims (they differ in their vocabularies only). */
+const TINY_DIMS = { hiddenSize: 64, intermediateSize: 128, numLayers: 2, numAttentionHeads: 4, numKeyValueHeads: 2, headDim: 16 };
+
+/** A dense model of the table: every one has 8 KV heads and, but for Llama-3.2-1B, a head dim of 128. */
+function dense(vocabSize: number, hiddenSize: number, intermediateSize: number, numLayers: number, numAttentionHeads: number, headDim = 128): DenseModelDims {
+  return { hiddenSize, intermediateSize, numLayers, numAttentionHeads, numKeyValueHeads: 8, headDim, vocabSize };
+}
+
+const QWEN3_4B = dense(QWEN3_VOCAB, 2560, 9728, 36, 32);
+const QWEN3_8B = dense(QWEN3_VOCAB, 4096, 12288, 36, 32);
+const LLAMA3_8B = dense(LLAMA3_VOCAB, 4096, 14336, 32, 32);
+const LLAMA3_70B = dense(LLAMA3_VOCAB, 8192, 28672, 80, 64);
+
+/**
+ * Dims from the models' Hugging Face configs (dense: vocabulary, hidden, intermediate, layers,
+ * attention heads); MoE and hybrid models have their hidden size only.
+ */
 const MODEL_DIMS: Readonly<Record<string, DenseModelDims | { hiddenSize: number }>> = {
-  'lathe/tiny-qwen3': { hiddenSize: 64, intermediateSize: 128, numLayers: 2, numAttentionHeads: 4, numKeyValueHeads: 2, headDim: 16, vocabSize: 151936 },
-  'lathe/tiny-llama3': { hiddenSize: 64, intermediateSize: 128, numLayers: 2, numAttentionHeads: 4, numKeyValueHeads: 2, headDim: 16, vocabSize: 128256 },
-  'Qwen/Qwen3-0.6B': { hiddenSize: 1024, intermediateSize: 3072, numLayers: 28, numAttentionHeads: 16, numKeyValueHeads: 8, headDim: 128, vocabSize: 151936 },
-  'Qwen/Qwen3-1.7B': { hiddenSize: 2048, intermediateSize: 6144, numLayers: 28, numAttentionHeads: 16, numKeyValueHeads: 8, headDim: 128, vocabSize: 151936 },
-  'Qwen/Qwen3-4B': { hiddenSize: 2560, intermediateSize: 9728, numLayers: 36, numAttentionHeads: 32, numKeyValueHeads: 8, headDim: 128, vocabSize: 151936 },
-  'Qwen/Qwen3-4B-Instruct-2507': { hiddenSize: 2560, intermediateSize: 9728, numLayers: 36, numAttentionHeads: 32, numKeyValueHeads: 8, headDim: 128, vocabSize: 151936 },
-  'Qwen/Qwen3-8B': { hiddenSize: 4096, intermediateSize: 12288, numLayers: 36, numAttentionHeads: 32, numKeyValueHeads: 8, headDim: 128, vocabSize: 151936 },
-  'Qwen/Qwen3-8B-Base': { hiddenSize: 4096, intermediateSize: 12288, numLayers: 36, numAttentionHeads: 32, numKeyValueHeads: 8, headDim: 128, vocabSize: 151936 },
-  'Qwen/Qwen3-14B': { hiddenSize: 5120, intermediateSize: 17408, numLayers: 40, numAttentionHeads: 40, numKeyValueHeads: 8, headDim: 128, vocabSize: 151936 },
-  'Qwen/Qwen3-32B': { hiddenSize: 5120, intermediateSize: 25600, numLayers: 64, numAttentionHeads: 64, numKeyValueHeads: 8, headDim: 128, vocabSize: 151936 },
+  'lathe/tiny-qwen3': { ...TINY_DIMS, vocabSize: QWEN3_VOCAB },
+  'lathe/tiny-llama3': { ...TINY_DIMS, vocabSize: LLAMA3_VOCAB },
+  'Qwen/Qwen3-0.6B': dense(QWEN3_VOCAB, 1024, 3072, 28, 16),
+  'Qwen/Qwen3-1.7B': dense(QWEN3_VOCAB, 2048, 6144, 28, 16),
+  'Qwen/Qwen3-4B': QWEN3_4B,
+  'Qwen/Qwen3-4B-Instruct-2507': QWEN3_4B,
+  'Qwen/Qwen3-8B': QWEN3_8B,
+  'Qwen/Qwen3-8B-Base': QWEN3_8B,
+  'Qwen/Qwen3-14B': dense(QWEN3_VOCAB, 5120, 17408, 40, 40),
+  'Qwen/Qwen3-32B': dense(QWEN3_VOCAB, 5120, 25600, 64, 64),
   'Qwen/Qwen3-30B-A3B': { hiddenSize: 2048 },
   'Qwen/Qwen3-30B-A3B-Base': { hiddenSize: 2048 },
   'Qwen/Qwen3-30B-A3B-Instruct-2507': { hiddenSize: 2048 },
   'Qwen/Qwen3-235B-A22B-Instruct-2507': { hiddenSize: 4096 },
   'Qwen/Qwen3.5-4B': { hiddenSize: 2560 },
-  'meta-llama/Llama-3.2-1B': { hiddenSize: 2048, intermediateSize: 8192, numLayers: 16, numAttentionHeads: 32, numKeyValueHeads: 8, headDim: 64, vocabSize: 128256 },
-  'meta-llama/Llama-3.2-3B': { hiddenSize: 3072, intermediateSize: 8192, numLayers: 28, numAttentionHeads: 24, numKeyValueHeads: 8, headDim: 128, vocabSize: 128256 },
-  'meta-llama/Llama-3.1-8B': { hiddenSize: 4096, intermediateSize: 14336, numLayers: 32, numAttentionHeads: 32, numKeyValueHeads: 8, headDim: 128, vocabSize: 128256 },
-  'meta-llama/Llama-3.1-8B-Instruct': { hiddenSize: 4096, intermediateSize: 14336, numLayers: 32, numAttentionHeads: 32, numKeyValueHeads: 8, headDim: 128, vocabSize: 128256 },
-  'meta-llama/Llama-3.1-70B': { hiddenSize: 8192, intermediateSize: 28672, numLayers: 80, numAttentionHeads: 64, numKeyValueHeads: 8, headDim: 128, vocabSize: 128256 },
-  'meta-llama/Llama-3.3-70B-Instruct': { hiddenSize: 8192, intermediateSize: 28672, numLayers: 80, numAttentionHeads: 64, numKeyValueHeads: 8, headDim: 128, vocabSize: 128256 },
+  'meta-llama/Llama-3.2-1B': dense(LLAMA3_VOCAB, 2048, 8192, 16, 32, 64),
+  'meta-llama/Llama-3.2-3B': dense(LLAMA3_VOCAB, 3072, 8192, 28, 24),
+  'meta-llama/Llama-3.1-8B': LLAMA3_8B,
+  'meta-llama/Llama-3.1-8B-Instruct': LLAMA3_8B,
+  'meta-llama/Llama-3.1-70B': LLAMA3_70B,
+  'meta-llama/Llama-3.3-70B-Instruct': LLAMA3_70B,
 };
 
 /** Families the cookbook has not calibrated the formula for. */

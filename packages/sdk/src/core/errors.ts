@@ -31,6 +31,12 @@
  */
 export class LatheError extends Error {
   override name = 'LatheError';
+  /** The message of a subclass's error thrown without one (read through `new.target`). */
+  protected static readonly defaultMessage: string | undefined = undefined;
+
+  constructor(message?: string, options?: ErrorOptions) {
+    super(message ?? new.target.defaultMessage, options);
+  }
 }
 
 /**
@@ -110,99 +116,83 @@ export class APIError extends LatheError {
    * APIError.generate(404, { error: { message: 'no such run' } }) instanceof NotFoundError; // true
    */
   static generate(status: number, body: unknown, headers?: Headers): APIError {
-    switch (status) {
-      case 400:
-        return new BadRequestError(status, body, headers);
-      case 401:
-        return new AuthenticationError(status, body, headers);
-      case 403:
-        return new PermissionDeniedError(status, body, headers);
-      case 404:
-        return new NotFoundError(status, body, headers);
-      case 409:
-        return new ConflictError(status, body, headers);
-      case 422:
-        return new UnprocessableEntityError(status, body, headers);
-      case 429:
-        return new RateLimitError(status, body, headers);
-      default:
-        return status >= 500 ? new InternalServerError(status, body, headers) : new APIError(status, body, headers);
-    }
+    const ErrorClass = STATUS_ERRORS.get(status) ?? (status >= 500 ? InternalServerError : APIError);
+    return new ErrorClass(status, body, headers);
   }
 }
 
 /**
- * 400: the request was malformed or asked for something impossible (the message says what).
+ * Defines an {@link APIError} subclass that only renames it, so `instanceof` tells the statuses
+ * apart; the class's own `name` is set too, as a `class` declaration would.
  *
  * @example
- * catch (e) { if (e instanceof BadRequestError) console.error('fix the request:', e.message); }
+ * const TeapotError = statusErrorClass('TeapotError');
+ * new TeapotError(418, undefined).name; // 'TeapotError'
  */
-export class BadRequestError extends APIError {
-  override name = 'BadRequestError';
+function statusErrorClass(name: string): typeof APIError {
+  const ErrorClass = class extends APIError {
+    override name = name;
+  };
+  Object.defineProperty(ErrorClass, 'name', { value: name });
+  return ErrorClass;
 }
+
 /**
- * 401: missing or invalid API key.
+ * The {@link APIError} subclass for each status the SDK tells apart ({@link APIError.generate}
+ * picks from these):
  *
- * @example
- * catch (e) { if (e instanceof AuthenticationError) console.error('check LATHE_API_KEY'); }
- */
-export class AuthenticationError extends APIError {
-  override name = 'AuthenticationError';
-}
-/**
- * 403: the key may not do this.
- *
- * @example
- * catch (e) { if (e instanceof PermissionDeniedError) console.error(e.message); }
- */
-export class PermissionDeniedError extends APIError {
-  override name = 'PermissionDeniedError';
-}
-/**
- * 404: unknown id (or one that belongs to another key).
+ * | class | status | meaning |
+ * | --- | --- | --- |
+ * | `BadRequestError` | 400 | the request was malformed or asked for something impossible (the message says what) |
+ * | `AuthenticationError` | 401 | missing or invalid API key |
+ * | `PermissionDeniedError` | 403 | the key may not do this |
+ * | `NotFoundError` | 404 | unknown id (or one that belongs to another key) |
+ * | `ConflictError` | 409 | a conflicting state on the server |
+ * | `UnprocessableEntityError` | 422 | the body was well-formed but semantically invalid |
+ * | `RateLimitError` | 429 | too many requests; the SDK already retried (honouring `Retry-After`) |
+ * | `InternalServerError` | 5xx | the server failed; the SDK already retried |
  *
  * @example
  * catch (e) { if (e instanceof NotFoundError) return undefined; }
  */
-export class NotFoundError extends APIError {
-  override name = 'NotFoundError';
-}
-/**
- * 409: a conflicting state on the server.
- *
- * @example
- * catch (e) { if (e instanceof ConflictError) console.warn(e.message); }
- */
-export class ConflictError extends APIError {
-  override name = 'ConflictError';
-}
-/**
- * 422: the body was well-formed but semantically invalid.
- *
- * @example
- * catch (e) { if (e instanceof UnprocessableEntityError) console.error(e.message); }
- */
-export class UnprocessableEntityError extends APIError {
-  override name = 'UnprocessableEntityError';
-}
-/**
- * 429: too many requests; the SDK already retried (honouring `Retry-After`) before throwing this.
- *
- * @example
- * catch (e) { if (e instanceof RateLimitError) await sleep(5000); }
- */
-export class RateLimitError extends APIError {
-  override name = 'RateLimitError';
-}
-/**
- * 5xx: the server failed; the SDK already retried before throwing this.
- *
- * @example
- * catch (e) { if (e instanceof InternalServerError) console.error('server trouble:', e.message); }
- */
-export class InternalServerError extends APIError {
-  override name = 'InternalServerError';
-}
+export const [
+  BadRequestError,
+  AuthenticationError,
+  PermissionDeniedError,
+  NotFoundError,
+  ConflictError,
+  UnprocessableEntityError,
+  RateLimitError,
+  InternalServerError,
+] = [
+  'BadRequestError',
+  'AuthenticationError',
+  'PermissionDeniedError',
+  'NotFoundError',
+  'ConflictError',
+  'UnprocessableEntityError',
+  'RateLimitError',
+  'InternalServerError',
+].map(statusErrorClass) as [typeof APIError, typeof APIError, typeof APIError, typeof APIError, typeof APIError, typeof APIError, typeof APIError, typeof APIError];
+// The instance types, for type positions (`catch (e) { const err: NotFoundError = ... }`).
+export type BadRequestError = APIError;
+export type AuthenticationError = APIError;
+export type PermissionDeniedError = APIError;
+export type NotFoundError = APIError;
+export type ConflictError = APIError;
+export type UnprocessableEntityError = APIError;
+export type RateLimitError = APIError;
+export type InternalServerError = APIError;
+
+const STATUS_ERRORS: ReadonlyMap<number, typeof APIError> = new Map([
+  [400, BadRequestError],
+  [401, AuthenticationError],
+  [403, PermissionDeniedError],
+  [404, NotFoundError],
+  [409, ConflictError],
+  [422, UnprocessableEntityError],
+  [429, RateLimitError],
+]);
 
 /**
  * 410 from `retrieve_future`: the server no longer knows this future (it expired, or the server
@@ -231,10 +221,7 @@ export class FutureExpiredError extends APIError {
  */
 export class APIConnectionError extends LatheError {
   override name = 'APIConnectionError';
-
-  constructor(message = 'Connection error.', options?: { cause?: unknown }) {
-    super(message, options);
-  }
+  protected static override readonly defaultMessage: string = 'Connection error.';
 }
 
 /**
@@ -245,10 +232,7 @@ export class APIConnectionError extends LatheError {
  */
 export class APITimeoutError extends APIConnectionError {
   override name = 'APITimeoutError';
-
-  constructor(message = 'Request timed out.', options?: { cause?: unknown }) {
-    super(message, options);
-  }
+  protected static override readonly defaultMessage: string = 'Request timed out.';
 }
 
 /**
@@ -262,10 +246,7 @@ export class APITimeoutError extends APIConnectionError {
  */
 export class APIUserAbortError extends LatheError {
   override name = 'APIUserAbortError';
-
-  constructor(message = 'Request was aborted.', options?: { cause?: unknown }) {
-    super(message, options);
-  }
+  protected static override readonly defaultMessage: string = 'Request was aborted.';
 }
 
 /**

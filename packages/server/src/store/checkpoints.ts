@@ -5,7 +5,7 @@
  * is unique too. Reads by id or path see the owner's checkpoints and public ones; writes are
  * owner-only. Ephemeral checkpoints (temporary sampler weights) are left out of listings.
  */
-import type { Kysely, Selectable } from 'kysely';
+import type { ExpressionBuilder, ExpressionWrapper, Kysely, Selectable, SqlBool, Updateable } from 'kysely';
 import { affected, bit, fromBit, parseJson, StoreConflictError } from './db.js';
 import type { Database, CheckpointsTable } from './schema.js';
 
@@ -78,7 +78,24 @@ function toRow(r: Selectable<CheckpointsTable>): CheckpointRow {
   };
 }
 
+/** The checkpoints `owner` may read: its own and public ones. */
+function visibleTo(owner: string): (eb: ExpressionBuilder<Database, 'checkpoints'>) => ExpressionWrapper<Database, 'checkpoints', SqlBool> {
+  return (eb: ExpressionBuilder<Database, 'checkpoints'>) => eb.or([eb('owner', '=', owner), eb('public', '=', 1)]);
+}
+
 export function createCheckpointRepo(db: Kysely<Database>): CheckpointRepo {
+  /** Updates the owner's checkpoint; false when not found (or not the owner's). */
+  const updateOwned = async (modelId: string, checkpointId: string, owner: string, values: Updateable<CheckpointsTable>): Promise<boolean> => {
+    const res = await db
+      .updateTable('checkpoints')
+      .set(values)
+      .where('model_id', '=', modelId)
+      .where('checkpoint_id', '=', checkpointId)
+      .where('owner', '=', owner)
+      .executeTakeFirst();
+    return affected(res.numUpdatedRows) > 0;
+  };
+
   return {
     async put(c) {
       // One upsert statement: atomic, and `public` survives a replace.
@@ -126,7 +143,7 @@ export function createCheckpointRepo(db: Kysely<Database>): CheckpointRepo {
         .selectAll()
         .where('model_id', '=', modelId)
         .where('checkpoint_id', '=', checkpointId)
-        .where((eb) => eb.or([eb('owner', '=', owner), eb('public', '=', 1)]))
+        .where(visibleTo(owner))
         .executeTakeFirst();
       return r === undefined ? undefined : toRow(r);
     },
@@ -136,7 +153,7 @@ export function createCheckpointRepo(db: Kysely<Database>): CheckpointRepo {
         .selectFrom('checkpoints')
         .selectAll()
         .where('tinker_path', '=', tinkerPath)
-        .where((eb) => eb.or([eb('owner', '=', owner), eb('public', '=', 1)]))
+        .where(visibleTo(owner))
         .executeTakeFirst();
       return r === undefined ? undefined : toRow(r);
     },
@@ -147,7 +164,7 @@ export function createCheckpointRepo(db: Kysely<Database>): CheckpointRepo {
         .selectAll()
         .where('model_id', '=', modelId)
         .where('ephemeral', '=', 0)
-        .where((eb) => eb.or([eb('owner', '=', owner), eb('public', '=', 1)]))
+        .where(visibleTo(owner))
         .orderBy('created_at', 'desc')
         .orderBy('checkpoint_id', 'desc')
         .execute();
@@ -188,27 +205,9 @@ export function createCheckpointRepo(db: Kysely<Database>): CheckpointRepo {
       return r === undefined ? undefined : toRow(r);
     },
 
-    async setPublic(modelId, checkpointId, owner, isPublic) {
-      const res = await db
-        .updateTable('checkpoints')
-        .set({ public: bit(isPublic) })
-        .where('model_id', '=', modelId)
-        .where('checkpoint_id', '=', checkpointId)
-        .where('owner', '=', owner)
-        .executeTakeFirst();
-      return affected(res.numUpdatedRows) > 0;
-    },
+    setPublic: (modelId, checkpointId, owner, isPublic) => updateOwned(modelId, checkpointId, owner, { public: bit(isPublic) }),
 
-    async setExpiry(modelId, checkpointId, owner, expiresAt) {
-      const res = await db
-        .updateTable('checkpoints')
-        .set({ expires_at: expiresAt })
-        .where('model_id', '=', modelId)
-        .where('checkpoint_id', '=', checkpointId)
-        .where('owner', '=', owner)
-        .executeTakeFirst();
-      return affected(res.numUpdatedRows) > 0;
-    },
+    setExpiry: (modelId, checkpointId, owner, expiresAt) => updateOwned(modelId, checkpointId, owner, { expires_at: expiresAt }),
 
     async expired(now) {
       const rows = await db

@@ -4,7 +4,7 @@
  * expired when idle. Every owner-scoped call treats another owner's session as absent.
  */
 import { randomUUID } from 'node:crypto';
-import type { Kysely, Selectable } from 'kysely';
+import type { Kysely, Selectable, Updateable } from 'kysely';
 import { affected, parseJson } from './db.js';
 import type { Database, SessionsTable } from './schema.js';
 
@@ -54,6 +54,14 @@ function toRow(r: Selectable<SessionsTable>): SessionRow {
 }
 
 export function createSessionRepo(db: Kysely<Database>): SessionRepo {
+  /** Updates the owner's session if it is not finished; whether it was. */
+  const updateUnfinished = async (sessionId: string, owner: string, values: Updateable<SessionsTable>): Promise<boolean> => {
+    const res = await db.updateTable('sessions').set(values).where('session_id', '=', sessionId).where('owner', '=', owner).where('finished_at', 'is', null).executeTakeFirst();
+    return affected(res.numUpdatedRows) > 0;
+  };
+  const exists = async (sessionId: string, owner: string): Promise<boolean> =>
+    (await db.selectFrom('sessions').select('session_id').where('session_id', '=', sessionId).where('owner', '=', owner).executeTakeFirst()) !== undefined;
+
   return {
     async create(s) {
       const now = Date.now();
@@ -78,29 +86,12 @@ export function createSessionRepo(db: Kysely<Database>): SessionRepo {
     },
 
     async heartbeat(sessionId, owner, now) {
-      const res = await db
-        .updateTable('sessions')
-        .set({ last_heartbeat_at: now })
-        .where('session_id', '=', sessionId)
-        .where('owner', '=', owner)
-        .where('finished_at', 'is', null)
-        .executeTakeFirst();
-      if (affected(res.numUpdatedRows) > 0) return 'ok';
-      const r = await db.selectFrom('sessions').select('finished_at').where('session_id', '=', sessionId).where('owner', '=', owner).executeTakeFirst();
-      return r === undefined ? 'missing' : 'finished';
+      if (await updateUnfinished(sessionId, owner, { last_heartbeat_at: now })) return 'ok';
+      return (await exists(sessionId, owner)) ? 'finished' : 'missing';
     },
 
     async finish(sessionId, owner, now) {
-      const res = await db
-        .updateTable('sessions')
-        .set({ finished_at: now })
-        .where('session_id', '=', sessionId)
-        .where('owner', '=', owner)
-        .where('finished_at', 'is', null)
-        .executeTakeFirst();
-      if (affected(res.numUpdatedRows) > 0) return true;
-      const r = await db.selectFrom('sessions').select('session_id').where('session_id', '=', sessionId).where('owner', '=', owner).executeTakeFirst();
-      return r !== undefined;
+      return (await updateUnfinished(sessionId, owner, { finished_at: now })) || exists(sessionId, owner);
     },
 
     async expire(idleBefore, now) {

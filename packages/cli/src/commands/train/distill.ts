@@ -5,10 +5,10 @@
 import { catchphraseConversations, getTokenizer, readConversationsJsonl, splitHeldOut, trainOnPolicyDistillation, type Conversation } from '@lathe/cookbook';
 import type { SamplingClient, ServiceClient } from '@lathe/sdk';
 import { rendererFor, toMessages } from '../chat.js';
-import { defaultLearningRate, defaultTestSize, runTraining, type TrainCommonOptions, type TrainResult } from './run.js';
+import { defaultLearningRate, defaultTestSize, runTraining, type RenderedDataOptions, type TrainCommonOptions, type TrainResult } from './run.js';
 
 /** Options of {@link runTrainDistill} (the command's flags). */
-export interface TrainDistillOptions extends TrainCommonOptions {
+export interface TrainDistillOptions extends TrainCommonOptions, RenderedDataOptions {
   /** A base model with the student's tokenizer, or `tinker://…` sampler weights. */
   teacher: string;
   /**
@@ -23,11 +23,6 @@ export interface TrainDistillOptions extends TrainCommonOptions {
   temperature: number;
   /** Weight of the reverse KL in the advantage. */
   klCoef: number;
-  /** Default: the model's recommended renderer. */
-  renderer?: string;
-  evalEvery: number;
-  /** Prompts held out for `test/teacher_kl` (default: a tenth, at most 16). */
-  testSize?: number;
 }
 
 /**
@@ -54,12 +49,11 @@ export async function runTrainDistill(options: TrainDistillOptions): Promise<Tra
     summary: `${options.model} (${renderer.name} renderer) distilled from ${options.teacher} on ${train.length} prompts of ${source}, ${testSize} held out, ${options.steps} steps, lr ${learningRate}`,
     totalSteps: options.steps,
     headline: { label: 'KL', metric: 'teacher_kl' },
-    train: async (service, hooks) =>
+    train: async (hooks) =>
       trainOnPolicyDistillation({
-        service,
         ...hooks,
         modelName: options.model,
-        teacher: await openTeacher(service, options),
+        teacher: await openTeacher(hooks.service, options),
         prompts: train,
         testPrompts: test,
         numSteps: options.steps,

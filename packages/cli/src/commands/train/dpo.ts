@@ -4,24 +4,13 @@
  */
 import { answerFormatPairs, preferenceDatasets, readPreferencePairsJsonl, trainDPO } from '@lathe/cookbook';
 import { rendererFor, toMessages } from '../chat.js';
-import { defaultTestSize, runTraining, stepsAndEpochs, type TrainCommonOptions, type TrainResult } from './run.js';
+import { batchingOf, defaultTestSize, epochLoopOptions, runTraining, stepsAndEpochs, type EpochDataOptions, type TrainCommonOptions, type TrainResult } from './run.js';
 
 /** Options of {@link runTrainDpo} (the command's flags). */
-export interface TrainDpoOptions extends TrainCommonOptions {
-  /** Preference-pair JSONL, `{"chosen": [messages], "rejected": [messages]}` per line (default: the cookbook's `answerFormatPairs()`). */
+export interface TrainDpoOptions extends TrainCommonOptions, EpochDataOptions {
+  /** Preference-pair JSONL, `{"chosen": [messages], "rejected": [messages]}` per line (default: the cookbook's `answerFormatPairs()`); the items of `batchSize` and `testSize` are pairs. */
   data?: string;
-  /** Exactly this many steps (epochs as needed); else `epochs` passes over the pairs. */
-  steps?: number;
-  epochs?: number;
-  /** Pairs per step. */
-  batchSize: number;
   beta: number;
-  /** Default: the model's recommended renderer. */
-  renderer?: string;
-  maxLength?: number;
-  evalEvery: number;
-  /** Pairs held out for the `test/*` metrics (default: a tenth, at most 16). */
-  testSize?: number;
 }
 
 /** The cookbook's DPO learning rate, used without `--lr`. */
@@ -40,12 +29,7 @@ export async function runTrainDpo(options: TrainDpoOptions): Promise<TrainResult
   const learningRate = options.lr ?? DEFAULT_DPO_LR;
   const pairs = options.data !== undefined ? readPreferencePairsJsonl(options.data) : answerFormatPairs();
   const testSize = options.testSize ?? defaultTestSize(pairs.length);
-  const { train, test } = preferenceDatasets(pairs, (conversation) => renderer.buildSupervisedExample(toMessages(conversation)), {
-    batchSize: options.batchSize,
-    testSize,
-    seed: options.seed,
-    ...(options.maxLength !== undefined && { maxLength: options.maxLength }),
-  });
+  const { train, test } = preferenceDatasets(pairs, (conversation) => renderer.buildSupervisedExample(toMessages(conversation)), batchingOf(options, testSize));
   if (train.length < 1) throw new Error(`${pairs.length - testSize} training pairs make no batch of ${options.batchSize}; lower --batch-size or --test-size`);
   const { numEpochs, totalSteps } = stepsAndEpochs(train.length, options);
   return runTraining(options, {
@@ -53,21 +37,11 @@ export async function runTrainDpo(options: TrainDpoOptions): Promise<TrainResult
     totalSteps,
     batchesPerEpoch: train.length,
     headline: { label: 'loss', metric: 'dpo_loss' },
-    train: (service, hooks) =>
+    train: (hooks) =>
       trainDPO({
-        service,
         ...hooks,
-        modelName: options.model,
-        dataset: train,
-        testData: test,
         beta: options.beta,
-        loraRank: options.loraRank,
-        seed: options.seed,
-        learningRate,
-        numEpochs,
-        ...(options.steps !== undefined && { maxSteps: options.steps }),
-        saveEvery: options.saveEvery,
-        evalEvery: options.evalEvery,
+        ...epochLoopOptions(options, { train, test }, learningRate, numEpochs),
       }),
   });
 }

@@ -43,9 +43,8 @@ export async function runTrainRl(options: TrainRlOptions): Promise<TrainResult> 
     summary: `${options.model} on the ${options.env} environment: ${options.steps} steps of ${options.batchSize} groups of ${options.groupSize} rollouts, ${options.lossFn}, lr ${learningRate}`,
     totalSteps: options.steps,
     headline: { label: 'reward', metric: 'env/all/reward/total' },
-    train: (service, hooks) =>
+    train: (hooks) =>
       trainRL({
-        service,
         ...hooks,
         modelName: options.model,
         dataset,

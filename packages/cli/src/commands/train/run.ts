@@ -27,6 +27,25 @@ export interface TrainCommonOptions extends ConnectOptions {
   log: (line: string) => void;
 }
 
+/** The flags of the recipes that train on a rendered, held-out-split data set (sft, dpo, distill). */
+export interface RenderedDataOptions {
+  /** Default: the model's recommended renderer. */
+  renderer?: string;
+  evalEvery: number;
+  /** Items held out for the `test/*` metrics (default: a tenth, at most 16). */
+  testSize?: number;
+}
+
+/** The flags of the recipes that make epochs of batches over a data set (sft, dpo). */
+export interface EpochDataOptions extends RenderedDataOptions {
+  /** Exactly this many steps (epochs as needed); else `epochs` passes over the data. */
+  steps?: number;
+  epochs?: number;
+  /** Items per step. */
+  batchSize: number;
+  maxLength?: number;
+}
+
 /** How a `lathe train` run ended. */
 export interface TrainResult {
   steps: number;
@@ -38,6 +57,7 @@ export interface TrainResult {
 
 /** What the CLI hands a recipe's cookbook loop. */
 export interface LoopHooks {
+  service: ServiceClient;
   logPath: string;
   signal?: AbortSignal;
   onStep: (step: number, metrics: Metrics) => void;
@@ -63,7 +83,7 @@ export interface TrainingPlan {
   /** The progress bar's metric: its label and its name in a step's metrics. */
   headline: { label: string; metric: string };
   /** Runs the cookbook loop. */
-  train(service: ServiceClient, hooks: LoopHooks): Promise<LoopOutcome>;
+  train(hooks: LoopHooks): Promise<LoopOutcome>;
 }
 
 /**
@@ -72,7 +92,7 @@ export interface TrainingPlan {
  * loop saved one there), so running again with the same `logDir` continues from it.
  *
  * @example
- * const plan: TrainingPlan = { summary: 'rl on arithmetic', totalSteps: 20, headline: { label: 'reward', metric: 'env/all/reward/total' }, train: (service, hooks) => trainRL({ service, ...hooks, modelName, dataset, learningRate: 1e-4, maxTokens: 4 }) };
+ * const plan: TrainingPlan = { summary: 'rl on arithmetic', totalSteps: 20, headline: { label: 'reward', metric: 'env/all/reward/total' }, train: (hooks) => trainRL({ ...hooks, modelName, dataset, learningRate: 1e-4, maxTokens: 4 }) };
  * const result = await runTraining(options, plan); // { steps: 20, totalSteps: 20, interrupted: false, checkpoint: { name: 'final', … } }
  */
 export async function runTraining(options: TrainCommonOptions, plan: TrainingPlan): Promise<TrainResult> {
@@ -83,7 +103,8 @@ export async function runTraining(options: TrainCommonOptions, plan: TrainingPla
   return withService(options, options.log, async (service) => {
     const progress = new ProgressBar(options.progress, plan.totalSteps, resumeFrom?.step ?? 0, plan.headline.label);
     const outcome = await plan
-      .train(service, {
+      .train({
+        service,
         logPath,
         ...(options.signal !== undefined && { signal: options.signal }),
         onStep: (step, metrics) => {
@@ -119,6 +140,48 @@ export function defaultLearningRate(model: string): number {
 /** Items held out for evaluation when no size is given: a tenth, at most 16. */
 export function defaultTestSize(count: number): number {
   return Math.min(16, Math.floor(count / 10));
+}
+
+/**
+ * The batching of an epoch recipe's data set: its flags plus the held-out count it settled on.
+ *
+ * @example
+ * preferenceDatasets(pairs, toExample, batchingOf(options, testSize)); // { batchSize, testSize, seed, maxLength? }
+ */
+export function batchingOf(options: EpochDataOptions & Pick<TrainCommonOptions, 'seed'>, testSize: number): { batchSize: number; testSize: number; seed: number; maxLength?: number } {
+  return {
+    batchSize: options.batchSize,
+    testSize,
+    seed: options.seed,
+    ...(options.maxLength !== undefined && { maxLength: options.maxLength }),
+  };
+}
+
+/**
+ * The options an epoch recipe passes to its cookbook loop: its data sets, the learning rate and
+ * epoch count it settled on, and the flags the loop takes unchanged.
+ *
+ * @example
+ * trainSupervised({ ...hooks, ...epochLoopOptions(options, { train, test }, 1e-4, 3) });
+ */
+export function epochLoopOptions<Train, Test>(
+  options: EpochDataOptions & TrainCommonOptions,
+  data: { train: Train; test: Test },
+  learningRate: number,
+  numEpochs: number,
+): { modelName: string; dataset: Train; testData: Test; loraRank: number; seed: number; learningRate: number; numEpochs: number; maxSteps?: number; saveEvery: number; evalEvery: number } {
+  return {
+    modelName: options.model,
+    dataset: data.train,
+    testData: data.test,
+    loraRank: options.loraRank,
+    seed: options.seed,
+    learningRate,
+    numEpochs,
+    ...(options.steps !== undefined && { maxSteps: options.steps }),
+    saveEvery: options.saveEvery,
+    evalEvery: options.evalEvery,
+  };
 }
 
 /**

@@ -6,25 +6,15 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { conversationDatasets, readConversationsJsonl, trainSupervised } from '@lathe/cookbook';
 import { rendererFor, toMessages } from '../chat.js';
-import { defaultLearningRate, defaultTestSize, runTraining, stepsAndEpochs, type TrainCommonOptions, type TrainResult } from './run.js';
+import { batchingOf, defaultLearningRate, defaultTestSize, epochLoopOptions, runTraining, stepsAndEpochs, type EpochDataOptions, type TrainCommonOptions, type TrainResult } from './run.js';
 
 /** The conversation set trained on when no `--data` is given (shipped with the package). */
 export const DEFAULT_SFT_DATA = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../data/capitals.jsonl');
 
 /** Options of {@link runTrainSft} (the command's flags). */
-export interface TrainSftOptions extends TrainCommonOptions {
+export interface TrainSftOptions extends TrainCommonOptions, EpochDataOptions {
   /** Conversation JSONL (default {@link DEFAULT_SFT_DATA}). */
   data?: string;
-  /** Exactly this many steps (epochs as needed); else `epochs` passes over the data. */
-  steps?: number;
-  epochs?: number;
-  batchSize: number;
-  /** Default: the model's recommended renderer. */
-  renderer?: string;
-  maxLength?: number;
-  evalEvery: number;
-  /** Conversations held out for `test/nll` (default: a tenth, at most 16). */
-  testSize?: number;
 }
 
 /**
@@ -43,32 +33,17 @@ export async function runTrainSft(options: TrainSftOptions): Promise<TrainResult
   const dataFile = options.data ?? DEFAULT_SFT_DATA;
   const conversations = readConversationsJsonl(dataFile);
   const testSize = options.testSize ?? defaultTestSize(conversations.length);
-  const { train, test } = conversationDatasets(conversations, (conversation) => renderer.buildSupervisedExample(toMessages(conversation)), {
-    batchSize: options.batchSize,
-    testSize,
-    seed: options.seed,
-    ...(options.maxLength !== undefined && { maxLength: options.maxLength }),
-  });
+  const { train, test } = conversationDatasets(conversations, (conversation) => renderer.buildSupervisedExample(toMessages(conversation)), batchingOf(options, testSize));
   const { numEpochs, totalSteps } = stepsAndEpochs(train.length, options);
   return runTraining(options, {
     summary: `${options.model} (${renderer.name} renderer) on ${dataFile}: ${train.length} batches of ${options.batchSize} per epoch, ${testSize} held out, ${totalSteps} steps, lr ${learningRate}`,
     totalSteps,
     batchesPerEpoch: train.length,
     headline: { label: 'loss', metric: 'train_mean_nll' },
-    train: (service, hooks) =>
+    train: (hooks) =>
       trainSupervised({
-        service,
         ...hooks,
-        modelName: options.model,
-        dataset: train,
-        testData: test,
-        loraRank: options.loraRank,
-        seed: options.seed,
-        learningRate,
-        numEpochs,
-        ...(options.steps !== undefined && { maxSteps: options.steps }),
-        saveEvery: options.saveEvery,
-        evalEvery: options.evalEvery,
+        ...epochLoopOptions(options, { train, test }, learningRate, numEpochs),
       }),
   });
 }
