@@ -10,6 +10,7 @@ import { encodeForwardBackwardRequest } from '@lathe/protocol';
 import { encodeFrame, FrameReader } from '../src/worker/frames.js';
 import type { WorkerInfo } from '../src/worker/pool.js';
 import { pythonExecutable, REPO_ROOT } from '../src/worker/process.js';
+import { apiHelpers, MODEL, MODELS } from './fixtures/api.js';
 import { until } from './until.js';
 
 // Remote workers against a real server: worker processes started with the Python entry point
@@ -17,8 +18,6 @@ import { until } from './until.js';
 // workers, so whatever runs, runs on a remote worker.
 let server: LatheServer;
 let key: string;
-const MODEL = 'lathe/tiny-qwen3';
-const MODELS = [{ model_name: MODEL, max_context_length: 2048, vocab_size: 151936, architecture: 'qwen3' }];
 const TOKEN = 'remote-test-token';
 const workerModels = mkdtempSync(path.join(os.tmpdir(), 'lathe-remote-models-'));
 const started: ChildProcess[] = [];
@@ -41,6 +40,8 @@ after(async () => {
   for (const child of started) if (child.exitCode === null) child.kill('SIGKILL');
 });
 
+const { call, result } = apiHelpers(() => ({ server, key }));
+
 /** Starts `python -m lathe_worker --connect` against the server's worker port. */
 function startRemoteWorker(token = TOKEN): { child: ChildProcess; stderr: () => string } {
   const child = spawn(pythonExecutable(), ['-m', 'lathe_worker', '--connect', `127.0.0.1:${server.workerPort}`, '--models-dir', workerModels], {
@@ -54,24 +55,10 @@ function startRemoteWorker(token = TOKEN): { child: ChildProcess; stderr: () => 
   return { child, stderr: () => stderr };
 }
 
-async function call(method: 'GET' | 'POST', url: string, payload?: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
-  const response = await server.app.inject({ method, url, headers: { 'x-api-key': key }, ...(payload !== undefined ? { payload: payload as Record<string, unknown> } : {}) });
-  return { status: response.statusCode, body: response.json() as Record<string, unknown> };
-}
-
 async function workers(): Promise<WorkerInfo[]> {
   const listed = await call('GET', '/api/v1/lathe/workers');
   assert.equal(listed.status, 200, JSON.stringify(listed.body));
   return listed.body['workers'] as WorkerInfo[];
-}
-
-async function result(requestId: string): Promise<Record<string, unknown>> {
-  for (;;) {
-    const polled = await call('POST', '/api/v1/retrieve_future', { request_id: requestId, allow_metadata_only: true });
-    if (polled.status === 408) continue;
-    assert.equal(polled.status, 200, JSON.stringify(polled.body));
-    return polled.body;
-  }
 }
 
 async function createModel(seed: number): Promise<{ status: number; body: Record<string, unknown> }> {
