@@ -6,7 +6,6 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { createServer, type LatheServer } from '../src/index.js';
-import { encodeForwardBackwardRequest } from '@lathe/protocol';
 import { encodeFrame, FrameReader } from '../src/worker/frames.js';
 import type { WorkerInfo } from '../src/worker/pool.js';
 import { pythonExecutable, REPO_ROOT } from '../src/worker/process.js';
@@ -40,7 +39,7 @@ after(async () => {
   for (const child of started) if (child.exitCode === null) child.kill('SIGKILL');
 });
 
-const { call, result } = apiHelpers(() => ({ server, key }));
+const { call, result, submitDatum } = apiHelpers(() => ({ server, key }));
 
 /** Starts `python -m lathe_worker --connect` against the server's worker port. */
 function startRemoteWorker(token = TOKEN): { child: ChildProcess; stderr: () => string } {
@@ -70,19 +69,7 @@ async function createModel(seed: number): Promise<{ status: number; body: Record
 function trainer(modelId: string) {
   let seq = 0;
   /** Submits a forward(_backward) of the datum; returns its request id. */
-  const submit = async (forwardOnly: boolean): Promise<string> => {
-    const body = encodeForwardBackwardRequest({
-      modelId,
-      seqId: ++seq,
-      lossFn: 'cross_entropy',
-      lossFnConfig: {},
-      forwardOnly,
-      data: [{ modelInput: [9707, 1879, 11, 1246], lossFnInputs: { target_tokens: { dtype: 'int64', shape: [4], data: BigInt64Array.from([1879n, 11n, 1246n, 525n]) } } }],
-    });
-    const submitted = await server.app.inject({ method: 'POST', url: '/api/v1/forward_backward', headers: { 'x-api-key': key, 'content-type': 'application/x-protobuf' }, payload: Buffer.from(body) });
-    assert.equal(submitted.statusCode, 200, submitted.body);
-    return (submitted.json() as { request_id: string }).request_id;
-  };
+  const submit = (forwardOnly: boolean): Promise<string> => submitDatum(modelId, ++seq, forwardOnly);
   const fwdbwd = async (forwardOnly: boolean): Promise<number> => {
     const done = await result(await submit(forwardOnly));
     return (done['metrics'] as Record<string, number>)['loss:sum']!;

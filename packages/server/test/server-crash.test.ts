@@ -6,10 +6,9 @@ import { readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import { sql } from 'kysely';
-import { encodeForwardBackwardRequest } from '@lathe/protocol';
 import { SNAPSHOT_EVERY } from '../src/services.js';
 import { until } from './until.js';
-import { call, createModel, forward, forwardLoss, key, MODEL, outcome, owner, result, server, session, useSuiteServer } from './fixtures/server-suite.js';
+import { call, createModel, forward, forwardLoss, MODEL, outcome, owner, result, server, session, submitDatum, useSuiteServer } from './fixtures/server-suite.js';
 
 useSuiteServer();
 
@@ -20,17 +19,7 @@ test('a crashed worker is restarted and its runs are rebuilt from the request lo
   const modelId = created.body['model_id'] as string;
   let seq = 0;
   const fwdbwd = async (forwardOnly: boolean): Promise<number> => {
-    const body = encodeForwardBackwardRequest({
-      modelId,
-      seqId: ++seq,
-      lossFn: 'cross_entropy',
-      lossFnConfig: {},
-      forwardOnly,
-      data: [{ modelInput: [9707, 1879, 11, 1246], lossFnInputs: { target_tokens: { dtype: 'int64', shape: [4], data: BigInt64Array.from([1879n, 11n, 1246n, 525n]) } } }],
-    });
-    const submitted = await server.app.inject({ method: 'POST', url: '/api/v1/forward_backward', headers: { 'x-api-key': key, 'content-type': 'application/x-protobuf' }, payload: Buffer.from(body) });
-    assert.equal(submitted.statusCode, 200, submitted.body);
-    const done = await result((submitted.json() as { request_id: string }).request_id);
+    const done = await result(await submitDatum(modelId, ++seq, forwardOnly));
     return (done['metrics'] as Record<string, number>)['loss:sum']!;
   };
   // 12 steps: recovery loads the snapshot taken at step 10, then replays the last two steps.
