@@ -2,9 +2,22 @@
 // format, chunking and custom losses. (The real-server behaviour is in the e2e tests.)
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { BadRequestError, ModelInput, RateLimitError, TensorData, type Datum } from '../src/index.js';
+import { BadRequestError, ModelInput, RateLimitError, TensorData, type Datum, type TrainingClient } from '../src/index.js';
 import { FakeServer, json, reset } from './fixtures/fake-server.js';
 import { client, datum, failFirst, invalid } from './fixtures/client.js';
+
+/**
+ * The run goes on after a refused request that used seq 1 up: optim_step takes seq 2; a 429 that
+ * outlasts the retries takes no place on the server, so the next call reuses its seq_id (3).
+ */
+async function assertStepsGoOnAtSeq2(server: FakeServer, training: TrainingClient): Promise<void> {
+  await training.optimStep({});
+  assert.deepEqual(server.to('optim_step').map((c) => c.body.seq_id), [2]);
+  failFirst(server, 'optim_step', 4, () => json({ error: { message: 'seq_id 3 is too far ahead' } }, 429, { 'retry-after-ms': '1' }));
+  await assert.rejects(training.optimStep({}, { maxRetries: 3 }).result(), RateLimitError);
+  await training.optimStep({});
+  assert.deepEqual(server.to('optim_step').map((c) => c.body.seq_id), [2, 3, 3, 3, 3, 3]);
+}
 
 describe('training order and seq_id', () => {
   test('pipelined calls are sent one after another in seq order, even when submits are slow', async () => {
@@ -51,13 +64,7 @@ describe('training order and seq_id', () => {
     const error = await training.forwardBackward([datum(999999, 2)], 'cross_entropy').catch((e: unknown) => e);
     assert.ok(error instanceof BadRequestError);
     assert.match(error.message, /outside the vocabulary/);
-    await training.optimStep({});
-    assert.deepEqual(server.to('optim_step').map((c) => c.body.seq_id), [2]);
-    // A 429 that outlasts the retries takes no place on the server: the next call reuses its seq_id.
-    failFirst(server, 'optim_step', 4, () => json({ error: { message: 'seq_id 3 is too far ahead' } }, 429, { 'retry-after-ms': '1' }));
-    await assert.rejects(training.optimStep({}, { maxRetries: 3 }).result(), RateLimitError);
-    await training.optimStep({});
-    assert.deepEqual(server.to('optim_step').map((c) => c.body.seq_id), [2, 3, 3, 3, 3, 3]);
+    await assertStepsGoOnAtSeq2(server, training);
   });
 
   test('wire format: protobuf forward_backward with shapes and dtypes; JSON optim_step with all Adam fields', async () => {
@@ -161,12 +168,6 @@ describe('training order and seq_id', () => {
       }).result(),
       /my loss broke/,
     );
-    await training.optimStep({});
-    assert.deepEqual(server.to('optim_step').map((c) => c.body.seq_id), [2]);
-    // A 429 that outlasts the retries takes no place on the server: the next call reuses its seq_id.
-    failFirst(server, 'optim_step', 4, () => json({ error: { message: 'seq_id 3 is too far ahead' } }, 429, { 'retry-after-ms': '1' }));
-    await assert.rejects(training.optimStep({}, { maxRetries: 3 }).result(), RateLimitError);
-    await training.optimStep({});
-    assert.deepEqual(server.to('optim_step').map((c) => c.body.seq_id), [2, 3, 3, 3, 3, 3]);
+    await assertStepsGoOnAtSeq2(server, training);
   });
 });
