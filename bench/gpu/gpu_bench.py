@@ -22,6 +22,10 @@ counts 4 * N + the chunked LM head's recomputation + attention instead.
 Usage:  bash bench/gpu/run.sh                 (sets up Python, then runs this)
         python bench/gpu/gpu_bench.py [--quick] [--device cpu] [--phases correctness,ratios,train,sample]
 Results: $OUT/gpu_results.json if $OUT is set, else bench/gpu/last_results.json; a markdown table on stdout.
+
+Why one file of ~570 lines: a one-shot script for a short, scarce GPU session; its phases share the model
+builders, the timing helpers and the result table, and one file read top to bottom is what such a session
+needs to check and run.
 """
 
 from __future__ import annotations

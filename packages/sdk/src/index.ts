@@ -45,7 +45,8 @@ export { RestClient, type ListTrainingRunsOptions, type PageOptions } from './co
 export { SamplingClient, type SamplingClientTarget } from './core/sampling-client.js';
 export { ServiceClient, type ClientOptions, type CopyWeightsOptions, type FromStateOptions, type LoraTrainingClientArgs, type SessionFinishReason } from './core/service-client.js';
 export { TensorData, toTensorData, type LossFnInput, type NumericArray, type TensorDtype, type TypedArrayFor } from './core/tensor.js';
-export { TrainingClient, type LoadStateOptions, type SaveStateOptions, type SaveWeightsExternalOptions, type SaveWeightsForSamplerOptions } from './core/training-client.js';
+export { TrainingClient } from './core/training-client.js';
+export type { LoadStateOptions, SaveStateOptions, SaveWeightsExternalOptions, SaveWeightsForSamplerOptions } from './core/checkpoint-options.js';
 export {
   ModelInput,
   type AccessScope,

@@ -18,13 +18,12 @@ import { decode, encode } from '@msgpack/msgpack';
 import { SnapshotFiles } from './checkpoints/snapshots.js';
 import { badRequest, HttpError, serviceUnavailable, tooManyRequests } from './http/errors.js';
 import { defaultLogger, type Logger } from './log.js';
-import type { CsrIndex } from '@lathe/protocol';
-import { sampleResult, type StoredResult } from './protocol/results.js';
 import { FutureHub } from './scheduler/futures.js';
-import { Lane, type JobError, type Reservation, type SampleJob, type SchedulingOptions } from './scheduler/lane.js';
+import { Lane, type JobError, type Reservation, type SchedulingOptions } from './scheduler/lane.js';
 import { OutcomeRecorder } from './scheduler/outcomes.js';
 import { trainingResult, type JobMeta, type ResultContext } from './scheduler/training-results.js';
 import { RunRecovery, type Recovery, type ReplayStep } from './scheduler/recovery.js';
+import { SamplingService, type LoggedSample } from './scheduler/sampling-service.js';
 import { SessionFutures } from './scheduler/session-futures.js';
 import type { RequestRow, RunRow, Store } from './store/index.js';
 import type { ModelCatalogue, ModelEntry } from './worker/catalogue.js';
@@ -38,11 +37,6 @@ interface LoggedTraining {
   op: TrainingOp;
   meta: JobMeta;
 }
-type LoggedSample = Omit<SampleJob, 'requestId' | 'finalize' | 'owner' | 'bytes'> & {
-  baseModel: string;
-  /** The CSR index of a sparse `target_prompt_logprobs` request: the result is sent in that layout. */
-  targetCsr?: CsrIndex;
-};
 
 /** What {@link Services} is built from. */
 export interface ServicesOptions {
@@ -86,6 +80,8 @@ export class Services {
   readonly completion: OutcomeRecorder;
   /** Snapshots runs and rebuilds them after a worker crash or a restart. */
   private readonly recovery: RunRecovery;
+  /** Logs, queues and cancels sampling requests. */
+  private readonly sampling: SamplingService;
 
   readonly store: Store;
   readonly pool: WorkerPool;
@@ -127,6 +123,18 @@ export class Services {
       logger: this.log,
     });
     this.results = { store, recovery: this.recovery, forgetSampler: (baseModel, adapter) => this.lane(baseModel).forgetAdapter(adapter) };
+    this.sampling = new SamplingService({
+      store,
+      serverId: this.serverId,
+      sessionFutures: this.sessionFutures,
+      completion: this.completion,
+      admit: (baseModel) => {
+        this.checkAccepting();
+        this.checkServable(baseModel);
+      },
+      lane: (baseModel) => this.lane(baseModel),
+      lanes: () => this.lanes.values(),
+    });
   }
 
   /** The latest rebuilds of runs after a worker crash or a restart, oldest first. */
@@ -313,55 +321,14 @@ export class Services {
 
   // ---- sampling -------------------------------------------------------------------------------
 
-  /**
-   * Logs a sampling request and queues it; 429 when the base model's queue is full. The queue
-   * place is reserved before the request is logged, so whatever is acknowledged is queued.
-   */
-  async submitSample(owner: string, samplerId: string, seqId: number | null, job: LoggedSample): Promise<string> {
-    this.checkAccepting();
-    this.checkServable(job.baseModel);
-    const lane = this.lane(job.baseModel);
-    const payload = encode(job);
-    const place = lane.reserveSample(owner, payload.byteLength);
-    if (typeof place === 'string') throw tooManyRequests(place);
-    let inserted: { row: RequestRow; created: boolean };
-    try {
-      inserted = await this.store.requests.insert({ owner, target: samplerId, seqId, kind: 'sample', payload, now: Date.now(), serverId: this.serverId });
-    } catch (error) {
-      lane.releaseSample(place);
-      throw error;
-    }
-    if (inserted.created) this.enqueueSample(inserted.row.requestId, owner, samplerId, seqId, job, payload.byteLength, place);
-    else lane.releaseSample(place);
-    return inserted.row.requestId;
+  /** Logs a sampling request and queues it (see {@link SamplingService.submit}). */
+  submitSample(owner: string, samplerId: string, seqId: number | null, job: LoggedSample): Promise<string> {
+    return this.sampling.submit(owner, samplerId, seqId, job);
   }
 
-  /** Queues a logged sampling request, into a place `reserved` by the caller or beyond the limits. */
-  private enqueueSample(requestId: string, owner: string, samplerId: string, seqId: number | null, job: LoggedSample, bytes: number, reserved?: Reservation): void {
-    this.sessionFutures.watch(requestId, samplerId, seqId);
-    this.lane(job.baseModel).submitSample({
-      requestId,
-      owner,
-      bytes,
-      adapter: job.adapter,
-      load: job.load,
-      item: job.item,
-      finalize: async (reply): Promise<StoredResult> => sampleResult(reply, job.targetCsr),
-    }, reserved);
-  }
-
-  /**
-   * Cancels a sampling request that is still queued (`cancel_future`): it leaves its lane's queue
-   * and its future fails with a user error. One already running, or finished, is left alone.
-   * Returns whether it was cancelled.
-   */
-  async cancelSample(requestId: string): Promise<boolean> {
-    for (const lane of this.lanes.values()) {
-      if (!lane.cancelSample(requestId)) continue;
-      await this.completion.fail(requestId, { message: 'the request was cancelled by the client (cancel_future) before it ran', category: 'user' });
-      return true;
-    }
-    return false;
+  /** Cancels a sampling request that is still queued (see {@link SamplingService.cancel}). */
+  cancelSample(requestId: string): Promise<boolean> {
+    return this.sampling.cancel(requestId);
   }
 
   // ---- stop and restart -----------------------------------------------------------------------
@@ -392,7 +359,6 @@ export class Services {
     this.sessionFutures.close();
   }
 
-
   /** Queues again every request the previous server process accepted but did not finish. */
   async resumeInterruptedRequests(): Promise<number> {
     const unfinished = await this.store.requests.unfinished(this.serverId);
@@ -406,8 +372,7 @@ export class Services {
     for (const row of unfinished) {
       try {
         if (row.kind === 'sample') {
-          // Acknowledged before the restart: queued whatever the limit.
-          this.enqueueSample(row.requestId, row.owner, row.target, row.seqId, decode(row.payload!) as LoggedSample, row.payload!.byteLength);
+          this.sampling.resume(row);
         } else {
           const run = await this.store.runs.get(row.target, row.owner);
           if (!run || row.seqId === null || !row.payload) throw new Error('not resumable');

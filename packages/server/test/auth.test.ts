@@ -6,39 +6,16 @@
  *   scripts/with-postgres.sh node --conditions=lathe-source --import tsx --test packages/server/test/auth.test.ts
  */
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { mkdtempSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, test } from 'node:test';
-import pg from 'pg';
 import { createServer, type LatheServer } from '../src/index.js';
 import { AUTH_CACHE_MS } from '../src/http/auth.js';
 import { openStore } from '../src/store/index.js';
+import { databaseLanes } from './fixtures/postgres.js';
 
-const PG_URL = process.env['LATHE_TEST_DATABASE_URL'];
-
-/** A URL of a fresh PostgreSQL schema (dropped by the returned cleanup). */
-async function freshPostgres(base: string): Promise<{ url: string; drop: () => Promise<void> }> {
-  const schema = `lathe_auth_${process.pid}_${randomBytes(3).toString('hex')}`;
-  const admin = new pg.Client({ connectionString: base });
-  await admin.connect();
-  await admin.query(`CREATE SCHEMA ${schema}`);
-  const url = new URL(base);
-  url.searchParams.set('options', `-c search_path=${schema}`);
-  return {
-    url: url.toString(),
-    async drop() {
-      await admin.query(`DROP SCHEMA ${schema} CASCADE`);
-      await admin.end();
-    },
-  };
-}
-
-const lanes: { name: string; skip: string | false; database: () => Promise<{ url: string; drop: () => Promise<void> }> }[] = [
-  { name: 'sqlite', skip: false, database: async () => ({ url: path.join(mkdtempSync(path.join(os.tmpdir(), 'lathe-auth-db-')), 'shared.db'), drop: async () => {} }) },
-  { name: 'postgres', skip: PG_URL ? false : 'LATHE_TEST_DATABASE_URL is not set', database: () => freshPostgres(PG_URL!) },
-];
+const lanes = databaseLanes('lathe_auth');
 
 for (const lane of lanes) {
   describe(`auth (${lane.name})`, { skip: lane.skip }, () => {

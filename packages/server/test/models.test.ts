@@ -8,6 +8,7 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { createServer, type LatheServer } from '../src/index.js';
 import { pythonExecutable, REPO_ROOT } from '../src/worker/process.js';
+import { apiHelpers } from './fixtures/api.js';
 
 let server: LatheServer;
 let key: string;
@@ -40,20 +41,7 @@ after(async () => {
   await server.close();
 });
 
-async function call(method: 'GET' | 'POST', url: string, payload?: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
-  const response = await server.app.inject({ method, url, headers: { 'x-api-key': key }, ...(payload !== undefined ? { payload: payload as Record<string, unknown> } : {}) });
-  return { status: response.statusCode, body: response.json() as Record<string, unknown> };
-}
-
-/** The outcome of a future: its result, or `{error, category}`. */
-async function result(requestId: string): Promise<Record<string, unknown>> {
-  for (;;) {
-    const polled = await call('POST', '/api/v1/retrieve_future', { request_id: requestId, allow_metadata_only: true });
-    if (polled.status === 408) continue;
-    assert.equal(polled.status, 200, JSON.stringify(polled.body));
-    return polled.body;
-  }
-}
+const { call, result } = apiHelpers(() => ({ server, key }));
 
 let sessionId: string | undefined;
 let modelSeq = 0;

@@ -8,17 +8,16 @@
  *   scripts/with-postgres.sh node --conditions=lathe-source --import tsx --test packages/server/test/placement.test.ts
  */
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { mkdtempSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import { encode } from '@msgpack/msgpack';
-import pg from 'pg';
 import { createServer, type LatheServer } from '../src/index.js';
 import { encodeForwardBackwardRequest } from '@lathe/protocol';
 import { openStore, type Store } from '../src/store/index.js';
 import { tokensToWire } from '../src/worker/tensor.js';
+import { databaseLanes } from './fixtures/postgres.js';
 import { until } from './until.js';
 
 const QWEN = 'lathe/tiny-qwen3';
@@ -27,8 +26,6 @@ const MODELS = [
   { model_name: QWEN, max_context_length: 2048, vocab_size: 151936, architecture: 'qwen3' },
   { model_name: LLAMA, max_context_length: 4096, vocab_size: 128256, architecture: 'llama' },
 ];
-const PG_URL = process.env['LATHE_TEST_DATABASE_URL'];
-
 function tempDir(prefix: string): string {
   return mkdtempSync(path.join(os.tmpdir(), prefix));
 }
@@ -139,27 +136,7 @@ describe('placement on one server', () => {
   });
 });
 
-/** A URL of a fresh PostgreSQL schema (dropped by the returned cleanup). */
-async function freshPostgres(base: string): Promise<{ url: string; drop: () => Promise<void> }> {
-  const schema = `lathe_placement_${process.pid}_${randomBytes(3).toString('hex')}`;
-  const admin = new pg.Client({ connectionString: base });
-  await admin.connect();
-  await admin.query(`CREATE SCHEMA ${schema}`);
-  const url = new URL(base);
-  url.searchParams.set('options', `-c search_path=${schema}`);
-  return {
-    url: url.toString(),
-    async drop() {
-      await admin.query(`DROP SCHEMA ${schema} CASCADE`);
-      await admin.end();
-    },
-  };
-}
-
-const lanes: { name: string; skip: string | false; database: () => Promise<{ url: string; drop: () => Promise<void> }> }[] = [
-  { name: 'sqlite', skip: false, database: async () => ({ url: path.join(tempDir('lathe-placement-db-'), 'shared.db'), drop: async () => {} }) },
-  { name: 'postgres', skip: PG_URL ? false : 'LATHE_TEST_DATABASE_URL is not set', database: () => freshPostgres(PG_URL!) },
-];
+const lanes = databaseLanes('lathe_placement');
 
 /** Losses of twin runs on two servers: the same computation, so equal up to float noise. */
 function assertCloseLosses(actual: number[], expected: number[]): void {

@@ -6,10 +6,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { createServer, type LatheServer } from '../src/index.js';
-import { encodeForwardBackwardRequest } from '@lathe/protocol';
 import { encodeFrame, FrameReader } from '../src/worker/frames.js';
 import type { WorkerInfo } from '../src/worker/pool.js';
 import { pythonExecutable, REPO_ROOT } from '../src/worker/process.js';
+import { apiHelpers, MODEL, MODELS } from './fixtures/api.js';
 import { until } from './until.js';
 
 // Remote workers against a real server: worker processes started with the Python entry point
@@ -17,8 +17,6 @@ import { until } from './until.js';
 // workers, so whatever runs, runs on a remote worker.
 let server: LatheServer;
 let key: string;
-const MODEL = 'lathe/tiny-qwen3';
-const MODELS = [{ model_name: MODEL, max_context_length: 2048, vocab_size: 151936, architecture: 'qwen3' }];
 const TOKEN = 'remote-test-token';
 const workerModels = mkdtempSync(path.join(os.tmpdir(), 'lathe-remote-models-'));
 const started: ChildProcess[] = [];
@@ -41,6 +39,8 @@ after(async () => {
   for (const child of started) if (child.exitCode === null) child.kill('SIGKILL');
 });
 
+const { call, result, submitDatum } = apiHelpers(() => ({ server, key }));
+
 /** Starts `python -m lathe_worker --connect` against the server's worker port. */
 function startRemoteWorker(token = TOKEN): { child: ChildProcess; stderr: () => string } {
   const child = spawn(pythonExecutable(), ['-m', 'lathe_worker', '--connect', `127.0.0.1:${server.workerPort}`, '--models-dir', workerModels], {
@@ -54,24 +54,10 @@ function startRemoteWorker(token = TOKEN): { child: ChildProcess; stderr: () => 
   return { child, stderr: () => stderr };
 }
 
-async function call(method: 'GET' | 'POST', url: string, payload?: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
-  const response = await server.app.inject({ method, url, headers: { 'x-api-key': key }, ...(payload !== undefined ? { payload: payload as Record<string, unknown> } : {}) });
-  return { status: response.statusCode, body: response.json() as Record<string, unknown> };
-}
-
 async function workers(): Promise<WorkerInfo[]> {
   const listed = await call('GET', '/api/v1/lathe/workers');
   assert.equal(listed.status, 200, JSON.stringify(listed.body));
   return listed.body['workers'] as WorkerInfo[];
-}
-
-async function result(requestId: string): Promise<Record<string, unknown>> {
-  for (;;) {
-    const polled = await call('POST', '/api/v1/retrieve_future', { request_id: requestId, allow_metadata_only: true });
-    if (polled.status === 408) continue;
-    assert.equal(polled.status, 200, JSON.stringify(polled.body));
-    return polled.body;
-  }
 }
 
 async function createModel(seed: number): Promise<{ status: number; body: Record<string, unknown> }> {
@@ -83,19 +69,7 @@ async function createModel(seed: number): Promise<{ status: number; body: Record
 function trainer(modelId: string) {
   let seq = 0;
   /** Submits a forward(_backward) of the datum; returns its request id. */
-  const submit = async (forwardOnly: boolean): Promise<string> => {
-    const body = encodeForwardBackwardRequest({
-      modelId,
-      seqId: ++seq,
-      lossFn: 'cross_entropy',
-      lossFnConfig: {},
-      forwardOnly,
-      data: [{ modelInput: [9707, 1879, 11, 1246], lossFnInputs: { target_tokens: { dtype: 'int64', shape: [4], data: BigInt64Array.from([1879n, 11n, 1246n, 525n]) } } }],
-    });
-    const submitted = await server.app.inject({ method: 'POST', url: '/api/v1/forward_backward', headers: { 'x-api-key': key, 'content-type': 'application/x-protobuf' }, payload: Buffer.from(body) });
-    assert.equal(submitted.statusCode, 200, submitted.body);
-    return (submitted.json() as { request_id: string }).request_id;
-  };
+  const submit = (forwardOnly: boolean): Promise<string> => submitDatum(modelId, ++seq, forwardOnly);
   const fwdbwd = async (forwardOnly: boolean): Promise<number> => {
     const done = await result(await submit(forwardOnly));
     return (done['metrics'] as Record<string, number>)['loss:sum']!;

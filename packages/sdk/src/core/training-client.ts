@@ -5,6 +5,7 @@
 import type { DatumIn } from '@lathe/protocol';
 import { APIFuture } from './api-future.js';
 import { APIError, APIUserAbortError, InvalidArgumentError, LatheError } from './errors.js';
+import type { LoadStateOptions, SaveStateOptions, SaveWeightsExternalOptions, SaveWeightsForSamplerOptions } from './checkpoint-options.js';
 import type { RequestOptions } from './request-options.js';
 import { createSamplingSession, SamplingClient } from './sampling-client.js';
 import { TensorData } from './tensor.js';
@@ -18,7 +19,6 @@ import type {
   LoadWeightsResponse,
   LossFnConfig,
   LossFnType,
-  OptimizerConfig,
   OptimStepResponse,
   SaveWeightsExternalResponse,
   SaveWeightsResponse,
@@ -35,56 +35,6 @@ interface Turn {
   /** Resolves when every earlier turn has been released. */
   ready: Promise<void>;
   release: () => void;
-}
-
-/**
- * Options of `saveState`.
- *
- * @example
- * await training.saveState('step-100', { ttlSeconds: 7 * 24 * 3600 });
- */
-export interface SaveStateOptions extends RequestOptions {
-  /** Delete the checkpoint after this many seconds (default: keep). */
-  ttlSeconds?: number;
-  /** Replace a checkpoint of the same name. */
-  overwrite?: boolean;
-  /** Stored with the checkpoint and listed with it (string values). */
-  userMetadata?: Record<string, string>;
-}
-
-/**
- * Options of `loadState` / `loadStateWithOptimizer`.
- *
- * @example
- * await training.loadState(path, { optimizerConfig: { type: 'dimuon' } });
- */
-export interface LoadStateOptions extends RequestOptions {
-  /** The run's optimizer, as the SDK >= 0.29 sends it; it must be the one the run was created with. */
-  optimizerConfig?: OptimizerConfig;
-}
-
-/**
- * Options of `saveWeightsExternal`.
- *
- * @example
- * await training.saveWeightsExternal('hf', { ttlSeconds: 86_400 });
- */
-export interface SaveWeightsExternalOptions extends RequestOptions {
-  /** Delete the checkpoint after this many seconds (default: keep). */
-  ttlSeconds?: number;
-}
-
-/**
- * Options of `saveWeightsForSampler`.
- *
- * @example
- * await training.saveWeightsForSampler('final', { ttlSeconds: 3600 });
- */
-export interface SaveWeightsForSamplerOptions extends RequestOptions {
-  /** Delete the weights after this many seconds (default: keep). */
-  ttlSeconds?: number;
-  /** Stored with the checkpoint and listed with it (string values). */
-  userMetadata?: Record<string, string>;
 }
 
 /**

@@ -18,6 +18,10 @@
  * Waiting for a missing `seq_id` is bounded (run-queue.ts): a gap not filled in time is given up,
  * the requests that waited behind it fail with a user error naming the missing seq id, and the run
  * goes on, so a user whose client lost a request can go on training.
+ *
+ * Why over 400 lines: the cycle loop, its picking and its failure handling share the lane's state
+ * (worker, queues, settler) at every step; the queues, key accounting and settling already live in
+ * their own modules, and what remains is the one state machine, easier to follow in one place.
  */
 import type { WorkerClient } from '../worker/client.js';
 import { WorkerConnectionError } from '../worker/client.js';
