@@ -16,7 +16,7 @@ for (const lane of storeLanes()) {
     it('runs: idempotent create, owner isolation, listing, touch/state/corrupted', async () => {
       await withStore(lane, async (store) => {
         const sid = await newSession(store, 'alice');
-        const run = await store.runs.create({
+        const given = {
           modelId: `${sid}:train:0`,
           owner: 'alice',
           sessionId: sid,
@@ -24,16 +24,10 @@ for (const lane of storeLanes()) {
           loraRank: 32,
           loraConfig: { rank: 32, seed: 7, trainAttn: true, trainMlp: false, trainUnembed: true },
           userMetadata: { purpose: 'test' },
-          now: 1000,
-        });
+        };
+        const run = await store.runs.create({ ...given, now: 1000 });
         const expected: RunRow = {
-          modelId: `${sid}:train:0`,
-          owner: 'alice',
-          sessionId: sid,
-          baseModel: 'Qwen/Qwen3-8B',
-          loraRank: 32,
-          loraConfig: { rank: 32, seed: 7, trainAttn: true, trainMlp: false, trainUnembed: true },
-          userMetadata: { purpose: 'test' },
+          ...given,
           createdAt: 1000,
           lastRequestAt: 1000,
           corrupted: false,
