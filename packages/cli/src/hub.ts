@@ -174,7 +174,14 @@ async function downloadFile(url: string, partial: string, headers: Record<string
         callback(null, chunk);
       },
     });
-    await pipeline(Readable.fromWeb(response.body), counter, createWriteStream(partial, { flags: resumed ? 'a' : 'w' }));
+    const file = createWriteStream(partial, { flags: resumed ? 'a' : 'w' });
+    try {
+      await pipeline(Readable.fromWeb(response.body), counter, file);
+    } finally {
+      // On a cut connection pipeline rejects before the file's last write lands; the next attempt
+      // must see the partial file's final size, so wait for the file to close.
+      if (!file.closed) await new Promise<void>((resolve) => file.once('close', () => resolve()));
+    }
   } finally {
     clearTimeout(idle);
   }
